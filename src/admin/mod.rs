@@ -1,0 +1,103 @@
+//! The admin listener: `/health`, `/ready`, `/info` and Prometheus `/metrics`.
+//!
+//! It runs as its own Pingora service so that it answers (and `/ready` can say "not yet")
+//! while the proxy listeners wait for the first health-check round.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::gateway::snapshot::GatewayState;
+use crate::observe::metrics;
+
+pub struct AdminApp {
+    state: Arc<GatewayState>,
+}
+
+impl AdminApp {
+    pub fn new(state: Arc<GatewayState>) -> AdminApp {
+        AdminApp { state }
+    }
+
+    fn info(&self) -> serde_json::Value {
+        let snapshot = self.state.current();
+        let loaded_at = snapshot
+            .loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        serde_json::json!({
+            "name": "loom",
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_file": snapshot.config_path.display().to_string(),
+            "config_hash": snapshot.config_hash,
+            "config_generation": snapshot.generation,
+            "config_loaded_at_unix": loaded_at,
+            "uptime_seconds": self.state.started_at.elapsed().as_secs(),
+            "routes": snapshot.routes.len(),
+            "upstreams": snapshot.upstreams.len(),
+        })
+    }
+
+    fn ready(&self) -> (StatusCode, serde_json::Value) {
+        let snapshot = self.state.current();
+        let waiting: Vec<&str> = snapshot
+            .upstreams
+            .iter()
+            .filter(|pool| !pool.first_health_round_done())
+            .map(|pool| &*pool.name)
+            .collect();
+        if waiting.is_empty() {
+            (StatusCode::OK, serde_json::json!({"status": "ready"}))
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "starting", "waiting_for_health_checks": waiting}),
+            )
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let snapshot = self.state.current();
+        if snapshot.prometheus.enabled && path == snapshot.prometheus.path {
+            return build(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics::render(),
+            );
+        }
+        let (status, document) = match path.as_str() {
+            "/health" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/ready" => self.ready(),
+            "/info" => (StatusCode::OK, self.info()),
+            _ => (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": {"status": 404, "code": "not_found", "message": "unknown admin endpoint"}}),
+            ),
+        };
+        build(
+            status,
+            "application/json",
+            serde_json::to_vec(&document).unwrap_or_default(),
+        )
+    }
+}
+
+fn build(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let length = body.len();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(length));
+    response
+}

@@ -1,0 +1,187 @@
+//! Configuration: the YAML schema, loading with precise errors, and validation.
+//!
+//! Loading never stops at the first problem: every section and every list entry is
+//! deserialized on its own, unknown keys are all reported, and cross-reference checks run over
+//! whatever parsed. Each [`ConfigError`] names the file, line, column and key path.
+//!
+//! The result, [`ValidatedConfig`], is what the runtime snapshot is built from
+//! (see [`crate::gateway::snapshot`]).
+
+pub mod schema;
+pub mod units;
+pub mod validate;
+pub mod yaml;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+pub use schema::FileConfig;
+pub use validate::ValidatedConfig;
+pub use yaml::ConfigError;
+
+use yaml::{Node, NodeValue};
+
+/// A config file read from disk and fully validated.
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    /// Hex digest of the file's bytes, shown by the admin API and used to skip no-op reloads.
+    pub hash: String,
+    pub validated: ValidatedConfig,
+}
+
+/// Reads, parses and validates `path`. Returns every error found.
+pub fn load_file(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            mark: None,
+            key_path: String::new(),
+            message: format!("cannot read config file: {error}"),
+        }]
+    })?;
+    let validated = load_text(path, &text)?;
+    Ok(LoadedConfig {
+        path: path.to_path_buf(),
+        hash: content_hash(text.as_bytes()),
+        validated,
+    })
+}
+
+/// Parses and validates config text; `path` is only used in error messages and to resolve
+/// relative file names (certificates) against the config's directory.
+pub fn load_text(path: &Path, text: &str) -> Result<ValidatedConfig, Vec<ConfigError>> {
+    let root = yaml::parse_document(path, text).map_err(|error| vec![error])?;
+    let mut errors = Vec::new();
+    let mut indexes = SourceIndexes::default();
+    let file_config = read_sections(path, &root, &mut errors, &mut indexes);
+    let validated = validate::validate(path, &root, file_config, &indexes, &mut errors);
+    if errors.is_empty() {
+        Ok(validated)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The digest used for `/info` and change detection.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "listeners",
+    "routes",
+    "upstreams",
+    "plugins",
+    "admin",
+    "metrics",
+    "reload",
+];
+
+/// Where each parsed list entry stood in the file. Entries that failed to deserialize are
+/// left out of [`FileConfig`], so validation maps positions back through this to name the
+/// right `routes[i]`.
+#[derive(Debug, Default)]
+pub struct SourceIndexes {
+    pub listeners: Vec<usize>,
+    pub routes: Vec<usize>,
+    pub upstreams: Vec<usize>,
+    pub plugins: Vec<usize>,
+}
+
+/// Deserializes each top-level section separately, and list sections entry by entry, so one
+/// bad entry does not hide the errors of the others.
+fn read_sections(
+    file: &Path,
+    root: &Node,
+    errors: &mut Vec<ConfigError>,
+    indexes: &mut SourceIndexes,
+) -> FileConfig {
+    let mut config = FileConfig::default();
+    let NodeValue::Mapping(entries) = &root.value else {
+        return config;
+    };
+    for (key, value) in entries {
+        let NodeValue::Scalar { text: name, .. } = &key.value else {
+            errors.push(error_at(file, key, "", "top-level keys must be strings"));
+            continue;
+        };
+        match name.as_str() {
+            "server" => read_one(file, value, name, errors, &mut config.server),
+            "admin" => read_one(file, value, name, errors, &mut config.admin),
+            "metrics" => read_one(file, value, name, errors, &mut config.metrics),
+            "reload" => read_one(file, value, name, errors, &mut config.reload),
+            "listeners" => {
+                (config.listeners, indexes.listeners) = read_list(file, value, name, errors)
+            }
+            "routes" => {
+                (config.routes, indexes.routes) = read_list(file, value, name, errors)
+            }
+            "upstreams" => {
+                (config.upstreams, indexes.upstreams) = read_list(file, value, name, errors)
+            }
+            "plugins" => {
+                (config.plugins, indexes.plugins) = read_list(file, value, name, errors)
+            }
+            unknown => errors.push(error_at(
+                file,
+                key,
+                unknown,
+                &format!(
+                    "unknown key \"{unknown}\" (expected one of: {})",
+                    SECTIONS.join(", ")
+                ),
+            )),
+        }
+    }
+    config
+}
+
+fn read_one<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    node: &Node,
+    key_path: &str,
+    errors: &mut Vec<ConfigError>,
+    target: &mut T,
+) {
+    if matches!(node.value, NodeValue::Null) {
+        return;
+    }
+    if let Some(value) = yaml::deserialize_node(file, node, key_path, errors) {
+        *target = value;
+    }
+}
+
+fn read_list<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    node: &Node,
+    key_path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<T>, Vec<usize>) {
+    match &node.value {
+        NodeValue::Null => (Vec::new(), Vec::new()),
+        NodeValue::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| {
+                yaml::deserialize_node(file, item, &format!("{key_path}[{index}]"), errors)
+                    .map(|value| (value, index))
+            })
+            .unzip(),
+        _ => {
+            errors.push(error_at(file, node, key_path, "expected a list"));
+            (Vec::new(), Vec::new())
+        }
+    }
+}
+
+fn error_at(file: &Path, node: &Node, key_path: &str, message: &str) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        mark: Some(node.mark),
+        key_path: key_path.to_string(),
+        message: message.to_string(),
+    }
+}

@@ -1,0 +1,340 @@
+//! The YAML schema as users write it.
+//!
+//! These types mirror the Go Loom gateway's format (listeners, routes, upstreams, plugins, admin,
+//! metrics) plus a `server:` section for Pingora's own settings. They only describe shape and
+//! types; cross-references and value checks live in [`super::validate`]. Every struct rejects
+//! unknown keys through the span-aware deserializer in [`super::yaml`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::{DurationValue, SizeValue};
+
+/// Pingora's process-level settings, kept in the same file under `server:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ServerSection {
+    /// Worker threads per listener service; default: the number of CPUs.
+    pub threads: Option<usize>,
+    pub daemon: bool,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub grace_period_seconds: Option<u64>,
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub work_stealing: Option<bool>,
+    pub daemon_wait_for_ready: Option<bool>,
+    /// CA bundle (PEM) trusted for HTTPS upstreams in addition to the system roots.
+    pub ca_file: Option<String>,
+    /// Largest request header block accepted; beyond it the request gets 431.
+    pub max_request_header_size: Option<SizeValue>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 over plain TCP (HTTP/1.1 and HTTP/2 over TLS when `tls` is set).
+    #[default]
+    Http,
+    /// HTTP/1.1 and HTTP/2 over TLS (ALPN h2, http/1.1).
+    Https,
+    /// HTTP/2 cleartext (h2c prior knowledge) alongside HTTP/1.1; TLS with ALPN when `tls` is set.
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ListenerTls {
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// `host:port`; a Go-style `:8080` means every interface.
+    pub address: String,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+/// `host:` takes one pattern or a list of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(single) => vec![single],
+            OneOrMany::Many(list) => list,
+        }
+    }
+}
+
+/// Per-route upstream timeouts; `timeout:` on the route is the total.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RouteTimeouts {
+    pub connect: Option<DurationValue>,
+    pub read: Option<DurationValue>,
+    pub write: Option<DurationValue>,
+    pub total: Option<DurationValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RouteConfig {
+    pub id: String,
+    #[serde(default)]
+    pub host: Option<OneOrMany>,
+    pub path: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Total time budget for the upstream exchange (seed format).
+    #[serde(default)]
+    pub timeout: Option<DurationValue>,
+    /// Finer-grained timeouts; `timeouts.total` wins over `timeout`.
+    #[serde(default)]
+    pub timeouts: Option<RouteTimeouts>,
+    #[serde(default)]
+    pub priority: i32,
+    /// Send the client's Host header upstream (default) or the endpoint address.
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An endpoint is `"host:port"` or `{address, weight}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    Address(String),
+    Weighted {
+        address: String,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+impl EndpointConfig {
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointConfig::Address(address) => address,
+            EndpointConfig::Weighted { address, .. } => address,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointConfig::Address(_) => 1,
+            EndpointConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancerAlgorithm {
+    #[default]
+    RoundRobin,
+    Weighted,
+    Random,
+    ConsistentHash,
+    /// Consistent hashing on the client IP.
+    IpHash,
+    LeastConn,
+    P2c,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HealthCheckConfig {
+    /// HTTP path to probe; without it the check is a TCP connect.
+    pub path: Option<String>,
+    pub interval: Option<DurationValue>,
+    pub timeout: Option<DurationValue>,
+    pub healthy_threshold: Option<usize>,
+    pub unhealthy_threshold: Option<usize>,
+    /// Statuses counted as healthy; default any 2xx.
+    pub expected_status: Vec<u16>,
+    /// Host header sent with HTTP probes; default the endpoint address.
+    pub host: Option<String>,
+}
+
+/// Accepted and validated now; enforced by the resilience work (issue 3).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct CircuitBreakerConfig {
+    pub failure_threshold: Option<u32>,
+    pub success_threshold: Option<u32>,
+    pub timeout: Option<DurationValue>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, or ALPN h2 then http/1.1 over TLS.
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 only: h2c with prior knowledge in cleartext, ALPN h2 over TLS (gRPC).
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct UpstreamTlsConfig {
+    pub enabled: bool,
+    /// Server name for SNI and certificate checks; default the endpoint host.
+    pub sni: Option<String>,
+    pub verify: bool,
+}
+
+impl Default for UpstreamTlsConfig {
+    fn default() -> Self {
+        UpstreamTlsConfig {
+            enabled: true,
+            sni: None,
+            verify: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub load_balancer: LoadBalancerAlgorithm,
+    /// Key source for `consistent_hash`: `client_ip`, `path`, `header:<name>` or `cookie:<name>`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub connect_timeout: Option<DurationValue>,
+    #[serde(default)]
+    pub read_timeout: Option<DurationValue>,
+    #[serde(default)]
+    pub write_timeout: Option<DurationValue>,
+    /// Connect failures are retried on another endpoint this many times (idempotent methods).
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+/// Plugin declarations; Proxy-Wasm execution arrives with the plugin work (issue 4).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PluginConfig {
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    pub address: String,
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: "127.0.0.1:9091".to_string(),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    pub path: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: true,
+            path: "/metrics".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    pub prometheus: PrometheusConfig,
+}
+
+/// How the gateway notices config changes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ReloadConfig {
+    /// Poll the config file for changes (rename, symlink swap and in-place edits alike).
+    pub watch: bool,
+    pub interval: DurationValue,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: DurationValue(std::time::Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The whole file. Sections are deserialized one by one (see [`super::load`]) so that every
+/// section and every list entry reports its own errors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub plugins: Vec<PluginConfig>,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    pub reload: ReloadConfig,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_weight() -> u32 {
+    1
+}

@@ -1,0 +1,550 @@
+//! Whole-config checks that the schema cannot express: unique names, references between
+//! routes, upstreams and plugins, addresses that parse, files that exist, sane numbers.
+//!
+//! Validation also resolves what the runtime needs (socket addresses, the compiled router,
+//! effective timeouts) so that building a snapshot cannot fail afterwards.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::schema::{
+    FileConfig, HealthCheckConfig, ListenerProtocol, LoadBalancerAlgorithm, RouteConfig,
+    UpstreamConfig,
+};
+use super::yaml::{ConfigError, Node};
+use super::SourceIndexes;
+use crate::router::{RouteSpec, Router};
+
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTHY_THRESHOLD: usize = 2;
+const DEFAULT_UNHEALTHY_THRESHOLD: usize = 3;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
+const DEFAULT_RETRIES: u32 = 1;
+
+/// Everything the runtime needs, checked and resolved.
+pub struct ValidatedConfig {
+    pub file: FileConfig,
+    pub listeners: Vec<ListenerPlan>,
+    pub upstreams: Vec<UpstreamPlan>,
+    pub routes: Vec<RoutePlan>,
+    /// Routes compiled once; the value is the index into `routes`.
+    pub router: Router<usize>,
+    pub admin_address: Option<SocketAddr>,
+    pub max_request_header_size: usize,
+}
+
+pub struct ListenerPlan {
+    pub name: String,
+    /// The bind address string handed to Pingora; kept byte-identical across reloads and
+    /// upgrades because Pingora matches inherited sockets by this string.
+    pub address: String,
+    pub protocol: ListenerProtocol,
+    /// Certificate and key paths, resolved against the config's directory.
+    pub tls: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResolvedEndpoint {
+    /// As written in the config: used in metrics labels and the admin API.
+    pub address: String,
+    pub socket: SocketAddr,
+    pub weight: u32,
+    /// Host part, used as default SNI and health-check Host.
+    pub host: String,
+}
+
+/// Where `consistent_hash` takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HashKeySource {
+    ClientIp,
+    Path,
+    /// Lowercase header name.
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthPlan {
+    pub http_path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: usize,
+    pub unhealthy_threshold: usize,
+    pub expected_status: Vec<u16>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamPlan {
+    pub config: UpstreamConfig,
+    pub endpoints: Vec<ResolvedEndpoint>,
+    pub hash_key: Option<HashKeySource>,
+    pub health: Option<HealthPlan>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    /// Deadline for the whole upstream exchange, if any.
+    pub total: Option<Duration>,
+}
+
+pub struct RoutePlan {
+    pub config: RouteConfig,
+    pub upstream_index: usize,
+    pub timeouts: EffectiveTimeouts,
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    root: &'a Node,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, key_path: String, message: impl Into<String>) {
+        let mark = self.root.find(&key_path).map(|node| node.mark);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            mark,
+            key_path,
+            message: message.into(),
+        });
+    }
+}
+
+/// Checks `file_config` as a whole and resolves it. Errors are appended to `errors`; the
+/// returned value is only meaningful when no error was added.
+pub fn validate(
+    path: &Path,
+    root: &Node,
+    file_config: FileConfig,
+    indexes: &SourceIndexes,
+    errors: &mut Vec<ConfigError>,
+) -> ValidatedConfig {
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut checker = Checker {
+        file: path,
+        root,
+        errors,
+    };
+    let listeners = check_listeners(&mut checker, &file_config, indexes, &base_dir);
+    let upstreams = check_upstreams(&mut checker, &file_config, indexes);
+    check_plugins(&mut checker, &file_config, indexes);
+    let (routes, router) = check_routes(&mut checker, &file_config, indexes, &upstreams);
+    let admin_address = if file_config.admin.enabled {
+        match parse_listen_address(&file_config.admin.address) {
+            Ok(address) => address.parse().ok(),
+            Err(message) => {
+                checker.error("admin.address".into(), message);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if !file_config.metrics.prometheus.path.starts_with('/') {
+        checker.error(
+            "metrics.prometheus.path".into(),
+            "must start with '/'".to_string(),
+        );
+    }
+    if file_config.reload.interval.0.is_zero() {
+        checker.error("reload.interval".into(), "must be greater than zero");
+    }
+    if file_config.server.threads == Some(0) {
+        checker.error("server.threads".into(), "must be at least 1");
+    }
+    let max_request_header_size = file_config
+        .server
+        .max_request_header_size
+        .map(|size| size.0 as usize)
+        .unwrap_or(DEFAULT_MAX_REQUEST_HEADER_SIZE);
+    ValidatedConfig {
+        file: file_config,
+        listeners,
+        upstreams,
+        routes,
+        router,
+        admin_address,
+        max_request_header_size,
+    }
+}
+
+/// Accepts `host:port` and Go's `:port` (every interface).
+pub fn parse_listen_address(text: &str) -> Result<String, String> {
+    let normalized = if let Some(port) = text.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        text.to_string()
+    };
+    normalized
+        .parse::<SocketAddr>()
+        .map(|_| normalized.clone())
+        .map_err(|_| format!("\"{text}\" is not an address like 127.0.0.1:8080 or :8080"))
+}
+
+fn check_listeners(
+    checker: &mut Checker,
+    config: &FileConfig,
+    indexes: &SourceIndexes,
+    base_dir: &Path,
+) -> Vec<ListenerPlan> {
+    if config.listeners.is_empty() && indexes.listeners.is_empty() {
+        checker.error("listeners".into(), "at least one listener is required");
+    }
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    let mut plans = Vec::new();
+    for (position, listener) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{}]", indexes.listeners[position]);
+        if !names.insert(listener.name.as_str()) {
+            checker.error(
+                format!("{key}.name"),
+                format!("duplicate listener name \"{}\"", listener.name),
+            );
+        }
+        let address = match parse_listen_address(&listener.address) {
+            Ok(address) => address,
+            Err(message) => {
+                checker.error(format!("{key}.address"), message);
+                continue;
+            }
+        };
+        if !addresses.insert(address.clone()) {
+            checker.error(
+                format!("{key}.address"),
+                format!("address {address} is used by another listener"),
+            );
+        }
+        let tls = match (&listener.tls, listener.protocol) {
+            (None, ListenerProtocol::Https) => {
+                checker.error(
+                    format!("{key}.tls"),
+                    "protocol https needs tls.cert and tls.key",
+                );
+                None
+            }
+            (None, _) => None,
+            (Some(tls), _) => {
+                let cert = resolve_file(base_dir, &tls.cert);
+                let key_file = resolve_file(base_dir, &tls.key);
+                match pingora::tls::load_certs_and_key_files(&cert, &key_file) {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => checker.error(
+                        format!("{key}.tls"),
+                        format!(
+                            "cannot load certificate \"{cert}\" and key \"{key_file}\" (PEM files expected)"
+                        ),
+                    ),
+                }
+                Some((cert, key_file))
+            }
+        };
+        plans.push(ListenerPlan {
+            name: listener.name.clone(),
+            address,
+            protocol: listener.protocol,
+            tls,
+        });
+    }
+    plans
+}
+
+fn resolve_file(base_dir: &Path, file: &str) -> String {
+    let path = Path::new(file);
+    if path.is_absolute() || path.exists() {
+        file.to_string()
+    } else {
+        base_dir.join(path).to_string_lossy().into_owned()
+    }
+}
+
+fn check_upstreams(
+    checker: &mut Checker,
+    config: &FileConfig,
+    indexes: &SourceIndexes,
+) -> Vec<UpstreamPlan> {
+    let mut names = HashSet::new();
+    let mut plans = Vec::new();
+    for (position, upstream) in config.upstreams.iter().enumerate() {
+        let key = format!("upstreams[{}]", indexes.upstreams[position]);
+        if !names.insert(upstream.name.as_str()) {
+            checker.error(
+                format!("{key}.name"),
+                format!("duplicate upstream name \"{}\"", upstream.name),
+            );
+        }
+        if upstream.endpoints.is_empty() {
+            checker.error(format!("{key}.endpoints"), "at least one endpoint is required");
+        }
+        let mut endpoints = Vec::new();
+        for (index, endpoint) in upstream.endpoints.iter().enumerate() {
+            let endpoint_key = format!("{key}.endpoints[{index}]");
+            if endpoint.weight() == 0 {
+                checker.error(format!("{endpoint_key}.weight"), "weight must be at least 1");
+            }
+            match resolve_endpoint(endpoint.address()) {
+                Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
+                    address: endpoint.address().to_string(),
+                    socket,
+                    weight: endpoint.weight().max(1),
+                    host,
+                }),
+                Err(message) => checker.error(endpoint_key, message),
+            }
+        }
+        match upstream.load_balancer {
+            LoadBalancerAlgorithm::LeastConn | LoadBalancerAlgorithm::P2c => checker.error(
+                format!("{key}.load_balancer"),
+                "least_conn and p2c are not available yet (they arrive with the resilience work); use round_robin, weighted, random, consistent_hash or ip_hash",
+            ),
+            _ => {}
+        }
+        let hash_key = match (&upstream.hash_on, upstream.load_balancer) {
+            (_, LoadBalancerAlgorithm::IpHash) => Some(HashKeySource::ClientIp),
+            (Some(text), _) => match parse_hash_key(text) {
+                Ok(source) => Some(source),
+                Err(message) => {
+                    checker.error(format!("{key}.hash_on"), message);
+                    None
+                }
+            },
+            (None, LoadBalancerAlgorithm::ConsistentHash) => Some(HashKeySource::ClientIp),
+            (None, _) => None,
+        };
+        let health = upstream
+            .health_check
+            .as_ref()
+            .map(|health| check_health(checker, &format!("{key}.health_check"), health));
+        plans.push(UpstreamPlan {
+            config: upstream.clone(),
+            endpoints,
+            hash_key,
+            health,
+            connect_timeout: upstream
+                .connect_timeout
+                .map_or(DEFAULT_CONNECT_TIMEOUT, |value| value.0),
+            read_timeout: upstream
+                .read_timeout
+                .map_or(DEFAULT_READ_TIMEOUT, |value| value.0),
+            write_timeout: upstream
+                .write_timeout
+                .map_or(DEFAULT_WRITE_TIMEOUT, |value| value.0),
+            retries: upstream.retries.unwrap_or(DEFAULT_RETRIES),
+        });
+    }
+    plans
+}
+
+/// Resolves `host:port`, preferring IPv4 so that `localhost` reaches servers bound to
+/// 127.0.0.1. Names are resolved when the config loads (and again on every reload).
+fn resolve_endpoint(address: &str) -> Result<(SocketAddr, String), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("endpoint \"{address}\" must be host:port"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("endpoint \"{address}\" has an invalid port"));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    if let Ok(socket) = address.parse::<SocketAddr>() {
+        return Ok((socket, host));
+    }
+    let resolved: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve endpoint \"{address}\": {error}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|candidate| candidate.is_ipv4())
+        .or_else(|| resolved.first())
+        .map(|socket| (*socket, host))
+        .ok_or_else(|| format!("endpoint \"{address}\" resolved to no address"))
+}
+
+fn parse_hash_key(text: &str) -> Result<HashKeySource, String> {
+    match text {
+        "client_ip" | "ip" => Ok(HashKeySource::ClientIp),
+        "path" => Ok(HashKeySource::Path),
+        _ => match text.split_once(':') {
+            Some(("header", name)) if !name.is_empty() => {
+                Ok(HashKeySource::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if !name.is_empty() => Ok(HashKeySource::Cookie(name.to_string())),
+            _ => Err(format!(
+                "\"{text}\" is not a hash key; use client_ip, path, header:<name> or cookie:<name>"
+            )),
+        },
+    }
+}
+
+fn check_health(checker: &mut Checker, key: &str, health: &HealthCheckConfig) -> HealthPlan {
+    let plan = HealthPlan {
+        http_path: health.path.clone(),
+        interval: health
+            .interval
+            .map_or(DEFAULT_HEALTH_INTERVAL, |value| value.0),
+        timeout: health.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |value| value.0),
+        healthy_threshold: health.healthy_threshold.unwrap_or(DEFAULT_HEALTHY_THRESHOLD),
+        unhealthy_threshold: health
+            .unhealthy_threshold
+            .unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD),
+        expected_status: health.expected_status.clone(),
+        host: health.host.clone(),
+    };
+    if let Some(path) = &plan.http_path
+        && !path.starts_with('/')
+    {
+        checker.error(format!("{key}.path"), "must start with '/'");
+    }
+    if plan.interval.is_zero() {
+        checker.error(format!("{key}.interval"), "must be greater than zero");
+    }
+    if plan.timeout.is_zero() {
+        checker.error(format!("{key}.timeout"), "must be greater than zero");
+    }
+    if plan.healthy_threshold == 0 {
+        checker.error(format!("{key}.healthy_threshold"), "must be at least 1");
+    }
+    if plan.unhealthy_threshold == 0 {
+        checker.error(format!("{key}.unhealthy_threshold"), "must be at least 1");
+    }
+    for (index, status) in plan.expected_status.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            checker.error(
+                format!("{key}.expected_status[{index}]"),
+                format!("{status} is not an HTTP status"),
+            );
+        }
+    }
+    plan
+}
+
+fn check_plugins(checker: &mut Checker, config: &FileConfig, indexes: &SourceIndexes) {
+    let mut names = HashSet::new();
+    for (position, plugin) in config.plugins.iter().enumerate() {
+        if !names.insert(plugin.name.as_str()) {
+            checker.error(
+                format!("plugins[{}].name", indexes.plugins[position]),
+                format!("duplicate plugin name \"{}\"", plugin.name),
+            );
+        }
+    }
+}
+
+fn check_routes(
+    checker: &mut Checker,
+    config: &FileConfig,
+    indexes: &SourceIndexes,
+    upstreams: &[UpstreamPlan],
+) -> (Vec<RoutePlan>, Router<usize>) {
+    let upstream_by_name: HashMap<&str, usize> = upstreams
+        .iter()
+        .enumerate()
+        .map(|(index, plan)| (plan.config.name.as_str(), index))
+        .collect();
+    let plugin_names: HashSet<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+    let mut ids = HashSet::new();
+    let mut plans = Vec::new();
+    let mut specs = Vec::new();
+    for (position, route) in config.routes.iter().enumerate() {
+        let key = format!("routes[{}]", indexes.routes[position]);
+        if !ids.insert(route.id.as_str()) {
+            checker.error(
+                format!("{key}.id"),
+                format!("duplicate route id \"{}\"", route.id),
+            );
+        }
+        let upstream_index = match upstream_by_name.get(route.upstream.as_str()) {
+            Some(index) => *index,
+            None => {
+                checker.error(
+                    format!("{key}.upstream"),
+                    format!("unknown upstream \"{}\"", route.upstream),
+                );
+                continue;
+            }
+        };
+        for (index, plugin) in route.plugins.iter().enumerate() {
+            if !plugin_names.contains(plugin.as_str()) {
+                checker.error(
+                    format!("{key}.plugins[{index}]"),
+                    format!("unknown plugin \"{plugin}\""),
+                );
+            }
+        }
+        for (index, method) in route.methods.iter().enumerate() {
+            if method.is_empty() || !method.bytes().all(|byte| byte.is_ascii_uppercase()) {
+                checker.error(
+                    format!("{key}.methods[{index}]"),
+                    format!("\"{method}\" is not an uppercase HTTP method"),
+                );
+            }
+        }
+        let upstream = &upstreams[upstream_index];
+        let detailed = route.timeouts.clone().unwrap_or_default();
+        let timeouts = EffectiveTimeouts {
+            connect: detailed.connect.map_or(upstream.connect_timeout, |v| v.0),
+            read: detailed.read.map_or(upstream.read_timeout, |v| v.0),
+            write: detailed.write.map_or(upstream.write_timeout, |v| v.0),
+            total: detailed.total.or(route.timeout).map(|v| v.0),
+        };
+        if timeouts.total.is_some_and(|total| total.is_zero()) {
+            checker.error(format!("{key}.timeout"), "must be greater than zero");
+        }
+        specs.push((
+            RouteSpec {
+                id: route.id.clone(),
+                hosts: route.host.clone().map(|h| h.into_vec()).unwrap_or_default(),
+                path: route.path.clone(),
+                methods: route.methods.clone(),
+                headers: route
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+                    .collect(),
+                query_params: route
+                    .query_params
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
+                priority: route.priority,
+                index: plans.len(),
+            },
+            plans.len(),
+        ));
+        plans.push((indexes.routes[position], RoutePlan {
+            config: route.clone(),
+            upstream_index,
+            timeouts,
+        }));
+    }
+    let router = match Router::build(specs) {
+        Ok(router) => router,
+        Err(route_errors) => {
+            for route_error in route_errors {
+                let source_index = plans
+                    .get(route_error.route_index)
+                    .map_or(route_error.route_index, |(source, _)| *source);
+                checker.error(format!("routes[{source_index}].path"), route_error.message);
+            }
+            Router::build(Vec::new()).unwrap_or_else(|_| unreachable!("an empty router always builds"))
+        }
+    };
+    (plans.into_iter().map(|(_, plan)| plan).collect(), router)
+}

@@ -1,0 +1,239 @@
+//! The control service: a Pingora background service that runs active health checks and
+//! reloads the config on SIGHUP or when the file changes.
+//!
+//! A reload reads and validates the file off the async threads, builds the next snapshot
+//! (reusing unchanged upstream pools), runs the first health round of new pools, and only
+//! then publishes it. A file that fails validation is logged with every error and changes
+//! nothing. Listener and admin addresses cannot change without a restart: such changes are
+//! logged and the old sockets keep serving.
+
+pub mod watch;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::ServiceReadyNotifier;
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config;
+use crate::gateway::snapshot::{GatewayState, Snapshot};
+use crate::observe::metrics;
+use crate::upstream::UpstreamPool;
+use watch::FileWatch;
+
+pub struct ControlService {
+    state: Arc<GatewayState>,
+    config_path: PathBuf,
+}
+
+impl ControlService {
+    pub fn new(state: Arc<GatewayState>, config_path: PathBuf) -> ControlService {
+        ControlService { state, config_path }
+    }
+
+    async fn reload(&self, reason: &str, watch: &mut FileWatch) {
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load_file(&path)).await;
+        let loaded = match loaded {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(errors)) => {
+                log::error!(
+                    "config reload ({reason}) rejected, {} error(s); the previous config keeps serving:",
+                    errors.len()
+                );
+                for error in &errors {
+                    log::error!("  {error}");
+                }
+                count_reload("failure");
+                return;
+            }
+            Err(join_error) => {
+                log::error!("config reload ({reason}) failed: {join_error}");
+                count_reload("failure");
+                return;
+            }
+        };
+        let current = self.state.current();
+        if loaded.hash == current.config_hash {
+            log::info!("config reload ({reason}): file unchanged");
+            count_reload("unchanged");
+            return;
+        }
+        let next = Arc::new(self.state.prepare(loaded));
+        log_restart_required(&current, &next);
+        let known: HashSet<*const UpstreamPool> =
+            current.upstreams.iter().map(Arc::as_ptr).collect();
+        let new_pools: Vec<Arc<UpstreamPool>> = next
+            .upstreams
+            .iter()
+            .filter(|pool| !known.contains(&Arc::as_ptr(pool)))
+            .cloned()
+            .collect();
+        first_health_rounds(&new_pools).await;
+        forget_removed_endpoints(&current, &next);
+        self.state.publish(Arc::clone(&next));
+        for pool in &new_pools {
+            spawn_health_loop(pool);
+        }
+        watch.set_interval(next.reload_interval);
+        log::info!(
+            "config reload ({reason}) applied: generation {}, {} routes, {} upstreams ({} new or changed)",
+            next.generation,
+            next.routes.len(),
+            next.upstreams.len(),
+            new_pools.len()
+        );
+        count_reload("success");
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ControlService {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready_notifier: ServiceReadyNotifier,
+    ) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                log::error!("cannot listen for SIGHUP, reload on signal disabled: {error}");
+                None
+            }
+        };
+        let snapshot = self.state.current();
+        first_health_rounds(&snapshot.upstreams).await;
+        for pool in &snapshot.upstreams {
+            spawn_health_loop(pool);
+        }
+        // Proxy listeners depend on this service: they open once upstreams are checked.
+        ready_notifier.notify_ready();
+        log::info!(
+            "gateway ready: {} routes, {} upstreams",
+            snapshot.routes.len(),
+            snapshot.upstreams.len()
+        );
+        let mut watch = FileWatch::new(self.config_path.clone(), snapshot.reload_interval);
+        let watching = snapshot.reload_watch;
+        drop(snapshot);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = async { match hangup.as_mut() { Some(stream) => stream.recv().await, None => std::future::pending().await } } => {
+                    watch.refresh();
+                    self.reload("SIGHUP", &mut watch).await;
+                }
+                () = watch.changed(), if watching => {
+                    self.reload("file changed", &mut watch).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the first health round of `pools` concurrently, each bounded by its own timeout
+/// times its unhealthy threshold so a black-holed endpoint cannot stall a reload.
+async fn first_health_rounds(pools: &[Arc<UpstreamPool>]) {
+    let rounds = pools.iter().map(|pool| {
+        let bound = pool.plan.health.as_ref().map_or(Duration::ZERO, |health| {
+            health.timeout * (health.unhealthy_threshold as u32 + 1)
+        });
+        async move {
+            // The first round may take several probes to reach a threshold, so run rounds
+            // until the threshold could have been met (healthy endpoints stay healthy).
+            let rounds = pool.plan.health.as_ref().map_or(1, |health| {
+                health.unhealthy_threshold.max(1)
+            });
+            let work = async {
+                for _ in 0..rounds {
+                    pool.run_health_round().await;
+                }
+            };
+            if tokio::time::timeout(bound + Duration::from_secs(1), work)
+                .await
+                .is_err()
+            {
+                log::warn!("upstream {}: first health check round timed out", pool.name);
+            }
+            pool.mark_first_round_done();
+            pool.publish_health_gauges();
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+}
+
+/// Checks `pool` every interval for as long as some snapshot still uses it.
+fn spawn_health_loop(pool: &Arc<UpstreamPool>) {
+    let Some(interval) = pool.plan.health.as_ref().map(|health| health.interval) else {
+        return;
+    };
+    let weak = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(pool) = weak.upgrade() else {
+                break;
+            };
+            pool.run_health_round().await;
+            pool.publish_health_gauges();
+        }
+    });
+}
+
+fn forget_removed_endpoints(current: &Snapshot, next: &Snapshot) {
+    let labels = |snapshot: &Snapshot| -> HashSet<(String, String)> {
+        snapshot
+            .upstreams
+            .iter()
+            .filter(|pool| pool.plan.health.is_some())
+            .flat_map(|pool| {
+                pool.endpoints()
+                    .iter()
+                    .map(|endpoint| (pool.name.to_string(), endpoint.address.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let kept = labels(next);
+    for (upstream, endpoint) in labels(current).difference(&kept) {
+        metrics::forget_endpoint(upstream, endpoint);
+    }
+}
+
+fn log_restart_required(current: &Snapshot, next: &Snapshot) {
+    let describe = |snapshot: &Snapshot| -> Vec<String> {
+        snapshot
+            .listeners
+            .iter()
+            .map(|listener| {
+                format!(
+                    "{} {} {:?} tls={}",
+                    listener.name,
+                    listener.address,
+                    listener.protocol,
+                    listener.tls.is_some()
+                )
+            })
+            .collect()
+    };
+    if describe(current) != describe(next) {
+        log::warn!(
+            "listener changes need a restart (or a zero-downtime upgrade with -u) to take effect; current listeners keep serving"
+        );
+    }
+    if current.admin_address != next.admin_address {
+        log::warn!("admin address change needs a restart to take effect");
+    }
+}
+
+fn count_reload(result: &str) {
+    metrics::metrics()
+        .config_reloads_total
+        .with_label_values(&[result])
+        .inc();
+}

@@ -1,0 +1,103 @@
+//! Per-request state carried through the Pingora hooks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::errors::GatewayError;
+use super::snapshot::{RouteRuntime, Snapshot};
+use crate::observe::metrics;
+
+pub struct RequestContext {
+    pub started: Instant,
+    /// The snapshot this request runs on, loaded once in `request_filter`.
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub route_index: Option<usize>,
+    /// Named path parameters of the matched route, for plugins and rewrites.
+    pub path_parameters: Vec<(String, String)>,
+    /// Path (and query) sent upstream when it differs from the client's.
+    pub upstream_path: Option<String>,
+    pub request_id: String,
+    /// Endpoints already tried, as a bit set of endpoint indexes.
+    pub tried_endpoints: u64,
+    pub attempts: u32,
+    pub endpoint_index: Option<usize>,
+    pub upstream_started: Option<Instant>,
+    /// Status of the upstream's response; 0 until one arrives.
+    pub upstream_status: u16,
+    /// The error to answer with when the hooks give up.
+    pub failure: Option<GatewayError>,
+    /// Keeps `loom_active_connections` counted while this HTTP/1 connection is open.
+    pub connection: Option<Box<ConnectionGuard>>,
+    pub in_flight: Option<InFlightGuard>,
+}
+
+impl RequestContext {
+    pub fn new() -> RequestContext {
+        RequestContext {
+            started: Instant::now(),
+            snapshot: None,
+            route_index: None,
+            path_parameters: Vec::new(),
+            upstream_path: None,
+            request_id: String::new(),
+            tried_endpoints: 0,
+            attempts: 0,
+            endpoint_index: None,
+            upstream_started: None,
+            upstream_status: 0,
+            failure: None,
+            connection: None,
+            in_flight: None,
+        }
+    }
+
+    pub fn route(&self) -> Option<&RouteRuntime> {
+        let snapshot = self.snapshot.as_ref()?;
+        snapshot.routes.get(self.route_index?)
+    }
+
+    /// Route id for metric labels; unmatched requests count under "none".
+    pub fn route_label(&self) -> &str {
+        self.route().map_or("none", |route| &route.id)
+    }
+}
+
+impl Default for RequestContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts one open downstream connection until dropped. Pingora keeps it with the HTTP/1
+/// connection between keep-alive requests (`persist_connection_context`), so it is dropped
+/// exactly when the connection closes.
+pub struct ConnectionGuard(());
+
+impl ConnectionGuard {
+    pub fn open() -> ConnectionGuard {
+        metrics::metrics().active_connections.inc();
+        ConnectionGuard(())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        metrics::metrics().active_connections.dec();
+    }
+}
+
+/// Counts one request in flight until dropped.
+pub struct InFlightGuard(());
+
+impl InFlightGuard {
+    pub fn enter() -> InFlightGuard {
+        metrics::metrics().requests_in_flight.inc();
+        InFlightGuard(())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        metrics::metrics().requests_in_flight.dec();
+    }
+}

@@ -1,0 +1,366 @@
+//! The gateway's one `ProxyHttp` implementation. Each hook is a few lines that hand the work
+//! to a module; read top to bottom it is the life of a request:
+//!
+//! 1. `early_request_filter`: connection and in-flight accounting.
+//! 2. `request_filter`: load the config snapshot, request id, route match ([`routing`]).
+//! 3. `upstream_peer`: pick an endpoint of the route's upstream (hash key, retries, deadline).
+//! 4. `upstream_request_filter`: rewritten path, X-Forwarded-*, hop-by-hop removal ([`headers`]).
+//! 5. `response_filter`: X-Request-ID on the response.
+//! 6. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retries and JSON errors ([`errors`]).
+//! 7. `logging`: metrics.
+
+pub mod context;
+pub mod errors;
+pub mod headers;
+pub mod routing;
+pub mod snapshot;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_error::ErrorType;
+
+use crate::config::validate::HashKeySource;
+use crate::observe::metrics;
+use crate::upstream::pool::exclude;
+use context::{ConnectionGuard, InFlightGuard, RequestContext};
+use errors::GatewayError;
+use snapshot::GatewayState;
+
+/// The proxy application shared by every listener.
+#[derive(Clone)]
+pub struct Gateway {
+    pub state: Arc<GatewayState>,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<GatewayState>) -> Gateway {
+        Gateway { state }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext::new()
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+        previous: Box<dyn Any + Send + Sync>,
+    ) {
+        ctx.connection = previous.downcast::<ConnectionGuard>().ok();
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestContext,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        // Called with a shared reference, so hand over a fresh guard and let the request's
+        // own guard drop: the count stays the same across the handover.
+        ctx.connection
+            .as_ref()
+            .map(|_| Box::new(ConnectionGuard::open()) as Box<dyn Any + Send + Sync>)
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        ctx.in_flight = Some(InFlightGuard::enter());
+        // HTTP/2 streams share a connection that Pingora does not expose to us; only
+        // HTTP/1 connections are counted (see README).
+        if ctx.connection.is_none() && !session.is_http2() {
+            ctx.connection = Some(Box::new(ConnectionGuard::open()));
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+        let snapshot = self.state.current();
+        ctx.request_id = headers::request_id(session);
+        let outcome = routing::route_request(&snapshot, session, ctx);
+        ctx.snapshot = Some(snapshot);
+        match outcome {
+            Ok(()) => Ok(false),
+            Err(error) => {
+                errors::respond(session, &error, &ctx.request_id).await;
+                ctx.failure = Some(error);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer without a route",
+            ));
+        };
+        let pool = Arc::clone(&route.upstream);
+        let timeouts = route.timeouts;
+        let remaining = match timeouts.total {
+            Some(total) => match total.checked_sub(ctx.started.elapsed()) {
+                Some(remaining) if !remaining.is_zero() => Some(remaining),
+                _ => return Err(self.fail(ctx, GatewayError::gateway_timeout())),
+            },
+            None => None,
+        };
+        let request = session.req_header();
+        let mut ip_bytes = [0u8; 16];
+        let key: &[u8] = match pool.hash_key_source() {
+            None => b"",
+            Some(HashKeySource::ClientIp) => {
+                let ip = session
+                    .client_addr()
+                    .and_then(|address| address.as_inet())
+                    .map(|address| address.ip());
+                match ip {
+                    Some(std::net::IpAddr::V4(ip)) => {
+                        ip_bytes[..4].copy_from_slice(&ip.octets());
+                        &ip_bytes[..4]
+                    }
+                    Some(std::net::IpAddr::V6(ip)) => {
+                        ip_bytes.copy_from_slice(&ip.octets());
+                        &ip_bytes[..]
+                    }
+                    None => b"",
+                }
+            }
+            Some(HashKeySource::Path) => request.uri.path().as_bytes(),
+            Some(HashKeySource::Header(name)) => request
+                .headers
+                .get(name.as_str())
+                .map_or(&b""[..], |value| value.as_bytes()),
+            Some(HashKeySource::Cookie(name)) => headers::cookie_value(request, name)
+                .unwrap_or("")
+                .as_bytes(),
+        };
+        let Some(selection) = pool.select(key, ctx.tried_endpoints) else {
+            // After a failed attempt with nothing left to try, the attempt's error stands.
+            let error = ctx
+                .failure
+                .take()
+                .unwrap_or_else(|| GatewayError::no_healthy_upstream(&pool.name));
+            return Err(self.fail(ctx, error));
+        };
+        let mut peer = selection.peer;
+        apply_timeouts(&mut peer, &timeouts, remaining);
+        ctx.tried_endpoints = exclude(ctx.tried_endpoints, selection.endpoint_index);
+        ctx.endpoint_index = Some(selection.endpoint_index);
+        ctx.attempts += 1;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let Some(path) = &ctx.upstream_path {
+            let uri = path
+                .parse::<http::Uri>()
+                .map_err(|error| Error::because(ErrorType::InternalError, "rewritten path", error))?;
+            upstream_request.set_uri(uri);
+        }
+        headers::prepare_upstream_request(session, upstream_request, &ctx.request_id)?;
+        if let Some(route) = ctx.route()
+            && !route.preserve_host
+            && let Some(index) = ctx.endpoint_index
+            && let Some(endpoint) = route.upstream.endpoints().get(index)
+        {
+            upstream_request.insert_header(http::header::HOST, endpoint.address.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        headers::clean_response(upstream_response);
+        ctx.upstream_status = upstream_response.status.as_u16();
+        self.check_deadline(ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<Duration>> {
+        self.check_deadline(ctx).map(|()| None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        self.record_attempt(ctx, 0);
+        let retries = ctx.route().map_or(0, |route| route.upstream.plan.retries);
+        // Nothing reached the upstream, but only idempotent requests are replayed by default.
+        if ctx.attempts <= retries && session.req_header().method.is_idempotent() {
+            error.set_retry(true);
+        }
+        ctx.failure = Some(GatewayError::from_proxy_error(&error));
+        error
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        error: Box<Error>,
+        ctx: &mut RequestContext,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut error = error.more_context(format!("peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            error.set_retry(false);
+        } else {
+            error.retry.decide_reuse(client_reused);
+        }
+        if error.retry() {
+            // A stale pooled connection is retried on the same terms as a connect failure.
+            ctx.tried_endpoints = 0;
+        }
+        ctx.failure = Some(GatewayError::from_proxy_error(&error));
+        error
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        let failure = ctx
+            .failure
+            .clone()
+            .unwrap_or_else(|| GatewayError::from_proxy_error(error));
+        errors::respond(session, &failure, &ctx.request_id).await;
+        let error_code = failure.status;
+        ctx.failure = Some(failure);
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestContext) {
+        let status = session
+            .response_written()
+            .map(|response| response.status.as_u16())
+            .or_else(|| ctx.failure.as_ref().map(|failure| failure.status))
+            .unwrap_or(0);
+        let status_label = status_text(status);
+        let metrics = metrics::metrics();
+        metrics
+            .requests_total
+            .with_label_values(&[session.req_header().method.as_str(), ctx.route_label(), status_label])
+            .inc();
+        if let Some(route) = ctx.route() {
+            route.duration.observe(ctx.started.elapsed().as_secs_f64());
+        }
+        if ctx.upstream_started.is_some() {
+            self.record_attempt(ctx, ctx.upstream_status);
+        }
+    }
+}
+
+impl Gateway {
+    /// Records `error` as the answer and turns it into the error Pingora expects.
+    fn fail(&self, ctx: &mut RequestContext, error: GatewayError) -> Box<Error> {
+        let pingora_error = error.to_pingora();
+        ctx.failure = Some(error);
+        pingora_error
+    }
+
+    /// Enforces the route's total deadline while the response streams.
+    fn check_deadline(&self, ctx: &mut RequestContext) -> Result<()> {
+        let Some(total) = ctx.route().and_then(|route| route.timeouts.total) else {
+            return Ok(());
+        };
+        if ctx.started.elapsed() > total {
+            ctx.failure = Some(GatewayError::gateway_timeout());
+            return Error::e_explain(ErrorType::ReadTimedout, "route total timeout exceeded");
+        }
+        Ok(())
+    }
+
+    /// Counts one upstream attempt and its duration; `status` 0 means no response.
+    fn record_attempt(&self, ctx: &mut RequestContext, status: u16) {
+        let (Some(route), Some(index), Some(started)) =
+            (ctx.route(), ctx.endpoint_index, ctx.upstream_started)
+        else {
+            return;
+        };
+        let endpoint = route
+            .upstream
+            .endpoints()
+            .get(index)
+            .map_or("unknown", |endpoint| endpoint.address.as_str());
+        metrics::metrics()
+            .upstream_requests_total
+            .with_label_values(&[&route.upstream.name, endpoint, status_text(status)])
+            .inc();
+        route.upstream_duration.observe(started.elapsed().as_secs_f64());
+        ctx.upstream_started = None;
+    }
+}
+
+fn apply_timeouts(
+    peer: &mut HttpPeer,
+    timeouts: &crate::config::validate::EffectiveTimeouts,
+    remaining: Option<Duration>,
+) {
+    let bounded = |limit: Duration| remaining.map_or(limit, |remaining| limit.min(remaining));
+    peer.options.connection_timeout = Some(bounded(timeouts.connect));
+    peer.options.total_connection_timeout = Some(bounded(timeouts.connect));
+    peer.options.read_timeout = Some(bounded(timeouts.read));
+    peer.options.write_timeout = Some(bounded(timeouts.write));
+}
+
+/// Status label text without allocating for the statuses HTTP defines.
+fn status_text(status: u16) -> &'static str {
+    match http::StatusCode::from_u16(status) {
+        Ok(code) => code.as_str(),
+        Err(_) => "0",
+    }
+}

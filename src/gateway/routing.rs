@@ -1,0 +1,91 @@
+//! The routing step of `request_filter`: path normalisation, header-size limit, route match,
+//! path parameters and `strip_prefix`.
+
+use std::borrow::Cow;
+
+use pingora::prelude::*;
+
+use super::context::RequestContext;
+use super::errors::GatewayError;
+use super::headers::request_host;
+use super::snapshot::Snapshot;
+use crate::router::{MatchOutcome, RequestView, normalize_path, strip_static_prefix};
+
+/// Finds the route for the request and records it in `ctx`.
+pub fn route_request(
+    snapshot: &Snapshot,
+    session: &Session,
+    ctx: &mut RequestContext,
+) -> Result<(), GatewayError> {
+    let request = session.req_header();
+    if header_block_size(request) > snapshot.max_request_header_size {
+        return Err(GatewayError::new(
+            431,
+            "request_header_fields_too_large",
+            "the request headers are larger than the gateway accepts",
+        ));
+    }
+    let raw_path = request.uri.path();
+    let path = normalize_path(raw_path).map_err(|error| {
+        GatewayError::new(400, "invalid_path", format!("invalid request path: {error}"))
+    })?;
+    let query = request.uri.query();
+    let header_lookup = |name: &str| {
+        request
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let view = RequestView {
+        method: request.method.as_str(),
+        host: request_host(request),
+        path: &path,
+        query,
+        headers: &header_lookup,
+    };
+    let matched = match snapshot.router.match_request(&view) {
+        MatchOutcome::Matched(matched) => matched,
+        MatchOutcome::MethodNotAllowed { allow } => {
+            return Err(GatewayError::method_not_allowed(allow));
+        }
+        MatchOutcome::NotFound => return Err(GatewayError::route_not_found()),
+    };
+    let route_index = *matched.value;
+    ctx.route_index = Some(route_index);
+    ctx.path_parameters = matched
+        .params
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let strip = snapshot
+        .routes
+        .get(route_index)
+        .is_some_and(|route| route.strip_prefix);
+    let upstream_path = if strip {
+        match strip_static_prefix(&path, matched.static_prefix_len) {
+            Cow::Borrowed(unchanged) if unchanged.len() == raw_path.len() => None,
+            stripped => Some(stripped.into_owned()),
+        }
+    } else if matches!(path, Cow::Owned(_)) {
+        Some(path.to_string())
+    } else {
+        None
+    };
+    ctx.upstream_path = upstream_path.map(|mut new_path| {
+        if let Some(query) = query {
+            new_path.push('?');
+            new_path.push_str(query);
+        }
+        new_path
+    });
+    Ok(())
+}
+
+/// Bytes of the header block as the client sent it (names, values and separators).
+fn header_block_size(request: &RequestHeader) -> usize {
+    request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}

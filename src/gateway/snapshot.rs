@@ -1,0 +1,140 @@
+//! The runtime config snapshot: router, routes and upstream pools built from one validated
+//! config, swapped atomically on reload. A request loads the current snapshot once and keeps
+//! its `Arc` to the end, so requests in flight finish on the config they started with.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use prometheus::Histogram;
+
+use crate::config::LoadedConfig;
+use crate::config::schema::PrometheusConfig;
+use crate::config::validate::{EffectiveTimeouts, ListenerPlan};
+use crate::observe::metrics;
+use crate::router::Router;
+use crate::upstream::UpstreamPool;
+
+/// What a matched request needs about its route.
+pub struct RouteRuntime {
+    pub id: Arc<str>,
+    pub upstream: Arc<UpstreamPool>,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+    pub timeouts: EffectiveTimeouts,
+    /// Pre-resolved `loom_request_duration_seconds{route}`.
+    pub duration: Histogram,
+    /// Pre-resolved `loom_upstream_duration_seconds{upstream}`.
+    pub upstream_duration: Histogram,
+}
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub config_path: PathBuf,
+    pub config_hash: String,
+    pub loaded_at: SystemTime,
+    pub router: Router<usize>,
+    pub routes: Vec<RouteRuntime>,
+    pub upstreams: Vec<Arc<UpstreamPool>>,
+    pub listeners: Vec<ListenerPlan>,
+    pub admin_address: Option<std::net::SocketAddr>,
+    pub prometheus: PrometheusConfig,
+    pub max_request_header_size: usize,
+    pub reload_watch: bool,
+    pub reload_interval: std::time::Duration,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, reusing `previous`'s pool for every upstream whose plan is
+    /// unchanged so its health state and connections carry over.
+    pub fn build(loaded: LoadedConfig, previous: Option<&Snapshot>, generation: u64) -> Snapshot {
+        let validated = loaded.validated;
+        let upstreams: Vec<Arc<UpstreamPool>> = validated
+            .upstreams
+            .into_iter()
+            .map(|plan| {
+                previous
+                    .and_then(|snapshot| {
+                        snapshot
+                            .upstreams
+                            .iter()
+                            .find(|pool| pool.plan == plan)
+                            .cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(UpstreamPool::new(plan)))
+            })
+            .collect();
+        let routes = validated
+            .routes
+            .into_iter()
+            .map(|plan| {
+                let upstream = Arc::clone(&upstreams[plan.upstream_index]);
+                RouteRuntime {
+                    id: Arc::from(plan.config.id.as_str()),
+                    duration: metrics::route_duration(&plan.config.id),
+                    upstream_duration: metrics::upstream_duration(&upstream.name),
+                    upstream,
+                    strip_prefix: plan.config.strip_prefix,
+                    preserve_host: plan.config.preserve_host,
+                    timeouts: plan.timeouts,
+                }
+            })
+            .collect();
+        Snapshot {
+            generation,
+            config_path: loaded.path,
+            config_hash: loaded.hash,
+            loaded_at: SystemTime::now(),
+            router: validated.router,
+            routes,
+            upstreams,
+            listeners: validated.listeners,
+            admin_address: validated.admin_address,
+            prometheus: validated.file.metrics.prometheus,
+            max_request_header_size: validated.max_request_header_size,
+            reload_watch: validated.file.reload.watch,
+            reload_interval: validated.file.reload.interval.0,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.upstreams
+            .iter()
+            .all(|pool| pool.first_health_round_done())
+    }
+}
+
+/// State shared by the proxy, the admin API and the control service.
+pub struct GatewayState {
+    current: ArcSwap<Snapshot>,
+    next_generation: AtomicU64,
+    pub started_at: Instant,
+}
+
+impl GatewayState {
+    pub fn new(loaded: LoadedConfig) -> GatewayState {
+        GatewayState {
+            current: ArcSwap::from_pointee(Snapshot::build(loaded, None, 1)),
+            next_generation: AtomicU64::new(2),
+            started_at: Instant::now(),
+        }
+    }
+
+    /// The snapshot new requests use. Lock-free.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Builds the next snapshot from `loaded`, reusing unchanged pools of the current one.
+    /// It is not visible to requests until [`GatewayState::publish`].
+    pub fn prepare(&self, loaded: LoadedConfig) -> Snapshot {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        Snapshot::build(loaded, Some(&self.current.load()), generation)
+    }
+
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(snapshot);
+    }
+}

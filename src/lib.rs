@@ -1,0 +1,20 @@
+//! Loom: an API gateway on Cloudflare's Pingora.
+//!
+//! The binary (`src/main.rs`) wires these modules into one Pingora `Server`:
+//! - [`config`]: YAML schema, validation with precise errors, the runtime snapshot.
+//! - [`router`]: the route table compiled once per snapshot.
+//! - [`upstream`]: load-balanced endpoint pools on Pingora's `LoadBalancer`, health checks.
+//! - [`gateway`]: the `ProxyHttp` implementation that carries one request from listener to upstream.
+//! - [`control`]: the background service that runs health checks and reloads the config.
+//! - [`admin`]: the admin listener (`/health`, `/ready`, `/info`, `/metrics`).
+//! - [`observe`]: Prometheus metrics.
+//! - [`echo`]: the echo backend shipped as `loom-echo` for demos, tests and load tests.
+
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod echo;
+pub mod gateway;
+pub mod observe;
+pub mod router;
+pub mod upstream;

@@ -1,0 +1,177 @@
+//! `loom`: CLI → load config → build the Pingora server → add services → run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::Opt;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use loom::admin::AdminApp;
+use loom::config::schema::{ListenerProtocol, ServerSection};
+use loom::config::{self, LoadedConfig};
+use loom::control::ControlService;
+use loom::gateway::Gateway;
+use loom::gateway::snapshot::GatewayState;
+
+/// Loom API gateway.
+#[derive(Parser, Debug)]
+#[command(name = "loom", version, about)]
+struct Cli {
+    /// The YAML config file.
+    #[arg(short = 'c', long = "conf", default_value = "conf/loom.yaml")]
+    conf: PathBuf,
+    /// Validate the config, print every error, and exit (0 when valid, 1 otherwise).
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background (Pingora's daemon mode).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listening sockets of a running loom (zero-downtime upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let loaded = match config::load_file(&cli.conf) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!(
+                "{}: {} error(s) in the config:",
+                cli.conf.display(),
+                errors.len()
+            );
+            for error in &errors {
+                eprintln!("  {error}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if cli.test {
+        println!("{}: config is valid", cli.conf.display());
+        return ExitCode::SUCCESS;
+    }
+    // SIGHUP means "reload" to us; until the control service listens for it, ignore it
+    // instead of letting the default action end the process.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    match run(cli, loaded) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("loom: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
+    let server_conf = server_conf(&loaded.validated.file.server, cli.daemon);
+    let threads = server_conf.threads;
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let listeners: Vec<_> = loaded
+        .validated
+        .listeners
+        .iter()
+        .map(|listener| {
+            (
+                listener.name.clone(),
+                listener.address.clone(),
+                listener.protocol,
+                listener.tls.clone(),
+            )
+        })
+        .collect();
+    let admin_address = loaded.validated.admin_address;
+    let config_path = loaded.path.clone();
+    let state = Arc::new(GatewayState::new(loaded));
+
+    let control = background_service(
+        "loom control",
+        ControlService::new(Arc::clone(&state), config_path),
+    );
+    let control_handle = server.add_service(control);
+
+    if let Some(address) = admin_address {
+        let mut admin = Service::new(
+            "loom admin".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(Arc::clone(&state))),
+        );
+        admin.add_tcp(&address.to_string());
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
+
+    let gateway = Gateway::new(Arc::clone(&state));
+    let server_conf = Arc::clone(&server.configuration);
+    for (name, address, protocol, tls) in listeners {
+        let mut options = HttpServerOptions::default();
+        options.h2c = protocol == ListenerProtocol::Http2;
+        let mut service = ProxyServiceBuilder::new(&server_conf, gateway.clone())
+            .name(format!("listener {name}"))
+            .server_options(options)
+            .build();
+        service.threads = Some(threads);
+        match tls {
+            Some((cert, key)) => {
+                let mut settings = TlsSettings::intermediate(&cert, &key)?;
+                settings.enable_h2();
+                service.add_tls_with_settings(&address, None, settings);
+            }
+            None => service.add_tcp(&address),
+        }
+        let handle = server.add_service(service);
+        handle.add_dependency(&control_handle);
+    }
+    server.run_forever();
+}
+
+fn server_conf(section: &ServerSection, daemon_flag: bool) -> ServerConf {
+    let mut conf = ServerConf::default();
+    conf.version = 1;
+    conf.threads = section.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    conf.daemon = daemon_flag || section.daemon;
+    if let Some(pid_file) = &section.pid_file {
+        conf.pid_file = pid_file.clone();
+    }
+    if let Some(upgrade_sock) = &section.upgrade_sock {
+        conf.upgrade_sock = upgrade_sock.clone();
+    }
+    conf.error_log = section.error_log.clone();
+    conf.user = section.user.clone();
+    conf.group = section.group.clone();
+    conf.grace_period_seconds = section.grace_period_seconds;
+    conf.graceful_shutdown_timeout_seconds = section.graceful_shutdown_timeout_seconds;
+    if let Some(size) = section.upstream_keepalive_pool_size {
+        conf.upstream_keepalive_pool_size = size;
+    }
+    if let Some(work_stealing) = section.work_stealing {
+        conf.work_stealing = work_stealing;
+    }
+    if let Some(wait) = section.daemon_wait_for_ready {
+        conf.daemon_wait_for_ready = wait;
+    }
+    conf.ca_file = section.ca_file.clone();
+    conf
+}

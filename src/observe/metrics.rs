@@ -1,0 +1,163 @@
+//! The gateway's Prometheus metrics, named as in the Go Loom gateway's README.
+//!
+//! Metrics live in the process-wide default registry, so they survive config reloads. The
+//! request path uses pre-resolved handles where the labels are known ahead (per route, per
+//! endpoint) and `with_label_values` only for the status label.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Latency buckets from 0.5 ms to 30 s: gateway overhead sits at the bottom, slow upstreams
+/// at the top.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub requests_total: IntCounterVec,
+    pub request_duration_seconds: HistogramVec,
+    pub upstream_requests_total: IntCounterVec,
+    pub upstream_duration_seconds: HistogramVec,
+    pub upstream_endpoint_healthy: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
+    pub active_connections: IntGauge,
+    pub requests_in_flight: IntGauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Registration only fails on duplicate names, which the constants below rule out.
+    if let Err(error) = registry.register(Box::new(metric.clone())) {
+        log::error!("metric registration failed: {error}");
+    }
+    metric
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|error| unreachable!("static metric definition {name}: {error}"))
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|error| unreachable!("static metric definition {name}: {error}"))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help)
+        .unwrap_or_else(|error| unreachable!("static metric definition {name}: {error}"))
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = prometheus::default_registry();
+    Metrics {
+        requests_total: register(
+            registry,
+            counter_vec(
+                "loom_requests_total",
+                "Requests answered, by method, route and status.",
+                &["method", "route", "status"],
+            ),
+        ),
+        request_duration_seconds: register(
+            registry,
+            histogram_vec(
+                "loom_request_duration_seconds",
+                "Time from request start to the end of the response, by route.",
+                &["route"],
+            ),
+        ),
+        upstream_requests_total: register(
+            registry,
+            counter_vec(
+                "loom_upstream_requests_total",
+                "Upstream attempts by upstream, endpoint and status (0 when no response).",
+                &["upstream", "endpoint", "status"],
+            ),
+        ),
+        upstream_duration_seconds: register(
+            registry,
+            histogram_vec(
+                "loom_upstream_duration_seconds",
+                "Time from choosing an endpoint to the end of its response, by upstream.",
+                &["upstream"],
+            ),
+        ),
+        upstream_endpoint_healthy: register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "loom_upstream_endpoint_healthy",
+                    "1 when the active health check counts the endpoint healthy, else 0.",
+                ),
+                &["upstream", "endpoint"],
+            )
+            .unwrap_or_else(|error| unreachable!("static metric definition: {error}")),
+        ),
+        config_reloads_total: register(
+            registry,
+            counter_vec(
+                "loom_config_reloads_total",
+                "Config reload attempts by result (success, failure, unchanged).",
+                &["result"],
+            ),
+        ),
+        active_connections: register(
+            registry,
+            gauge(
+                "loom_active_connections",
+                "Downstream connections currently open.",
+            ),
+        ),
+        requests_in_flight: register(
+            registry,
+            gauge(
+                "loom_requests_in_flight",
+                "Downstream requests currently being processed.",
+            ),
+        ),
+    }
+});
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+pub fn set_endpoint_health(upstream: &str, endpoint: &str, healthy: bool) {
+    metrics()
+        .upstream_endpoint_healthy
+        .with_label_values(&[upstream, endpoint])
+        .set(i64::from(healthy));
+}
+
+pub fn forget_endpoint(upstream: &str, endpoint: &str) {
+    let _ = metrics()
+        .upstream_endpoint_healthy
+        .remove_label_values(&[upstream, endpoint]);
+}
+
+/// Pre-resolved per-route handle so the request path skips the label lookup.
+pub fn route_duration(route: &str) -> Histogram {
+    metrics().request_duration_seconds.with_label_values(&[route])
+}
+
+/// Pre-resolved per-upstream handle.
+pub fn upstream_duration(upstream: &str) -> Histogram {
+    metrics().upstream_duration_seconds.with_label_values(&[upstream])
+}
+
+/// The text exposition of every registered metric.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(error) = encoder.encode(&prometheus::gather(), &mut buffer) {
+        log::error!("metrics encoding failed: {error}");
+    }
+    buffer
+}

@@ -1,0 +1,3 @@
+//! Observability: Prometheus metrics (served by the admin listener).
+
+pub mod metrics;

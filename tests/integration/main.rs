@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `loom` binary and real echo backends on 127.0.0.1.
+
+mod balancing;
+mod cli;
+mod malformed;
+mod proxying;
+mod reload;
+mod routing;
+mod support;

@@ -1,0 +1,206 @@
+//! Proxying behaviour: forwarded headers, JSON errors, timeouts, WebSocket, HTTP/2 and TLS.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+fn config(echo_port: u16) -> String {
+    format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+    protocol: http2
+  - name: tls
+    address: "127.0.0.1:@PORT0@"
+    protocol: https
+    tls:
+      cert: "@FIXTURES@/localhost.crt"
+      key: "@FIXTURES@/localhost.key"
+routes:
+  - id: echo
+    path: /echo/*
+    upstream: echo
+  - id: slow
+    path: /slow/*
+    strip_prefix: true
+    timeout: 300ms
+    upstream: echo
+  - id: refused
+    path: /refused
+    upstream: refused
+  - id: down
+    path: /down
+    upstream: down
+  - id: h2-upstream
+    path: /h2/*
+    strip_prefix: true
+    upstream: echo-h2
+  - id: ws
+    path: /ws
+    upstream: echo
+upstreams:
+  - name: echo
+    endpoints: ["127.0.0.1:{echo_port}"]
+  - name: echo-h2
+    protocol: http2
+    endpoints: ["127.0.0.1:{echo_port}"]
+  - name: refused
+    endpoints: ["127.0.0.1:@PORT1@"]
+  - name: down
+    endpoints: ["127.0.0.1:@PORT2@"]
+    health_check:
+      path: /health
+      interval: 1s
+      timeout: 200ms
+      unhealthy_threshold: 1
+"#
+    )
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value, String) {
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["status"], status);
+    assert_eq!(body["error"]["request_id"], request_id.as_str());
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    (status, body, request_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_and_request_id() {
+    let backend = echo("e").await;
+    let gateway = GatewayProcess::start(&config(backend.addresses()[0].port())).await;
+    let client = client();
+    let response = client
+        .get(gateway.url("/echo/headers?x=1"))
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let generated_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated_id.len(), 32);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let headers = &body["headers"];
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], format!("127.0.0.1:{}", gateway.http_port));
+    assert_eq!(headers["host"], format!("127.0.0.1:{}", gateway.http_port), "Host preserved");
+    assert_eq!(headers["x-request-id"], generated_id.as_str());
+    assert!(headers.get("x-drop-me").is_none(), "Connection-listed header forwarded");
+    assert!(headers.get("keep-alive").is_none(), "keep-alive forwarded");
+
+    let response = client
+        .get(gateway.url("/echo/id"))
+        .header("x-request-id", "client-chosen-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chosen-id");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["headers"]["x-request-id"], "client-chosen-id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gateway_error_is_json() {
+    let backend = echo("e").await;
+    let gateway = GatewayProcess::start(&config(backend.addresses()[0].port())).await;
+    let client = client();
+
+    let (status, body, _) = error_of(client.get(gateway.url("/nope")).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("route_not_found")));
+
+    let (status, body, _) = error_of(client.get(gateway.url("/refused")).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("upstream_connect_failed")));
+
+    let (status, body, _) = error_of(client.get(gateway.url("/down")).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_healthy_upstream")));
+
+    let started = std::time::Instant::now();
+    let (status, body, _) =
+        error_of(client.get(gateway.url("/slow/delay/3000")).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("upstream_timeout")));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "timeout not enforced");
+
+    // Upstream statuses pass through untouched (they are not gateway errors).
+    let response = client.get(gateway.url("/echo/status/503")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+
+    // A dangerous path is refused before routing.
+    let raw = raw_request(
+        gateway.http_port,
+        b"GET /echo/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(raw.contains("\"code\":\"invalid_path\""), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_gateway() {
+    let backend = echo("e").await;
+    let gateway = GatewayProcess::start(&config(backend.addresses()[0].port())).await;
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", gateway.http_port))
+            .await
+            .expect("websocket upgrade through loom");
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "second message", &"x".repeat(70_000)] {
+        socket.send(Message::text(text)).await.unwrap();
+        let reply = socket.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), text);
+    }
+    socket.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert_eq!(reply.into_data().as_ref(), &[0u8, 1, 2, 255]);
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cleartext_tls_and_h2_upstreams() {
+    let backend = echo("e").await;
+    let gateway = GatewayProcess::start(&config(backend.addresses()[0].port())).await;
+
+    // h2c with prior knowledge on the http2 listener; the upstream leg is HTTP/1.1.
+    let h2c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2c.get(gateway.url("/echo/over-h2c")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["version"], "HTTP/1.1");
+    assert_eq!(body["path"], "/echo/over-h2c");
+
+    // HTTP/1.1 still works on the same port.
+    let (status, _) = get_json(&client(), &gateway.url("/echo/over-h1")).await;
+    assert_eq!(status, 200);
+
+    // TLS with ALPN negotiates h2.
+    let tls = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let response = tls
+        .get(format!("https://localhost:{}/echo/over-tls", gateway.extra_ports[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+
+    // An http2 upstream is spoken to in h2c (as gRPC backends need).
+    let (status, body) = get_json(&client(), &gateway.url("/h2/upstream")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], "HTTP/2.0");
+    assert_eq!(body["path"], "/upstream");
+}

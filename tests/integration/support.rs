@@ -1,0 +1,255 @@
+//! Test harness: starts the real `loom` binary on ephemeral ports with a config written to
+//! a temporary directory, and in-process echo backends, then waits on readiness.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loom::echo::EchoServer;
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A port that was free a moment ago. Pingora cannot report the port it bound for `:0`, so
+/// the gateway's ports are picked here and passed in.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("the OS hands out an ephemeral port")
+}
+
+pub async fn echo(name: &str) -> EchoServer {
+    EchoServer::start(&["127.0.0.1:0".parse().unwrap()], name)
+        .await
+        .expect("echo server starts")
+}
+
+pub async fn echo_on(address: SocketAddr, name: &str) -> EchoServer {
+    // The previous server on this port has just closed; the kernel may need a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EchoServer::start(&[address], name).await {
+            Ok(server) => return server,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot re-bind {address}: {error}"),
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub struct GatewayProcess {
+    child: Child,
+    pub http_port: u16,
+    pub admin_port: u16,
+    pub extra_ports: Vec<u16>,
+    pub directory: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+/// Fills the placeholders of a config template: `@HTTP@` (main listener port), `@ADMIN@`,
+/// `@PORT0@`..`@PORT3@` (more free ports), `@FIXTURES@`, `@DIR@`.
+pub fn render(template: &str, http: u16, admin: u16, extra: &[u16], directory: &Path) -> String {
+    let mut text = template
+        .replace("@HTTP@", &http.to_string())
+        .replace("@ADMIN@", &admin.to_string())
+        .replace("@FIXTURES@", FIXTURES)
+        .replace("@DIR@", &directory.display().to_string());
+    for (index, port) in extra.iter().enumerate() {
+        text = text.replace(&format!("@PORT{index}@"), &port.to_string());
+    }
+    text
+}
+
+/// The `server:` and `admin:` sections every test gateway gets.
+pub fn preamble(directory: &Path, admin: u16) -> String {
+    format!(
+        "server:\n  threads: 2\n  pid_file: {dir}/loom.pid\n  upgrade_sock: {dir}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nadmin:\n  address: \"127.0.0.1:{admin}\"\n",
+        dir = directory.display()
+    )
+}
+
+impl GatewayProcess {
+    /// Starts loom with `template` (without `server:`/`admin:`, which are added) and waits
+    /// until `/ready` answers 200.
+    pub async fn start(template: &str) -> GatewayProcess {
+        let directory = tempfile::tempdir().unwrap();
+        let http_port = free_port();
+        let admin_port = free_port();
+        let extra_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+        let body = render(template, http_port, admin_port, &extra_ports, directory.path());
+        let config_path = directory.path().join("loom.yaml");
+        std::fs::write(
+            &config_path,
+            format!("{}{}", preamble(directory.path(), admin_port), body),
+        )
+        .unwrap();
+        let log_path = directory.path().join("loom.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_loom"))
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("loom starts");
+        let mut gateway = GatewayProcess {
+            child,
+            http_port,
+            admin_port,
+            extra_ports,
+            directory,
+            config_path,
+            log_path,
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.http_port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("loom exited early ({status}):\n{}", self.log());
+            }
+            let ready = client.get(self.admin_url("/ready")).send().await;
+            if let Ok(response) = ready
+                && response.status() == 200
+            {
+                // The proxy listeners open right after the control service is ready.
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "loom not ready in time:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Replaces the config body (placeholders as in `start`) without signalling.
+    pub fn write_config(&self, template: &str) -> String {
+        let body = render(
+            template,
+            self.http_port,
+            self.admin_port,
+            &self.extra_ports,
+            self.directory.path(),
+        );
+        let text = format!("{}{}", preamble(self.directory.path(), self.admin_port), body);
+        // Write-and-rename, as editors do, so the gateway never reads a half-written file.
+        let temporary = self.directory.path().join("loom.yaml.tmp");
+        std::fs::write(&temporary, &text).unwrap();
+        std::fs::rename(&temporary, &self.config_path).unwrap();
+        text
+    }
+
+    pub fn send_sighup(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGHUP);
+        }
+    }
+
+    pub async fn config_hash(&self) -> String {
+        let info: serde_json::Value = client()
+            .get(self.admin_url("/info"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        info["config_hash"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the gateway serves the config whose text is `text`.
+    pub async fn wait_for_config(&self, text: &str) {
+        let expected = loom::config::content_hash(text.as_bytes());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.config_hash().await != expected {
+            assert!(Instant::now() < deadline, "reload not applied:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Value of one sample line of `/metrics`, e.g. `loom_config_reloads_total{result="failure"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(sample).map(str::trim))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `url` and parse the echo's JSON answer.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let response = client.get(url).send().await.expect("request is answered");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// Sends raw bytes and returns the raw response (until the server closes or 5 s pass).
+pub async fn raw_request(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
