@@ -126,7 +126,7 @@ pub struct RouteConfig {
 
 /// An endpoint is `"host:port"` or `{address, weight}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum EndpointConfig {
     Address(String),
     Weighted {

@@ -25,7 +25,8 @@ const NANOS_PER_SECOND: u128 = 1_000_000_000;
 /// A bare `0` is accepted, since zero needs no unit; any other bare number is refused, because
 /// whether `30` means seconds or milliseconds is exactly the mistake this format avoids.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = |reason: &str| format!("invalid duration {text:?}: {reason}; expected {DURATION_FORMAT}");
+    let invalid =
+        |reason: &str| format!("invalid duration {text:?}: {reason}; expected {DURATION_FORMAT}");
     let trimmed = text.trim();
     if trimmed == "0" {
         return Ok(Duration::ZERO);
@@ -64,8 +65,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .ok_or_else(|| invalid("it is too long"))?;
         rest = after_unit;
     }
-    let seconds = u64::try_from(total_nanos / NANOS_PER_SECOND).map_err(|_| invalid("it is too long"))?;
-    let subsecond_nanos = u32::try_from(total_nanos % NANOS_PER_SECOND).map_err(|_| invalid("it is too long"))?;
+    let seconds =
+        u64::try_from(total_nanos / NANOS_PER_SECOND).map_err(|_| invalid("it is too long"))?;
+    let subsecond_nanos =
+        u32::try_from(total_nanos % NANOS_PER_SECOND).map_err(|_| invalid("it is too long"))?;
     Ok(Duration::new(seconds, subsecond_nanos))
 }
 
@@ -277,8 +280,13 @@ mod tests {
             Ok(DurationValue(Duration::from_secs(90)))
         );
         let bad: StrDeserializer<'_, ValueError> = "soon".into_deserializer();
-        let message = DurationValue::deserialize(bad).expect_err("bad duration").to_string();
-        assert!(message.starts_with("invalid duration \"soon\""), "{message}");
+        let message = DurationValue::deserialize(bad)
+            .expect_err("bad duration")
+            .to_string();
+        assert!(
+            message.starts_with("invalid duration \"soon\""),
+            "{message}"
+        );
 
         let size: StrDeserializer<'_, ValueError> = "10MB".into_deserializer();
         assert_eq!(SizeValue::deserialize(size), Ok(SizeValue(10 << 20)));

@@ -70,8 +70,10 @@ pub(crate) fn host_name(raw: &str) -> &str {
             None => raw,
         }
     } else {
-        match raw.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|byte| byte.is_ascii_digit()) => name,
+        match raw.bytes().rposition(|byte| byte == b':') {
+            Some(colon) if raw[colon + 1..].bytes().all(|byte| byte.is_ascii_digit()) => {
+                &raw[..colon]
+            }
             _ => raw,
         }
     };

@@ -83,6 +83,7 @@
 //! ```
 
 mod conditions;
+mod fast_hash;
 mod host;
 mod params;
 mod path;

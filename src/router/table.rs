@@ -5,6 +5,7 @@
 //! best candidate by [`Precedence`], so nothing is sorted or allocated per request.
 
 use super::conditions::Conditions;
+use super::fast_hash::FastMap;
 use super::host::{
     HostBuffer, HostPattern, MAX_HOST_LEN, host_name, lowercase_host, wildcard_suffixes,
 };
@@ -12,7 +13,6 @@ use super::pattern::{Pattern, after_root};
 use super::precedence::{HostSpecificity, Precedence, RouteRank};
 use super::trie::Node;
 use super::{MatchOutcome, RequestView, RouteError, RouteMatch, RouteSpec};
-use std::collections::HashMap;
 use std::fmt;
 
 /// An immutable route table, built once per configuration snapshot.
@@ -22,9 +22,9 @@ use std::fmt;
 pub struct Router<T> {
     routes: Vec<CompiledRoute<T>>,
     any_host: Node,
-    exact_hosts: HashMap<Box<str>, Node>,
+    exact_hosts: FastMap<Node>,
     /// Keyed by the suffix after `*.`.
-    wildcard_hosts: HashMap<Box<str>, Node>,
+    wildcard_hosts: FastMap<Node>,
 }
 
 struct CompiledRoute<T> {
@@ -54,8 +54,8 @@ impl<T> Router<T> {
         let mut router = Router {
             routes: Vec::new(),
             any_host: Node::default(),
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
+            exact_hosts: FastMap::default(),
+            wildcard_hosts: FastMap::default(),
         };
         for (route_id, route) in compiled.iter().enumerate() {
             if route.hosts.is_empty() {

@@ -6,12 +6,19 @@
 //! bounded by the depth of the request path times the branching of the table, not by the
 //! number of routes.
 
+use super::fast_hash::FastMap;
 use super::pattern::{Pattern, Segment, split_segment};
+
+/// Up to this many static children are found by scanning; more get a hash index. Scanning a
+/// few short keys is cheaper than hashing, and hashing beats binary search over thousands.
+const SCAN_LIMIT: usize = 8;
 
 #[derive(Debug, Default)]
 pub(crate) struct Node {
-    /// Sorted by segment text, for binary search: cheaper than hashing short segments.
+    /// In insertion order; `static_index` maps their text to positions when there are many.
     static_children: Vec<(Box<str>, Node)>,
+    /// Empty (and unallocated) while the children are few enough to scan.
+    static_index: FastMap<usize>,
     /// All `:name` segments at this depth share one child; names belong to each route.
     param_child: Option<Box<Node>>,
     /// Routes whose pattern ends with a catch-all right after this node.
@@ -38,24 +45,41 @@ impl Node {
 
     fn static_child_or_insert(&mut self, text: &str) -> &mut Node {
         let position = match self.find_static(text) {
-            Ok(position) => position,
-            Err(position) => {
+            Some(position) => position,
+            None => {
+                let position = self.static_children.len();
                 self.static_children
-                    .insert(position, (Box::from(text), Node::default()));
+                    .push((Box::from(text), Node::default()));
+                if position == SCAN_LIMIT {
+                    self.static_index = self
+                        .static_children
+                        .iter()
+                        .enumerate()
+                        .map(|(index, (key, _))| (key.clone(), index))
+                        .collect();
+                } else if position > SCAN_LIMIT {
+                    self.static_index.insert(Box::from(text), position);
+                }
                 position
             }
         };
         &mut self.static_children[position].1
     }
 
-    fn find_static(&self, text: &str) -> Result<usize, usize> {
-        self.static_children
-            .binary_search_by(|(candidate, _)| (**candidate).cmp(text))
+    fn find_static(&self, text: &str) -> Option<usize> {
+        if self.static_children.len() > SCAN_LIMIT {
+            self.static_index.get(text).copied()
+        } else {
+            self.static_children
+                .iter()
+                .position(|(candidate, _)| &**candidate == text)
+        }
     }
 
     /// Frees the spare capacity left by building, since the table lives for a whole snapshot.
     pub(crate) fn shrink(&mut self) {
         self.static_children.shrink_to_fit();
+        self.static_index.shrink_to_fit();
         self.catch_all_routes.shrink_to_fit();
         self.terminal_routes.shrink_to_fit();
         for (_, child) in &mut self.static_children {
@@ -79,8 +103,11 @@ impl Node {
             return;
         };
         let (segment, next) = split_segment(remaining);
-        if let Ok(position) = self.find_static(segment) {
-            self.static_children[position].1.for_each_match(next, visit);
+        if let Some((_, child)) = self
+            .find_static(segment)
+            .and_then(|position| self.static_children.get(position))
+        {
+            child.for_each_match(next, visit);
         }
         if let Some(child) = &self.param_child
             && !segment.is_empty()
@@ -130,6 +157,19 @@ mod tests {
         assert_eq!(matches(&root, "/users/"), [2, 3]);
         assert_eq!(matches(&root, "/"), [3, 5]);
         assert_eq!(matches(&root, "/other"), [3]);
+    }
+
+    #[test]
+    fn many_static_children_are_found_through_the_index() {
+        let patterns: Vec<String> = (0..100).map(|index| format!("/s{index}/x")).collect();
+        let borrowed: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let mut root = trie(&borrowed);
+        root.shrink();
+        assert_eq!(root.static_index.len(), 100);
+        for index in [0, 7, 8, 9, 99] {
+            assert_eq!(matches(&root, &format!("/s{index}/x")), [index]);
+        }
+        assert!(matches(&root, "/s100/x").is_empty());
     }
 
     #[test]

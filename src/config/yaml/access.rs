@@ -8,10 +8,11 @@ use std::collections::HashMap;
 
 use serde::de::{DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
-use super::de::{Session, ValueDeserializer};
+use super::Mark;
+use super::de::ValueDeserializer;
 use super::error::{DeserializeError, OneOf};
 use super::node::{Node, NodeValue, child_key_path, element_key_path};
-use super::Mark;
+use super::session::Session;
 
 /// One mapping entry that the visitor will see.
 struct Entry<'node> {
@@ -241,16 +242,16 @@ impl<'node> VariantAccess<'node> for EnumReader<'node, '_> {
     type Error = DeserializeError;
 
     /// A unit variant written as a mapping must have nothing under its key.
-    fn unit_variant(mut self) -> Result<(), Self::Error> {
-        if let Some((value, key_path)) = &self.value {
-            if value.value != NodeValue::Null {
-                let message = format!(
-                    "{:?} takes no value, found {}",
-                    self.variant_name(),
-                    value.describe()
-                );
-                self.session.record_at(value, key_path, message);
-            }
+    fn unit_variant(self) -> Result<(), Self::Error> {
+        if let Some((value, key_path)) = &self.value
+            && value.value != NodeValue::Null
+        {
+            let message = format!(
+                "{:?} takes no value, found {}",
+                self.variant_name(),
+                value.describe()
+            );
+            self.session.record_at(value, key_path, message);
         }
         Ok(())
     }

@@ -1,157 +1,17 @@
-//! A `serde` deserializer over [`Node`] that records problems instead of stopping at them.
+//! A `serde` deserializer over one [`Node`] that records what it can step over.
 //!
-//! Two kinds of problem are handled differently (the module docs of [`super`] list which is
-//! which):
-//! - those the deserializer can step over are *recorded* in the [`Session`] and a neutral value
-//!   is handed to the visitor, so the visitor never learns about them;
-//! - those only a visitor or a `Deserialize` impl notices come back as a [`DeserializeError`],
-//!   which is given the node it belongs to on its way out. [`deserialize_node`] then records it,
-//!   marks that node as *rejected* and starts again; every part of the deserializer skips
-//!   rejected nodes, so the next round gets past the failure and finds what else is wrong.
+//! A type mismatch is recorded in the [`Session`] and the visitor gets a neutral value (`0`,
+//! `""`, an empty list or mapping), so it never learns of the problem and the rest of the
+//! document is still checked. Failures raised by visitors leave through [`Session::attach`],
+//! which gives them this node.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-
-use serde::de::{DeserializeOwned, Visitor};
+use serde::de::Visitor;
 
 use super::access::{EnumReader, MapReader, SeqReader};
-use super::error::{DeserializeError, Location, OneOf, Reason};
+use super::error::{DeserializeError, OneOf};
 use super::node::{Node, NodeValue, child_key_path};
 use super::scalar::{self, IntegerText};
-use super::{ConfigError, Mark};
-
-/// Deserializes `node` into T, appending every error found to `errors`. Returns None when the
-/// value could not be built.
-///
-/// `key_path` is the path of `node` in its document (`""` for the top level); error paths are
-/// built on it. The returned value is `Some` when every node could be converted, although some
-/// may hold the neutral stand-ins for recorded type errors (`0`, `""`, an empty list), so a
-/// caller must not use it as a valid config unless no error was appended. It is `None` when a
-/// failure forced part of the document to be dropped. Errors are appended in document order.
-pub fn deserialize_node<T: DeserializeOwned>(
-    file: &Path,
-    node: &Node,
-    key_path: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<T> {
-    let mut session = Session::new(file);
-    let value = loop {
-        let deserializer = ValueDeserializer::new(node, key_path.to_owned(), &mut session);
-        match T::deserialize(deserializer) {
-            Ok(value) => break Some(value),
-            Err(error) => {
-                let location = match error.location {
-                    Some(location) => location,
-                    None => session.locate(node, key_path, &error.reason),
-                };
-                if !location.consequence {
-                    session.record(location.node, location.mark, &location.key_path, error.reason.to_string());
-                }
-                // Each round rejects a node that earlier rounds kept, so the loop ends; the
-                // top-level node cannot be skipped, so its failure ends it at once.
-                if location.node == address(node) || !session.rejected.insert(location.node) {
-                    break None;
-                }
-            }
-        }
-    };
-    let complete = session.rejected.is_empty();
-    let mut found = session.errors;
-    found.sort_by_key(|error| error.mark);
-    errors.extend(found);
-    value.filter(|_| complete)
-}
-
-/// What one [`deserialize_node`] call has learned, shared by every deserializer it creates and
-/// kept across its rounds.
-pub(super) struct Session {
-    file: PathBuf,
-    errors: Vec<ConfigError>,
-    /// Nodes that already have an error, whose later failures are not reported again.
-    nodes_with_errors: HashSet<usize>,
-    /// Nodes whose deserialization failed; skipped from then on.
-    rejected: HashSet<usize>,
-}
-
-impl Session {
-    fn new(file: &Path) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            errors: Vec::new(),
-            nodes_with_errors: HashSet::new(),
-            rejected: HashSet::new(),
-        }
-    }
-
-    /// Records an error, once: later rounds meet the same recorded problems again.
-    pub(super) fn record(&mut self, node: usize, mark: Mark, key_path: &str, message: String) {
-        self.nodes_with_errors.insert(node);
-        let duplicate = self.errors.iter().any(|error| {
-            error.mark == Some(mark) && error.key_path == key_path && error.message == message
-        });
-        if !duplicate {
-            self.errors
-                .push(ConfigError::new(&self.file, Some(mark), key_path, message));
-        }
-    }
-
-    pub(super) fn record_at(&mut self, node: &Node, key_path: &str, message: String) {
-        self.record(address(node), node.mark, key_path, message);
-    }
-
-    pub(super) fn is_rejected(&self, node: &Node) -> bool {
-        self.rejected.contains(&address(node))
-    }
-
-    /// Gives an error that has no node yet the node being deserialized.
-    pub(super) fn attach<T>(
-        &self,
-        result: Result<T, DeserializeError>,
-        node: &Node,
-        key_path: &str,
-    ) -> Result<T, DeserializeError> {
-        result.map_err(|mut error| {
-            if error.location.is_none() {
-                error.location = Some(self.locate(node, key_path, &error.reason));
-            }
-            error
-        })
-    }
-
-    fn locate(&self, node: &Node, key_path: &str, reason: &Reason) -> Location {
-        Location {
-            node: address(node),
-            key_path: key_path.to_owned(),
-            mark: node.mark,
-            consequence: self.is_consequence(node, reason),
-        }
-    }
-
-    /// Whether a failure at `node` follows from an error that is already reported: the node has
-    /// an error of its own (a type error made it hand a neutral value to the visitor), the
-    /// missing key is one whose value was rejected, or part of its content was rejected and
-    /// skipped.
-    fn is_consequence(&self, node: &Node, reason: &Reason) -> bool {
-        if self.nodes_with_errors.contains(&address(node)) {
-            return true;
-        }
-        match reason {
-            Reason::MissingKey(name) => match &node.value {
-                NodeValue::Mapping(entries) => entries.iter().any(|(key, value)| {
-                    key.scalar_text() == Some(name)
-                        && (self.is_rejected(key) || self.is_rejected(value))
-                }),
-                _ => false,
-            },
-            Reason::Message(_) => node.children().any(|child| self.is_rejected(child)),
-        }
-    }
-}
-
-/// Identifies a node for the length of one call: the tree is borrowed, so it cannot move.
-pub(super) fn address(node: &Node) -> usize {
-    std::ptr::from_ref(node).addr()
-}
+use super::session::Session;
 
 /// Deserializes one node.
 pub(super) struct ValueDeserializer<'node, 'session> {
@@ -161,11 +21,7 @@ pub(super) struct ValueDeserializer<'node, 'session> {
 }
 
 impl<'node, 'session> ValueDeserializer<'node, 'session> {
-    pub(super) fn new(
-        node: &'node Node,
-        key_path: String,
-        session: &'session mut Session,
-    ) -> Self {
+    pub(super) fn new(node: &'node Node, key_path: String, session: &'session mut Session) -> Self {
         Self {
             node,
             key_path,
@@ -254,7 +110,13 @@ impl<'node, 'session> ValueDeserializer<'node, 'session> {
                 // Formats like JSON hold integers this large only as floats.
                 return visitor.visit_f64(value as f64);
             }
-            IntegerText::OutOfRange => return visitor.visit_borrowed_str(text),
+            IntegerText::OutOfRange => {
+                // Decimal text past i128 still reads as a float; hex and octal stay text.
+                return match text.parse() {
+                    Ok(value) => visitor.visit_f64(value),
+                    Err(_) => visitor.visit_borrowed_str(text),
+                };
+            }
             IntegerText::NotInteger => {}
         }
         match scalar::parse_float(text) {
@@ -293,7 +155,7 @@ impl<'node> serde::Deserializer<'node> for ValueDeserializer<'node, '_> {
         deserialize_u128 => visit_u128(u128, 0, i128::MAX);
     }
 
-    fn deserialize_any<V: Visitor<'node>>(mut self, visitor: V) -> Result<V::Value, Self::Error> {
+    fn deserialize_any<V: Visitor<'node>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         let node = self.node;
         let result = match &node.value {
             NodeValue::Null => visitor.visit_unit(),
@@ -305,9 +167,12 @@ impl<'node> serde::Deserializer<'node> for ValueDeserializer<'node, '_> {
             NodeValue::Sequence(elements) => {
                 visitor.visit_seq(SeqReader::new(elements, &self.key_path, &mut *self.session))
             }
-            NodeValue::Mapping(entries) => {
-                visitor.visit_map(MapReader::new(entries, &self.key_path, None, &mut *self.session))
-            }
+            NodeValue::Mapping(entries) => visitor.visit_map(MapReader::new(
+                entries,
+                &self.key_path,
+                None,
+                &mut *self.session,
+            )),
         };
         self.place(result)
     }
@@ -431,25 +296,37 @@ impl<'node> serde::Deserializer<'node> for ValueDeserializer<'node, '_> {
                 &[]
             }
         };
-        let result = visitor.visit_seq(SeqReader::new(elements, &self.key_path, &mut *self.session));
+        let result =
+            visitor.visit_seq(SeqReader::new(elements, &self.key_path, &mut *self.session));
         self.place(result)
     }
 
+    /// A tuple's visitor stops reading at its length, so extra elements are reported here
+    /// (too few make the visitor fail).
     fn deserialize_tuple<V: Visitor<'node>>(
         self,
-        _length: usize,
+        length: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
+        if let NodeValue::Sequence(elements) = &self.node.value
+            && elements.len() > length
+        {
+            let message = format!(
+                "expected a sequence of {length} elements, found {}",
+                elements.len()
+            );
+            self.session.record_at(self.node, &self.key_path, message);
+        }
         self.deserialize_seq(visitor)
     }
 
     fn deserialize_tuple_struct<V: Visitor<'node>>(
         self,
         _name: &'static str,
-        _length: usize,
+        length: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.deserialize_seq(visitor)
+        self.deserialize_tuple(length, visitor)
     }
 
     /// Maps accept any key; only duplicates are reported.
@@ -462,7 +339,12 @@ impl<'node> serde::Deserializer<'node> for ValueDeserializer<'node, '_> {
                 &[]
             }
         };
-        let result = visitor.visit_map(MapReader::new(entries, &self.key_path, None, &mut *self.session));
+        let result = visitor.visit_map(MapReader::new(
+            entries,
+            &self.key_path,
+            None,
+            &mut *self.session,
+        ));
         self.place(result)
     }
 
@@ -490,7 +372,7 @@ impl<'node> serde::Deserializer<'node> for ValueDeserializer<'node, '_> {
     /// A unit variant is a scalar (`round_robin`); any variant can be a mapping with the variant
     /// as its only key (`weighted: {...}`).
     fn deserialize_enum<V: Visitor<'node>>(
-        mut self,
+        self,
         _name: &'static str,
         variants: &'static [&'static str],
         visitor: V,
@@ -509,7 +391,8 @@ impl<'node> serde::Deserializer<'node> for ValueDeserializer<'node, '_> {
                     // Already reported; failing here lets the next round skip this node.
                     Err(DeserializeError::message("the variant was rejected"))
                 } else {
-                    let value_path = child_key_path(&self.key_path, variant.scalar_text().unwrap_or(""));
+                    let value_path =
+                        child_key_path(&self.key_path, variant.scalar_text().unwrap_or(""));
                     visitor.visit_enum(EnumReader::new(
                         variant,
                         &self.key_path,
@@ -532,11 +415,17 @@ impl<'node> serde::Deserializer<'node> for ValueDeserializer<'node, '_> {
         self.place(result)
     }
 
-    fn deserialize_identifier<V: Visitor<'node>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+    fn deserialize_identifier<V: Visitor<'node>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         self.deserialize_str(visitor)
     }
 
-    fn deserialize_ignored_any<V: Visitor<'node>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+    fn deserialize_ignored_any<V: Visitor<'node>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         visitor.visit_unit()
     }
 }

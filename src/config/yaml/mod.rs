@@ -11,39 +11,40 @@
 //!
 //! # Which errors are collected
 //!
-//! *Every occurrence* is reported, and deserialization carries on past it, for:
-//! - unknown keys in a struct (every struct behaves as if it had `deny_unknown_fields`; maps such
-//!   as `HashMap` accept any key);
+//! Recorded where they are found, with a neutral value (`0`, `""`, an empty list or mapping)
+//! handed on so that the same pass goes on checking the rest:
+//! - unknown keys in a struct (every struct acts as if it had `deny_unknown_fields`; maps such
+//!   as `HashMap` accept any key), and struct keys that are not names;
 //! - duplicate keys in any mapping;
-//! - a value of the wrong shape or type for a primitive, string, option, sequence, map or struct
-//!   (a neutral value such as `0`, `""` or an empty list is used in its place so the rest of the
-//!   document is still checked).
+//! - a value of the wrong type or shape for an integer (range included), float, boolean,
+//!   character, string, option, unit, sequence, tuple (too many elements), map or struct.
 //!
-//! Other failures cannot be recovered in place, because a `serde` visitor that returned an error
-//! has been consumed: an error from a custom `Deserialize` impl (for example a bad duration), a
-//! missing required key, an unknown enum variant, an enum written in the wrong shape, and an
-//! untagged enum that matched no variant. Each of these stops the struct that contains it, so
-//! [`deserialize_node`] records the error, drops the failing node and deserializes again from
-//! the start; a struct whose required key was dropped is dropped in turn, and a dropped list
-//! element is skipped. The result is that these errors are also reported for the whole document,
-//! with one limit: once a struct is dropped, *further failures of this second kind inside that
-//! same struct* are not seen (unknown keys and type errors inside it are still reported). In
-//! practice that means one such error per struct, which is why callers can still choose to call
-//! [`deserialize_node`] per list element.
+//! Failures of a second kind stop the struct that holds them, and every struct around it,
+//! because only a `serde` visitor or a `Deserialize` impl notices them and a visitor that
+//! returned an error is used up: an error from a custom `Deserialize` impl (a bad duration,
+//! say), a missing required key, an unknown enum variant, an enum in the wrong shape, an
+//! untagged enum that matched no variant, a tuple that is too short. [`deserialize_node`]
+//! records such a failure against the node it came from, drops that node and deserializes
+//! again, the dropped node now counting as absent (a dropped list element is skipped). It
+//! repeats until the value is built or the top-level node itself fails, so these failures too
+//! are reported for the whole document, at the cost of one more pass each. What stays unseen:
+//! - the value under an unknown enum variant name, whose schema is unknown;
+//! - the inside of a value that `serde` buffers: an `#[serde(untagged)]` or internally tagged
+//!   enum, or a `#[serde(flatten)]` field (whose struct is deserialized as a map, so none of its
+//!   unknown keys is reported). Such a value gets one error at its node ("data did not match any
+//!   variant of untagged enum Endpoint"); unknown keys inside it are caught only when the
+//!   variant's struct has `#[serde(deny_unknown_fields)]`, and a number given to a string field
+//!   inside it is refused;
+//! - whatever a hand-written `Deserialize` impl had not read when it failed.
 //!
-//! An error that follows from one already reported (a missing-key error for a key whose value was
-//! rejected, a failure on a node that already has a type error) is not reported again.
+//! Errors that follow from one already reported are not reported again: a missing key whose
+//! value was dropped, a failure at a node that already has an error (a struct written as a
+//! string, say) or some of whose content was dropped.
 //!
 //! # Limits
-//! - Inside `#[serde(untagged)]` and internally tagged enums, `serde` buffers the value and
-//!   matches it without this deserializer, so a failure there is one error at the enum's node
-//!   ("data did not match any variant ...") and unknown keys there are only caught when the
-//!   variant's struct has `#[serde(deny_unknown_fields)]`. A number given to a string field of
-//!   such a variant is rejected, unlike elsewhere.
-//! - Structs with `#[serde(flatten)]` are deserialized as maps, so their unknown keys are not
-//!   reported.
 //! - Nodes copied from an anchor keep the marks of the anchored text, since that is where the
 //!   text to fix is; their key paths are those of the place they were copied to.
+//! - Integers are read into `i128`, so a `u128` field accepts at most `i128::MAX`.
 
 mod access;
 mod de;
@@ -51,15 +52,16 @@ mod error;
 mod node;
 mod parse;
 mod scalar;
+mod session;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use de::deserialize_node;
 pub use node::{Node, NodeValue, child_key_path, element_key_path};
 pub use parse::parse_document;
+pub use session::deserialize_node;
 
 /// A position in a source file (1-based line and column, columns counted in characters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,8 +80,7 @@ impl fmt::Display for Mark {
 ///
 /// Displays as `conf/loom.yaml:12:5: routes[2].upstream: unknown upstream "foo"`, leaving out the
 /// position when there is none and the key path when it is empty (the whole document).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(fmt = format_config_error)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
     pub mark: Option<Mark>,
@@ -104,14 +105,19 @@ impl ConfigError {
     }
 }
 
-fn format_config_error(error: &ConfigError, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-    write!(formatter, "{}", error.file.display())?;
-    if let Some(mark) = error.mark {
-        write!(formatter, ":{mark}")?;
+// Written by hand because the parts that are absent change the punctuation around them.
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}", self.file.display())?;
+        if let Some(mark) = self.mark {
+            write!(formatter, ":{mark}")?;
+        }
+        formatter.write_str(": ")?;
+        if !self.key_path.is_empty() {
+            write!(formatter, "{}: ", self.key_path)?;
+        }
+        formatter.write_str(&self.message)
     }
-    formatter.write_str(": ")?;
-    if !error.key_path.is_empty() {
-        write!(formatter, "{}: ", error.key_path)?;
-    }
-    formatter.write_str(&error.message)
 }
+
+impl std::error::Error for ConfigError {}

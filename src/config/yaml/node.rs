@@ -15,7 +15,10 @@ pub enum NodeValue {
     /// Any other scalar, kept as text: what it means depends on the type asked for.
     /// `style_plain` is false for quoted and block scalars and for `!!str`, which are always
     /// strings.
-    Scalar { text: String, style_plain: bool },
+    Scalar {
+        text: String,
+        style_plain: bool,
+    },
     Sequence(Vec<Node>),
     /// Entries in document order, merge keys already applied.
     Mapping(Vec<(Node, Node)>),
@@ -215,7 +218,10 @@ mod tests {
     #[test]
     fn key_paths_quote_only_when_needed() {
         assert_eq!(child_key_path("", "routes"), "routes");
-        assert_eq!(child_key_path("routes[1]", "upstream"), "routes[1].upstream");
+        assert_eq!(
+            child_key_path("routes[1]", "upstream"),
+            "routes[1].upstream"
+        );
         assert_eq!(child_key_path("h", "x.id"), "h[\"x.id\"]");
         assert_eq!(child_key_path("h", "say \"hi\""), "h[\"say \\\"hi\\\"\"]");
         assert_eq!(child_key_path("", ""), "[\"\"]");

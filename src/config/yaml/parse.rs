@@ -13,8 +13,8 @@ use super::{ConfigError, Mark, scalar};
 /// deeper tree would recurse far enough to overflow the stack.
 const MAX_DEPTH: usize = 128;
 
-/// Aliases and merge keys copy nodes, so a few lines can describe an exponentially large tree
-/// ("billion laughs"); past this many nodes the document is refused.
+/// Aliases copy nodes, so a few lines can describe an exponentially large tree ("billion
+/// laughs"); past this many nodes the document is refused.
 const MAX_NODES: usize = 1_000_000;
 
 /// The prefix `yaml-rust2` gives the `!!` tag handle.
@@ -32,9 +32,13 @@ pub fn parse_document(file: &Path, text: &str) -> Result<Node, ConfigError> {
     // Pulling events, rather than handing the builder to `Parser::load`, lets the builder stop
     // the parser at the first problem, before deep nesting can make it recurse.
     loop {
-        let (event, marker) = parser
-            .next_token()
-            .map_err(|error| error_at(file, *error.marker(), format!("invalid YAML: {}", error.info())))?;
+        let (event, marker) = parser.next_token().map_err(|error| {
+            error_at(
+                file,
+                *error.marker(),
+                format!("invalid YAML: {}", error.info()),
+            )
+        })?;
         let finished = event == Event::StreamEnd;
         builder.on_event(event, marker);
         if let Some(error) = builder.error.take() {
@@ -57,7 +61,10 @@ pub fn parse_document(file: &Path, text: &str) -> Result<Node, ConfigError> {
             file,
             Some(root.mark),
             "",
-            format!("expected a mapping at the top level, found {}", root.describe()),
+            format!(
+                "expected a mapping at the top level, found {}",
+                root.describe()
+            ),
         ));
     }
     Ok(root)
@@ -198,7 +205,10 @@ impl<'file> TreeBuilder<'file> {
         } else {
             format!("{}{}", tag.handle, tag.suffix)
         };
-        Err(self.error(mark, format!("unsupported tag \"{shown}\" (only !!{allowed} is allowed here)")))
+        Err(self.error(
+            mark,
+            format!("unsupported tag \"{shown}\" (only !!{allowed} is allowed here)"),
+        ))
     }
 
     fn open(&mut self, frame: Frame, mark: Mark) -> Result<(), ConfigError> {
@@ -252,10 +262,22 @@ impl<'file> TreeBuilder<'file> {
 
     /// Replaces `<<` entries by the entries of the mappings they name. Keys written in the
     /// mapping itself win over merged ones, and an earlier merged mapping wins over a later one.
-    fn apply_merge_keys(&mut self, entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, ConfigError> {
+    fn apply_merge_keys(
+        &mut self,
+        entries: Vec<(Node, Node)>,
+    ) -> Result<Vec<(Node, Node)>, ConfigError> {
         let (merges, mut result): (Vec<_>, Vec<_>) =
             entries.into_iter().partition(|(key, _)| is_merge_key(key));
-        for (_, source) in merges {
+        for (merge_key, source) in merges {
+            // Errors point at the `<<` key: the value may be a copy whose marks are elsewhere.
+            let not_mappings = |found: &str| {
+                self.error(
+                    merge_key.mark,
+                    format!(
+                        "a merge key `<<` needs a mapping or a list of mappings, found {found}"
+                    ),
+                )
+            };
             let sources = match source.value {
                 NodeValue::Mapping(source_entries) => vec![source_entries],
                 NodeValue::Sequence(elements) => {
@@ -263,24 +285,15 @@ impl<'file> TreeBuilder<'file> {
                     for element in elements {
                         match element.value {
                             NodeValue::Mapping(source_entries) => mappings.push(source_entries),
-                            other => {
-                                let found = Node { value: other, mark: element.mark }.describe();
-                                return Err(self.error(
-                                    element.mark,
-                                    format!("a merge key list may only hold mappings, found {found}"),
-                                ));
+                            _ => {
+                                let found = format!("a list holding {}", element.describe());
+                                return Err(not_mappings(&found));
                             }
                         }
                     }
                     mappings
                 }
-                other => {
-                    let found = Node { value: other, mark: source.mark }.describe();
-                    return Err(self.error(
-                        source.mark,
-                        format!("a merge key `<<` needs a mapping or a list of mappings, found {found}"),
-                    ));
-                }
+                _ => return Err(not_mappings(&source.describe())),
             };
             for (key, value) in sources.into_iter().flatten() {
                 // Entries are moved out of the source, not copied, so the node count stays.
@@ -293,7 +306,12 @@ impl<'file> TreeBuilder<'file> {
     }
 
     /// Places a finished node in its parent, or makes it the document's root.
-    fn complete(&mut self, mut node: Node, anchor: usize, implicit_null: bool) -> Result<(), ConfigError> {
+    fn complete(
+        &mut self,
+        mut node: Node,
+        anchor: usize,
+        implicit_null: bool,
+    ) -> Result<(), ConfigError> {
         self.add_nodes(1, node.mark)?;
         if anchor > 0 {
             self.anchors.insert(anchor, node.clone());
@@ -363,7 +381,9 @@ fn is_merge_key(key: &Node) -> bool {
 fn same_key(left: &Node, right: &Node) -> bool {
     match (&left.value, &right.value) {
         (NodeValue::Null, NodeValue::Null) => true,
-        (NodeValue::Scalar { text: left, .. }, NodeValue::Scalar { text: right, .. }) => left == right,
+        (NodeValue::Scalar { text: left, .. }, NodeValue::Scalar { text: right, .. }) => {
+            left == right
+        }
         _ => false,
     }
 }

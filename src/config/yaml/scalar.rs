@@ -148,7 +148,9 @@ mod tests {
         assert_eq!(parse_float("1e3"), Some(1000.0));
         assert_eq!(parse_float("-.inf"), Some(f64::NEG_INFINITY));
         assert!(parse_float(".nan").is_some_and(f64::is_nan));
-        for text in ["12", "inf", "NaN", "-.nan", ".", "1e", "e3", "1.5.2", "infinity"] {
+        for text in [
+            "12", "inf", "NaN", "-.nan", ".", "1e", "e3", "1.5.2", "infinity",
+        ] {
             assert_eq!(parse_float(text), None, "{text}");
         }
     }
