@@ -470,16 +470,13 @@ fn check_routes(
                 format!("duplicate route id \"{}\"", route.id),
             );
         }
-        let upstream_index = match upstream_by_name.get(route.upstream.as_str()) {
-            Some(index) => *index,
-            None => {
-                checker.error(
-                    format!("{key}.upstream"),
-                    format!("unknown upstream \"{}\"", route.upstream),
-                );
-                continue;
-            }
-        };
+        let upstream_index = upstream_by_name.get(route.upstream.as_str()).copied();
+        if upstream_index.is_none() {
+            checker.error(
+                format!("{key}.upstream"),
+                format!("unknown upstream \"{}\"", route.upstream),
+            );
+        }
         for (index, plugin) in route.plugins.iter().enumerate() {
             if !plugin_names.contains(plugin.as_str()) {
                 checker.error(
@@ -496,12 +493,22 @@ fn check_routes(
                 );
             }
         }
-        let upstream = &upstreams[upstream_index];
+        // With an unknown upstream the config is rejected anyway; defaults keep checking going.
+        let upstream = upstream_index.and_then(|index| upstreams.get(index));
         let detailed = route.timeouts.clone().unwrap_or_default();
         let timeouts = EffectiveTimeouts {
-            connect: detailed.connect.map_or(upstream.connect_timeout, |v| v.0),
-            read: detailed.read.map_or(upstream.read_timeout, |v| v.0),
-            write: detailed.write.map_or(upstream.write_timeout, |v| v.0),
+            connect: detailed.connect.map_or(
+                upstream.map_or(DEFAULT_CONNECT_TIMEOUT, |u| u.connect_timeout),
+                |v| v.0,
+            ),
+            read: detailed.read.map_or(
+                upstream.map_or(DEFAULT_READ_TIMEOUT, |u| u.read_timeout),
+                |v| v.0,
+            ),
+            write: detailed.write.map_or(
+                upstream.map_or(DEFAULT_WRITE_TIMEOUT, |u| u.write_timeout),
+                |v| v.0,
+            ),
             total: detailed.total.or(route.timeout).map(|v| v.0),
         };
         if timeouts.total.is_some_and(|total| total.is_zero()) {
@@ -530,7 +537,7 @@ fn check_routes(
         ));
         plans.push((indexes.routes[position], RoutePlan {
             config: route.clone(),
-            upstream_index,
+            upstream_index: upstream_index.unwrap_or(0),
             timeouts,
         }));
     }
@@ -541,9 +548,16 @@ fn check_routes(
                 let source_index = plans
                     .get(route_error.route_index)
                     .map_or(route_error.route_index, |(source, _)| *source);
-                checker.error(format!("routes[{source_index}].path"), route_error.message);
+                let field = match route_error.field {
+                    "hosts" => "host",
+                    other => other,
+                };
+                checker.error(
+                    format!("routes[{source_index}].{field}"),
+                    route_error.message,
+                );
             }
-            Router::build(Vec::new()).unwrap_or_else(|_| unreachable!("an empty router always builds"))
+            Router::empty()
         }
     };
     (plans.into_iter().map(|(_, plan)| plan).collect(), router)

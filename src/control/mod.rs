@@ -66,12 +66,10 @@ impl ControlService {
         }
         let next = Arc::new(self.state.prepare(loaded));
         log_restart_required(&current, &next);
-        let known: HashSet<*const UpstreamPool> =
-            current.upstreams.iter().map(Arc::as_ptr).collect();
         let new_pools: Vec<Arc<UpstreamPool>> = next
             .upstreams
             .iter()
-            .filter(|pool| !known.contains(&Arc::as_ptr(pool)))
+            .filter(|pool| !current.upstreams.iter().any(|old| Arc::ptr_eq(old, pool)))
             .cloned()
             .collect();
         first_health_rounds(&new_pools).await;

@@ -113,14 +113,17 @@ impl GatewayError {
 }
 
 /// Writes `error` as the response, unless a response has already started (then only the
-/// connection can be closed, which Pingora does).
-pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &str) {
+/// connection can be closed, which Pingora does). Returns whether the client connection can
+/// be kept alive afterwards: only when the whole error was written and no unread request body
+/// is left on the connection. When it cannot, the response says `Connection: close` so the
+/// client does not reuse a connection we are about to close.
+pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &str) -> bool {
     if error.status == 0 || session.response_written().is_some() {
-        return;
+        return false;
     }
     let body = error.body(request_id);
     let Ok(mut header) = ResponseHeader::build(error.status, Some(5)) else {
-        return;
+        return false;
     };
     let header_results = [
         header.insert_header("content-type", "application/json"),
@@ -135,14 +138,17 @@ pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &s
         let _ = header.insert_header("allow", allow.as_str());
     }
     // An unread request body would be taken as the next request on this connection.
-    if !session.is_body_empty() && !session.is_body_done() {
+    let reusable = session.is_body_empty() || session.is_body_done();
+    if !reusable {
         session.set_keepalive(None);
     }
     if let Err(write_error) = session.write_response_header(Box::new(header), false).await {
         log::debug!("could not write error response: {write_error}");
-        return;
+        return false;
     }
     if let Err(write_error) = session.write_response_body(Some(body), true).await {
         log::debug!("could not write error body: {write_error}");
+        return false;
     }
+    reusable
 }

@@ -37,7 +37,7 @@ pub fn request_id(session: &Session) -> String {
 
 /// A 32-hex-digit id: a per-process random prefix plus a counter, unique without locking.
 pub fn generate_request_id() -> String {
-    static PREFIX: std::sync::LazyLock<u64> = std::sync::LazyLock::new(fastrand::u64);
+    static PREFIX: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| fastrand::u64(..));
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut id = String::with_capacity(32);

@@ -274,12 +274,12 @@ impl ProxyHttp for Gateway {
             .failure
             .clone()
             .unwrap_or_else(|| GatewayError::from_proxy_error(error));
-        errors::respond(session, &failure, &ctx.request_id).await;
+        let can_reuse_downstream = errors::respond(session, &failure, &ctx.request_id).await;
         let error_code = failure.status;
         ctx.failure = Some(failure);
         FailToProxy {
             error_code,
-            can_reuse_downstream: false,
+            can_reuse_downstream,
         }
     }
 
@@ -357,10 +357,11 @@ fn apply_timeouts(
     peer.options.write_timeout = Some(bounded(timeouts.write));
 }
 
-/// Status label text without allocating for the statuses HTTP defines.
+/// Status label text without allocating per request: "0" for no response, "100".."999".
 fn status_text(status: u16) -> &'static str {
-    match http::StatusCode::from_u16(status) {
-        Ok(code) => code.as_str(),
-        Err(_) => "0",
-    }
+    static LABELS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (0..1000).map(|code| code.to_string()).collect());
+    LABELS
+        .get(usize::from(status))
+        .map_or("0", String::as_str)
 }

@@ -43,11 +43,16 @@ pub(crate) struct Conditions {
 }
 
 impl Conditions {
-    pub(crate) fn compile(spec: &RouteSpec, errors: &mut Vec<String>) -> Conditions {
+    /// Compiles the spec's conditions, adding `(RouteSpec field, message)` for each problem.
+    pub(crate) fn compile(
+        spec: &RouteSpec,
+        errors: &mut Vec<(&'static str, String)>,
+    ) -> Conditions {
         let mut methods = Vec::with_capacity(spec.methods.len());
         for method in &spec.methods {
             if method.is_empty() || !method.bytes().all(is_token_byte) {
-                errors.push(format!("method {method:?} is not a valid HTTP method"));
+                let message = format!("method {method:?} is not a valid HTTP method");
+                errors.push(("methods", message));
             } else {
                 methods.push(Box::from(method.to_ascii_uppercase()));
             }
@@ -58,9 +63,8 @@ impl Conditions {
         let mut headers = Vec::with_capacity(spec.headers.len());
         for (name, value) in &spec.headers {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
-                errors.push(format!(
-                    "header name {name:?} is not a valid HTTP header name"
-                ));
+                let message = format!("header name {name:?} is not a valid HTTP header name");
+                errors.push(("headers", message));
             } else {
                 headers.push((
                     Box::from(name.to_ascii_lowercase()),
@@ -72,7 +76,8 @@ impl Conditions {
         let mut query_params = Vec::with_capacity(spec.query_params.len());
         for (name, value) in &spec.query_params {
             if name.is_empty() {
-                errors.push("query parameter name must not be empty".to_string());
+                let message = "query parameter name must not be empty".to_string();
+                errors.push(("query_params", message));
             } else {
                 query_params.push((Box::from(name.as_str()), Expected::from_config(value)));
             }
@@ -198,6 +203,7 @@ mod tests {
         };
         let mut errors = Vec::new();
         Conditions::compile(&spec, &mut errors);
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        let fields: Vec<_> = errors.iter().map(|(field, _)| *field).collect();
+        assert_eq!(fields, ["methods", "methods", "headers", "query_params"]);
     }
 }

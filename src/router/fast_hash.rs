@@ -1,9 +1,9 @@
 //! A fast hash for the router's lookup tables (host names and path segments).
 //!
-//! std's default SipHash exists to protect tables that attackers can fill. These tables are
+//! std's default `SipHash` exists to protect tables that attackers can fill. These tables are
 //! filled only from the configuration and never change afterwards; a request can only look a
 //! key up, which cannot lengthen any probe sequence, so a cheaper hash is safe. Profiling the
-//! 10,000-route bench showed SipHash and sorted-vector binary search as the largest costs.
+//! 10,000-route bench showed `SipHash` and sorted-vector binary search as the largest costs.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -131,19 +131,30 @@ pub struct RouteSpec {
 pub struct RouteError {
     /// The offending route's [`RouteSpec::index`], so the message can point into the file.
     pub route_index: usize,
+    /// The [`RouteSpec`] field at fault (`"path"`, `"hosts"`, `"methods"`, `"headers"` or
+    /// `"query_params"`), so the configuration layer can name the exact key.
+    pub field: &'static str,
     /// What is wrong, phrased for the person editing the configuration.
     pub message: String,
 }
 
 impl fmt::Display for RouteError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "route {}: {}", self.route_index, self.message)
+        write!(
+            formatter,
+            "route {} {}: {}",
+            self.route_index, self.field, self.message
+        )
     }
 }
 
 impl std::error::Error for RouteError {}
 
 /// A borrowed view of the request, so that matching needs no allocation to set up.
+///
+/// Build one per request, together with its header closure: the closure's return type ties
+/// `'a` exactly (a trait object's output type cannot be shortened), so a closure reused across
+/// requests would demand that every path outlive it.
 pub struct RequestView<'a> {
     /// The request method, as received (methods are case-sensitive in HTTP).
     pub method: &'a str,
@@ -176,7 +187,10 @@ pub enum MatchOutcome<'r, 'p, T> {
     Matched(RouteMatch<'r, 'p, T>),
     /// Some route matched everything but the method: answer 405 with this `Allow` value
     /// (the methods of every such route, sorted, deduplicated, separated by `", "`).
-    MethodNotAllowed { allow: String },
+    MethodNotAllowed {
+        /// The value for the response's `Allow` header, e.g. `GET, POST`.
+        allow: String,
+    },
     /// No route matched host, path, headers and query.
     NotFound,
 }

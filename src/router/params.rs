@@ -62,10 +62,12 @@ impl<'r, 'p> PathParams<'r, 'p> {
         }
     }
 
+    /// How many parameters were captured.
     pub fn len(&self) -> usize {
         self.names.len().min(self.inline_len + self.overflow.len())
     }
 
+    /// Whether the pattern captured nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

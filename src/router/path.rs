@@ -16,7 +16,8 @@ pub enum PathError {
     NotAbsolute,
     /// A `..` segment would climb above `/`.
     EscapesRoot,
-    /// `%2F` or `%5C`: an upstream might treat it as a separator that routing did not see.
+    /// `%2F`, `%5C` or a raw `\`: an upstream (Windows servers in particular) might treat it
+    /// as a separator that routing did not see.
     EncodedSeparator,
     /// A byte below 0x20 or 0x7F, raw or percent-encoded.
     ControlCharacter,
@@ -29,7 +30,7 @@ impl fmt::Display for PathError {
         let message = match self {
             PathError::NotAbsolute => "path must start with '/'",
             PathError::EscapesRoot => "path climbs above the root with '..'",
-            PathError::EncodedSeparator => "path contains an encoded '/' or '\\'",
+            PathError::EncodedSeparator => "path contains '\\' or an encoded '/' or '\\'",
             PathError::ControlCharacter => "path contains a control character",
             PathError::InvalidPercentEncoding => "path contains an invalid percent-encoding",
         };
@@ -45,9 +46,17 @@ impl std::error::Error for PathError {}
 /// digits of every other escape (which stays encoded), resolves `.` and `..` segments and
 /// merges repeated slashes. A trailing slash is kept. Returns [`Cow::Borrowed`] when the path
 /// is already normal, which is the common case and does not allocate.
+///
+/// # Errors
+///
+/// A [`PathError`] for a path the gateway must refuse rather than reinterpret; each variant
+/// says which rule it broke.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    if raw.contains('\\') {
+        return Err(PathError::EncodedSeparator);
     }
     if scan_needs_rewrite(raw)? {
         rewrite(raw).map(Cow::Owned)
@@ -123,9 +132,9 @@ fn scan_needs_rewrite(raw: &str) -> Result<bool, PathError> {
 /// still never panics on malformed input.
 fn rewrite(raw: &str) -> Result<String, PathError> {
     let body = raw.get(1..).unwrap_or_default();
+    // Holds only kept segments, each as "/text", so the last '/' in it always starts the
+    // segment a `..` removes.
     let mut output = String::with_capacity(raw.len());
-    // Where each segment still in `output` starts (its leading '/'), so `..` can drop it.
-    let mut kept_segment_starts: Vec<usize> = Vec::new();
     let mut segments = body.split('/').peekable();
     while let Some(segment) = segments.next() {
         let is_last = segments.peek().is_none();
@@ -133,20 +142,19 @@ fn rewrite(raw: &str) -> Result<String, PathError> {
         output.push('/');
         push_decoded(&mut output, segment);
         let decoded = output.get(start + 1..).unwrap_or_default().as_bytes();
-        if decoded == b"." {
-            output.truncate(start);
-        } else if decoded == b".." {
-            output.truncate(start);
-            let parent_start = kept_segment_starts.pop().ok_or(PathError::EscapesRoot)?;
-            output.truncate(parent_start);
-        } else if decoded.is_empty() {
-            if !is_last {
+        match decoded {
+            b"." => output.truncate(start),
+            b".." => {
                 output.truncate(start);
+                let parent_start = output.rfind('/').ok_or(PathError::EscapesRoot)?;
+                output.truncate(parent_start);
             }
-            continue;
-        } else {
-            kept_segment_starts.push(start);
-            continue;
+            // A repeated slash; a final empty segment is the trailing slash and stays.
+            b"" if !is_last => {
+                output.truncate(start);
+                continue;
+            }
+            _ => continue,
         }
         // A final `.` or `..` names a directory, so the result ends with a slash (RFC 3986).
         if is_last {
@@ -167,7 +175,7 @@ fn push_decoded(output: &mut String, segment: &str) {
         let escape = &rest[percent..];
         match decode_escape(escape.as_bytes(), 0) {
             Ok(decoded) if is_unreserved(decoded) => output.push(char::from(decoded)),
-            Ok(_) => output.push_str(&escape[..3].to_ascii_uppercase()),
+            Ok(_) => output.extend(escape[..3].chars().map(|digit| digit.to_ascii_uppercase())),
             // Unreachable after the scan; copying the '%' keeps the function total.
             Err(_) => {
                 output.push('%');

@@ -149,7 +149,7 @@ impl Pattern {
 /// The path after its leading `/`, or `None` when no segment follows (the path `/`).
 ///
 /// Matching walks segments as `Some(text)` = "segments remain" and `None` = "path ended", so
-/// that `/a/` (segments `a` and ``) and `/a` (segment `a`) stay distinct.
+/// that `/a/` (segments `a` and an empty one) and `/a` (segment `a`) stay distinct.
 pub(crate) fn after_root(path: &str) -> Option<&str> {
     path.strip_prefix('/').filter(|rest| !rest.is_empty())
 }

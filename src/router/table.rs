@@ -14,6 +14,7 @@ use super::precedence::{HostSpecificity, Precedence, RouteRank};
 use super::trie::Node;
 use super::{MatchOutcome, RequestView, RouteError, RouteMatch, RouteSpec};
 use std::fmt;
+use std::ops::RangeInclusive;
 
 /// An immutable route table, built once per configuration snapshot.
 ///
@@ -25,6 +26,9 @@ pub struct Router<T> {
     exact_hosts: FastMap<Node>,
     /// Keyed by the suffix after `*.`.
     wildcard_hosts: FastMap<Node>,
+    /// Shortest and longest wildcard suffix, so a request host's suffixes outside that range
+    /// (usually the bare top-level domain) are not even hashed.
+    wildcard_suffix_lengths: RangeInclusive<usize>,
 }
 
 struct CompiledRoute<T> {
@@ -37,7 +41,23 @@ struct CompiledRoute<T> {
 }
 
 impl<T> Router<T> {
-    /// Compiles `routes`, or returns every problem found in any of them.
+    /// A router with no routes: every request is `NotFound`.
+    pub fn empty() -> Router<T> {
+        Router {
+            routes: Vec::new(),
+            any_host: Node::default(),
+            exact_hosts: FastMap::default(),
+            wildcard_hosts: FastMap::default(),
+            wildcard_suffix_lengths: 0..=0,
+        }
+    }
+
+    /// Compiles `routes`.
+    ///
+    /// # Errors
+    ///
+    /// Every problem found in any route (bad path pattern, host, method or condition), each
+    /// tagged with the route's [`RouteSpec::index`], so one run of the validator shows them all.
     pub fn build(routes: Vec<(RouteSpec, T)>) -> Result<Router<T>, Vec<RouteError>> {
         let mut errors = Vec::new();
         let mut compiled = Vec::with_capacity(routes.len());
@@ -56,6 +76,8 @@ impl<T> Router<T> {
             any_host: Node::default(),
             exact_hosts: FastMap::default(),
             wildcard_hosts: FastMap::default(),
+            // Only read when `wildcard_hosts` is non-empty, by which time it is set below.
+            wildcard_suffix_lengths: 0..=0,
         };
         for (route_id, route) in compiled.iter().enumerate() {
             if route.hosts.is_empty() {
@@ -68,6 +90,12 @@ impl<T> Router<T> {
                 };
                 bucket.or_default().insert(&route.pattern, route_id);
             }
+        }
+        let suffix_lengths = router.wildcard_hosts.keys().map(|suffix| suffix.len());
+        if let (Some(shortest), Some(longest)) =
+            (suffix_lengths.clone().min(), suffix_lengths.max())
+        {
+            router.wildcard_suffix_lengths = shortest..=longest;
         }
         router.any_host.shrink();
         for node in router
@@ -121,6 +149,7 @@ impl<T> Router<T> {
         self.routes.len()
     }
 
+    /// Whether the table has no routes (every request is then [`MatchOutcome::NotFound`]).
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -171,7 +200,9 @@ impl<T> Router<T> {
             visit_in(node, HostSpecificity::Exact);
         }
         if !self.wildcard_hosts.is_empty() {
-            for suffix in wildcard_suffixes(host) {
+            let candidates = wildcard_suffixes(host)
+                .filter(|suffix| self.wildcard_suffix_lengths.contains(&suffix.len()));
+            for suffix in candidates {
                 if let Some(node) = self.wildcard_hosts.get(suffix) {
                     let specificity = HostSpecificity::Wildcard {
                         suffix_len: suffix.len(),
@@ -199,13 +230,14 @@ fn compile_route<T>(
     value: T,
     list_position: usize,
 ) -> Result<CompiledRoute<T>, Vec<RouteError>> {
-    let mut messages = Vec::new();
-    let pattern = Pattern::parse(&spec.path).map_err(|errors| messages.extend(errors));
+    let mut messages: Vec<(&'static str, String)> = Vec::new();
+    let pattern = Pattern::parse(&spec.path)
+        .map_err(|errors| messages.extend(errors.into_iter().map(|message| ("path", message))));
     let mut hosts = Vec::with_capacity(spec.hosts.len());
     for raw in &spec.hosts {
         match HostPattern::parse(raw) {
             Ok(host) => hosts.push(host),
-            Err(message) => messages.push(message),
+            Err(message) => messages.push(("hosts", message)),
         }
     }
     hosts.sort();
@@ -229,8 +261,9 @@ fn compile_route<T>(
         }),
         _ => Err(messages
             .into_iter()
-            .map(|message| RouteError {
+            .map(|(field, message)| RouteError {
                 route_index: spec.index,
+                field,
                 message,
             })
             .collect()),

@@ -527,7 +527,9 @@ fn reports_every_build_error_with_its_route_index() {
     assert!(errors[3].message.contains("duplicate parameter name"));
     assert!(errors[4].message.contains("misplaced '*'"));
     assert!(errors[5].message.contains("not a valid HTTP method"));
-    assert!(errors[0].to_string().starts_with("route 1: "));
+    let fields: Vec<_> = errors.iter().map(|error| error.field).collect();
+    assert_eq!(fields, ["path", "path", "path", "path", "hosts", "methods"]);
+    assert!(errors[0].to_string().starts_with("route 1 path: "));
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! A segment trie of path patterns, one per host bucket.
 //!
 //! Routes sharing a pattern end in the same node. Matching walks every branch that can match
-//! (the static child for the segment and the parameter child) and reports each route found;
-//! since every node has one parent, a walk visits each node at most once, so its cost is
-//! bounded by the depth of the request path times the branching of the table, not by the
-//! number of routes.
+//! (the static child for the segment and the parameter child) and reports each route found.
+//! Every node has one parent, so a walk visits each node at most once and only along branches
+//! that fit the request path: its cost follows the path's depth and the patterns that overlap
+//! it, not the number of routes.
 
 use super::fast_hash::FastMap;
 use super::pattern::{Pattern, Segment, split_segment};

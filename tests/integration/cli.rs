@@ -63,6 +63,7 @@ upstreams:
         "FILE:13:15: routes[1].plugins[0]: unknown plugin \"missing-plugin\"",
         "FILE:17:9: upstreams[0].endpoints[0]: endpoint \"127.0.0.1:notaport\" has an invalid port",
         "FILE:19:20: upstreams[0].load_balancer:",
+        "FILE:11:11: routes[1].path:",
         "upstreams[0].health_check.interval: must be greater than zero",
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");

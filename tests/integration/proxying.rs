@@ -129,7 +129,7 @@ async fn every_gateway_error_is_json() {
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "timeout not enforced");
 
     // Upstream statuses pass through untouched (they are not gateway errors).
-    let response = client.get(gateway.url("/echo/status/503")).send().await.unwrap();
+    let response = client.get(gateway.url("/slow/status/503")).send().await.unwrap();
     assert_eq!(response.status(), 503);
 
     // A dangerous path is refused before routing.

@@ -20,10 +20,12 @@ use super::{ConfigError, Mark};
 /// value could not be built.
 ///
 /// `key_path` is the path of `node` in its document (`""` for the top level); error paths are
-/// built on it. The returned value is `Some` when every node could be converted, although some
-/// may hold the neutral stand-ins for recorded type errors (`0`, `""`, an empty list), so a
-/// caller must not use it as a valid config unless no error was appended. It is `None` when a
-/// failure forced part of the document to be dropped. Errors are appended in document order.
+/// built on it. The returned value is `Some` whenever it could be built, possibly with the
+/// neutral stand-ins for recorded type errors (`0`, `""`, an empty list) and with rejected
+/// nodes left out (a dropped key counts as absent, a dropped list element is skipped). Callers
+/// use such a partial value only to find further errors (cross-references), never as a valid
+/// config: any appended error rejects the file. It is `None` when the node itself could not be
+/// built. Errors are appended in document order.
 pub fn deserialize_node<T: DeserializeOwned>(
     file: &Path,
     node: &Node,
@@ -56,11 +58,10 @@ pub fn deserialize_node<T: DeserializeOwned>(
             }
         }
     };
-    let complete = session.rejected.is_empty();
     let mut found = session.errors;
     found.sort_by_key(|error| error.mark);
     errors.extend(found);
-    value.filter(|_| complete)
+    value
 }
 
 /// What one [`deserialize_node`] call has learned, shared by every deserializer it creates and
