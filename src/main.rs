@@ -146,12 +146,14 @@ fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
 }
 
 fn server_conf(section: &ServerSection, daemon_flag: bool) -> ServerConf {
-    let mut conf = ServerConf::default();
-    conf.version = 1;
-    conf.threads = section.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    conf.daemon = daemon_flag || section.daemon;
+    let mut conf = ServerConf {
+        version: 1,
+        threads: section.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
+        daemon: daemon_flag || section.daemon,
+        ..ServerConf::default()
+    };
     if let Some(pid_file) = &section.pid_file {
         conf.pid_file = pid_file.clone();
     }

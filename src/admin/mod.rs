@@ -94,10 +94,13 @@ fn build(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     let mut response = Response::new(body);
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(length));
+    response.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(length),
+    );
     response
 }

@@ -116,15 +116,11 @@ fn read_sections(
             "listeners" => {
                 (config.listeners, indexes.listeners) = read_list(file, value, name, errors)
             }
-            "routes" => {
-                (config.routes, indexes.routes) = read_list(file, value, name, errors)
-            }
+            "routes" => (config.routes, indexes.routes) = read_list(file, value, name, errors),
             "upstreams" => {
                 (config.upstreams, indexes.upstreams) = read_list(file, value, name, errors)
             }
-            "plugins" => {
-                (config.plugins, indexes.plugins) = read_list(file, value, name, errors)
-            }
+            "plugins" => (config.plugins, indexes.plugins) = read_list(file, value, name, errors),
             unknown => errors.push(error_at(
                 file,
                 key,

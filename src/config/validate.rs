@@ -9,12 +9,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::SourceIndexes;
 use super::schema::{
     FileConfig, HealthCheckConfig, ListenerProtocol, LoadBalancerAlgorithm, RouteConfig,
     UpstreamConfig,
 };
 use super::yaml::{ConfigError, Node};
-use super::SourceIndexes;
 use crate::router::{RouteSpec, Router};
 
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
@@ -291,13 +291,19 @@ fn check_upstreams(
             );
         }
         if upstream.endpoints.is_empty() {
-            checker.error(format!("{key}.endpoints"), "at least one endpoint is required");
+            checker.error(
+                format!("{key}.endpoints"),
+                "at least one endpoint is required",
+            );
         }
         let mut endpoints = Vec::new();
         for (index, endpoint) in upstream.endpoints.iter().enumerate() {
             let endpoint_key = format!("{key}.endpoints[{index}]");
             if endpoint.weight() == 0 {
-                checker.error(format!("{endpoint_key}.weight"), "weight must be at least 1");
+                checker.error(
+                    format!("{endpoint_key}.weight"),
+                    "weight must be at least 1",
+                );
             }
             match resolve_endpoint(endpoint.address()) {
                 Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
@@ -361,7 +367,10 @@ fn resolve_endpoint(address: &str) -> Result<(SocketAddr, String), String> {
     if port.parse::<u16>().is_err() {
         return Err(format!("endpoint \"{address}\" has an invalid port"));
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if let Ok(socket) = address.parse::<SocketAddr>() {
         return Ok((socket, host));
     }
@@ -385,7 +394,9 @@ fn parse_hash_key(text: &str) -> Result<HashKeySource, String> {
             Some(("header", name)) if !name.is_empty() => {
                 Ok(HashKeySource::Header(name.to_ascii_lowercase()))
             }
-            Some(("cookie", name)) if !name.is_empty() => Ok(HashKeySource::Cookie(name.to_string())),
+            Some(("cookie", name)) if !name.is_empty() => {
+                Ok(HashKeySource::Cookie(name.to_string()))
+            }
             _ => Err(format!(
                 "\"{text}\" is not a hash key; use client_ip, path, header:<name> or cookie:<name>"
             )),
@@ -399,8 +410,12 @@ fn check_health(checker: &mut Checker, key: &str, health: &HealthCheckConfig) ->
         interval: health
             .interval
             .map_or(DEFAULT_HEALTH_INTERVAL, |value| value.0),
-        timeout: health.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |value| value.0),
-        healthy_threshold: health.healthy_threshold.unwrap_or(DEFAULT_HEALTHY_THRESHOLD),
+        timeout: health
+            .timeout
+            .map_or(DEFAULT_HEALTH_TIMEOUT, |value| value.0),
+        healthy_threshold: health
+            .healthy_threshold
+            .unwrap_or(DEFAULT_HEALTHY_THRESHOLD),
         unhealthy_threshold: health
             .unhealthy_threshold
             .unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD),
@@ -535,11 +550,14 @@ fn check_routes(
             },
             plans.len(),
         ));
-        plans.push((indexes.routes[position], RoutePlan {
-            config: route.clone(),
-            upstream_index: upstream_index.unwrap_or(0),
-            timeouts,
-        }));
+        plans.push((
+            indexes.routes[position],
+            RoutePlan {
+                config: route.clone(),
+                upstream_index: upstream_index.unwrap_or(0),
+                timeouts,
+            },
+        ));
     }
     let router = match Router::build(specs) {
         Ok(router) => router,

@@ -144,9 +144,11 @@ async fn first_health_rounds(pools: &[Arc<UpstreamPool>]) {
         async move {
             // The first round may take several probes to reach a threshold, so run rounds
             // until the threshold could have been met (healthy endpoints stay healthy).
-            let rounds = pool.plan.health.as_ref().map_or(1, |health| {
-                health.unhealthy_threshold.max(1)
-            });
+            let rounds = pool
+                .plan
+                .health
+                .as_ref()
+                .map_or(1, |health| health.unhealthy_threshold.max(1));
             let work = async {
                 for _ in 0..rounds {
                     pool.run_health_round().await;

@@ -52,7 +52,11 @@ impl GatewayError {
     }
 
     pub fn gateway_timeout() -> Self {
-        Self::new(504, "upstream_timeout", "the upstream did not answer in time")
+        Self::new(
+            504,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        )
     }
 
     /// Classifies a Pingora error raised while talking to the upstream or the client.
@@ -113,11 +117,16 @@ impl GatewayError {
 }
 
 /// Writes `error` as the response, unless a response has already started (then only the
-/// connection can be closed, which Pingora does). Returns whether the client connection can
-/// be kept alive afterwards: only when the whole error was written and no unread request body
-/// is left on the connection. When it cannot, the response says `Connection: close` so the
-/// client does not reuse a connection we are about to close.
-pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &str) -> bool {
+/// connection can be closed, which Pingora does). `keep_alive` says whether the caller lets
+/// the connection be reused; it is also refused when an unread request body is left on the
+/// connection. A connection that will close says `Connection: close`, so the client does not
+/// send its next request into a closing socket. Returns whether the connection can be reused.
+pub async fn respond(
+    session: &mut Session,
+    error: &GatewayError,
+    request_id: &str,
+    keep_alive: bool,
+) -> bool {
     if error.status == 0 || session.response_written().is_some() {
         return false;
     }
@@ -138,7 +147,7 @@ pub async fn respond(session: &mut Session, error: &GatewayError, request_id: &s
         let _ = header.insert_header("allow", allow.as_str());
     }
     // An unread request body would be taken as the next request on this connection.
-    let reusable = session.is_body_empty() || session.is_body_done();
+    let reusable = keep_alive && (session.is_body_empty() || session.is_body_done());
     if !reusable {
         session.set_keepalive(None);
     }

@@ -106,7 +106,9 @@ fn remove_hop_by_hop(request: &mut RequestHeader, is_upgrade: bool) {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty() && name != "upgrade" && name != "keep-alive" && name != "close")
+        .filter(|name| {
+            !name.is_empty() && name != "upgrade" && name != "keep-alive" && name != "close"
+        })
         .collect();
     for name in named {
         request.remove_header(name.as_str());

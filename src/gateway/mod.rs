@@ -88,7 +88,11 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
         let snapshot = self.state.current();
         ctx.request_id = headers::request_id(session);
         let outcome = routing::route_request(&snapshot, session, ctx);
@@ -96,7 +100,7 @@ impl ProxyHttp for Gateway {
         match outcome {
             Ok(()) => Ok(false),
             Err(error) => {
-                errors::respond(session, &error, &ctx.request_id).await;
+                errors::respond(session, &error, &ctx.request_id, true).await;
                 ctx.failure = Some(error);
                 Ok(true)
             }
@@ -177,9 +181,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         if let Some(path) = &ctx.upstream_path {
-            let uri = path
-                .parse::<http::Uri>()
-                .map_err(|error| Error::because(ErrorType::InternalError, "rewritten path", error))?;
+            let uri = path.parse::<http::Uri>().map_err(|error| {
+                Error::because(ErrorType::InternalError, "rewritten path", error)
+            })?;
             upstream_request.set_uri(uri);
         }
         headers::prepare_upstream_request(session, upstream_request, &ctx.request_id)?;
@@ -274,7 +278,9 @@ impl ProxyHttp for Gateway {
             .failure
             .clone()
             .unwrap_or_else(|| GatewayError::from_proxy_error(error));
-        let can_reuse_downstream = errors::respond(session, &failure, &ctx.request_id).await;
+        // Pingora drops the client connection after a proxy failure whatever we answer, so
+        // the response must say so.
+        let can_reuse_downstream = errors::respond(session, &failure, &ctx.request_id, false).await;
         let error_code = failure.status;
         ctx.failure = Some(failure);
         FailToProxy {
@@ -283,7 +289,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestContext) {
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _error: Option<&Error>,
+        ctx: &mut RequestContext,
+    ) {
         let status = session
             .response_written()
             .map(|response| response.status.as_u16())
@@ -293,7 +304,11 @@ impl ProxyHttp for Gateway {
         let metrics = metrics::metrics();
         metrics
             .requests_total
-            .with_label_values(&[session.req_header().method.as_str(), ctx.route_label(), status_label])
+            .with_label_values(&[
+                session.req_header().method.as_str(),
+                ctx.route_label(),
+                status_label,
+            ])
             .inc();
         if let Some(route) = ctx.route() {
             route.duration.observe(ctx.started.elapsed().as_secs_f64());
@@ -340,7 +355,9 @@ impl Gateway {
             .upstream_requests_total
             .with_label_values(&[&route.upstream.name, endpoint, status_text(status)])
             .inc();
-        route.upstream_duration.observe(started.elapsed().as_secs_f64());
+        route
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
         ctx.upstream_started = None;
     }
 }
@@ -361,7 +378,5 @@ fn apply_timeouts(
 fn status_text(status: u16) -> &'static str {
     static LABELS: std::sync::LazyLock<Vec<String>> =
         std::sync::LazyLock::new(|| (0..1000).map(|code| code.to_string()).collect());
-    LABELS
-        .get(usize::from(status))
-        .map_or("0", String::as_str)
+    LABELS.get(usize::from(status)).map_or("0", String::as_str)
 }

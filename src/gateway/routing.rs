@@ -27,7 +27,11 @@ pub fn route_request(
     }
     let raw_path = request.uri.path();
     let path = normalize_path(raw_path).map_err(|error| {
-        GatewayError::new(400, "invalid_path", format!("invalid request path: {error}"))
+        GatewayError::new(
+            400,
+            "invalid_path",
+            format!("invalid request path: {error}"),
+        )
     })?;
     let query = request.uri.query();
     let header_lookup = |name: &str| {

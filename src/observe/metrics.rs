@@ -143,12 +143,16 @@ pub fn forget_endpoint(upstream: &str, endpoint: &str) {
 
 /// Pre-resolved per-route handle so the request path skips the label lookup.
 pub fn route_duration(route: &str) -> Histogram {
-    metrics().request_duration_seconds.with_label_values(&[route])
+    metrics()
+        .request_duration_seconds
+        .with_label_values(&[route])
 }
 
 /// Pre-resolved per-upstream handle.
 pub fn upstream_duration(upstream: &str) -> Histogram {
-    metrics().upstream_duration_seconds.with_label_values(&[upstream])
+    metrics()
+        .upstream_duration_seconds
+        .with_label_values(&[upstream])
 }
 
 /// The text exposition of every registered metric.

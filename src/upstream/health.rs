@@ -102,7 +102,10 @@ impl HealthObserve for TransitionLogger {
             .find(|(address, _)| Some(*address) == socket)
             .map_or_else(|| target.addr.to_string(), |(_, label)| label.clone());
         if healthy {
-            log::info!("upstream {}: endpoint {label} is healthy again", self.upstream);
+            log::info!(
+                "upstream {}: endpoint {label} is healthy again",
+                self.upstream
+            );
         } else {
             log::warn!("upstream {}: endpoint {label} is unhealthy", self.upstream);
         }

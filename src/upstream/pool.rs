@@ -95,7 +95,10 @@ impl UpstreamPool {
             Selector::Consistent(balancer) => balancer.update().now_or_never(),
         };
         if !matches!(update, Some(Ok(()))) {
-            log::error!("upstream {}: static endpoint list did not load", plan.config.name);
+            log::error!(
+                "upstream {}: static endpoint list did not load",
+                plan.config.name
+            );
         }
         let mut selector = selector;
         if let Some(check) = health::build_check(&plan) {
@@ -214,9 +217,7 @@ fn socket_of(backend: &Backend) -> SocketAddr {
     match &backend.addr {
         pingora::protocols::l4::socket::SocketAddr::Inet(address) => *address,
         // Endpoints are always TCP addresses; a Unix socket cannot come out of the config.
-        pingora::protocols::l4::socket::SocketAddr::Unix(_) => {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        }
+        pingora::protocols::l4::socket::SocketAddr::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
     }
 }
 

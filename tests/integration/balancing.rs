@@ -112,11 +112,18 @@ async fn consistent_hash_is_sticky_per_key() {
             Some(("x-user", format!("user-{user}"))),
         )
         .await;
-        assert_eq!(counts.len(), 1, "user-{user} moved between endpoints: {counts:?}");
+        assert_eq!(
+            counts.len(),
+            1,
+            "user-{user} moved between endpoints: {counts:?}"
+        );
         owners.insert(user, counts.into_keys().next().unwrap());
     }
     let distinct: std::collections::HashSet<_> = owners.values().collect();
-    assert!(distinct.len() >= 2, "40 keys all hashed to one endpoint: {owners:?}");
+    assert!(
+        distinct.len() >= 2,
+        "40 keys all hashed to one endpoint: {owners:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +147,11 @@ async fn health_checks_take_a_dead_endpoint_out_and_back() {
     b.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while gateway.metric(&b_healthy).await != 0.0 {
-        assert!(Instant::now() < deadline, "b never marked unhealthy:\n{}", gateway.log());
+        assert!(
+            Instant::now() < deadline,
+            "b never marked unhealthy:\n{}",
+            gateway.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every request now lands on a.
@@ -150,7 +161,11 @@ async fn health_checks_take_a_dead_endpoint_out_and_back() {
     let _b_again = echo_on(b_address, "b").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while gateway.metric(&b_healthy).await != 1.0 {
-        assert!(Instant::now() < deadline, "b never came back:\n{}", gateway.log());
+        assert!(
+            Instant::now() < deadline,
+            "b never came back:\n{}",
+            gateway.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let counts = count_instances(&client, &gateway.url("/x"), 20, None).await;

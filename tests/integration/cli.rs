@@ -22,10 +22,18 @@ fn check(config: &str) -> (i32, String, String) {
 #[test]
 fn default_config_is_valid() {
     let output = Command::new(env!("CARGO_BIN_EXE_loom"))
-        .args(["-t", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/conf/loom.yaml")])
+        .args([
+            "-t",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/loom.yaml"),
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("config is valid"));
 }
 
@@ -66,7 +74,10 @@ upstreams:
         "FILE:11:11: routes[1].path:",
         "upstreams[0].health_check.interval: must be greater than zero",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 

@@ -23,12 +23,18 @@ upstreams:
     let port = gateway.http_port;
 
     let response = raw_request(port, b"THIS IS NOT HTTP\r\n\r\n").await;
-    assert!(response.starts_with("HTTP/1.1 400"), "bad request line: {response}");
+    assert!(
+        response.starts_with("HTTP/1.1 400"),
+        "bad request line: {response}"
+    );
 
     let big = "a".repeat(100 * 1024);
     let request = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
     let response = raw_request(port, request.as_bytes()).await;
-    assert!(response.starts_with("HTTP/1.1 431"), "oversized headers: {response}");
+    assert!(
+        response.starts_with("HTTP/1.1 431"),
+        "oversized headers: {response}"
+    );
     assert!(response.contains("request_header_fields_too_large"));
 
     let huge = "a".repeat(2 * 1024 * 1024);

@@ -39,7 +39,25 @@ routes:
   - id: ws
     path: /ws
     upstream: echo
+  - id: via-tls
+    path: /via-tls/*
+    strip_prefix: true
+    upstream: self-tls
+  - id: via-tls-verified
+    path: /via-tls-verified/*
+    strip_prefix: true
+    upstream: self-tls-verified
 upstreams:
+  # Loom's own TLS listener stands in for an HTTPS upstream (self-signed certificate).
+  - name: self-tls
+    endpoints: ["127.0.0.1:@PORT0@"]
+    tls:
+      sni: localhost
+      verify: false
+  - name: self-tls-verified
+    endpoints: ["127.0.0.1:@PORT0@"]
+    tls:
+      sni: localhost
   - name: echo
     endpoints: ["127.0.0.1:{echo_port}"]
   - name: echo-h2
@@ -61,11 +79,18 @@ upstreams:
 async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value, String) {
     let status = response.status().as_u16();
     assert_eq!(response.headers()["content-type"], "application/json");
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["status"], status);
     assert_eq!(body["error"]["request_id"], request_id.as_str());
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     (status, body, request_id)
 }
 
@@ -84,16 +109,29 @@ async fn forwarded_headers_and_request_id() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let generated_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let generated_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(generated_id.len(), 32);
     let body: serde_json::Value = response.json().await.unwrap();
     let headers = &body["headers"];
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
-    assert_eq!(headers["x-forwarded-host"], format!("127.0.0.1:{}", gateway.http_port));
-    assert_eq!(headers["host"], format!("127.0.0.1:{}", gateway.http_port), "Host preserved");
+    assert_eq!(
+        headers["x-forwarded-host"],
+        format!("127.0.0.1:{}", gateway.http_port)
+    );
+    assert_eq!(
+        headers["host"],
+        format!("127.0.0.1:{}", gateway.http_port),
+        "Host preserved"
+    );
     assert_eq!(headers["x-request-id"], generated_id.as_str());
-    assert!(headers.get("x-drop-me").is_none(), "Connection-listed header forwarded");
+    assert!(
+        headers.get("x-drop-me").is_none(),
+        "Connection-listed header forwarded"
+    );
     assert!(headers.get("keep-alive").is_none(), "keep-alive forwarded");
 
     let response = client
@@ -114,22 +152,55 @@ async fn every_gateway_error_is_json() {
     let client = client();
 
     let (status, body, _) = error_of(client.get(gateway.url("/nope")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("route_not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("route_not_found"))
+    );
 
-    let (status, body, _) = error_of(client.get(gateway.url("/refused")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("upstream_connect_failed")));
+    let (status, body, _) =
+        error_of(client.get(gateway.url("/refused")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("upstream_connect_failed"))
+    );
 
-    let (status, body, _) = error_of(client.get(gateway.url("/down")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_healthy_upstream")));
+    let (status, body, _) = error_of(
+        client
+            .get(gateway.url("/down"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log())),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("no_healthy_upstream"))
+    );
 
     let started = std::time::Instant::now();
-    let (status, body, _) =
-        error_of(client.get(gateway.url("/slow/delay/3000")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("upstream_timeout")));
-    assert!(started.elapsed() < std::time::Duration::from_secs(2), "timeout not enforced");
+    let (status, body, _) = error_of(
+        client
+            .get(gateway.url("/slow/delay/3000"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("upstream_timeout"))
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "timeout not enforced"
+    );
 
     // Upstream statuses pass through untouched (they are not gateway errors).
-    let response = client.get(gateway.url("/slow/status/503")).send().await.unwrap();
+    let response = client
+        .get(gateway.url("/slow/status/503"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 503);
 
     // A dangerous path is refused before routing.
@@ -156,7 +227,10 @@ async fn websocket_echo_through_the_gateway() {
         let reply = socket.next().await.unwrap().unwrap();
         assert_eq!(reply.into_text().unwrap().as_str(), text);
     }
-    socket.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    socket
+        .send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
     let reply = socket.next().await.unwrap().unwrap();
     assert_eq!(reply.into_data().as_ref(), &[0u8, 1, 2, 255]);
     socket.close(None).await.unwrap();
@@ -190,13 +264,29 @@ async fn http2_cleartext_tls_and_h2_upstreams() {
         .build()
         .unwrap();
     let response = tls
-        .get(format!("https://localhost:{}/echo/over-tls", gateway.extra_ports[0]))
+        .get(format!(
+            "https://localhost:{}/echo/over-tls",
+            gateway.extra_ports[0]
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+
+    // HTTPS upstream with SNI; verification can be switched off per upstream, and when on,
+    // an untrusted certificate fails the connection.
+    let (status, body) = get_json(&client(), &gateway.url("/via-tls/echo/through-tls")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["path"], "/echo/through-tls");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    let response = client()
+        .get(gateway.url("/via-tls-verified/echo/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
 
     // An http2 upstream is spoken to in h2c (as gRPC backends need).
     let (status, body) = get_json(&client(), &gateway.url("/h2/upstream")).await;

@@ -47,21 +47,39 @@ async fn sighup_applies_valid_changes_and_rejects_invalid_ones() {
     assert_eq!(get_json(&client, &gateway.url("/old")).await.0, 404);
 
     // An invalid file (unknown upstream, unknown key) is rejected; the old routes still serve.
-    let failures_before = gateway.metric("loom_config_reloads_total{result=\"failure\"}").await;
-    let broken = two_routes(a_port, b_port, "/broken", 1)
-        .replace("upstream: pool\n  - id: second", "upstream: missing\n    colour: red\n  - id: second");
+    let failures_before = gateway
+        .metric("loom_config_reloads_total{result=\"failure\"}")
+        .await;
+    let broken = two_routes(a_port, b_port, "/broken", 1).replace(
+        "upstream: pool\n  - id: second",
+        "upstream: missing\n    colour: red\n  - id: second",
+    );
     let broken_text = gateway.write_config(&broken);
     gateway.send_sighup();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while gateway.metric("loom_config_reloads_total{result=\"failure\"}").await <= failures_before {
-        assert!(std::time::Instant::now() < deadline, "rejection not counted:\n{}", gateway.log());
+    while gateway
+        .metric("loom_config_reloads_total{result=\"failure\"}")
+        .await
+        <= failures_before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rejection not counted:\n{}",
+            gateway.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_ne!(gateway.config_hash().await, loom::config::content_hash(broken_text.as_bytes()));
+    assert_ne!(
+        gateway.config_hash().await,
+        loom::config::content_hash(broken_text.as_bytes())
+    );
     assert_eq!(get_json(&client, &gateway.url("/new")).await.0, 200);
     assert_eq!(get_json(&client, &gateway.url("/first/x")).await.0, 200);
     let log = gateway.log();
-    assert!(log.contains("routes[0].upstream: unknown upstream \"missing\""), "{log}");
+    assert!(
+        log.contains("routes[0].upstream: unknown upstream \"missing\""),
+        "{log}"
+    );
     assert!(log.contains("routes[0].colour"), "{log}");
 }
 
@@ -84,12 +102,19 @@ async fn file_watch_follows_renames_and_symlink_swaps() {
     let text_three = format!(
         "{}{}",
         preamble(directory, gateway.admin_port),
-        render(&two_routes(a_port, b_port, "/three", 1), gateway.http_port, gateway.admin_port, &gateway.extra_ports, directory)
+        render(
+            &two_routes(a_port, b_port, "/three", 1),
+            gateway.http_port,
+            gateway.admin_port,
+            &gateway.extra_ports,
+            directory
+        )
     );
     std::fs::write(version_one.join("loom.yaml"), &text_three).unwrap();
     std::os::unix::fs::symlink(&version_one, directory.join("data.tmp")).unwrap();
     std::fs::rename(directory.join("data.tmp"), directory.join("data")).unwrap();
-    std::os::unix::fs::symlink(directory.join("data/loom.yaml"), directory.join("link.tmp")).unwrap();
+    std::os::unix::fs::symlink(directory.join("data/loom.yaml"), directory.join("link.tmp"))
+        .unwrap();
     std::fs::rename(directory.join("link.tmp"), &gateway.config_path).unwrap();
     gateway.wait_for_config(&text_three).await;
     assert_eq!(get_json(&client, &gateway.url("/three")).await.0, 200);
@@ -135,11 +160,19 @@ async fn no_failed_request_while_reloading_under_load() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut round = 0u32;
     while round < 10 || completed.load(Ordering::Relaxed) < 500 {
-        let text = gateway.write_config(&two_routes(a_port, b_port, &format!("/stable{round}"), round % 3 + 1));
+        let text = gateway.write_config(&two_routes(
+            a_port,
+            b_port,
+            &format!("/stable{round}"),
+            round % 3 + 1,
+        ));
         gateway.send_sighup();
         gateway.wait_for_config(&text).await;
         round += 1;
-        assert!(std::time::Instant::now() < deadline, "load made no progress");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "load made no progress"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
@@ -147,6 +180,14 @@ async fn no_failed_request_while_reloading_under_load() {
         failures.extend(worker.await.unwrap());
     }
     let completed = completed.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "{} failed requests: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(completed >= 500, "only {completed} requests completed during {round} reloads");
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        completed >= 500,
+        "only {completed} requests completed during {round} reloads"
+    );
 }

@@ -89,14 +89,33 @@ async fn routing_matrix() {
     let client = client();
 
     let answer = |path: &str| gateway.url(path);
-    let instance_of = |body: &serde_json::Value| body["instance"].as_str().unwrap_or("").to_string();
+    let instance_of =
+        |body: &serde_json::Value| body["instance"].as_str().unwrap_or("").to_string();
 
     // Exact host beats wildcard host; wildcard matches subdomains only.
-    let response = client.get(answer("/host")).header("host", "api.example.com").send().await.unwrap();
+    let response = client
+        .get(answer("/host"))
+        .header("host", "api.example.com")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(instance_of(&response.json().await.unwrap()), "exact-host");
-    let response = client.get(answer("/host")).header("host", "a.b.example.com:8080").send().await.unwrap();
-    assert_eq!(instance_of(&response.json().await.unwrap()), "wildcard-host");
-    let response = client.get(answer("/host")).header("host", "example.com").send().await.unwrap();
+    let response = client
+        .get(answer("/host"))
+        .header("host", "a.b.example.com:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        instance_of(&response.json().await.unwrap()),
+        "wildcard-host"
+    );
+    let response = client
+        .get(answer("/host"))
+        .header("host", "example.com")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(instance_of(&response.json().await.unwrap()), "fallback");
 
     // Parameters and catch-all.
@@ -104,25 +123,48 @@ async fn routing_matrix() {
     assert_eq!((status, instance_of(&body).as_str()), (200, "user-param"));
     assert_eq!(body["path"], "/users/42/posts/7");
     let (_, body) = get_json(&client, &answer("/users/42")).await;
-    assert_eq!(instance_of(&body), "fallback", "a missing param segment does not match");
+    assert_eq!(
+        instance_of(&body),
+        "fallback",
+        "a missing param segment does not match"
+    );
     let (_, body) = get_json(&client, &answer("/files/a/b/c.txt")).await;
     assert_eq!(instance_of(&body), "files-catch-all");
     let (_, body) = get_json(&client, &answer("/files")).await;
-    assert_eq!(instance_of(&body), "files-catch-all", "catch-all may be empty");
+    assert_eq!(
+        instance_of(&body),
+        "files-catch-all",
+        "catch-all may be empty"
+    );
 
     // Methods; /things is only GET/POST, and no other route has that exact path except the
     // fallback, which allows everything: so DELETE falls back rather than 405.
-    let response = client.post(answer("/things")).body("x").send().await.unwrap();
+    let response = client
+        .post(answer("/things"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(instance_of(&response.json().await.unwrap()), "methods");
     let response = client.delete(answer("/things")).send().await.unwrap();
     assert_eq!(instance_of(&response.json().await.unwrap()), "fallback");
 
     // Required header and query parameter.
-    let response = client.get(answer("/tenant")).header("x-tenant", "blue").send().await.unwrap();
+    let response = client
+        .get(answer("/tenant"))
+        .header("x-tenant", "blue")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(instance_of(&response.json().await.unwrap()), "header-match");
     let (_, body) = get_json(&client, &answer("/tenant?version=2")).await;
     assert_eq!(instance_of(&body), "query-match");
-    let response = client.get(answer("/tenant?version=3")).header("x-tenant", "red").send().await.unwrap();
+    let response = client
+        .get(answer("/tenant?version=3"))
+        .header("x-tenant", "red")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(instance_of(&response.json().await.unwrap()), "fallback");
 
     // Priority beats file order for equally specific routes.
@@ -164,16 +206,28 @@ upstreams:
     ))
     .await;
     let client = client();
-    let response = client.post(gateway.url("/items/1")).body("{}").send().await.unwrap();
+    let response = client
+        .post(gateway.url("/items/1"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "DELETE, GET, PUT");
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["status"], 405);
     assert_eq!(body["error"]["code"], "method_not_allowed");
     assert_eq!(body["error"]["request_id"], request_id.as_str());
 
-    let response = client.get(gateway.url("/nothing/here")).send().await.unwrap();
+    let response = client
+        .get(gateway.url("/nothing/here"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "route_not_found");

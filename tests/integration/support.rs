@@ -89,7 +89,13 @@ impl GatewayProcess {
         let http_port = free_port();
         let admin_port = free_port();
         let extra_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-        let body = render(template, http_port, admin_port, &extra_ports, directory.path());
+        let body = render(
+            template,
+            http_port,
+            admin_port,
+            &extra_ports,
+            directory.path(),
+        );
         let config_path = directory.path().join("loom.yaml");
         std::fs::write(
             &config_path,
@@ -154,7 +160,11 @@ impl GatewayProcess {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "loom not ready in time:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "loom not ready in time:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -168,7 +178,11 @@ impl GatewayProcess {
             &self.extra_ports,
             self.directory.path(),
         );
-        let text = format!("{}{}", preamble(self.directory.path(), self.admin_port), body);
+        let text = format!(
+            "{}{}",
+            preamble(self.directory.path(), self.admin_port),
+            body
+        );
         // Write-and-rename, as editors do, so the gateway never reads a half-written file.
         let temporary = self.directory.path().join("loom.yaml.tmp");
         std::fs::write(&temporary, &text).unwrap();
@@ -200,7 +214,11 @@ impl GatewayProcess {
         let expected = loom::config::content_hash(text.as_bytes());
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.config_hash().await != expected {
-            assert!(Instant::now() < deadline, "reload not applied:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "reload not applied:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
