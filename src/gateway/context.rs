@@ -16,7 +16,9 @@ pub struct RequestContext {
     pub path_parameters: Vec<(String, String)>,
     /// Path (and query) sent upstream when it differs from the client's.
     pub upstream_path: Option<String>,
-    pub request_id: String,
+    /// Kept as a header value: it is sent upstream and back to the client, and a
+    /// `HeaderValue` clone shares its bytes instead of copying them.
+    pub request_id: http::HeaderValue,
     /// Endpoints already tried, as a bit set of endpoint indexes.
     pub tried_endpoints: u64,
     pub attempts: u32,
@@ -39,7 +41,7 @@ impl RequestContext {
             route_index: None,
             path_parameters: Vec::new(),
             upstream_path: None,
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
             tried_endpoints: 0,
             attempts: 0,
             endpoint_index: None,

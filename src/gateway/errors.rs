@@ -124,13 +124,13 @@ impl GatewayError {
 pub async fn respond(
     session: &mut Session,
     error: &GatewayError,
-    request_id: &str,
+    request_id: &http::HeaderValue,
     keep_alive: bool,
 ) -> bool {
     if error.status == 0 || session.response_written().is_some() {
         return false;
     }
-    let body = error.body(request_id);
+    let body = error.body(request_id.to_str().unwrap_or_default());
     let Ok(mut header) = ResponseHeader::build(error.status, Some(5)) else {
         return false;
     };
@@ -138,7 +138,7 @@ pub async fn respond(
         header.insert_header("content-type", "application/json"),
         header.insert_header("content-length", body.len().to_string()),
         header.insert_header("cache-control", "no-store"),
-        header.insert_header("x-request-id", request_id),
+        header.insert_header("x-request-id", request_id.clone()),
     ];
     if header_results.iter().any(Result::is_err) {
         log::debug!("error response header rejected a value");

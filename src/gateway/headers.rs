@@ -24,15 +24,16 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Takes the client's X-Request-ID when it is sane, otherwise makes a new one.
-pub fn request_id(session: &Session) -> String {
+pub fn request_id(session: &Session) -> HeaderValue {
     if let Some(value) = session.get_header(REQUEST_ID)
-        && let Ok(text) = value.to_str()
-        && !text.is_empty()
-        && text.len() <= MAX_REQUEST_ID_LENGTH
+        && value.to_str().is_ok()
+        && !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID_LENGTH
     {
-        return text.to_string();
+        return value.clone();
     }
-    generate_request_id()
+    HeaderValue::from_str(&generate_request_id())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
 }
 
 /// A 32-hex-digit id: a per-process random prefix plus a counter, unique without locking.
@@ -63,7 +64,7 @@ pub fn request_host(request: &RequestHeader) -> Option<&str> {
 pub fn prepare_upstream_request(
     session: &Session,
     upstream_request: &mut RequestHeader,
-    request_id: &str,
+    request_id: &HeaderValue,
 ) -> pingora::Result<()> {
     let is_upgrade = session.is_upgrade_req();
     remove_hop_by_hop(upstream_request, is_upgrade);
@@ -93,7 +94,7 @@ pub fn prepare_upstream_request(
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
     }
-    upstream_request.insert_header(REQUEST_ID, request_id)?;
+    upstream_request.insert_header(REQUEST_ID, request_id.clone())?;
     Ok(())
 }
 

@@ -214,7 +214,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
     }
 
