@@ -3,6 +3,7 @@
 #   1. the echo backend directly,
 #   2. nginx as a keep-alive reverse proxy in front of it,
 #   3. Loom in front of it,
+#   4. bare Pingora (no routing, headers or metrics) in front of it: the floor Loom builds on,
 # with the same worker count for nginx and Loom and keep-alive on both sides. Prints req/s,
 # p99 and Loom's ratio to nginx, plus Loom's resident memory idle and under load.
 #
@@ -29,7 +30,7 @@ for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx" >&2; exit 1; }
 done
 
-cargo build --release --bins >&2
+cargo build --release --bins --example bare_pingora >&2
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -38,7 +39,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
-echo_port=$(free_port); nginx_port=$(free_port); loom_port=$(free_port); admin_port=$(free_port)
+echo_port=$(free_port); nginx_port=$(free_port); loom_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port)
 
 # The backend gets its own threads so it is not the bottleneck for either proxy.
 target/release/loom-echo --listen "127.0.0.1:$echo_port" --threads 1 --name bench >/dev/null &
@@ -94,6 +95,10 @@ loom_pid=$!
 pids+=($loom_pid)
 wait_port "$loom_port"
 
+target/release/examples/bare_pingora "127.0.0.1:$bare_port" "127.0.0.1:$echo_port" "$workers" 2>/dev/null &
+pids+=($!)
+wait_port "$bare_port"
+
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # Runs wrk and prints "requests_per_second p99_milliseconds".
@@ -107,7 +112,7 @@ measure() {
 }
 
 # Warm up every path (connection pools, caches).
-for port in "$echo_port" "$nginx_port" "$loom_port"; do
+for port in "$echo_port" "$nginx_port" "$loom_port" "$bare_port"; do
   wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$port$path" >/dev/null
 done
 
@@ -120,11 +125,14 @@ sleep $(( ${duration%s} / 2 ))
 loom_load_rss=$(rss_kib "$loom_pid")
 wait "$measuring"
 read -r loom_rps loom_p99 < "$work/loom.out"
+read -r bare_rps bare_p99 < <(measure "http://127.0.0.1:$bare_port$path")
 
 printf '\n%-22s %12s %10s\n' "target ($workers worker)" "req/s" "p99 ms"
 printf '%-22s %12.0f %10.2f\n' "echo backend direct" "$direct_rps" "$direct_p99"
 printf '%-22s %12.0f %10.2f\n' "nginx reverse proxy" "$nginx_rps" "$nginx_p99"
 printf '%-22s %12.0f %10.2f\n' "loom" "$loom_rps" "$loom_p99"
+printf '%-22s %12.0f %10.2f\n' "bare pingora (floor)" "$bare_rps" "$bare_p99"
 awk -v lr="$loom_rps" -v nr="$nginx_rps" -v lp="$loom_p99" -v np="$nginx_p99" \
-  'BEGIN { printf "\nloom / nginx throughput: %.2f   p99: %.2f\n", lr / nr, lp / np }'
+  -v br="$bare_rps" \
+  'BEGIN { printf "\nloom / nginx throughput: %.2f   p99: %.2f   loom / bare pingora: %.2f\n", lr / nr, lp / np, lr / br }'
 printf 'loom resident memory: idle %d KiB, under load %d KiB\n' "$loom_idle_rss" "$loom_load_rss"
