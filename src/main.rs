@@ -18,6 +18,7 @@ use loom::admin::AdminApp;
 use loom::config::schema::{ListenerProtocol, ServerSection};
 use loom::config::{self, LoadedConfig};
 use loom::control::ControlService;
+use loom::control::readiness::ListenerReadiness;
 use loom::gateway::Gateway;
 use loom::gateway::snapshot::GatewayState;
 
@@ -82,7 +83,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
-    let server_conf = server_conf(&loaded.validated.file.server, cli.daemon);
+    let mut server_conf = server_conf(&loaded.validated.file.server, cli.daemon);
+    // Resolved against the config's directory by validation.
+    server_conf.ca_file = loaded.validated.ca_file.clone();
     let threads = server_conf.threads;
     let opt = Opt {
         upgrade: cli.upgrade,
@@ -91,6 +94,9 @@ fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
         test: false,
         conf: None,
     };
+    if !cli.upgrade {
+        check_listeners_can_bind(&loaded)?;
+    }
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
@@ -127,6 +133,17 @@ fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
         server.add_service(admin);
     }
 
+    let readiness = background_service(
+        "loom readiness",
+        ListenerReadiness::new(
+            Arc::clone(&state),
+            listeners
+                .iter()
+                .filter_map(|(_, address, _, _)| address.parse().ok())
+                .collect(),
+        ),
+    );
+    let mut listener_handles = Vec::new();
     let gateway = Gateway::new(Arc::clone(&state));
     let server_conf = Arc::clone(&server.configuration);
     for (name, address, protocol, tls) in listeners {
@@ -147,8 +164,30 @@ fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
         }
         let handle = server.add_service(service);
         handle.add_dependency(&control_handle);
+        listener_handles.push(handle);
     }
+    let readiness_handle = server.add_service(readiness);
+    readiness_handle.add_dependencies(&listener_handles);
     server.run_forever();
+}
+
+/// Pingora panics in a service thread when a listener cannot bind, leaving the process up
+/// without that listener. Trying each address first turns that into a clear startup error.
+/// (With `-u` the sockets come from the old process and are in use by design.)
+fn check_listeners_can_bind(loaded: &LoadedConfig) -> anyhow::Result<()> {
+    let validated = &loaded.validated;
+    let admin = validated.admin_address.map(|address| address.to_string());
+    let addresses = validated
+        .listeners
+        .iter()
+        .map(|listener| (listener.name.as_str(), listener.address.clone()))
+        .chain(admin.map(|address| ("admin", address)));
+    for (name, address) in addresses {
+        if let Err(error) = std::net::TcpListener::bind(&address) {
+            anyhow::bail!("listener {name} cannot bind {address}: {error}");
+        }
+    }
+    Ok(())
 }
 
 fn server_conf(section: &ServerSection, daemon_flag: bool) -> ServerConf {
@@ -180,6 +219,5 @@ fn server_conf(section: &ServerSection, daemon_flag: bool) -> ServerConf {
     if let Some(wait) = section.daemon_wait_for_ready {
         conf.daemon_wait_for_ready = wait;
     }
-    conf.ca_file = section.ca_file.clone();
     conf
 }

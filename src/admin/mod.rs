@@ -49,7 +49,12 @@ impl AdminApp {
             .filter(|pool| !pool.first_health_round_done())
             .map(|pool| &*pool.name)
             .collect();
-        if waiting.is_empty() {
+        if !self.state.listeners_open() {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "not_ready", "reason": "proxy listeners are not accepting connections (starting or shutting down)"}),
+            )
+        } else if waiting.is_empty() {
             (StatusCode::OK, serde_json::json!({"status": "ready"}))
         } else {
             (

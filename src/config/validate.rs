@@ -26,6 +26,12 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
 const DEFAULT_RETRIES: u32 = 1;
+/// Retries track tried endpoints in a 64-bit set.
+const MAX_ENDPOINTS: usize = 64;
+const MAX_THRESHOLD: usize = 100;
+const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pingora stops retrying after `max_retries` (16) attempts in all.
+const MAX_RETRIES: u32 = 15;
 
 /// Everything the runtime needs, checked and resolved.
 pub struct ValidatedConfig {
@@ -37,6 +43,8 @@ pub struct ValidatedConfig {
     pub router: Router<usize>,
     pub admin_address: Option<SocketAddr>,
     pub max_request_header_size: usize,
+    /// `server.ca_file` resolved against the config's directory.
+    pub ca_file: Option<String>,
 }
 
 pub struct ListenerPlan {
@@ -90,6 +98,8 @@ pub struct UpstreamPlan {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub retries: u32,
+    /// `server.ca_file`, resolved: the CA bundle HTTPS upstreams and their probes trust.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +154,8 @@ pub fn validate(
         errors,
     };
     let listeners = check_listeners(&mut checker, &file_config, indexes, &base_dir);
-    let upstreams = check_upstreams(&mut checker, &file_config, indexes);
+    let ca_file = check_ca_file(&mut checker, &file_config, &base_dir);
+    let upstreams = check_upstreams(&mut checker, &file_config, indexes, &ca_file);
     check_plugins(&mut checker, &file_config, indexes);
     let (routes, router) = check_routes(&mut checker, &file_config, indexes, &upstreams);
     let admin_address = if file_config.admin.enabled {
@@ -183,6 +194,7 @@ pub fn validate(
         router,
         admin_address,
         max_request_header_size,
+        ca_file,
     }
 }
 
@@ -275,10 +287,29 @@ fn resolve_file(base_dir: &Path, file: &str) -> String {
     }
 }
 
+/// Resolves `server.ca_file` against the config's directory and checks it loads. With rustls,
+/// Pingora trusts only this bundle when it is set (not the system roots as well).
+fn check_ca_file(checker: &mut Checker, config: &FileConfig, base_dir: &Path) -> Option<String> {
+    let file = config.server.ca_file.as_ref()?;
+    let resolved = resolve_file(base_dir, file);
+    let mut store = pingora::tls::RootCertStore::empty();
+    match pingora::tls::load_ca_file_into_store(&resolved, &mut store) {
+        Ok(()) if !store.is_empty() => Some(resolved),
+        _ => {
+            checker.error(
+                "server.ca_file".into(),
+                format!("cannot load CA certificates from \"{resolved}\" (PEM expected)"),
+            );
+            None
+        }
+    }
+}
+
 fn check_upstreams(
     checker: &mut Checker,
     config: &FileConfig,
     indexes: &SourceIndexes,
+    ca_file: &Option<String>,
 ) -> Vec<UpstreamPlan> {
     let mut names = HashSet::new();
     let mut plans = Vec::new();
@@ -296,7 +327,22 @@ fn check_upstreams(
                 "at least one endpoint is required",
             );
         }
-        let mut endpoints = Vec::new();
+        if upstream
+            .retries
+            .is_some_and(|retries| retries > MAX_RETRIES)
+        {
+            checker.error(
+                format!("{key}.retries"),
+                format!("must be at most {MAX_RETRIES}"),
+            );
+        }
+        if upstream.endpoints.len() > MAX_ENDPOINTS {
+            checker.error(
+                format!("{key}.endpoints"),
+                format!("at most {MAX_ENDPOINTS} endpoints per upstream are supported"),
+            );
+        }
+        let mut endpoints: Vec<ResolvedEndpoint> = Vec::new();
         for (index, endpoint) in upstream.endpoints.iter().enumerate() {
             let endpoint_key = format!("{key}.endpoints[{index}]");
             if endpoint.weight() == 0 {
@@ -306,6 +352,12 @@ fn check_upstreams(
                 );
             }
             match resolve_endpoint(endpoint.address()) {
+                Ok((socket, _)) if endpoints.iter().any(|seen| seen.socket == socket) => {
+                    checker.error(
+                        endpoint_key,
+                        format!("endpoint {socket} is listed twice in this upstream"),
+                    );
+                }
                 Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
                     address: endpoint.address().to_string(),
                     socket,
@@ -321,6 +373,23 @@ fn check_upstreams(
                 "least_conn and p2c are not available yet (they arrive with the resilience work); use round_robin, weighted, random, consistent_hash or ip_hash",
             ),
             _ => {}
+        }
+        if upstream.hash_on.is_some()
+            && upstream.load_balancer != LoadBalancerAlgorithm::ConsistentHash
+        {
+            checker.error(
+                format!("{key}.hash_on"),
+                "hash_on only applies to load_balancer: consistent_hash",
+            );
+        }
+        for (field, value) in [
+            ("connect_timeout", upstream.connect_timeout),
+            ("read_timeout", upstream.read_timeout),
+            ("write_timeout", upstream.write_timeout),
+        ] {
+            if value.is_some_and(|duration| duration.0.is_zero()) {
+                checker.error(format!("{key}.{field}"), "must be greater than zero");
+            }
         }
         let hash_key = match (&upstream.hash_on, upstream.load_balancer) {
             (_, LoadBalancerAlgorithm::IpHash) => Some(HashKeySource::ClientIp),
@@ -353,6 +422,7 @@ fn check_upstreams(
                 .write_timeout
                 .map_or(DEFAULT_WRITE_TIMEOUT, |value| value.0),
             retries: upstream.retries.unwrap_or(DEFAULT_RETRIES),
+            ca_file: ca_file.clone(),
         });
     }
     plans
@@ -433,11 +503,20 @@ fn check_health(checker: &mut Checker, key: &str, health: &HealthCheckConfig) ->
     if plan.timeout.is_zero() {
         checker.error(format!("{key}.timeout"), "must be greater than zero");
     }
-    if plan.healthy_threshold == 0 {
-        checker.error(format!("{key}.healthy_threshold"), "must be at least 1");
+    if !(1..=MAX_THRESHOLD).contains(&plan.healthy_threshold) {
+        checker.error(
+            format!("{key}.healthy_threshold"),
+            format!("must be between 1 and {MAX_THRESHOLD}"),
+        );
     }
-    if plan.unhealthy_threshold == 0 {
-        checker.error(format!("{key}.unhealthy_threshold"), "must be at least 1");
+    if !(1..=MAX_THRESHOLD).contains(&plan.unhealthy_threshold) {
+        checker.error(
+            format!("{key}.unhealthy_threshold"),
+            format!("must be between 1 and {MAX_THRESHOLD}"),
+        );
+    }
+    if plan.timeout > MAX_HEALTH_TIMEOUT {
+        checker.error(format!("{key}.timeout"), "must be at most 1m");
     }
     for (index, status) in plan.expected_status.iter().enumerate() {
         if !(100..=599).contains(status) {
@@ -528,6 +607,18 @@ fn check_routes(
         };
         if timeouts.total.is_some_and(|total| total.is_zero()) {
             checker.error(format!("{key}.timeout"), "must be greater than zero");
+        }
+        for (field, value) in [
+            ("connect", detailed.connect),
+            ("read", detailed.read),
+            ("write", detailed.write),
+        ] {
+            if value.is_some_and(|duration| duration.0.is_zero()) {
+                checker.error(
+                    format!("{key}.timeouts.{field}"),
+                    "must be greater than zero",
+                );
+            }
         }
         specs.push((
             RouteSpec {

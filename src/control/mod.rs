@@ -7,6 +7,7 @@
 //! nothing. Listener and admin addresses cannot change without a restart: such changes are
 //! logged and the old sockets keep serving.
 
+pub mod readiness;
 pub mod watch;
 
 use std::collections::HashSet;
@@ -36,7 +37,9 @@ impl ControlService {
         ControlService { state, config_path }
     }
 
-    async fn reload(&self, reason: &str, watch: &mut FileWatch) {
+    /// Reloads the file. `force` rebuilds even when the text is unchanged, so that SIGHUP
+    /// re-resolves endpoint host names.
+    async fn reload(&self, reason: &str, force: bool, watch: &mut FileWatch) {
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load_file(&path)).await;
         let loaded = match loaded {
@@ -59,13 +62,13 @@ impl ControlService {
             }
         };
         let current = self.state.current();
-        if loaded.hash == current.config_hash {
+        if loaded.hash == current.config_hash && !force {
             log::info!("config reload ({reason}): file unchanged");
             count_reload("unchanged");
             return;
         }
+        log_restart_required(&current, &loaded);
         let next = Arc::new(self.state.prepare(loaded));
-        log_restart_required(&current, &next);
         let new_pools: Vec<Arc<UpstreamPool>> = next
             .upstreams
             .iter()
@@ -73,11 +76,16 @@ impl ControlService {
             .cloned()
             .collect();
         first_health_rounds(&new_pools).await;
-        forget_removed_endpoints(&current, &next);
         self.state.publish(Arc::clone(&next));
         for pool in &new_pools {
             spawn_health_loop(pool);
         }
+        for old in &current.upstreams {
+            if !next.upstreams.iter().any(|pool| Arc::ptr_eq(pool, old)) {
+                old.retire();
+            }
+        }
+        forget_removed_endpoints(&current, &next);
         watch.set_interval(next.reload_interval);
         log::info!(
             "config reload ({reason}) applied: generation {}, {} routes, {} upstreams ({} new or changed)",
@@ -124,10 +132,10 @@ impl BackgroundService for ControlService {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match hangup.as_mut() { Some(stream) => stream.recv().await, None => std::future::pending().await } } => {
                     watch.refresh();
-                    self.reload("SIGHUP", &mut watch).await;
+                    self.reload("SIGHUP", true, &mut watch).await;
                 }
                 () = watch.changed(), if watching => {
-                    self.reload("file changed", &mut watch).await;
+                    self.reload("file changed", false, &mut watch).await;
                 }
             }
         }
@@ -138,8 +146,12 @@ impl BackgroundService for ControlService {
 /// times its unhealthy threshold so a black-holed endpoint cannot stall a reload.
 async fn first_health_rounds(pools: &[Arc<UpstreamPool>]) {
     let rounds = pools.iter().map(|pool| {
+        // One probe can take connect + TLS + read, each bounded by the probe timeout.
         let bound = pool.plan.health.as_ref().map_or(Duration::ZERO, |health| {
-            health.timeout * (health.unhealthy_threshold as u32 + 1)
+            let probes = u32::try_from(health.unhealthy_threshold)
+                .unwrap_or(u32::MAX)
+                .saturating_add(1);
+            health.timeout.saturating_mul(3).saturating_mul(probes)
         });
         async move {
             // The first round may take several probes to reach a threshold, so run rounds
@@ -154,7 +166,7 @@ async fn first_health_rounds(pools: &[Arc<UpstreamPool>]) {
                     pool.run_health_round().await;
                 }
             };
-            if tokio::time::timeout(bound + Duration::from_secs(1), work)
+            if tokio::time::timeout(bound.saturating_add(Duration::from_secs(1)), work)
                 .await
                 .is_err()
             {
@@ -176,7 +188,7 @@ fn spawn_health_loop(pool: &Arc<UpstreamPool>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
-            let Some(pool) = weak.upgrade() else {
+            let Some(pool) = weak.upgrade().filter(|pool| !pool.is_retired()) else {
                 break;
             };
             pool.run_health_round().await;
@@ -205,29 +217,32 @@ fn forget_removed_endpoints(current: &Snapshot, next: &Snapshot) {
     }
 }
 
-fn log_restart_required(current: &Snapshot, next: &Snapshot) {
-    let describe = |snapshot: &Snapshot| -> Vec<String> {
-        snapshot
-            .listeners
+/// Logs changes that a reload cannot apply to running sockets and processes.
+fn log_restart_required(current: &Snapshot, next: &config::LoadedConfig) {
+    let listeners = |plans: &[config::validate::ListenerPlan]| -> Vec<String> {
+        plans
             .iter()
             .map(|listener| {
                 format!(
-                    "{} {} {:?} tls={}",
-                    listener.name,
-                    listener.address,
-                    listener.protocol,
-                    listener.tls.is_some()
+                    "{} {} {:?} {:?}",
+                    listener.name, listener.address, listener.protocol, listener.tls
                 )
             })
             .collect()
     };
-    if describe(current) != describe(next) {
+    if listeners(&current.listeners) != listeners(&next.validated.listeners) {
         log::warn!(
             "listener changes need a restart (or a zero-downtime upgrade with -u) to take effect; current listeners keep serving"
         );
     }
-    if current.admin_address != next.admin_address {
+    if current.admin_address != next.validated.admin_address {
         log::warn!("admin address change needs a restart to take effect");
+    }
+    if current.server != next.validated.file.server {
+        log::warn!("server section changes need a restart to take effect");
+    }
+    if current.reload_watch != next.validated.file.reload.watch {
+        log::warn!("reload.watch changes need a restart to take effect");
     }
 }
 

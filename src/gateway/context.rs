@@ -14,8 +14,11 @@ pub struct RequestContext {
     pub route_index: Option<usize>,
     /// Named path parameters of the matched route, for plugins and rewrites.
     pub path_parameters: Vec<(String, String)>,
-    /// Path (and query) sent upstream when it differs from the client's.
-    pub upstream_path: Option<String>,
+    /// Path (and query) sent upstream when it differs from the client's; built once, cloned
+    /// (cheaply: shared bytes) for each attempt.
+    pub upstream_uri: Option<http::Uri>,
+    /// The request is a protocol upgrade (WebSocket): no total deadline, long idle timeout.
+    pub upgraded: bool,
     /// Kept as a header value: it is sent upstream and back to the client, and a
     /// `HeaderValue` clone shares its bytes instead of copying them.
     pub request_id: http::HeaderValue,
@@ -40,7 +43,8 @@ impl RequestContext {
             snapshot: None,
             route_index: None,
             path_parameters: Vec::new(),
-            upstream_path: None,
+            upstream_uri: None,
+            upgraded: false,
             request_id: http::HeaderValue::from_static(""),
             tried_endpoints: 0,
             attempts: 0,

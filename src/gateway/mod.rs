@@ -33,6 +33,9 @@ use context::{ConnectionGuard, InFlightGuard, RequestContext};
 use errors::GatewayError;
 use snapshot::GatewayState;
 
+/// Idle limit for upgraded (WebSocket) connections, in each direction.
+const UPGRADED_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The proxy application shared by every listener.
 #[derive(Clone)]
 pub struct Gateway {
@@ -166,7 +169,16 @@ impl ProxyHttp for Gateway {
             return Err(self.fail(ctx, error));
         };
         let mut peer = selection.peer;
-        apply_timeouts(&mut peer, &timeouts, remaining);
+        if session.is_upgrade_req() {
+            // An upgraded connection (WebSocket) is long-lived and may sit idle: the route's
+            // read/write timeouts and total deadline are for request/response exchanges.
+            apply_timeouts(&mut peer, &timeouts, remaining);
+            peer.options.read_timeout = Some(UPGRADED_IDLE_TIMEOUT);
+            peer.options.write_timeout = Some(UPGRADED_IDLE_TIMEOUT);
+            ctx.upgraded = true;
+        } else {
+            apply_timeouts(&mut peer, &timeouts, remaining);
+        }
         ctx.tried_endpoints = exclude(ctx.tried_endpoints, selection.endpoint_index);
         ctx.endpoint_index = Some(selection.endpoint_index);
         ctx.attempts += 1;
@@ -180,11 +192,8 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        if let Some(path) = &ctx.upstream_path {
-            let uri = path.parse::<http::Uri>().map_err(|error| {
-                Error::because(ErrorType::InternalError, "rewritten path", error)
-            })?;
-            upstream_request.set_uri(uri);
+        if let Some(uri) = &ctx.upstream_uri {
+            upstream_request.set_uri(uri.clone());
         }
         headers::prepare_upstream_request(session, upstream_request, &ctx.request_id)?;
         if let Some(route) = ctx.route()
@@ -260,9 +269,15 @@ impl ProxyHttp for Gateway {
         } else {
             error.retry.decide_reuse(client_reused);
         }
-        if error.retry() {
-            // A stale pooled connection is retried on the same terms as a connect failure.
-            ctx.tried_endpoints = 0;
+        self.record_attempt(ctx, 0);
+        if error.retry()
+            && let Some(index) = ctx.endpoint_index
+        {
+            // Pingora only marks this retryable when a pooled keep-alive connection turned out
+            // to be stale: the endpoint itself is fine, so it stays eligible and the attempt
+            // does not use up the connect-retry allowance.
+            ctx.tried_endpoints &= !(1u64.checked_shl(index as u32).unwrap_or(0));
+            ctx.attempts = ctx.attempts.saturating_sub(1);
         }
         ctx.failure = Some(GatewayError::from_proxy_error(&error));
         error
@@ -305,7 +320,7 @@ impl ProxyHttp for Gateway {
         metrics
             .requests_total
             .with_label_values(&[
-                session.req_header().method.as_str(),
+                method_label(&session.req_header().method),
                 ctx.route_label(),
                 status_label,
             ])
@@ -329,6 +344,9 @@ impl Gateway {
 
     /// Enforces the route's total deadline while the response streams.
     fn check_deadline(&self, ctx: &mut RequestContext) -> Result<()> {
+        if ctx.upgraded {
+            return Ok(());
+        }
         let Some(total) = ctx.route().and_then(|route| route.timeouts.total) else {
             return Ok(());
         };
@@ -372,6 +390,23 @@ fn apply_timeouts(
     peer.options.total_connection_timeout = Some(bounded(timeouts.connect));
     peer.options.read_timeout = Some(bounded(timeouts.read));
     peer.options.write_timeout = Some(bounded(timeouts.write));
+}
+
+/// Metric label for a method: clients choose the method, so anything outside the standard
+/// set is folded into "OTHER" to keep the number of series bounded.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 /// Status label text without allocating per request: "0" for no response, "100".."999".

@@ -75,13 +75,18 @@ pub fn route_request(
     } else {
         None
     };
-    ctx.upstream_path = upstream_path.map(|mut new_path| {
+    if let Some(mut new_path) = upstream_path {
         if let Some(query) = query {
             new_path.push('?');
             new_path.push_str(query);
         }
-        new_path
-    });
+        // The path came out of normalisation and the query out of a parsed URI, so this only
+        // fails on a bug; answer 400 rather than forward something else.
+        let uri = http::Uri::from_maybe_shared(bytes::Bytes::from(new_path)).map_err(|_| {
+            GatewayError::new(400, "invalid_path", "the rewritten path is not a valid URI")
+        })?;
+        ctx.upstream_uri = Some(uri);
+    }
     Ok(())
 }
 

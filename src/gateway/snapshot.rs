@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub max_request_header_size: usize,
     pub reload_watch: bool,
     pub reload_interval: std::time::Duration,
+    /// The process settings this snapshot was loaded with (changes need a restart).
+    pub server: crate::config::schema::ServerSection,
 }
 
 impl Snapshot {
@@ -96,6 +98,7 @@ impl Snapshot {
             max_request_header_size: validated.max_request_header_size,
             reload_watch: validated.file.reload.watch,
             reload_interval: validated.file.reload.interval.0,
+            server: validated.file.server,
         }
     }
 
@@ -110,6 +113,8 @@ impl Snapshot {
 pub struct GatewayState {
     current: ArcSwap<Snapshot>,
     next_generation: AtomicU64,
+    /// Every proxy listener accepts connections (and the process is not shutting down).
+    listeners_open: AtomicBool,
     pub started_at: Instant,
 }
 
@@ -118,6 +123,7 @@ impl GatewayState {
         GatewayState {
             current: ArcSwap::from_pointee(Snapshot::build(loaded, None, 1)),
             next_generation: AtomicU64::new(2),
+            listeners_open: AtomicBool::new(false),
             started_at: Instant::now(),
         }
     }
@@ -132,6 +138,14 @@ impl GatewayState {
     pub fn prepare(&self, loaded: LoadedConfig) -> Snapshot {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         Snapshot::build(loaded, Some(&self.current.load()), generation)
+    }
+
+    pub fn set_listeners_open(&self, open: bool) {
+        self.listeners_open.store(open, Ordering::Release);
+    }
+
+    pub fn listeners_open(&self) -> bool {
+        self.listeners_open.load(Ordering::Acquire)
     }
 
     pub fn publish(&self, snapshot: Arc<Snapshot>) {

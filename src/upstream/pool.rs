@@ -51,6 +51,9 @@ pub struct UpstreamPool {
     /// Connection settings shared by every endpoint; cloned per attempt with the address set.
     peer_templates: Vec<HttpPeer>,
     first_health_round_done: AtomicBool,
+    /// Set when a reload dropped this pool: its health loop stops even while requests that
+    /// started on the old snapshot still hold it.
+    retired: AtomicBool,
 }
 
 impl UpstreamPool {
@@ -118,6 +121,7 @@ impl UpstreamPool {
         UpstreamPool {
             name: Arc::from(plan.config.name.as_str()),
             first_health_round_done: AtomicBool::new(plan.health.is_none()),
+            retired: AtomicBool::new(false),
             plan,
             selector,
             backend_list,
@@ -186,6 +190,14 @@ impl UpstreamPool {
         for (index, endpoint) in self.plan.endpoints.iter().enumerate() {
             metrics::set_endpoint_health(&self.name, &endpoint.address, self.is_healthy(index));
         }
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     pub fn first_health_round_done(&self) -> bool {

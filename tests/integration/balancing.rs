@@ -132,7 +132,7 @@ async fn health_checks_take_a_dead_endpoint_out_and_back() {
     let b = echo("b").await;
     let b_address = b.addresses()[0];
     let gateway = GatewayProcess::start(&single_route(&format!(
-        "  - name: pool\n    endpoints: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n    health_check:\n      path: /health\n      interval: 100ms\n      timeout: 500ms\n      healthy_threshold: 1\n      unhealthy_threshold: 1\n",
+        "  - name: pool\n    endpoints: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n    health_check:\n      path: /health\n      interval: 100ms\n      timeout: 1s\n      healthy_threshold: 2\n      unhealthy_threshold: 2\n",
         a.addresses()[0].port(),
         b_address.port()
     )))
@@ -142,11 +142,11 @@ async fn health_checks_take_a_dead_endpoint_out_and_back() {
         "loom_upstream_endpoint_healthy{{endpoint=\"127.0.0.1:{}\",upstream=\"pool\"}}",
         b_address.port()
     );
-    assert_eq!(gateway.metric(&b_healthy).await, 1.0);
+    assert_eq!(gateway.metric(&b_healthy).await, Some(1.0));
 
     b.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while gateway.metric(&b_healthy).await != 0.0 {
+    while gateway.metric(&b_healthy).await != Some(0.0) {
         assert!(
             Instant::now() < deadline,
             "b never marked unhealthy:\n{}",
@@ -160,7 +160,7 @@ async fn health_checks_take_a_dead_endpoint_out_and_back() {
 
     let _b_again = echo_on(b_address, "b").await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while gateway.metric(&b_healthy).await != 1.0 {
+    while gateway.metric(&b_healthy).await != Some(1.0) {
         assert!(
             Instant::now() < deadline,
             "b never came back:\n{}",
@@ -170,4 +170,53 @@ async fn health_checks_take_a_dead_endpoint_out_and_back() {
     }
     let counts = count_instances(&client, &gateway.url("/x"), 20, None).await;
     assert_eq!(counts.get("b"), Some(&10), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_on_another_endpoint_for_idempotent_methods() {
+    let live = echo("live").await;
+    let refused_port = free_port();
+    let gateway = GatewayProcess::start(&single_route(&format!(
+        "  - name: pool\n    load_balancer: round_robin\n    endpoints: [\"127.0.0.1:{refused_port}\", \"127.0.0.1:{}\"]\n",
+        live.addresses()[0].port()
+    )))
+    .await;
+    let client = client();
+    // No health check: round robin sends every other request to the dead endpoint first.
+    let counts = count_instances(&client, &gateway.url("/get"), 10, None).await;
+    assert_eq!(counts.get("live"), Some(&10), "{counts:?}");
+    let refused_sample = format!(
+        "loom_upstream_requests_total{{endpoint=\"127.0.0.1:{refused_port}\",status=\"0\",upstream=\"pool\"}}"
+    );
+    let refused_after_gets = gateway.metric(&refused_sample).await.unwrap_or(0.0);
+    assert!(
+        refused_after_gets >= 1.0,
+        "no GET was retried past the dead endpoint"
+    );
+
+    // POST is not idempotent: one that hits the dead endpoint fails instead of replaying.
+    let mut failed_posts = 0.0;
+    for _ in 0..4 {
+        let response = client
+            .post(gateway.url("/post"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => {}
+            502 => failed_posts += 1.0,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let refused_after_posts = gateway.metric(&refused_sample).await.unwrap_or(0.0);
+    assert!(
+        failed_posts >= 1.0,
+        "round robin never sent a POST to the dead endpoint"
+    );
+    assert_eq!(
+        refused_after_posts - refused_after_gets,
+        failed_posts,
+        "every POST that met the dead endpoint failed there, none was replayed"
+    );
 }

@@ -40,8 +40,12 @@ upstreams:
     let huge = "a".repeat(2 * 1024 * 1024);
     let request = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n");
     let response = raw_request(port, request.as_bytes()).await;
+    // Pingora answers 400 past its 1 MiB limit; if it closes before we finish writing, the
+    // kernel may reset the connection and drop that answer, which is also a refusal.
     assert!(
-        response.starts_with("HTTP/1.1 400") || response.starts_with("HTTP/1.1 431"),
+        response.is_empty()
+            || response.starts_with("HTTP/1.1 400")
+            || response.starts_with("HTTP/1.1 431"),
         "headers past Pingora's limit: {:.80}",
         response
     );

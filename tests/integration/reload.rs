@@ -6,13 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::support::*;
 
-fn two_routes(a: u16, b: u16, second_path: &str, weight_b: u32) -> String {
+/// `watch` turns file polling on; the SIGHUP tests turn it off so that only the signal can
+/// have applied a change.
+fn two_routes(a: u16, b: u16, second_path: &str, weight_b: u32, watch: bool) -> String {
     format!(
         r#"listeners:
   - name: http
     address: "127.0.0.1:@HTTP@"
 reload:
-  watch: true
+  watch: {watch}
   interval: 50ms
 routes:
   - id: first
@@ -35,12 +37,12 @@ upstreams:
 async fn sighup_applies_valid_changes_and_rejects_invalid_ones() {
     let (a, b) = (echo("a").await, echo("b").await);
     let (a_port, b_port) = (a.addresses()[0].port(), b.addresses()[0].port());
-    let gateway = GatewayProcess::start(&two_routes(a_port, b_port, "/old", 1)).await;
+    let gateway = GatewayProcess::start(&two_routes(a_port, b_port, "/old", 1, false)).await;
     let client = client();
     assert_eq!(get_json(&client, &gateway.url("/old")).await.0, 200);
     assert_eq!(get_json(&client, &gateway.url("/new")).await.0, 404);
 
-    let text = gateway.write_config(&two_routes(a_port, b_port, "/new", 1));
+    let text = gateway.write_config(&two_routes(a_port, b_port, "/new", 1, false));
     gateway.send_sighup();
     gateway.wait_for_config(&text).await;
     assert_eq!(get_json(&client, &gateway.url("/new")).await.0, 200);
@@ -50,7 +52,7 @@ async fn sighup_applies_valid_changes_and_rejects_invalid_ones() {
     let failures_before = gateway
         .metric("loom_config_reloads_total{result=\"failure\"}")
         .await;
-    let broken = two_routes(a_port, b_port, "/broken", 1).replace(
+    let broken = two_routes(a_port, b_port, "/broken", 1, false).replace(
         "upstream: pool\n  - id: second",
         "upstream: missing\n    colour: red\n  - id: second",
     );
@@ -87,11 +89,11 @@ async fn sighup_applies_valid_changes_and_rejects_invalid_ones() {
 async fn file_watch_follows_renames_and_symlink_swaps() {
     let (a, b) = (echo("a").await, echo("b").await);
     let (a_port, b_port) = (a.addresses()[0].port(), b.addresses()[0].port());
-    let gateway = GatewayProcess::start(&two_routes(a_port, b_port, "/one", 1)).await;
+    let gateway = GatewayProcess::start(&two_routes(a_port, b_port, "/one", 1, true)).await;
     let client = client();
 
     // Editor-style write-and-rename, no signal.
-    let text = gateway.write_config(&two_routes(a_port, b_port, "/two", 1));
+    let text = gateway.write_config(&two_routes(a_port, b_port, "/two", 1, true));
     gateway.wait_for_config(&text).await;
     assert_eq!(get_json(&client, &gateway.url("/two")).await.0, 200);
 
@@ -103,7 +105,7 @@ async fn file_watch_follows_renames_and_symlink_swaps() {
         "{}{}",
         preamble(directory, gateway.admin_port),
         render(
-            &two_routes(a_port, b_port, "/three", 1),
+            &two_routes(a_port, b_port, "/three", 1, true),
             gateway.http_port,
             gateway.admin_port,
             &gateway.extra_ports,
@@ -133,7 +135,8 @@ async fn file_watch_follows_renames_and_symlink_swaps() {
 async fn no_failed_request_while_reloading_under_load() {
     let (a, b) = (echo("a").await, echo("b").await);
     let (a_port, b_port) = (a.addresses()[0].port(), b.addresses()[0].port());
-    let gateway = Arc::new(GatewayProcess::start(&two_routes(a_port, b_port, "/stable", 1)).await);
+    let gateway =
+        Arc::new(GatewayProcess::start(&two_routes(a_port, b_port, "/stable", 1, false)).await);
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -165,6 +168,7 @@ async fn no_failed_request_while_reloading_under_load() {
             b_port,
             &format!("/stable{round}"),
             round % 3 + 1,
+            false,
         ));
         gateway.send_sighup();
         gateway.wait_for_config(&text).await;

@@ -149,16 +149,11 @@ impl GatewayProcess {
                 panic!("loom exited early ({status}):\n{}", self.log());
             }
             let ready = client.get(self.admin_url("/ready")).send().await;
+            // /ready means every listener accepts and health checks ran: nothing else to wait for.
             if let Ok(response) = ready
                 && response.status() == 200
             {
-                // The proxy listeners open right after the control service is ready.
-                if tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -234,14 +229,14 @@ impl GatewayProcess {
             .unwrap()
     }
 
-    /// Value of one sample line of `/metrics`, e.g. `loom_config_reloads_total{result="failure"}`.
-    pub async fn metric(&self, sample: &str) -> f64 {
+    /// Value of one sample line of `/metrics`, e.g. `loom_config_reloads_total{result="failure"}`;
+    /// `None` when the line is absent.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
         self.metrics()
             .await
             .lines()
             .find_map(|line| line.strip_prefix(sample).map(str::trim))
             .and_then(|value| value.parse().ok())
-            .unwrap_or(0.0)
     }
 }
 
@@ -266,7 +261,9 @@ pub async fn raw_request(port: u16, request: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    stream.write_all(request).await.unwrap();
+    // The server may close before reading everything (oversized headers); what it answered
+    // before closing is still read below.
+    let _ = stream.write_all(request).await;
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
