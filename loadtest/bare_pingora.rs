@@ -1,6 +1,7 @@
 //! The floor: a Pingora proxy with no routing, metrics or header work, to measure how much
 //! of Loom's per-request cost is Pingora's own. `cargo run --release --example bare_pingora
-//! -- LISTEN UPSTREAM THREADS`.
+//! -- LISTEN UPSTREAM THREADS [timeouts]`; with `timeouts` the upstream peer gets the same
+//! connect/read/write timeouts Loom sets by default, to isolate their cost.
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
@@ -8,7 +9,7 @@ use pingora::upstreams::peer::HttpPeer;
 #[global_allocator]
 static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Bare(String);
+struct Bare(String, bool);
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -32,8 +33,11 @@ fn main() {
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service =
-        pingora::proxy::http_proxy_service(&server.configuration, Bare(upstream.clone()));
+    let with_timeouts = arguments.get(4).is_some_and(|flag| flag == "timeouts");
+    let mut service = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Bare(upstream.clone(), with_timeouts),
+    );
     service.add_tcp(listen);
     server.add_service(service);
     server.run_forever();
