@@ -7,6 +7,7 @@
 //! The result, [`ValidatedConfig`], is what the runtime snapshot is built from
 //! (see [`crate::gateway::snapshot`]).
 
+pub mod resilience;
 pub mod schema;
 pub mod units;
 pub mod validate;

@@ -120,6 +120,9 @@ pub struct RouteConfig {
     /// Send the client's Host header upstream (default) or the endpoint address.
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// Replaces the upstream's retry policy for this route.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
 }
@@ -181,13 +184,69 @@ pub struct HealthCheckConfig {
     pub host: Option<String>,
 }
 
-/// Accepted and validated now; enforced by the resilience work (issue 3).
+/// Per-endpoint circuit breaker (keys of the Go Loom seed: failure_threshold,
+/// success_threshold, timeout; the rest extend it).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct CircuitBreakerConfig {
+    /// Consecutive failures that open the breaker (default 5; 0 disables this trigger).
     pub failure_threshold: Option<u32>,
+    /// Consecutive half-open successes that close it (default 3).
     pub success_threshold: Option<u32>,
+    /// How long it stays open before admitting probes (default 30s).
     pub timeout: Option<DurationValue>,
+    /// Open when failures / requests in `window` exceed this (0..1), given `min_requests`.
+    pub failure_ratio: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window: Option<DurationValue>,
+    /// Probe requests admitted at a time while half-open (default 1).
+    pub half_open_max_requests: Option<u32>,
+    /// What counts as a failure: connect_error, timeout, reset and status codes
+    /// (default: all three and 502, 503, 504).
+    pub failure_on: Option<Vec<String>>,
+}
+
+/// Exponential backoff between retries.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BackoffConfig {
+    pub base: Option<DurationValue>,
+    pub max: Option<DurationValue>,
+    /// `full`, `equal` or `none`.
+    pub jitter: Option<String>,
+}
+
+/// Retry policy, per upstream and overridable per route.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RetryConfig {
+    pub max_retries: Option<u32>,
+    /// connect_error, timeout, reset and status codes.
+    pub retry_on: Option<Vec<String>>,
+    pub backoff: Option<BackoffConfig>,
+    pub per_try_timeout: Option<DurationValue>,
+    /// Retry POST/PATCH and other non-idempotent methods too.
+    pub retry_non_idempotent: Option<bool>,
+    /// Largest request body replayed on a retry (at most 64KB, Pingora's retry buffer).
+    pub max_replay_body: Option<SizeValue>,
+}
+
+/// Envoy-style retry budget: retries in flight at most `budget_percent` of requests in flight.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RetryBudgetConfig {
+    pub budget_percent: Option<f64>,
+    pub min_retry_concurrency: Option<u32>,
+}
+
+/// Passive health: eject endpoints that keep failing on real traffic.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct OutlierDetectionConfig {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection_time: Option<DurationValue>,
+    pub max_ejection_time: Option<DurationValue>,
+    pub max_ejection_percent: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -243,9 +302,20 @@ pub struct UpstreamConfig {
     pub read_timeout: Option<DurationValue>,
     #[serde(default)]
     pub write_timeout: Option<DurationValue>,
-    /// Connect failures are retried on another endpoint this many times (idempotent methods).
     #[serde(default)]
-    pub retries: Option<u32>,
+    pub retry: Option<RetryConfig>,
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudgetConfig>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// Bulkhead: requests in flight to this upstream; beyond it requests queue for
+    /// `queue_timeout`, then get 503 `upstream_saturated`.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub max_concurrent_requests_per_endpoint: Option<u32>,
+    #[serde(default)]
+    pub queue_timeout: Option<DurationValue>,
 }
 
 /// Plugin declarations; Proxy-Wasm execution arrives with the plugin work (issue 4).

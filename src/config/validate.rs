@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::SourceIndexes;
+use super::resilience::{self, ResiliencePlan};
+use crate::upstream::retry::RetryPolicy;
 use super::schema::{
     FileConfig, HealthCheckConfig, ListenerProtocol, LoadBalancerAlgorithm, RouteConfig,
     UpstreamConfig,
@@ -25,13 +27,11 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
-const DEFAULT_RETRIES: u32 = 1;
 /// Retries track tried endpoints in a 64-bit set.
 const MAX_ENDPOINTS: usize = 64;
 const MAX_THRESHOLD: usize = 100;
 const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pingora stops retrying after `max_retries` (16) attempts in all.
-const MAX_RETRIES: u32 = 15;
+
 
 /// Everything the runtime needs, checked and resolved.
 pub struct ValidatedConfig {
@@ -97,7 +97,7 @@ pub struct UpstreamPlan {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
-    pub retries: u32,
+    pub resilience: ResiliencePlan,
     /// `server.ca_file`, resolved: the CA bundle HTTPS upstreams and their probes trust.
     pub ca_file: Option<String>,
 }
@@ -115,6 +115,8 @@ pub struct RoutePlan {
     pub config: RouteConfig,
     pub upstream_index: usize,
     pub timeouts: EffectiveTimeouts,
+    /// The route's own retry policy, replacing the upstream's.
+    pub retry: Option<RetryPolicy>,
 }
 
 struct Checker<'a> {
@@ -327,14 +329,20 @@ fn check_upstreams(
                 "at least one endpoint is required",
             );
         }
-        if upstream
-            .retries
-            .is_some_and(|retries| retries > MAX_RETRIES)
+        let mut problems = Vec::new();
+        let resilience = resilience::upstream_plan(upstream, &mut problems);
+        for (path, message) in problems {
+            checker.error(format!("{key}.{path}"), message);
+        }
+        if matches!(
+            upstream.load_balancer,
+            LoadBalancerAlgorithm::LeastConn | LoadBalancerAlgorithm::P2c
+        ) && upstream
+            .endpoints
+            .iter()
+            .any(|endpoint| endpoint.weight() > 1000)
         {
-            checker.error(
-                format!("{key}.retries"),
-                format!("must be at most {MAX_RETRIES}"),
-            );
+            checker.error(format!("{key}.endpoints"), "weights above 1000 are not supported");
         }
         if upstream.endpoints.len() > MAX_ENDPOINTS {
             checker.error(
@@ -366,13 +374,6 @@ fn check_upstreams(
                 }),
                 Err(message) => checker.error(endpoint_key, message),
             }
-        }
-        match upstream.load_balancer {
-            LoadBalancerAlgorithm::LeastConn | LoadBalancerAlgorithm::P2c => checker.error(
-                format!("{key}.load_balancer"),
-                "least_conn and p2c are not available yet (they arrive with the resilience work); use round_robin, weighted, random, consistent_hash or ip_hash",
-            ),
-            _ => {}
         }
         if upstream.hash_on.is_some()
             && upstream.load_balancer != LoadBalancerAlgorithm::ConsistentHash
@@ -421,7 +422,7 @@ fn check_upstreams(
             write_timeout: upstream
                 .write_timeout
                 .map_or(DEFAULT_WRITE_TIMEOUT, |value| value.0),
-            retries: upstream.retries.unwrap_or(DEFAULT_RETRIES),
+            resilience,
             ca_file: ca_file.clone(),
         });
     }
@@ -620,6 +621,14 @@ fn check_routes(
                 );
             }
         }
+        let retry = route.retry.as_ref().map(|config| {
+            let mut problems = Vec::new();
+            let policy = resilience::retry_policy(config, "retry", &mut problems);
+            for (path, message) in problems {
+                checker.error(format!("{key}.{path}"), message);
+            }
+            policy
+        });
         specs.push((
             RouteSpec {
                 id: route.id.clone(),

@@ -6,6 +6,9 @@ use std::time::Instant;
 use super::errors::GatewayError;
 use super::snapshot::{RouteRuntime, Snapshot};
 use crate::observe::metrics;
+use crate::upstream::bulkhead::BulkheadPermit;
+use crate::upstream::endpoint::EndpointLease;
+use crate::upstream::retry::{OwnedRequestInFlight, OwnedRetryInFlight};
 
 pub struct RequestContext {
     pub started: Instant,
@@ -34,6 +37,15 @@ pub struct RequestContext {
     /// Keeps `loom_active_connections` counted while this HTTP/1 connection is open.
     pub connection: Option<Box<ConnectionGuard>>,
     pub in_flight: Option<InFlightGuard>,
+    /// The endpoint of the current attempt; its outcome is recorded once, then it is dropped.
+    pub lease: Option<EndpointLease>,
+    pub bulkhead_permit: Option<BulkheadPermit>,
+    /// Counts this request against the upstream's retry budget.
+    pub budget_request: Option<OwnedRequestInFlight>,
+    /// The retry slot taken when a retry was decided.
+    pub budget_retry: Option<OwnedRetryInFlight>,
+    /// A retry was decided on the upstream's status: the error Pingora sees is ours.
+    pub status_retry: bool,
 }
 
 impl RequestContext {
@@ -54,6 +66,11 @@ impl RequestContext {
             failure: None,
             connection: None,
             in_flight: None,
+            lease: None,
+            bulkhead_permit: None,
+            budget_request: None,
+            budget_retry: None,
+            status_retry: false,
         }
     }
 

@@ -9,6 +9,7 @@
 //! 6. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retries and JSON errors ([`errors`]).
 //! 7. `logging`: metrics.
 
+pub mod attempts;
 pub mod context;
 pub mod errors;
 pub mod headers;
@@ -28,7 +29,9 @@ use pingora_error::ErrorType;
 
 use crate::config::validate::HashKeySource;
 use crate::observe::metrics;
-use crate::upstream::pool::exclude;
+use crate::upstream::UpstreamPool;
+use crate::upstream::endpoint::Outcome;
+use crate::upstream::retry::RetryCondition;
 use context::{ConnectionGuard, InFlightGuard, RequestContext};
 use errors::GatewayError;
 use snapshot::GatewayState;
@@ -123,6 +126,10 @@ impl ProxyHttp for Gateway {
         };
         let pool = Arc::clone(&route.upstream);
         let timeouts = route.timeouts;
+        let per_try_timeout = route.retry.per_try_timeout;
+        if let Err(error) = attempts::admit(ctx, &pool).await {
+            return Err(self.fail(ctx, error));
+        }
         let remaining = match timeouts.total {
             Some(total) => match total.checked_sub(ctx.started.elapsed()) {
                 Some(remaining) if !remaining.is_zero() => Some(remaining),
@@ -130,59 +137,27 @@ impl ProxyHttp for Gateway {
             },
             None => None,
         };
-        let request = session.req_header();
         let mut ip_bytes = [0u8; 16];
-        let key: &[u8] = match pool.hash_key_source() {
-            None => b"",
-            Some(HashKeySource::ClientIp) => {
-                let ip = session
-                    .client_addr()
-                    .and_then(|address| address.as_inet())
-                    .map(|address| address.ip());
-                match ip {
-                    Some(std::net::IpAddr::V4(ip)) => {
-                        ip_bytes[..4].copy_from_slice(&ip.octets());
-                        &ip_bytes[..4]
-                    }
-                    Some(std::net::IpAddr::V6(ip)) => {
-                        ip_bytes.copy_from_slice(&ip.octets());
-                        &ip_bytes[..]
-                    }
-                    None => b"",
-                }
-            }
-            Some(HashKeySource::Path) => request.uri.path().as_bytes(),
-            Some(HashKeySource::Header(name)) => request
-                .headers
-                .get(name.as_str())
-                .map_or(&b""[..], |value| value.as_bytes()),
-            Some(HashKeySource::Cookie(name)) => headers::cookie_value(request, name)
-                .unwrap_or("")
-                .as_bytes(),
+        let key = hash_key(session, &pool, &mut ip_bytes);
+        let selection = match attempts::choose(ctx, &pool, key) {
+            Ok(selection) => selection,
+            Err(error) => return Err(self.fail(ctx, error)),
         };
-        let Some(selection) = pool.select(key, ctx.tried_endpoints) else {
-            // After a failed attempt with nothing left to try, the attempt's error stands.
-            let error = ctx
-                .failure
-                .take()
-                .unwrap_or_else(|| GatewayError::no_healthy_upstream(&pool.name));
-            return Err(self.fail(ctx, error));
-        };
+        ctx.lease = Some(selection.lease);
         let mut peer = selection.peer;
+        // The per-try timeout bounds each attempt; the total deadline bounds them all.
+        let remaining = match (remaining, per_try_timeout) {
+            (Some(remaining), Some(per_try)) => Some(remaining.min(per_try)),
+            (remaining, per_try) => remaining.or(per_try),
+        };
+        apply_timeouts(&mut peer, &timeouts, remaining);
         if session.is_upgrade_req() {
             // An upgraded connection (WebSocket) is long-lived and may sit idle: the route's
             // read/write timeouts and total deadline are for request/response exchanges.
-            apply_timeouts(&mut peer, &timeouts, remaining);
             peer.options.read_timeout = Some(UPGRADED_IDLE_TIMEOUT);
             peer.options.write_timeout = Some(UPGRADED_IDLE_TIMEOUT);
             ctx.upgraded = true;
-        } else {
-            apply_timeouts(&mut peer, &timeouts, remaining);
         }
-        ctx.tried_endpoints = exclude(ctx.tried_endpoints, selection.endpoint_index);
-        ctx.endpoint_index = Some(selection.endpoint_index);
-        ctx.attempts += 1;
-        ctx.upstream_started = Some(Instant::now());
         Ok(peer)
     }
 
@@ -208,13 +183,30 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
         headers::clean_response(upstream_response);
-        ctx.upstream_status = upstream_response.status.as_u16();
-        self.check_deadline(ctx)
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = status;
+        self.check_deadline(ctx)?;
+        let condition = RetryCondition::Status(status);
+        if ctx.route().is_some_and(|route| route.retry.retries_on(condition)) {
+            attempts::finish(ctx, Outcome::Answered(status));
+            if attempts::should_retry(session, ctx, condition) {
+                ctx.status_retry = true;
+                ctx.failure = Some(GatewayError::new(
+                    502,
+                    "upstream_status",
+                    format!("the upstream answered {status} on every attempt"),
+                ));
+                let mut error = Error::explain(ErrorType::HTTPStatus(status), "retrying upstream status");
+                error.set_retry(true);
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -245,11 +237,14 @@ impl ProxyHttp for Gateway {
         mut error: Box<Error>,
     ) -> Box<Error> {
         self.record_attempt(ctx, 0);
-        let retries = ctx.route().map_or(0, |route| route.upstream.plan.retries);
-        // Nothing reached the upstream, but only idempotent requests are replayed by default.
-        if ctx.attempts <= retries && session.req_header().method.is_idempotent() {
-            error.set_retry(true);
-        }
+        let retry = match attempts::classify(&error) {
+            Some(condition) => {
+                attempts::finish(ctx, Outcome::Failed(condition));
+                attempts::should_retry(session, ctx, condition)
+            }
+            None => false,
+        };
+        error.set_retry(retry);
         ctx.failure = Some(GatewayError::from_proxy_error(&error));
         error
     }
@@ -263,22 +258,37 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut error = error.more_context(format!("peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            error.set_retry(false);
-        } else {
-            error.retry.decide_reuse(client_reused);
-        }
         self.record_attempt(ctx, 0);
-        if error.retry()
-            && let Some(index) = ctx.endpoint_index
-        {
-            // Pingora only marks this retryable when a pooled keep-alive connection turned out
-            // to be stale: the endpoint itself is fine, so it stays eligible and the attempt
-            // does not use up the connect-retry allowance.
-            ctx.tried_endpoints &= !(1u64.checked_shl(index as u32).unwrap_or(0));
-            ctx.attempts = ctx.attempts.saturating_sub(1);
+        if std::mem::take(&mut ctx.status_retry) {
+            // Our own error from upstream_response_filter: the retry is already decided.
+            return error;
         }
+        // Pingora marks an error retryable only when a pooled keep-alive connection turned
+        // out to be stale before the request got through: the endpoint is fine, so the same
+        // endpoint stays eligible and the attempt is not counted as a failure or a retry.
+        error.retry.decide_reuse(client_reused);
+        let stale_connection = error.retry()
+            && (session.req_header().method.is_idempotent()
+                || ctx.route().is_some_and(|route| route.retry.retry_non_idempotent))
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        if stale_connection {
+            ctx.lease = None;
+            if let Some(index) = ctx.endpoint_index {
+                ctx.tried_endpoints &= !(1u64.checked_shl(index as u32).unwrap_or(0));
+            }
+            ctx.attempts = ctx.attempts.saturating_sub(1);
+            ctx.failure = Some(GatewayError::from_proxy_error(&error));
+            return error;
+        }
+        let retry = match attempts::classify(&error) {
+            Some(condition) => {
+                attempts::finish(ctx, Outcome::Failed(condition));
+                attempts::should_retry(session, ctx, condition)
+            }
+            None => false,
+        };
+        error.set_retry(retry);
         ctx.failure = Some(GatewayError::from_proxy_error(&error));
         error
     }
@@ -307,7 +317,7 @@ impl ProxyHttp for Gateway {
     async fn logging(
         &self,
         session: &mut Session,
-        _error: Option<&Error>,
+        error: Option<&Error>,
         ctx: &mut RequestContext,
     ) {
         let status = session
@@ -330,6 +340,16 @@ impl ProxyHttp for Gateway {
         }
         if ctx.upstream_started.is_some() {
             self.record_attempt(ctx, ctx.upstream_status);
+        }
+        if ctx.lease.is_some() {
+            match error.and_then(attempts::classify) {
+                Some(condition) => attempts::finish(ctx, Outcome::Failed(condition)),
+                None if ctx.upstream_status != 0 => {
+                    attempts::finish(ctx, Outcome::Answered(ctx.upstream_status))
+                }
+                // The client went away before the endpoint answered: no verdict on it.
+                None => ctx.lease = None,
+            }
         }
     }
 }
@@ -377,6 +397,44 @@ impl Gateway {
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());
         ctx.upstream_started = None;
+    }
+}
+
+/// The key the hash algorithms choose by; borrows from the request, or from `ip_bytes` for
+/// the client IP.
+fn hash_key<'a>(
+    session: &'a Session,
+    pool: &'a UpstreamPool,
+    ip_bytes: &'a mut [u8; 16],
+) -> &'a [u8] {
+    let request = session.req_header();
+    match pool.hash_key_source() {
+        None => b"",
+        Some(HashKeySource::ClientIp) => {
+            let ip = session
+                .client_addr()
+                .and_then(|address| address.as_inet())
+                .map(|address| address.ip());
+            match ip {
+                Some(std::net::IpAddr::V4(ip)) => {
+                    ip_bytes[..4].copy_from_slice(&ip.octets());
+                    &ip_bytes[..4]
+                }
+                Some(std::net::IpAddr::V6(ip)) => {
+                    ip_bytes.copy_from_slice(&ip.octets());
+                    &ip_bytes[..]
+                }
+                None => b"",
+            }
+        }
+        Some(HashKeySource::Path) => request.uri.path().as_bytes(),
+        Some(HashKeySource::Header(name)) => request
+            .headers
+            .get(name.as_str())
+            .map_or(&b""[..], |value| value.as_bytes()),
+        Some(HashKeySource::Cookie(name)) => headers::cookie_value(request, name)
+            .unwrap_or("")
+            .as_bytes(),
     }
 }
 

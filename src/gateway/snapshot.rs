@@ -16,6 +16,7 @@ use crate::config::validate::{EffectiveTimeouts, ListenerPlan};
 use crate::observe::metrics;
 use crate::router::Router;
 use crate::upstream::UpstreamPool;
+use crate::upstream::retry::RetryPolicy;
 
 /// What a matched request needs about its route.
 pub struct RouteRuntime {
@@ -24,6 +25,8 @@ pub struct RouteRuntime {
     pub strip_prefix: bool,
     pub preserve_host: bool,
     pub timeouts: EffectiveTimeouts,
+    /// The route's retry policy, or its upstream's.
+    pub retry: RetryPolicy,
     /// Pre-resolved `loom_request_duration_seconds{route}`.
     pub duration: Histogram,
     /// Pre-resolved `loom_upstream_duration_seconds{upstream}`.
@@ -74,6 +77,10 @@ impl Snapshot {
             .map(|plan| {
                 let upstream = Arc::clone(&upstreams[plan.upstream_index]);
                 RouteRuntime {
+                    retry: plan
+                        .retry
+                        .clone()
+                        .unwrap_or_else(|| upstream.plan.resilience.retry.clone()),
                     id: Arc::from(plan.config.id.as_str()),
                     duration: metrics::route_duration(&plan.config.id),
                     upstream_duration: metrics::upstream_duration(&upstream.name),

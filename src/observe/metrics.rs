@@ -25,6 +25,10 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub active_connections: IntGauge,
     pub requests_in_flight: IntGauge,
+    pub circuit_breaker_state: IntGaugeVec,
+    pub circuit_breaker_transitions_total: IntCounterVec,
+    pub upstream_retries_total: IntCounterVec,
+    pub upstream_ejections_total: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -121,6 +125,41 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 "Downstream requests currently being processed.",
             ),
         ),
+        circuit_breaker_state: register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "loom_circuit_breaker_state",
+                    "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open.",
+                ),
+                &["upstream", "endpoint"],
+            )
+            .unwrap_or_else(|error| unreachable!("static metric definition: {error}")),
+        ),
+        circuit_breaker_transitions_total: register(
+            registry,
+            counter_vec(
+                "loom_circuit_breaker_transitions_total",
+                "Circuit breaker transitions by the state entered.",
+                &["upstream", "endpoint", "to"],
+            ),
+        ),
+        upstream_retries_total: register(
+            registry,
+            counter_vec(
+                "loom_upstream_retries_total",
+                "Retry decisions: attempted, budget_exhausted, not_retryable.",
+                &["upstream", "outcome"],
+            ),
+        ),
+        upstream_ejections_total: register(
+            registry,
+            counter_vec(
+                "loom_upstream_ejections_total",
+                "Endpoints ejected by passive health checking.",
+                &["upstream", "endpoint"],
+            ),
+        ),
     }
 });
 
@@ -133,6 +172,34 @@ pub fn set_endpoint_health(upstream: &str, endpoint: &str, healthy: bool) {
         .upstream_endpoint_healthy
         .with_label_values(&[upstream, endpoint])
         .set(i64::from(healthy));
+}
+
+pub fn set_breaker_state(upstream: &str, endpoint: &str, state: u8) {
+    metrics()
+        .circuit_breaker_state
+        .with_label_values(&[upstream, endpoint])
+        .set(i64::from(state));
+}
+
+pub fn count_breaker_transition(upstream: &str, endpoint: &str, to: &str) {
+    metrics()
+        .circuit_breaker_transitions_total
+        .with_label_values(&[upstream, endpoint, to])
+        .inc();
+}
+
+pub fn count_retry(upstream: &str, outcome: &str) {
+    metrics()
+        .upstream_retries_total
+        .with_label_values(&[upstream, outcome])
+        .inc();
+}
+
+pub fn count_ejection(upstream: &str, endpoint: &str) {
+    metrics()
+        .upstream_ejections_total
+        .with_label_values(&[upstream, endpoint])
+        .inc();
 }
 
 pub fn forget_endpoint(upstream: &str, endpoint: &str) {

@@ -5,7 +5,12 @@
 //! unchanged hands the same `Arc<UpstreamPool>` to the new snapshot, so health state and
 //! the keep-alive pool survive reloads.
 
+pub mod breaker;
+pub mod bulkhead;
+pub mod endpoint;
 pub mod health;
+pub mod outlier;
 pub mod pool;
+pub mod retry;
 
-pub use pool::{Selection, UpstreamPool};
+pub use pool::{SelectError, Selection, UpstreamPool};

@@ -1,9 +1,16 @@
 //! An upstream's endpoints behind a Pingora `LoadBalancer`, and endpoint selection.
+//!
+//! Selection skips endpoints that the active health check marked down, whose circuit breaker
+//! is open, that passive health ejected, that are at their per-endpoint concurrency limit, or
+//! that this request already tried. `round_robin`, `weighted`, `random` and the hashes use
+//! Pingora's selectors with that filter; `least_conn` and `p2c` choose over our own in-flight
+//! counters.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use pingora::lb::discovery::Static;
@@ -12,6 +19,12 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::breaker::{CircuitBreaker, Transition};
+use super::bulkhead::Bulkhead;
+use super::endpoint::{EndpointLease, EndpointState, publish_transition};
+use super::outlier::OutlierDetector;
+use super::retry::{RetryBudget, RetryCondition};
+use crate::config::resilience::FailurePolicy;
 use crate::config::schema::{LoadBalancerAlgorithm, UpstreamProtocol};
 use crate::config::validate::{HashKeySource, ResolvedEndpoint, UpstreamPlan};
 
@@ -34,8 +47,19 @@ impl Selector {
 
 /// The outcome of choosing an endpoint for one attempt.
 pub struct Selection {
-    pub endpoint_index: usize,
+    pub lease: EndpointLease,
     pub peer: Box<HttpPeer>,
+}
+
+/// Why no endpoint could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectError {
+    /// Every endpoint is down, ejected or already tried.
+    NoHealthyEndpoint,
+    /// Every otherwise usable endpoint has an open circuit breaker.
+    AllCircuitsOpen,
+    /// Every otherwise usable endpoint is at its concurrency limit.
+    Saturated,
 }
 
 pub struct UpstreamPool {
@@ -50,6 +74,14 @@ pub struct UpstreamPool {
     index_by_socket: HashMap<SocketAddr, usize>,
     /// Connection settings shared by every endpoint; cloned per attempt with the address set.
     peer_templates: Vec<HttpPeer>,
+    endpoint_states: Vec<EndpointState>,
+    /// What the breaker and passive health count as failures.
+    failure_policy: FailurePolicy,
+    outlier: Option<OutlierDetector>,
+    pub budget: Arc<RetryBudget>,
+    pub bulkhead: Bulkhead,
+    /// Rotates the starting point of `least_conn` scans so ties spread evenly.
+    scan_offset: AtomicUsize,
     first_health_round_done: AtomicBool,
     /// Set when a reload dropped this pool: its health loop stops even while requests that
     /// started on the old snapshot still hold it.
@@ -83,7 +115,8 @@ impl UpstreamPool {
             LoadBalancerAlgorithm::Random => {
                 Selector::Random(LoadBalancer::from_backends(make_backends()))
             }
-            // least_conn and p2c are rejected by validation until they are implemented.
+            // least_conn and p2c choose over our own counters (see `choose`); the Pingora
+            // selector still carries the health state.
             LoadBalancerAlgorithm::ConsistentHash
             | LoadBalancerAlgorithm::IpHash
             | LoadBalancerAlgorithm::LeastConn
@@ -118,8 +151,49 @@ impl UpstreamPool {
             .iter()
             .map(|endpoint| peer_template(&plan, endpoint))
             .collect();
+        let resilience = &plan.resilience;
+        let endpoint_states = plan
+            .endpoints
+            .iter()
+            .map(|_| EndpointState {
+                in_flight: Default::default(),
+                breaker: resilience
+                    .breaker
+                    .as_ref()
+                    .map(|(settings, _)| CircuitBreaker::new(settings.clone())),
+            })
+            .collect();
+        let failure_policy = resilience
+            .breaker
+            .as_ref()
+            .map(|(_, policy)| policy.clone())
+            .unwrap_or_default();
+        let outlier = resilience
+            .outlier
+            .as_ref()
+            .map(|settings| OutlierDetector::new(plan.endpoints.len(), settings.clone()));
+        let budget = Arc::new(RetryBudget::new(
+            resilience.budget_percent,
+            resilience.min_retry_concurrency,
+        ));
+        let bulkhead = Bulkhead::new(
+            format!("upstream:{}", plan.config.name),
+            resilience.bulkhead.max_concurrent_requests,
+            resilience.bulkhead.queue_timeout,
+        );
+        if resilience.breaker.is_some() {
+            for endpoint in &plan.endpoints {
+                metrics::set_breaker_state(&plan.config.name, &endpoint.address, 0);
+            }
+        }
         UpstreamPool {
             name: Arc::from(plan.config.name.as_str()),
+            endpoint_states,
+            failure_policy,
+            outlier,
+            budget,
+            bulkhead,
+            scan_offset: AtomicUsize::new(0),
             first_health_round_done: AtomicBool::new(plan.health.is_none()),
             retired: AtomicBool::new(false),
             plan,
@@ -138,29 +212,212 @@ impl UpstreamPool {
         self.plan.hash_key.as_ref()
     }
 
-    /// Picks a healthy endpoint not in `exclude` (a bit set of endpoint indexes already tried).
-    /// `key` feeds the hash algorithms and is ignored by the others.
-    pub fn select(&self, key: &[u8], exclude: u64) -> Option<Selection> {
-        let accept = |backend: &Backend, healthy: bool| {
-            healthy
-                && self
-                    .index_by_socket
-                    .get(&socket_of(backend))
-                    .is_some_and(|index| !is_excluded(exclude, *index))
+    /// Picks an endpoint not in `exclude` (a bit set of endpoint indexes already tried) and
+    /// takes a lease on it. `key` feeds the hash algorithms and is ignored by the others.
+    pub fn select(self: &Arc<Self>, key: &[u8], exclude: u64) -> Result<Selection, SelectError> {
+        let now = Instant::now();
+        let mut refused = exclude;
+        // A half-open breaker can run out of probe slots between the check and the
+        // acquisition; try the next choice then, at most once per endpoint.
+        for _ in 0..=self.endpoint_states.len() {
+            let index = self.choose(key, refused, now)?;
+            let admission = match self.endpoint_states[index].breaker.as_ref() {
+                None => None,
+                Some(breaker) => {
+                    let (admission, transition) = breaker.try_acquire(now);
+                    if let Some(transition) = transition {
+                        self.report_transition(index, transition);
+                    }
+                    match admission {
+                        Some(admission) => Some(admission),
+                        None => {
+                            refused = exclude_index(refused, index);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let peer = Box::new(self.peer_templates[index].clone());
+            let lease = EndpointLease::new(Arc::clone(self), index, admission);
+            return Ok(Selection { lease, peer });
+        }
+        Err(SelectError::AllCircuitsOpen)
+    }
+
+    /// Whether `index` may take a request now, apart from active health and exclusion.
+    fn admits(&self, index: usize, now: Instant) -> Result<(), SelectError> {
+        let state = &self.endpoint_states[index];
+        if self
+            .outlier
+            .as_ref()
+            .is_some_and(|outlier| outlier.is_ejected(index, now))
+        {
+            return Err(SelectError::NoHealthyEndpoint);
+        }
+        if let Some(limit) = self.plan.resilience.bulkhead.max_concurrent_requests_per_endpoint
+            && state.in_flight.load(Ordering::Relaxed) >= u64::from(limit)
+        {
+            return Err(SelectError::Saturated);
+        }
+        if state
+            .breaker
+            .as_ref()
+            .is_some_and(|breaker| !breaker.is_available(now))
+        {
+            return Err(SelectError::AllCircuitsOpen);
+        }
+        Ok(())
+    }
+
+    fn choose(&self, key: &[u8], exclude: u64, now: Instant) -> Result<usize, SelectError> {
+        let usable = |index: usize| {
+            !is_excluded(exclude, index) && self.is_healthy(index) && self.admits(index, now).is_ok()
         };
-        // Enough iterations to visit every endpoint of a weighted or hashed ring once.
-        let max_iterations = 256;
-        let backend = match &self.selector {
-            Selector::RoundRobin(balancer) => balancer.select_with(key, max_iterations, accept),
-            Selector::Random(balancer) => balancer.select_with(key, max_iterations, accept),
-            Selector::Consistent(balancer) => balancer.select_with(key, max_iterations, accept),
-        }?;
-        let endpoint_index = *self.index_by_socket.get(&socket_of(&backend))?;
-        let peer = Box::new(self.peer_templates[endpoint_index].clone());
-        Some(Selection {
-            endpoint_index,
-            peer,
-        })
+        let chosen = match self.plan.config.load_balancer {
+            LoadBalancerAlgorithm::LeastConn => self.least_connections(&usable),
+            LoadBalancerAlgorithm::P2c => self.power_of_two_choices(&usable),
+            _ => {
+                let accept = |backend: &Backend, healthy: bool| {
+                    healthy
+                        && self
+                            .index_by_socket
+                            .get(&socket_of(backend))
+                            .is_some_and(|index| usable(*index))
+                };
+                // Enough iterations to visit every endpoint of a weighted or hashed ring once.
+                let max_iterations = 256;
+                let backend = match &self.selector {
+                    Selector::RoundRobin(balancer) => {
+                        balancer.select_with(key, max_iterations, accept)
+                    }
+                    Selector::Random(balancer) => balancer.select_with(key, max_iterations, accept),
+                    Selector::Consistent(balancer) => {
+                        balancer.select_with(key, max_iterations, accept)
+                    }
+                };
+                backend.and_then(|backend| self.index_by_socket.get(&socket_of(&backend)).copied())
+            }
+        };
+        chosen.ok_or_else(|| self.explain_no_choice(exclude, now))
+    }
+
+    /// The most telling reason nothing was usable: open breakers and saturation are reported
+    /// only when they are what stands between the request and an otherwise usable endpoint.
+    fn explain_no_choice(&self, exclude: u64, now: Instant) -> SelectError {
+        let reasons: Vec<SelectError> = (0..self.endpoint_states.len())
+            .filter(|index| !is_excluded(exclude, *index) && self.is_healthy(*index))
+            .filter_map(|index| self.admits(index, now).err())
+            .collect();
+        if reasons.is_empty() {
+            SelectError::NoHealthyEndpoint
+        } else if reasons.contains(&SelectError::Saturated) {
+            SelectError::Saturated
+        } else if reasons.iter().all(|reason| *reason == SelectError::AllCircuitsOpen) {
+            SelectError::AllCircuitsOpen
+        } else {
+            SelectError::NoHealthyEndpoint
+        }
+    }
+
+    /// Fewest requests in flight relative to weight; ties go round the endpoints in turn.
+    fn least_connections(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let count = self.endpoint_states.len();
+        let start = self.scan_offset.fetch_add(1, Ordering::Relaxed);
+        (0..count)
+            .map(|step| (start + step) % count)
+            .filter(|index| usable(*index))
+            .min_by_key(|index| self.load_score(*index))
+    }
+
+    /// Two distinct random usable endpoints; the less loaded one wins.
+    fn power_of_two_choices(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.endpoint_states.len())
+            .filter(|index| usable(*index))
+            .collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            length => {
+                let first = fastrand::usize(..length);
+                let mut second = fastrand::usize(..length - 1);
+                if second >= first {
+                    second += 1;
+                }
+                let (first, second) = (candidates[first], candidates[second]);
+                Some(if self.load_score(second) < self.load_score(first) {
+                    second
+                } else {
+                    first
+                })
+            }
+        }
+    }
+
+    /// In-flight requests per unit of weight, scaled to stay an integer.
+    fn load_score(&self, index: usize) -> u64 {
+        let in_flight = self.endpoint_states[index].in_flight.load(Ordering::Relaxed);
+        let weight = u64::from(self.plan.endpoints[index].weight.max(1));
+        in_flight.saturating_mul(1_000_000) / weight
+    }
+
+    pub fn endpoint_state(&self, index: usize) -> Option<&EndpointState> {
+        self.endpoint_states.get(index)
+    }
+
+    pub(super) fn counts_as_failure(&self, condition: RetryCondition) -> bool {
+        self.failure_policy.counts(condition)
+    }
+
+    pub(super) fn report_transition(&self, index: usize, transition: Transition) {
+        if let Some(endpoint) = self.plan.endpoints.get(index) {
+            publish_transition(&self.name, &endpoint.address, transition);
+        }
+    }
+
+    pub(super) fn record_passive(&self, index: usize, success: bool, now: Instant) {
+        let Some(outlier) = &self.outlier else {
+            return;
+        };
+        if let Some(ejection) = outlier.record(index, success, now) {
+            let endpoint = self
+                .plan
+                .endpoints
+                .get(index)
+                .map_or("unknown", |endpoint| endpoint.address.as_str());
+            log::warn!(
+                "upstream {}: endpoint {endpoint} ejected for {:?} (ejection {})",
+                self.name,
+                ejection.duration,
+                ejection.count
+            );
+            metrics::count_ejection(&self.name, endpoint);
+        }
+    }
+
+    pub fn outlier(&self) -> Option<&OutlierDetector> {
+        self.outlier.as_ref()
+    }
+
+    /// Closes an endpoint's breaker and lifts its ejection (admin API). Returns false for an
+    /// unknown address.
+    pub fn reset_endpoint(&self, address: &str) -> bool {
+        let Some(index) = self
+            .plan
+            .endpoints
+            .iter()
+            .position(|endpoint| endpoint.address == address)
+        else {
+            return false;
+        };
+        if let Some(breaker) = &self.endpoint_states[index].breaker
+            && let Some(transition) = breaker.reset(Instant::now())
+        {
+            self.report_transition(index, transition);
+        }
+        if let Some(outlier) = &self.outlier {
+            outlier.reset(index);
+        }
+        true
     }
 
     /// Whether the active health check currently counts this endpoint as healthy.
@@ -221,7 +478,7 @@ fn is_excluded(exclude: u64, index: usize) -> bool {
 }
 
 /// Marks `index` as tried in an exclusion set for [`UpstreamPool::select`].
-pub fn exclude(set: u64, index: usize) -> u64 {
+pub fn exclude_index(set: u64, index: usize) -> u64 {
     if index < 64 { set | (1 << index) } else { set }
 }
 

@@ -1,0 +1,313 @@
+//! Validation of the resilience settings (circuit breaker, retries, retry budget, passive
+//! health, bulkhead) into the runtime policies of [`crate::upstream`].
+
+use std::time::Duration;
+
+use super::schema::{
+    CircuitBreakerConfig, OutlierDetectionConfig, RetryBudgetConfig, RetryConfig, UpstreamConfig,
+};
+use crate::upstream::breaker::BreakerSettings;
+use crate::upstream::outlier::OutlierSettings;
+use crate::upstream::retry::{Jitter, RetryCondition, RetryPolicy};
+
+/// Pingora stops after `max_retries` (16) attempts in all.
+const MAX_RETRIES: u32 = 15;
+/// Pingora's retry buffer holds at most 64 KiB of request body.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
+const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::ZERO;
+
+/// What the breaker counts as a failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailurePolicy {
+    pub conditions: Vec<RetryCondition>,
+}
+
+impl FailurePolicy {
+    pub fn counts(&self, condition: RetryCondition) -> bool {
+        self.conditions.contains(&condition)
+    }
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            conditions: default_conditions(),
+        }
+    }
+}
+
+fn default_conditions() -> Vec<RetryCondition> {
+    vec![
+        RetryCondition::ConnectError,
+        RetryCondition::Timeout,
+        RetryCondition::Reset,
+        RetryCondition::Status(502),
+        RetryCondition::Status(503),
+        RetryCondition::Status(504),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkheadPlan {
+    pub max_concurrent_requests: Option<u32>,
+    pub max_concurrent_requests_per_endpoint: Option<u32>,
+    pub queue_timeout: Duration,
+}
+
+/// Resilience plan of one upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResiliencePlan {
+    pub breaker: Option<(BreakerSettings, FailurePolicy)>,
+    pub retry: RetryPolicy,
+    pub budget_percent: f64,
+    pub min_retry_concurrency: u32,
+    pub outlier: Option<OutlierSettings>,
+    pub bulkhead: BulkheadPlan,
+}
+
+/// Collects errors as (key path relative to the upstream or route, message).
+pub type Problems = Vec<(String, String)>;
+
+pub fn upstream_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> ResiliencePlan {
+    let breaker = upstream
+        .circuit_breaker
+        .as_ref()
+        .map(|config| breaker_settings(config, problems));
+    // Without a `retry` block, keep the conservative default: one retry, connect errors only.
+    let retry = match &upstream.retry {
+        Some(config) => retry_policy(config, "retry", problems),
+        None => RetryPolicy {
+            max_retries: 1,
+            retry_on: vec![RetryCondition::ConnectError],
+            ..RetryPolicy::default()
+        },
+    };
+    let budget = upstream.retry_budget.clone().unwrap_or_default();
+    let (budget_percent, min_retry_concurrency) = budget_values(&budget, problems);
+    let outlier = upstream
+        .outlier_detection
+        .as_ref()
+        .map(|config| outlier_settings(config, problems));
+    for (field, value) in [
+        ("max_concurrent_requests", upstream.max_concurrent_requests),
+        (
+            "max_concurrent_requests_per_endpoint",
+            upstream.max_concurrent_requests_per_endpoint,
+        ),
+    ] {
+        if value == Some(0) {
+            problems.push((field.to_string(), "must be at least 1".to_string()));
+        }
+    }
+    ResiliencePlan {
+        breaker,
+        retry,
+        budget_percent,
+        min_retry_concurrency,
+        outlier,
+        bulkhead: BulkheadPlan {
+            max_concurrent_requests: upstream.max_concurrent_requests,
+            max_concurrent_requests_per_endpoint: upstream.max_concurrent_requests_per_endpoint,
+            queue_timeout: upstream
+                .queue_timeout
+                .map_or(DEFAULT_QUEUE_TIMEOUT, |value| value.0),
+        },
+    }
+}
+
+fn conditions(texts: &[String], key: &str, problems: &mut Problems) -> Vec<RetryCondition> {
+    texts
+        .iter()
+        .enumerate()
+        .filter_map(|(index, text)| match RetryCondition::parse(text) {
+            Ok(condition) => Some(condition),
+            Err(message) => {
+                problems.push((format!("{key}[{index}]"), message));
+                None
+            }
+        })
+        .collect()
+}
+
+fn breaker_settings(
+    config: &CircuitBreakerConfig,
+    problems: &mut Problems,
+) -> (BreakerSettings, FailurePolicy) {
+    let defaults = BreakerSettings::default();
+    let settings = BreakerSettings {
+        failure_threshold: config.failure_threshold.unwrap_or(defaults.failure_threshold),
+        failure_ratio: config.failure_ratio.or(defaults.failure_ratio),
+        min_requests: config.min_requests.unwrap_or(defaults.min_requests),
+        window: config.window.map_or(defaults.window, |value| value.0),
+        open_timeout: config.timeout.map_or(defaults.open_timeout, |value| value.0),
+        half_open_max_probes: config
+            .half_open_max_requests
+            .unwrap_or(defaults.half_open_max_probes),
+        success_threshold: config
+            .success_threshold
+            .unwrap_or(defaults.success_threshold),
+    };
+    let prefix = "circuit_breaker";
+    if let Some(ratio) = settings.failure_ratio
+        && !(ratio > 0.0 && ratio <= 1.0)
+    {
+        problems.push((
+            format!("{prefix}.failure_ratio"),
+            "must be greater than 0 and at most 1".to_string(),
+        ));
+    }
+    if settings.failure_threshold == 0 && settings.failure_ratio.is_none() {
+        problems.push((
+            format!("{prefix}.failure_threshold"),
+            "0 disables the consecutive-failure trigger; set failure_ratio too or the breaker never opens".to_string(),
+        ));
+    }
+    if settings.success_threshold == 0 {
+        problems.push((
+            format!("{prefix}.success_threshold"),
+            "must be at least 1".to_string(),
+        ));
+    }
+    if settings.half_open_max_probes == 0 {
+        problems.push((
+            format!("{prefix}.half_open_max_requests"),
+            "must be at least 1".to_string(),
+        ));
+    }
+    if settings.open_timeout.is_zero() {
+        problems.push((format!("{prefix}.timeout"), "must be greater than zero".to_string()));
+    }
+    if settings.window.is_zero() {
+        problems.push((format!("{prefix}.window"), "must be greater than zero".to_string()));
+    }
+    let failure = match &config.failure_on {
+        Some(texts) => FailurePolicy {
+            conditions: conditions(texts, &format!("{prefix}.failure_on"), problems),
+        },
+        None => FailurePolicy::default(),
+    };
+    (settings, failure)
+}
+
+/// Builds a retry policy; `key` is where the block sits (`retry`), for error paths.
+pub fn retry_policy(config: &RetryConfig, key: &str, problems: &mut Problems) -> RetryPolicy {
+    let defaults = RetryPolicy::default();
+    let max_retries = config.max_retries.unwrap_or(defaults.max_retries);
+    if max_retries > MAX_RETRIES {
+        problems.push((
+            format!("{key}.max_retries"),
+            format!("must be at most {MAX_RETRIES}"),
+        ));
+    }
+    let retry_on = match &config.retry_on {
+        Some(texts) => conditions(texts, &format!("{key}.retry_on"), problems),
+        None => defaults.retry_on.clone(),
+    };
+    let backoff = config.backoff.clone().unwrap_or_default();
+    let jitter = match backoff.jitter.as_deref() {
+        None => defaults.jitter,
+        Some("full") => Jitter::Full,
+        Some("equal") => Jitter::Equal,
+        Some("none") => Jitter::None,
+        Some(other) => {
+            problems.push((
+                format!("{key}.backoff.jitter"),
+                format!("\"{other}\" is not one of full, equal, none"),
+            ));
+            defaults.jitter
+        }
+    };
+    let backoff_base = backoff.base.map_or(defaults.backoff_base, |value| value.0);
+    let backoff_max = backoff.max.map_or(defaults.backoff_max, |value| value.0);
+    if backoff_max < backoff_base {
+        problems.push((
+            format!("{key}.backoff.max"),
+            "must not be smaller than backoff.base".to_string(),
+        ));
+    }
+    let max_replay_body = config
+        .max_replay_body
+        .map_or(defaults.max_replay_body_bytes as u64, |value| value.0);
+    if max_replay_body > MAX_REPLAY_BODY {
+        problems.push((
+            format!("{key}.max_replay_body"),
+            "must be at most 64KB (Pingora's retry buffer)".to_string(),
+        ));
+    }
+    if config
+        .per_try_timeout
+        .is_some_and(|value| value.0.is_zero())
+    {
+        problems.push((
+            format!("{key}.per_try_timeout"),
+            "must be greater than zero".to_string(),
+        ));
+    }
+    RetryPolicy {
+        max_retries: max_retries.min(MAX_RETRIES),
+        retry_on,
+        backoff_base,
+        backoff_max: backoff_max.max(backoff_base),
+        jitter,
+        per_try_timeout: config.per_try_timeout.map(|value| value.0),
+        retry_non_idempotent: config
+            .retry_non_idempotent
+            .unwrap_or(defaults.retry_non_idempotent),
+        max_replay_body_bytes: max_replay_body.min(MAX_REPLAY_BODY) as usize,
+    }
+}
+
+fn budget_values(config: &RetryBudgetConfig, problems: &mut Problems) -> (f64, u32) {
+    let percent = config.budget_percent.unwrap_or(DEFAULT_BUDGET_PERCENT);
+    if !(0.0..=100.0).contains(&percent) {
+        problems.push((
+            "retry_budget.budget_percent".to_string(),
+            "must be between 0 and 100".to_string(),
+        ));
+    }
+    (
+        percent.clamp(0.0, 100.0),
+        config
+            .min_retry_concurrency
+            .unwrap_or(DEFAULT_MIN_RETRY_CONCURRENCY),
+    )
+}
+
+fn outlier_settings(config: &OutlierDetectionConfig, problems: &mut Problems) -> OutlierSettings {
+    let defaults = OutlierSettings::default();
+    let settings = OutlierSettings {
+        consecutive_failures: config
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
+        base_ejection_time: config
+            .base_ejection_time
+            .map_or(defaults.base_ejection_time, |value| value.0),
+        max_ejection_time: config
+            .max_ejection_time
+            .map_or(defaults.max_ejection_time, |value| value.0),
+        max_ejection_percent: config
+            .max_ejection_percent
+            .unwrap_or(defaults.max_ejection_percent),
+    };
+    if settings.max_ejection_percent > 100 {
+        problems.push((
+            "outlier_detection.max_ejection_percent".to_string(),
+            "must be at most 100".to_string(),
+        ));
+    }
+    if settings.base_ejection_time.is_zero() {
+        problems.push((
+            "outlier_detection.base_ejection_time".to_string(),
+            "must be greater than zero".to_string(),
+        ));
+    }
+    if settings.max_ejection_time < settings.base_ejection_time {
+        problems.push((
+            "outlier_detection.max_ejection_time".to_string(),
+            "must not be smaller than base_ejection_time".to_string(),
+        ));
+    }
+    settings
+}

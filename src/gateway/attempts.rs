@@ -1,0 +1,158 @@
+//! Upstream attempts: admission (bulkhead, retry budget, backoff), endpoint choice, outcome
+//! recording and the retry decision. The hooks in `mod.rs` call these in request order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::prelude::*;
+use pingora_error::{ErrorSource, ErrorType};
+
+use super::context::RequestContext;
+use super::errors::GatewayError;
+use crate::observe::metrics;
+use crate::upstream::endpoint::Outcome;
+use crate::upstream::pool::exclude_index;
+use crate::upstream::retry::RetryCondition;
+use crate::upstream::{SelectError, Selection, UpstreamPool};
+
+/// Admission before choosing an endpoint: the first attempt takes a bulkhead slot and counts
+/// toward the retry budget; a retry waits out its backoff.
+pub async fn admit(ctx: &mut RequestContext, pool: &Arc<UpstreamPool>) -> Result<(), GatewayError> {
+    if ctx.attempts == 0 {
+        match pool.bulkhead.acquire().await {
+            Some(permit) => ctx.bulkhead_permit = permit,
+            None => {
+                return Err(GatewayError::new(
+                    503,
+                    "upstream_saturated",
+                    format!(
+                        "upstream \"{}\" is at its concurrency limit",
+                        pool.name
+                    ),
+                ));
+            }
+        }
+        ctx.budget_request = Some(pool.budget.start_request_owned());
+    } else if let Some(route) = ctx.route() {
+        let delay = route.retry.backoff(ctx.attempts, fastrand::f64);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    Ok(())
+}
+
+/// Chooses an endpoint not tried yet; the error says why none is usable.
+pub fn choose(
+    ctx: &mut RequestContext,
+    pool: &Arc<UpstreamPool>,
+    key: &[u8],
+) -> Result<Selection, GatewayError> {
+    let mut selected = pool.select(key, ctx.tried_endpoints);
+    if matches!(selected, Err(SelectError::NoHealthyEndpoint)) && ctx.tried_endpoints != 0 {
+        // A retry prefers an endpoint not tried yet, but may go back to one.
+        selected = pool.select(key, 0);
+    }
+    match selected {
+        Ok(selection) => {
+            let index = selection.lease.endpoint_index();
+            ctx.tried_endpoints = exclude_index(ctx.tried_endpoints, index);
+            ctx.endpoint_index = Some(index);
+            ctx.attempts += 1;
+            ctx.upstream_started = Some(Instant::now());
+            Ok(selection)
+        }
+        // After a failed attempt with nothing left to try, that attempt's error stands.
+        Err(_) if ctx.failure.is_some() && ctx.attempts > 0 => {
+            Err(ctx.failure.take().unwrap_or_else(GatewayError::gateway_timeout))
+        }
+        Err(SelectError::AllCircuitsOpen) => Err(GatewayError::new(
+            503,
+            "circuit_open",
+            format!(
+                "every endpoint of upstream \"{}\" has an open circuit breaker",
+                pool.name
+            ),
+        )),
+        Err(SelectError::Saturated) => Err(GatewayError::new(
+            503,
+            "upstream_saturated",
+            format!(
+                "every endpoint of upstream \"{}\" is at its concurrency limit",
+                pool.name
+            ),
+        )),
+        Err(SelectError::NoHealthyEndpoint) => Err(GatewayError::no_healthy_upstream(&pool.name)),
+    }
+}
+
+/// What a Pingora error means for the breaker and the retry policy; `None` when the client,
+/// not the upstream, is at fault.
+pub fn classify(error: &Error) -> Option<RetryCondition> {
+    use ErrorType::*;
+    if error.esource() == &ErrorSource::Downstream {
+        return None;
+    }
+    Some(match error.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            RetryCondition::Timeout
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | BindError | ConnectProxyFailure
+        | TLSHandshakeFailure | InvalidCert | HandshakeError => RetryCondition::ConnectError,
+        HTTPStatus(status) => RetryCondition::Status(*status),
+        _ => RetryCondition::Reset,
+    })
+}
+
+/// Records the attempt's outcome on its endpoint (breaker, passive health), once.
+pub fn finish(ctx: &mut RequestContext, outcome: Outcome) {
+    if let Some(lease) = ctx.lease.take() {
+        lease.finish(outcome);
+    }
+}
+
+/// Decides whether to retry after `condition`, taking a retry-budget slot when it does. Logs
+/// and counts the reason when a retryable failure is not retried.
+pub fn should_retry(session: &Session, ctx: &mut RequestContext, condition: RetryCondition) -> bool {
+    let Some(route) = ctx.route() else {
+        return false;
+    };
+    let policy = &route.retry;
+    let pool = Arc::clone(&route.upstream);
+    if !policy.retries_on(condition) {
+        return false;
+    }
+    let refusal = if ctx.attempts > policy.max_retries {
+        Some("max_retries_reached")
+    } else if !session.req_header().method.is_idempotent() && !policy.retry_non_idempotent {
+        Some("not_idempotent")
+    } else if session.as_ref().retry_buffer_truncated()
+        || session.as_ref().body_bytes_read() > policy.max_replay_body_bytes
+    {
+        log::info!(
+            "request {:?}: not retried, its body is larger than the {} bytes that can be replayed",
+            ctx.request_id,
+            policy.max_replay_body_bytes
+        );
+        Some("body_too_large")
+    } else if session.response_written().is_some() {
+        Some("response_started")
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        metrics::count_retry(&pool.name, reason);
+        return false;
+    }
+    match pool.budget.try_start_retry_owned() {
+        Some(slot) => {
+            ctx.budget_retry = Some(slot);
+            metrics::count_retry(&pool.name, "attempted");
+            true
+        }
+        None => {
+            metrics::count_retry(&pool.name, "budget_exhausted");
+            false
+        }
+    }
+}

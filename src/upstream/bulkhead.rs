@@ -1,0 +1,95 @@
+//! Bulkhead: a cap on requests in flight per upstream (and optionally per endpoint), with a
+//! bounded wait for a free slot.
+//!
+//! Counting uses `pingora_limits::inflight::Inflight`, a lock-free count-min sketch whose
+//! guards decrement on drop. Keys are the upstream name (and endpoint address), so the count
+//! follows the real upstream across reloads: requests still running on an old snapshot keep
+//! counting against the limit. The sketch can over-estimate on hash collisions, never under,
+//! so a collision can only make the bulkhead stricter.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use pingora_limits::inflight::{Guard, Inflight};
+use tokio::sync::Notify;
+
+static UPSTREAM_IN_FLIGHT: LazyLock<Inflight> = LazyLock::new(Inflight::new);
+
+/// How often a queued request re-checks even without a wake-up: a slot freed by a request of
+/// an older snapshot wakes that snapshot's waiters, not ours.
+const RECHECK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// A held slot; dropping it frees the slot and wakes one queued request.
+pub struct BulkheadPermit {
+    _guard: Guard,
+    released: std::sync::Arc<Notify>,
+}
+
+impl Drop for BulkheadPermit {
+    fn drop(&mut self) {
+        self.released.notify_one();
+    }
+}
+
+pub struct Bulkhead {
+    key: String,
+    limit: Option<u32>,
+    queue_timeout: Duration,
+    released: std::sync::Arc<Notify>,
+}
+
+impl Bulkhead {
+    pub fn new(key: String, limit: Option<u32>, queue_timeout: Duration) -> Bulkhead {
+        Bulkhead {
+            key,
+            limit,
+            queue_timeout,
+            released: std::sync::Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn limit(&self) -> Option<u32> {
+        self.limit
+    }
+
+    /// Requests in flight as the sketch counts them.
+    pub fn in_flight(&self) -> isize {
+        let (guard, count) = UPSTREAM_IN_FLIGHT.incr(&self.key, 0);
+        drop(guard);
+        count
+    }
+
+    /// Takes a slot, waiting up to the queue timeout. `None` means saturated. Without a limit
+    /// there is nothing to take and `Some(None)` is returned at once.
+    pub async fn acquire(&self) -> Option<Option<BulkheadPermit>> {
+        let Some(limit) = self.limit else {
+            return Some(None);
+        };
+        let deadline = Instant::now() + self.queue_timeout;
+        loop {
+            let notified = self.released.notified();
+            if let Some(permit) = self.try_acquire(limit) {
+                return Some(Some(permit));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let wait = (deadline - now).min(RECHECK_INTERVAL);
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+
+    fn try_acquire(&self, limit: u32) -> Option<BulkheadPermit> {
+        let (guard, count) = UPSTREAM_IN_FLIGHT.incr(&self.key, 1);
+        if count > i64::from(limit) as isize {
+            // Dropping the guard gives the slot back.
+            drop(guard);
+            return None;
+        }
+        Some(BulkheadPermit {
+            _guard: guard,
+            released: std::sync::Arc::clone(&self.released),
+        })
+    }
+}
