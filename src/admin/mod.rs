@@ -10,6 +10,8 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+pub mod upstreams;
+
 use crate::gateway::snapshot::GatewayState;
 use crate::observe::metrics;
 
@@ -69,6 +71,15 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        if let Some(rest) = path.strip_prefix("/upstreams") {
+            let (status, document) = upstreams::handle(&self.state, &method, rest);
+            return build(
+                status,
+                "application/json",
+                serde_json::to_vec(&document).unwrap_or_default(),
+            );
+        }
         let snapshot = self.state.current();
         if snapshot.prometheus.enabled && path == snapshot.prometheus.path {
             return build(

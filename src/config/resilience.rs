@@ -137,11 +137,15 @@ fn breaker_settings(
 ) -> (BreakerSettings, FailurePolicy) {
     let defaults = BreakerSettings::default();
     let settings = BreakerSettings {
-        failure_threshold: config.failure_threshold.unwrap_or(defaults.failure_threshold),
+        failure_threshold: config
+            .failure_threshold
+            .unwrap_or(defaults.failure_threshold),
         failure_ratio: config.failure_ratio.or(defaults.failure_ratio),
         min_requests: config.min_requests.unwrap_or(defaults.min_requests),
         window: config.window.map_or(defaults.window, |value| value.0),
-        open_timeout: config.timeout.map_or(defaults.open_timeout, |value| value.0),
+        open_timeout: config
+            .timeout
+            .map_or(defaults.open_timeout, |value| value.0),
         half_open_max_probes: config
             .half_open_max_requests
             .unwrap_or(defaults.half_open_max_probes),
@@ -177,10 +181,16 @@ fn breaker_settings(
         ));
     }
     if settings.open_timeout.is_zero() {
-        problems.push((format!("{prefix}.timeout"), "must be greater than zero".to_string()));
+        problems.push((
+            format!("{prefix}.timeout"),
+            "must be greater than zero".to_string(),
+        ));
     }
     if settings.window.is_zero() {
-        problems.push((format!("{prefix}.window"), "must be greater than zero".to_string()));
+        problems.push((
+            format!("{prefix}.window"),
+            "must be greater than zero".to_string(),
+        ));
     }
     let failure = match &config.failure_on {
         Some(texts) => FailurePolicy {
@@ -277,16 +287,19 @@ fn budget_values(config: &RetryBudgetConfig, problems: &mut Problems) -> (f64, u
 
 fn outlier_settings(config: &OutlierDetectionConfig, problems: &mut Problems) -> OutlierSettings {
     let defaults = OutlierSettings::default();
+    let base_ejection_time = config
+        .base_ejection_time
+        .map_or(defaults.base_ejection_time, |value| value.0);
     let settings = OutlierSettings {
         consecutive_failures: config
             .consecutive_failures
             .unwrap_or(defaults.consecutive_failures),
-        base_ejection_time: config
-            .base_ejection_time
-            .map_or(defaults.base_ejection_time, |value| value.0),
-        max_ejection_time: config
-            .max_ejection_time
-            .map_or(defaults.max_ejection_time, |value| value.0),
+        base_ejection_time,
+        // An unset maximum never undercuts a base that was set above the default maximum.
+        max_ejection_time: config.max_ejection_time.map_or(
+            defaults.max_ejection_time.max(base_ejection_time),
+            |value| value.0,
+        ),
         max_ejection_percent: config
             .max_ejection_percent
             .unwrap_or(defaults.max_ejection_percent),

@@ -82,6 +82,20 @@ impl OneOrMany {
     }
 }
 
+impl LoadBalancerAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalancerAlgorithm::RoundRobin => "round_robin",
+            LoadBalancerAlgorithm::Weighted => "weighted",
+            LoadBalancerAlgorithm::Random => "random",
+            LoadBalancerAlgorithm::ConsistentHash => "consistent_hash",
+            LoadBalancerAlgorithm::IpHash => "ip_hash",
+            LoadBalancerAlgorithm::LeastConn => "least_conn",
+            LoadBalancerAlgorithm::P2c => "p2c",
+        }
+    }
+}
+
 /// Per-route upstream timeouts; `timeout:` on the route is the total.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use super::SourceIndexes;
 use super::resilience::{self, ResiliencePlan};
-use crate::upstream::retry::RetryPolicy;
 use super::schema::{
     FileConfig, HealthCheckConfig, ListenerProtocol, LoadBalancerAlgorithm, RouteConfig,
     UpstreamConfig,
 };
 use super::yaml::{ConfigError, Node};
 use crate::router::{RouteSpec, Router};
+use crate::upstream::retry::RetryPolicy;
 
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,7 +31,6 @@ const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
 const MAX_ENDPOINTS: usize = 64;
 const MAX_THRESHOLD: usize = 100;
 const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
-
 
 /// Everything the runtime needs, checked and resolved.
 pub struct ValidatedConfig {
@@ -126,8 +125,19 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Records an error at `key_path`; when the key itself is absent (a default was at
+    /// fault), the nearest enclosing key that exists gives the position.
     fn error(&mut self, key_path: String, message: impl Into<String>) {
-        let mark = self.root.find(&key_path).map(|node| node.mark);
+        let mut probe = key_path.as_str();
+        let mark = loop {
+            if let Some(node) = self.root.find(probe) {
+                break Some(node.mark);
+            }
+            match probe.rfind(['.', '[']) {
+                Some(cut) => probe = &probe[..cut],
+                None => break None,
+            }
+        };
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             mark,
@@ -342,7 +352,10 @@ fn check_upstreams(
             .iter()
             .any(|endpoint| endpoint.weight() > 1000)
         {
-            checker.error(format!("{key}.endpoints"), "weights above 1000 are not supported");
+            checker.error(
+                format!("{key}.endpoints"),
+                "weights above 1000 are not supported",
+            );
         }
         if upstream.endpoints.len() > MAX_ENDPOINTS {
             checker.error(
@@ -656,6 +669,7 @@ fn check_routes(
                 config: route.clone(),
                 upstream_index: upstream_index.unwrap_or(0),
                 timeouts,
+                retry,
             },
         ));
     }

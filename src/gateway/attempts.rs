@@ -25,10 +25,7 @@ pub async fn admit(ctx: &mut RequestContext, pool: &Arc<UpstreamPool>) -> Result
                 return Err(GatewayError::new(
                     503,
                     "upstream_saturated",
-                    format!(
-                        "upstream \"{}\" is at its concurrency limit",
-                        pool.name
-                    ),
+                    format!("upstream \"{}\" is at its concurrency limit", pool.name),
                 ));
             }
         }
@@ -63,9 +60,10 @@ pub fn choose(
             Ok(selection)
         }
         // After a failed attempt with nothing left to try, that attempt's error stands.
-        Err(_) if ctx.failure.is_some() && ctx.attempts > 0 => {
-            Err(ctx.failure.take().unwrap_or_else(GatewayError::gateway_timeout))
-        }
+        Err(_) if ctx.failure.is_some() && ctx.attempts > 0 => Err(ctx
+            .failure
+            .take()
+            .unwrap_or_else(GatewayError::gateway_timeout)),
         Err(SelectError::AllCircuitsOpen) => Err(GatewayError::new(
             503,
             "circuit_open",
@@ -113,7 +111,11 @@ pub fn finish(ctx: &mut RequestContext, outcome: Outcome) {
 
 /// Decides whether to retry after `condition`, taking a retry-budget slot when it does. Logs
 /// and counts the reason when a retryable failure is not retried.
-pub fn should_retry(session: &Session, ctx: &mut RequestContext, condition: RetryCondition) -> bool {
+pub fn should_retry(
+    session: &Session,
+    ctx: &mut RequestContext,
+    condition: RetryCondition,
+) -> bool {
     let Some(route) = ctx.route() else {
         return false;
     };

@@ -18,7 +18,7 @@ pub mod snapshot;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -192,7 +192,10 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = status;
         self.check_deadline(ctx)?;
         let condition = RetryCondition::Status(status);
-        if ctx.route().is_some_and(|route| route.retry.retries_on(condition)) {
+        if ctx
+            .route()
+            .is_some_and(|route| route.retry.retries_on(condition))
+        {
             attempts::finish(ctx, Outcome::Answered(status));
             if attempts::should_retry(session, ctx, condition) {
                 ctx.status_retry = true;
@@ -201,7 +204,8 @@ impl ProxyHttp for Gateway {
                     "upstream_status",
                     format!("the upstream answered {status} on every attempt"),
                 ));
-                let mut error = Error::explain(ErrorType::HTTPStatus(status), "retrying upstream status");
+                let mut error =
+                    Error::explain(ErrorType::HTTPStatus(status), "retrying upstream status");
                 error.set_retry(true);
                 return Err(error);
             }
@@ -269,7 +273,9 @@ impl ProxyHttp for Gateway {
         error.retry.decide_reuse(client_reused);
         let stale_connection = error.retry()
             && (session.req_header().method.is_idempotent()
-                || ctx.route().is_some_and(|route| route.retry.retry_non_idempotent))
+                || ctx
+                    .route()
+                    .is_some_and(|route| route.retry.retry_non_idempotent))
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
         if stale_connection {

@@ -71,7 +71,8 @@ impl EndpointLease {
         {
             self.pool.report_transition(self.index, transition);
         }
-        self.pool.record_passive(self.index, !counts_as_failure, now);
+        self.pool
+            .record_passive(self.index, !counts_as_failure, now);
     }
 }
 

@@ -254,7 +254,11 @@ impl UpstreamPool {
         {
             return Err(SelectError::NoHealthyEndpoint);
         }
-        if let Some(limit) = self.plan.resilience.bulkhead.max_concurrent_requests_per_endpoint
+        if let Some(limit) = self
+            .plan
+            .resilience
+            .bulkhead
+            .max_concurrent_requests_per_endpoint
             && state.in_flight.load(Ordering::Relaxed) >= u64::from(limit)
         {
             return Err(SelectError::Saturated);
@@ -271,7 +275,9 @@ impl UpstreamPool {
 
     fn choose(&self, key: &[u8], exclude: u64, now: Instant) -> Result<usize, SelectError> {
         let usable = |index: usize| {
-            !is_excluded(exclude, index) && self.is_healthy(index) && self.admits(index, now).is_ok()
+            !is_excluded(exclude, index)
+                && self.is_healthy(index)
+                && self.admits(index, now).is_ok()
         };
         let chosen = match self.plan.config.load_balancer {
             LoadBalancerAlgorithm::LeastConn => self.least_connections(&usable),
@@ -312,7 +318,10 @@ impl UpstreamPool {
             SelectError::NoHealthyEndpoint
         } else if reasons.contains(&SelectError::Saturated) {
             SelectError::Saturated
-        } else if reasons.iter().all(|reason| *reason == SelectError::AllCircuitsOpen) {
+        } else if reasons
+            .iter()
+            .all(|reason| *reason == SelectError::AllCircuitsOpen)
+        {
             SelectError::AllCircuitsOpen
         } else {
             SelectError::NoHealthyEndpoint
@@ -355,7 +364,9 @@ impl UpstreamPool {
 
     /// In-flight requests per unit of weight, scaled to stay an integer.
     fn load_score(&self, index: usize) -> u64 {
-        let in_flight = self.endpoint_states[index].in_flight.load(Ordering::Relaxed);
+        let in_flight = self.endpoint_states[index]
+            .in_flight
+            .load(Ordering::Relaxed);
         let weight = u64::from(self.plan.endpoints[index].weight.max(1));
         in_flight.saturating_mul(1_000_000) / weight
     }

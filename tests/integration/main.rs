@@ -2,8 +2,10 @@
 
 mod balancing;
 mod cli;
+mod fault;
 mod malformed;
 mod proxying;
 mod reload;
+mod resilience;
 mod routing;
 mod support;

@@ -1,0 +1,99 @@
+//! `GET /upstreams`, `GET /upstreams/{name}` and
+//! `POST /upstreams/{name}/endpoints/{address}/reset`: endpoint health, circuit breaker state,
+//! ejections and requests in flight, and closing a breaker by hand.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::gateway::snapshot::GatewayState;
+use crate::upstream::UpstreamPool;
+
+/// Answers a request under `/upstreams`; `rest` is the path after that prefix.
+pub fn handle(state: &GatewayState, method: &Method, rest: &str) -> (StatusCode, Value) {
+    let snapshot = state.current();
+    let segments: Vec<&str> = rest
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .collect();
+    let find = |name: &str| snapshot.upstreams.iter().find(|pool| &*pool.name == name);
+    match (method, segments.as_slice()) {
+        (&Method::GET, []) => (
+            StatusCode::OK,
+            json!({"upstreams": snapshot.upstreams.iter().map(|pool| describe(pool)).collect::<Vec<_>>()}),
+        ),
+        (&Method::GET, [name]) => match find(name) {
+            Some(pool) => (StatusCode::OK, describe(pool)),
+            None => not_found(&format!("no upstream named \"{name}\"")),
+        },
+        (&Method::POST, [name, "endpoints", address, "reset"]) => match find(name) {
+            Some(pool) if pool.reset_endpoint(address) => {
+                log::info!("admin: reset endpoint {address} of upstream {name}");
+                (StatusCode::OK, describe(pool))
+            }
+            Some(_) => not_found(&format!(
+                "upstream \"{name}\" has no endpoint \"{address}\""
+            )),
+            None => not_found(&format!("no upstream named \"{name}\"")),
+        },
+        (_, [] | [_] | [_, "endpoints", _, "reset"]) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": {"status": 405, "code": "method_not_allowed", "message": "use GET, or POST for .../reset"}}),
+        ),
+        _ => not_found("unknown admin endpoint"),
+    }
+}
+
+fn not_found(message: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"error": {"status": 404, "code": "not_found", "message": message}}),
+    )
+}
+
+fn describe(pool: &UpstreamPool) -> Value {
+    let now = Instant::now();
+    let endpoints: Vec<Value> = pool
+        .endpoints()
+        .iter()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            let state = pool.endpoint_state(index);
+            let breaker = state
+                .and_then(|state| state.breaker.as_ref())
+                .map(|breaker| {
+                    json!({
+                        "state": breaker.state(now).as_str(),
+                        "consecutive_failures": breaker.consecutive_failures(),
+                    })
+                });
+            let outlier = pool.outlier();
+            json!({
+                "address": endpoint.address,
+                "resolved": endpoint.socket.to_string(),
+                "weight": endpoint.weight,
+                "healthy": pool.is_healthy(index),
+                "in_flight": state.map_or(0, |state| state.in_flight.load(Ordering::Relaxed)),
+                "circuit_breaker": breaker,
+                "ejected": outlier.is_some_and(|outlier| outlier.is_ejected(index, now)),
+                "ejected_for_ms": outlier
+                    .and_then(|outlier| outlier.ejected_for(index, now))
+                    .map(|remaining| remaining.as_millis() as u64),
+                "ejections": outlier.map_or(0, |outlier| outlier.ejection_count(index)),
+            })
+        })
+        .collect();
+    json!({
+        "name": &*pool.name,
+        "load_balancer": pool.plan.config.load_balancer.as_str(),
+        "health_check": pool.plan.health.is_some(),
+        "max_concurrent_requests": pool.bulkhead.limit(),
+        "retry_budget": {
+            "requests_in_flight": pool.budget.requests_in_flight(),
+            "retries_in_flight": pool.budget.retries_in_flight(),
+        },
+        "endpoints": endpoints,
+    })
+}
