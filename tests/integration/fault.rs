@@ -125,6 +125,9 @@ async fn serve(mut stream: TcpStream, name: &str, hits: Arc<AtomicU64>, mode: Ar
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
                     .await;
+                // A zero linger makes close send RST instead of FIN: the reset we want. (The
+                // deprecation is about lingering closes blocking; a zero linger never blocks.)
+                #[allow(deprecated)]
                 let _ = stream.set_linger(Some(Duration::ZERO));
                 return;
             }
