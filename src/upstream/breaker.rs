@@ -481,7 +481,6 @@ impl CircuitBreaker {
         if current.state != BreakerState::Closed || current.generation != admission.generation {
             return None;
         }
-        let now_nanos = self.nanos_since_origin(now);
         if success {
             // Reading first keeps the line shared between cores while the endpoint is
             // healthy, which is nearly always.
@@ -489,10 +488,11 @@ impl CircuitBreaker {
                 self.consecutive_failures.0.store(0, Ordering::Relaxed);
             }
             if self.settings.failure_ratio.is_some() {
-                self.window.0.record(now_nanos, false);
+                self.window.0.record(self.nanos_since_origin(now), false);
             }
             return None;
         }
+        let now_nanos = self.nanos_since_origin(now);
         let failures = self
             .consecutive_failures
             .0
