@@ -21,7 +21,10 @@
 //! atomics, cleared when the breaker enters half-open and on reset. Nobody writes them
 //! between opening and closing, because outcomes from the old closed generation are
 //! ignored; so the breaker always closes with clean counters, and while open
-//! [`CircuitBreaker::consecutive_failures`] still shows the count that opened it.
+//! [`CircuitBreaker::consecutive_failures`] still shows the count that opened it. (A
+//! recording thread that checked the generation just before the breaker opened and then
+//! stalled for the whole open timeout could still add one count; checking again would cost
+//! every request a second load to guard against a stall that long.)
 //!
 //! # Time
 //!

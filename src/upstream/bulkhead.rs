@@ -32,16 +32,20 @@ impl Drop for BulkheadPermit {
 }
 
 pub struct Bulkhead {
-    key: String,
+    /// Hash of the upstream name: the sketch hashes this u64 rather than the string.
+    key: u64,
     limit: Option<u32>,
     queue_timeout: Duration,
     released: std::sync::Arc<Notify>,
 }
 
 impl Bulkhead {
-    pub fn new(key: String, limit: Option<u32>, queue_timeout: Duration) -> Bulkhead {
+    pub fn new(name: &str, limit: Option<u32>, queue_timeout: Duration) -> Bulkhead {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
         Bulkhead {
-            key,
+            key: hasher.finish(),
             limit,
             queue_timeout,
             released: std::sync::Arc::new(Notify::new()),
@@ -54,7 +58,7 @@ impl Bulkhead {
 
     /// Requests in flight as the sketch counts them.
     pub fn in_flight(&self) -> isize {
-        let (guard, count) = UPSTREAM_IN_FLIGHT.incr(&self.key, 0);
+        let (guard, count) = UPSTREAM_IN_FLIGHT.incr(self.key, 0);
         drop(guard);
         count
     }
@@ -81,7 +85,7 @@ impl Bulkhead {
     }
 
     fn try_acquire(&self, limit: u32) -> Option<BulkheadPermit> {
-        let (guard, count) = UPSTREAM_IN_FLIGHT.incr(&self.key, 1);
+        let (guard, count) = UPSTREAM_IN_FLIGHT.incr(self.key, 1);
         if count > i64::from(limit) as isize {
             // Dropping the guard gives the slot back.
             drop(guard);

@@ -177,7 +177,7 @@ impl UpstreamPool {
             resilience.min_retry_concurrency,
         ));
         let bulkhead = Bulkhead::new(
-            format!("upstream:{}", plan.config.name),
+            &plan.config.name,
             resilience.bulkhead.max_concurrent_requests,
             resilience.bulkhead.queue_timeout,
         );
@@ -274,11 +274,11 @@ impl UpstreamPool {
     }
 
     fn choose(&self, key: &[u8], exclude: u64, now: Instant) -> Result<usize, SelectError> {
-        let usable = |index: usize| {
-            !is_excluded(exclude, index)
-                && self.is_healthy(index)
-                && self.admits(index, now).is_ok()
-        };
+        // Pingora's selectors pass the active-health verdict in; only our own counters
+        // choose without it.
+        let admissible =
+            |index: usize| !is_excluded(exclude, index) && self.admits(index, now).is_ok();
+        let usable = |index: usize| admissible(index) && self.is_healthy(index);
         let chosen = match self.plan.config.load_balancer {
             LoadBalancerAlgorithm::LeastConn => self.least_connections(&usable),
             LoadBalancerAlgorithm::P2c => self.power_of_two_choices(&usable),
@@ -288,7 +288,7 @@ impl UpstreamPool {
                         && self
                             .index_by_socket
                             .get(&socket_of(backend))
-                            .is_some_and(|index| usable(*index))
+                            .is_some_and(|index| admissible(*index))
                 };
                 // Enough iterations to visit every endpoint of a weighted or hashed ring once.
                 let max_iterations = 256;
