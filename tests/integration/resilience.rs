@@ -329,18 +329,17 @@ async fn the_bulkhead_rejects_beyond_its_limit_and_admits_again() {
     assert_eq!(status, 200, "slots are free again");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_conn_steers_requests_away_from_a_slow_endpoint() {
+/// Eight clients in a loop against a slow and a fast endpoint; returns the hits of each.
+async fn steer(algorithm: &str) -> (f64, f64) {
     let slow = FaultServer::start("slow", Mode::Slow).await;
     let fast = FaultServer::start("fast", Mode::Healthy).await;
     let gateway = GatewayProcess::start(&gateway_config(&format!(
-        "    load_balancer: least_conn\n    endpoints: [\"{}\", \"{}\"]\n",
+        "    load_balancer: {algorithm}\n    endpoints: [\"{}\", \"{}\"]\n",
         slow.endpoint(),
         fast.endpoint()
     )))
     .await;
-    // Eight clients in a loop: a request stuck on the slow endpoint keeps it "busy", so new
-    // requests go to the fast one.
+    // A request stuck on the slow endpoint keeps it "busy", so new requests go elsewhere.
     let mut workers = Vec::new();
     for _ in 0..8 {
         let url = gateway.url("/x");
@@ -355,11 +354,27 @@ async fn least_conn_steers_requests_away_from_a_slow_endpoint() {
     for worker in workers {
         worker.await.unwrap();
     }
-    let (slow_hits, fast_hits) = (slow.hits() as f64, fast.hits() as f64);
+    (slow.hits() as f64, fast.hits() as f64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_steers_requests_away_from_a_slow_endpoint() {
+    let (slow_hits, fast_hits) = steer("least_conn").await;
     assert_eq!(slow_hits + fast_hits, 120.0);
     assert!(
         fast_hits / 120.0 > 0.75,
         "least_conn sent {slow_hits} to the slow endpoint and {fast_hits} to the fast one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_prefers_the_less_loaded_endpoint() {
+    let (slow_hits, fast_hits) = steer("p2c").await;
+    assert_eq!(slow_hits + fast_hits, 120.0);
+    // With two endpoints both are always drawn, so p2c acts as least_conn here.
+    assert!(
+        fast_hits / 120.0 > 0.75,
+        "p2c sent {slow_hits} to the slow endpoint and {fast_hits} to the fast one"
     );
 }
 
