@@ -11,6 +11,8 @@
 # Needs: wrk and nginx (apt-get install -y wrk nginx); builds Loom in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
 
 workers=1
 duration=10s
@@ -36,8 +38,6 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 echo_port=$(free_port); nginx_port=$(free_port); loom_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port)
 
@@ -101,15 +101,6 @@ wait_port "$bare_port"
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-# Runs wrk and prints "requests_per_second p99_milliseconds".
-measure() {
-  local url=$1 output
-  output=$(wrk -t1 -c"$connections" -d"$duration" --latency "$url")
-  local rps p99
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$output")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$output")
-  echo "$rps $p99"
-}
 
 # Warm up every path (connection pools, caches).
 for port in "$echo_port" "$nginx_port" "$loom_port" "$bare_port"; do

@@ -8,6 +8,8 @@
 # Needs: wrk (apt-get install -y wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
 
 workers=1
 duration=10s
@@ -28,8 +30,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 echo_port=$(free_port); loom_port=$(free_port); admin_port=$(free_port)
 target/release/loom-echo --listen "127.0.0.1:$echo_port" --threads 1 >/dev/null &
@@ -76,13 +76,6 @@ RUST_LOG=warn target/release/loom -c "$work/loom.yaml" &
 pids+=($!)
 wait_port "$loom_port"
 
-measure() {
-  local output rps p99
-  output=$(wrk -t1 -c"$connections" -d"$duration" --latency "$1")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$output")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$output")
-  echo "$rps $p99"
-}
 
 for route in plain guarded; do wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$loom_port/$route/bytes/128" >/dev/null; done
 plain_total=0; guarded_total=0; plain_p99=0; guarded_p99=0

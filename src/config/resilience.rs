@@ -31,22 +31,12 @@ impl FailurePolicy {
 }
 
 impl Default for FailurePolicy {
+    /// The same conditions a retry policy retries on by default.
     fn default() -> Self {
         FailurePolicy {
-            conditions: default_conditions(),
+            conditions: RetryPolicy::default().retry_on,
         }
     }
-}
-
-fn default_conditions() -> Vec<RetryCondition> {
-    vec![
-        RetryCondition::ConnectError,
-        RetryCondition::Timeout,
-        RetryCondition::Reset,
-        RetryCondition::Status(502),
-        RetryCondition::Status(503),
-        RetryCondition::Status(504),
-    ]
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -102,6 +102,20 @@ pub fn classify(error: &Error) -> Option<RetryCondition> {
     })
 }
 
+/// After a failed attempt: records the failure on the endpoint, decides whether to retry
+/// (marking `error` accordingly) and remembers the error the client gets if nothing follows.
+pub fn after_failure(session: &Session, ctx: &mut RequestContext, error: &mut Error) {
+    let retry = match classify(error) {
+        Some(condition) => {
+            finish(ctx, Outcome::Failed(condition));
+            should_retry(session, ctx, condition)
+        }
+        None => false,
+    };
+    error.set_retry(retry);
+    ctx.failure = Some(GatewayError::from_proxy_error(error));
+}
+
 /// Records the attempt's outcome on its endpoint (breaker, passive health), once.
 pub fn finish(ctx: &mut RequestContext, outcome: Outcome) {
     if let Some(lease) = ctx.lease.take() {

@@ -241,15 +241,7 @@ impl ProxyHttp for Gateway {
         mut error: Box<Error>,
     ) -> Box<Error> {
         self.record_attempt(ctx, 0);
-        let retry = match attempts::classify(&error) {
-            Some(condition) => {
-                attempts::finish(ctx, Outcome::Failed(condition));
-                attempts::should_retry(session, ctx, condition)
-            }
-            None => false,
-        };
-        error.set_retry(retry);
-        ctx.failure = Some(GatewayError::from_proxy_error(&error));
+        attempts::after_failure(session, ctx, &mut error);
         error
     }
 
@@ -287,15 +279,7 @@ impl ProxyHttp for Gateway {
             ctx.failure = Some(GatewayError::from_proxy_error(&error));
             return error;
         }
-        let retry = match attempts::classify(&error) {
-            Some(condition) => {
-                attempts::finish(ctx, Outcome::Failed(condition));
-                attempts::should_retry(session, ctx, condition)
-            }
-            None => false,
-        };
-        error.set_retry(retry);
-        ctx.failure = Some(GatewayError::from_proxy_error(&error));
+        attempts::after_failure(session, ctx, &mut error);
         error
     }
 

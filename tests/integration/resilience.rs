@@ -41,14 +41,7 @@ async fn status_and_code(
 }
 
 async fn breaker_state(gateway: &GatewayProcess, endpoint: &str) -> String {
-    let document: serde_json::Value = client()
-        .get(gateway.admin_url("/upstreams/pool"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = gateway.admin_json("/upstreams/pool").await;
     document["endpoints"]
         .as_array()
         .unwrap()
@@ -130,14 +123,7 @@ async fn admin_api_shows_and_resets_the_breaker() {
         client.get(gateway.url("/x")).send().await.unwrap();
     }
     assert_eq!(breaker_state(&gateway, &endpoint).await, "open");
-    let list: serde_json::Value = client
-        .get(gateway.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = gateway.admin_json("/upstreams").await;
     assert_eq!(list["upstreams"][0]["name"], "pool");
     assert_eq!(list["upstreams"][0]["endpoints"][0]["in_flight"], 0);
 
@@ -420,14 +406,7 @@ async fn passive_health_ejects_a_failing_endpoint() {
         failing.endpoint()
     );
     assert_eq!(gateway.metric(&sample).await, Some(1.0));
-    let document: serde_json::Value = client
-        .get(gateway.admin_url("/upstreams/pool"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = gateway.admin_json("/upstreams/pool").await;
     assert_eq!(document["endpoints"][0]["ejected"], true);
     assert_eq!(document["endpoints"][0]["ejections"], 1);
 }

@@ -192,15 +192,20 @@ impl GatewayProcess {
         }
     }
 
-    pub async fn config_hash(&self) -> String {
-        let info: serde_json::Value = client()
-            .get(self.admin_url("/info"))
+    /// GET an admin endpoint and parse its JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        client()
+            .get(self.admin_url(path))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn config_hash(&self) -> String {
+        let info = self.admin_json("/info").await;
         info["config_hash"].as_str().unwrap().to_string()
     }
 
