@@ -18,7 +18,9 @@ use crate::upstream::{SelectError, Selection, UpstreamPool};
 /// Admission before choosing an endpoint: the first attempt takes a bulkhead slot and counts
 /// toward the retry budget; a retry waits out its backoff.
 pub async fn admit(ctx: &mut RequestContext, pool: &Arc<UpstreamPool>) -> Result<(), GatewayError> {
-    if ctx.attempts == 0 {
+    // Keyed on the budget guard, not the attempt count: a stale keep-alive retry resets the
+    // count but must not take a second bulkhead slot.
+    if ctx.budget_request.is_none() {
         match pool.bulkhead.acquire().await {
             Some(permit) => ctx.bulkhead_permit = permit,
             None => {
@@ -32,6 +34,17 @@ pub async fn admit(ctx: &mut RequestContext, pool: &Arc<UpstreamPool>) -> Result
         ctx.budget_request = Some(pool.budget.start_request_owned());
     } else if let Some(route) = ctx.route() {
         let delay = route.retry.backoff(ctx.attempts, fastrand::f64);
+        let past_deadline = route
+            .timeouts
+            .total
+            .is_some_and(|total| ctx.started.elapsed() + delay >= total);
+        if past_deadline {
+            // The retry cannot fit in the route's deadline: the last attempt's error stands.
+            return Err(ctx
+                .failure
+                .take()
+                .unwrap_or_else(GatewayError::gateway_timeout));
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -46,13 +59,14 @@ pub fn choose(
     key: &[u8],
 ) -> Result<Selection, GatewayError> {
     let mut selected = pool.select(key, ctx.tried_endpoints);
-    if matches!(selected, Err(SelectError::NoHealthyEndpoint)) && ctx.tried_endpoints != 0 {
+    if selected.is_err() && ctx.tried_endpoints != 0 {
         // A retry prefers an endpoint not tried yet, but may go back to one.
         selected = pool.select(key, 0);
     }
     match selected {
         Ok(selection) => {
             let index = selection.lease.endpoint_index();
+            ctx.upstream_status = 0;
             ctx.tried_endpoints = exclude_index(ctx.tried_endpoints, index);
             ctx.endpoint_index = Some(index);
             ctx.attempts += 1;
@@ -88,7 +102,9 @@ pub fn choose(
 /// not the upstream, is at fault.
 pub fn classify(error: &Error) -> Option<RetryCondition> {
     use ErrorType::*;
-    if error.esource() == &ErrorSource::Downstream {
+    // Only what the upstream did counts against it; the client going away, our own deadline
+    // and internal errors do not.
+    if error.esource() != &ErrorSource::Upstream {
         return None;
     }
     Some(match error.etype() {
@@ -116,10 +132,11 @@ pub fn after_failure(session: &Session, ctx: &mut RequestContext, error: &mut Er
     ctx.failure = Some(GatewayError::from_proxy_error(error));
 }
 
-/// Records the attempt's outcome on its endpoint (breaker, passive health), once.
+/// Records the attempt's outcome on its endpoint (breaker, passive health), once. The lease
+/// itself stays in the context, counting the request in flight, until the attempt ends.
 pub fn finish(ctx: &mut RequestContext, outcome: Outcome) {
-    if let Some(lease) = ctx.lease.take() {
-        lease.finish(outcome);
+    if let Some(lease) = ctx.lease.as_mut() {
+        lease.record(outcome);
     }
 }
 
@@ -160,6 +177,8 @@ pub fn should_retry(
         metrics::count_retry(&pool.name, reason);
         return false;
     }
+    // Give back the slot of the previous retry first, or it would compete with this one.
+    ctx.budget_retry = None;
     match pool.budget.try_start_retry_owned() {
         Some(slot) => {
             ctx.budget_retry = Some(slot);

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_error::ErrorType;
+use pingora_error::{ErrorType, RetryType};
 
 use crate::config::validate::HashKeySource;
 use crate::observe::metrics;
@@ -254,23 +254,27 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut error = error.more_context(format!("peer: {peer}"));
-        self.record_attempt(ctx, 0);
+        let status = if ctx.status_retry {
+            ctx.upstream_status
+        } else {
+            0
+        };
+        self.record_attempt(ctx, status);
         if std::mem::take(&mut ctx.status_retry) {
             // Our own error from upstream_response_filter: the retry is already decided.
             return error;
         }
-        // Pingora marks an error retryable only when a pooled keep-alive connection turned
-        // out to be stale before the request got through: the endpoint is fine, so the same
-        // endpoint stays eligible and the attempt is not counted as a failure or a retry.
-        error.retry.decide_reuse(client_reused);
-        let stale_connection = error.retry()
-            && (session.req_header().method.is_idempotent()
-                || ctx
-                    .route()
-                    .is_some_and(|route| route.retry.retry_non_idempotent))
+        // Pingora marks an error "retry only if the connection was reused" when a pooled
+        // keep-alive connection turned out to be dead: the endpoint is fine, so it stays
+        // eligible and the attempt counts neither as a failure nor as a retry. Every other
+        // error goes through the retry policy.
+        let stale_connection = matches!(error.retry, RetryType::ReusedOnly)
+            && client_reused
+            && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
         if stale_connection {
+            error.set_retry(true);
             ctx.lease = None;
             if let Some(index) = ctx.endpoint_index {
                 ctx.tried_endpoints &= !(1u64.checked_shl(index as u32).unwrap_or(0));
@@ -331,16 +335,17 @@ impl ProxyHttp for Gateway {
         if ctx.upstream_started.is_some() {
             self.record_attempt(ctx, ctx.upstream_status);
         }
-        if ctx.lease.is_some() {
+        if ctx.lease.as_ref().is_some_and(|lease| !lease.is_recorded()) {
             match error.and_then(attempts::classify) {
                 Some(condition) => attempts::finish(ctx, Outcome::Failed(condition)),
                 None if ctx.upstream_status != 0 => {
                     attempts::finish(ctx, Outcome::Answered(ctx.upstream_status))
                 }
                 // The client went away before the endpoint answered: no verdict on it.
-                None => ctx.lease = None,
+                None => {}
             }
         }
+        ctx.lease = None;
     }
 }
 

@@ -148,7 +148,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             registry,
             counter_vec(
                 "loom_upstream_retries_total",
-                "Retry decisions: attempted, budget_exhausted, not_retryable.",
+                "Retry decisions: attempted, budget_exhausted, max_retries_reached, not_idempotent, body_too_large, response_started.",
                 &["upstream", "outcome"],
             ),
         ),

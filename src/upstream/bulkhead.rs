@@ -5,7 +5,9 @@
 //! guards decrement on drop. Keys are the upstream name (and endpoint address), so the count
 //! follows the real upstream across reloads: requests still running on an old snapshot keep
 //! counting against the limit. The sketch can over-estimate on hash collisions, never under,
-//! so a collision can only make the bulkhead stricter.
+//! so a collision can only make the bulkhead stricter. It is a soft cap: the sketch bumps its
+//! rows one by one, so two requests racing for the last slot can both get in. The
+//! per-endpoint limit (`EndpointLease::try_new`) is exact.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -19,14 +21,16 @@ static UPSTREAM_IN_FLIGHT: LazyLock<Inflight> = LazyLock::new(Inflight::new);
 /// an older snapshot wakes that snapshot's waiters, not ours.
 const RECHECK_INTERVAL: Duration = Duration::from_millis(5);
 
-/// A held slot; dropping it frees the slot and wakes one queued request.
+/// A held slot; dropping it frees the slot and then wakes one queued request.
 pub struct BulkheadPermit {
-    _guard: Guard,
+    guard: Option<Guard>,
     released: std::sync::Arc<Notify>,
 }
 
 impl Drop for BulkheadPermit {
     fn drop(&mut self) {
+        // Free the slot before waking a waiter, or it would find the slot still taken.
+        drop(self.guard.take());
         self.released.notify_one();
     }
 }
@@ -69,7 +73,8 @@ impl Bulkhead {
         let Some(limit) = self.limit else {
             return Some(None);
         };
-        let deadline = Instant::now() + self.queue_timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(self.queue_timeout).unwrap_or(now);
         loop {
             let notified = self.released.notified();
             if let Some(permit) = self.try_acquire(limit) {
@@ -92,7 +97,7 @@ impl Bulkhead {
             return None;
         }
         Some(BulkheadPermit {
-            _guard: guard,
+            guard: Some(guard),
             released: std::sync::Arc::clone(&self.released),
         })
     }

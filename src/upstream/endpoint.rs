@@ -27,62 +27,96 @@ pub enum Outcome {
     Failed(RetryCondition),
 }
 
-/// A request's hold on one endpoint: counts it in flight and carries its breaker admission
-/// until [`EndpointLease::finish`] records the outcome (or the lease drops, releasing both).
+/// A request's hold on one endpoint: counts it in flight until dropped, and carries its
+/// breaker admission until [`EndpointLease::record`] gives the verdict (or the lease drops,
+/// releasing it).
 pub struct EndpointLease {
     pool: Arc<UpstreamPool>,
     index: usize,
     admission: Option<Admission>,
+    recorded: bool,
 }
 
 impl EndpointLease {
-    pub(super) fn new(
+    /// Counts a request in flight on `index`, refusing when that would pass `limit` (the
+    /// per-endpoint bulkhead). The compare-and-swap makes the cap exact.
+    pub(super) fn try_new(
         pool: Arc<UpstreamPool>,
         index: usize,
-        admission: Option<Admission>,
-    ) -> EndpointLease {
-        if let Some(state) = pool.endpoint_state(index) {
-            state.in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        EndpointLease {
+        limit: Option<u32>,
+    ) -> Option<EndpointLease> {
+        let state = pool.endpoint_state(index)?;
+        let limit = limit.map_or(u64::MAX, u64::from);
+        state
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |current| {
+                (current < limit).then_some(current + 1)
+            })
+            .ok()?;
+        Some(EndpointLease {
             pool,
             index,
-            admission,
-        }
+            admission: None,
+            recorded: false,
+        })
+    }
+
+    pub(super) fn set_admission(&mut self, admission: Option<Admission>) {
+        self.admission = admission;
     }
 
     pub fn endpoint_index(&self) -> usize {
         self.index
     }
 
-    /// Records the outcome: breaker, passive health, metrics and logs.
-    pub fn finish(mut self, outcome: Outcome) {
+    /// Gives the attempt's verdict to the breaker and passive health, once; later calls do
+    /// nothing. An answer is a success unless `failure_on` lists its status; a failure that
+    /// `failure_on` does not list is no verdict at all (the probe slot is just released), so
+    /// it neither breaks nor extends a run of failures.
+    pub fn record(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
         let now = Instant::now();
-        let counts_as_failure = match outcome {
+        let success = match outcome {
             Outcome::Answered(status) => {
-                self.pool.counts_as_failure(RetryCondition::Status(status))
+                !self.pool.counts_as_failure(RetryCondition::Status(status))
             }
-            Outcome::Failed(condition) => self.pool.counts_as_failure(condition),
+            Outcome::Failed(condition) if self.pool.counts_as_failure(condition) => false,
+            Outcome::Failed(_) => {
+                self.release_admission();
+                return;
+            }
         };
         if let Some(admission) = self.admission.take()
             && let Some(state) = self.pool.endpoint_state(self.index)
             && let Some(breaker) = &state.breaker
-            && let Some(transition) = breaker.record(admission, !counts_as_failure, now)
+            && let Some(transition) = breaker.record(admission, success, now)
         {
             self.pool.report_transition(self.index, transition);
         }
-        self.pool
-            .record_passive(self.index, !counts_as_failure, now);
+        self.pool.record_passive(self.index, success, now);
+    }
+
+    pub fn is_recorded(&self) -> bool {
+        self.recorded
+    }
+
+    fn release_admission(&mut self) {
+        if let (Some(admission), Some(state)) =
+            (self.admission.take(), self.pool.endpoint_state(self.index))
+            && let Some(breaker) = &state.breaker
+        {
+            breaker.release(admission);
+        }
     }
 }
 
 impl Drop for EndpointLease {
     fn drop(&mut self) {
+        self.release_admission();
         if let Some(state) = self.pool.endpoint_state(self.index) {
-            state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if let (Some(admission), Some(breaker)) = (self.admission.take(), &state.breaker) {
-                breaker.release(admission);
-            }
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

@@ -217,31 +217,36 @@ impl UpstreamPool {
     pub fn select(self: &Arc<Self>, key: &[u8], exclude: u64) -> Result<Selection, SelectError> {
         let now = Instant::now();
         let mut refused = exclude;
-        // A half-open breaker can run out of probe slots between the check and the
-        // acquisition; try the next choice then, at most once per endpoint.
+        // An endpoint can fill its last probe slot or concurrency slot between the check and
+        // the lease; try the next choice then, at most once per endpoint.
         for _ in 0..=self.endpoint_states.len() {
-            let index = self.choose(key, refused, now)?;
-            let admission = match self.endpoint_states[index].breaker.as_ref() {
-                None => None,
-                Some(breaker) => {
-                    let (admission, transition) = breaker.try_acquire(now);
-                    if let Some(transition) = transition {
-                        self.report_transition(index, transition);
-                    }
-                    match admission {
-                        Some(admission) => Some(admission),
-                        None => {
-                            refused = exclude_index(refused, index);
-                            continue;
-                        }
-                    }
-                }
+            let Some(index) = self.choose(key, refused, now) else {
+                break;
             };
+            refused = exclude_index(refused, index);
+            let limit = self
+                .plan
+                .resilience
+                .bulkhead
+                .max_concurrent_requests_per_endpoint;
+            let Some(mut lease) = EndpointLease::try_new(Arc::clone(self), index, limit) else {
+                continue;
+            };
+            if let Some(breaker) = self.endpoint_states[index].breaker.as_ref() {
+                let (admission, transition) = breaker.try_acquire(now);
+                if let Some(transition) = transition {
+                    self.report_transition(index, transition);
+                }
+                if admission.is_none() {
+                    continue;
+                }
+                lease.set_admission(admission);
+            }
             let peer = Box::new(self.peer_templates[index].clone());
-            let lease = EndpointLease::new(Arc::clone(self), index, admission);
             return Ok(Selection { lease, peer });
         }
-        Err(SelectError::AllCircuitsOpen)
+        // Explained against what the request excluded, not what lost a race just now.
+        Err(self.explain_no_choice(exclude, now))
     }
 
     /// Whether `index` may take a request now, apart from active health and exclusion.
@@ -273,13 +278,17 @@ impl UpstreamPool {
         Ok(())
     }
 
-    fn choose(&self, key: &[u8], exclude: u64, now: Instant) -> Result<usize, SelectError> {
+    fn choose(&self, key: &[u8], exclude: u64, now: Instant) -> Option<usize> {
         // Pingora's selectors pass the active-health verdict in; only our own counters
         // choose without it.
         let admissible =
             |index: usize| !is_excluded(exclude, index) && self.admits(index, now).is_ok();
         let usable = |index: usize| admissible(index) && self.is_healthy(index);
-        let chosen = match self.plan.config.load_balancer {
+        // During an outage nothing is admissible: say so without walking Pingora's ring.
+        if !(0..self.endpoint_states.len()).any(admissible) {
+            return None;
+        }
+        match self.plan.config.load_balancer {
             LoadBalancerAlgorithm::LeastConn => self.least_connections(&usable),
             LoadBalancerAlgorithm::P2c => self.power_of_two_choices(&usable),
             _ => {
@@ -303,8 +312,7 @@ impl UpstreamPool {
                 };
                 backend.and_then(|backend| self.index_by_socket.get(&socket_of(&backend)).copied())
             }
-        };
-        chosen.ok_or_else(|| self.explain_no_choice(exclude, now))
+        }
     }
 
     /// The most telling reason nothing was usable: open breakers and saturation are reported
@@ -338,27 +346,32 @@ impl UpstreamPool {
             .min_by_key(|index| self.load_score(*index))
     }
 
-    /// Two distinct random usable endpoints; the less loaded one wins.
+    /// Two distinct random usable endpoints; the less loaded one wins. Draws at random
+    /// (no allocation) and falls back to a scan when unusable endpoints keep coming up.
     fn power_of_two_choices(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.endpoint_states.len())
-            .filter(|index| usable(*index))
-            .collect();
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            length => {
-                let first = fastrand::usize(..length);
-                let mut second = fastrand::usize(..length - 1);
-                if second >= first {
-                    second += 1;
-                }
-                let (first, second) = (candidates[first], candidates[second]);
+        let count = self.endpoint_states.len();
+        let mut picks: [Option<usize>; 2] = [None, None];
+        for _ in 0..count.saturating_mul(2) {
+            let candidate = fastrand::usize(..count.max(1));
+            if picks[0] == Some(candidate) || !usable(candidate) {
+                continue;
+            }
+            if picks[0].is_none() {
+                picks[0] = Some(candidate);
+            } else {
+                picks[1] = Some(candidate);
+                break;
+            }
+        }
+        match picks {
+            [Some(first), Some(second)] => {
                 Some(if self.load_score(second) < self.load_score(first) {
                     second
                 } else {
                     first
                 })
             }
+            _ => self.least_connections(usable),
         }
     }
 
