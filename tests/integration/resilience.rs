@@ -133,7 +133,19 @@ async fn admin_api_shows_and_resets_the_breaker() {
     assert_eq!(breaker_state(&gateway, &endpoint).await, "open");
     let list = gateway.admin_json("/upstreams").await;
     assert_eq!(list["upstreams"][0]["name"], "pool");
-    assert_eq!(list["upstreams"][0]["endpoints"][0]["in_flight"], 0);
+    assert_eq!(
+        list["upstreams"][0]["endpoints"][0]["circuit_breaker"]["consecutive_failures"],
+        2
+    );
+    // A request leaves the in-flight count as its logging ends, just after the client's answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.admin_json("/upstreams").await["upstreams"][0]["endpoints"][0]["in_flight"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "in-flight count never went back to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     backend.set_mode(Mode::Healthy);
     let reset = client
@@ -400,6 +412,15 @@ async fn passive_health_ejects_a_failing_endpoint() {
         failures, 2,
         "the resetting endpoint fails every request it gets"
     );
+    // The failure is recorded as the gateway finishes the request, maybe after the client saw it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.admin_json("/upstreams/pool").await["endpoints"][0]["ejected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the failing endpoint was never ejected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let hits_at_ejection = failing.hits();
     for _ in 0..10 {
         let (status, _) = status_and_code(&client, client.get(gateway.url("/x"))).await;
