@@ -440,3 +440,53 @@ async fn passive_health_ejects_a_failing_endpoint() {
     assert_eq!(document["endpoints"][0]["ejected"], true);
     assert_eq!(document["endpoints"][0]["ejections"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_are_admitted_as_bulkhead_slots_free_up() {
+    let slow = FaultServer::start("slow", Mode::Slow).await;
+    let gateway = GatewayProcess::start(&gateway_config(&format!(
+        "    endpoints: [\"{}\"]\n    max_concurrent_requests: 1\n    queue_timeout: 5s\n",
+        slow.endpoint()
+    )))
+    .await;
+    // Three at once through one slot: two wait in the queue and still get through.
+    let statuses = burst(&gateway, 3, 3).await;
+    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(slow.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_endpoint_cap_skips_full_endpoints_and_rejects_when_all_are_full() {
+    let first = FaultServer::start("first", Mode::Hang).await;
+    let second = FaultServer::start("second", Mode::Hang).await;
+    let gateway = GatewayProcess::start(&gateway_config(&format!(
+        "    endpoints: [\"{}\", \"{}\"]\n    read_timeout: 3s\n    retry:\n      max_retries: 0\n    max_concurrent_requests_per_endpoint: 1\n",
+        first.endpoint(),
+        second.endpoint()
+    )))
+    .await;
+    let client = client();
+    // Two held requests: the cap sends the second one to the other endpoint.
+    let holders: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(client.get(gateway.url("/hold")).send()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while first.hits() + second.hits() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "holders never reached the backends"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        (first.hits(), second.hits()),
+        (1, 1),
+        "one held request per endpoint"
+    );
+    let (status, code) = status_and_code(&client, client.get(gateway.url("/x"))).await;
+    assert_eq!((status, code.as_str()), (503, "upstream_saturated"));
+    assert_eq!(first.hits() + second.hits(), 2);
+    for holder in holders {
+        let _ = holder.await;
+    }
+}
