@@ -49,6 +49,8 @@ struct Cli {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // Taken before reading, so an edit that races the initial load still triggers a reload.
+    let loaded_fingerprint = loom::control::watch::fingerprint(&cli.conf);
     let loaded = match config::load_file(&cli.conf) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -73,7 +75,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    match run(cli, loaded) {
+    match run(cli, loaded, loaded_fingerprint) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("loom: {error:#}");
@@ -82,7 +84,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
+fn run(
+    cli: Cli,
+    loaded: LoadedConfig,
+    loaded_fingerprint: Option<loom::control::watch::Fingerprint>,
+) -> anyhow::Result<()> {
     let mut server_conf = server_conf(&loaded.validated.file.server, cli.daemon);
     // Resolved against the config's directory by validation.
     server_conf.ca_file = loaded.validated.ca_file.clone();
@@ -119,7 +125,7 @@ fn run(cli: Cli, loaded: LoadedConfig) -> anyhow::Result<()> {
 
     let control = background_service(
         "loom control",
-        ControlService::new(Arc::clone(&state), config_path),
+        ControlService::new(Arc::clone(&state), config_path, loaded_fingerprint),
     );
     let control_handle = server.add_service(control);
 

@@ -30,17 +30,28 @@ use watch::FileWatch;
 pub struct ControlService {
     state: Arc<GatewayState>,
     config_path: PathBuf,
+    /// The config file's fingerprint from just before the serving config was read.
+    loaded_fingerprint: Option<watch::Fingerprint>,
 }
 
 impl ControlService {
-    pub fn new(state: Arc<GatewayState>, config_path: PathBuf) -> ControlService {
-        ControlService { state, config_path }
+    pub fn new(
+        state: Arc<GatewayState>,
+        config_path: PathBuf,
+        loaded_fingerprint: Option<watch::Fingerprint>,
+    ) -> ControlService {
+        ControlService {
+            state,
+            config_path,
+            loaded_fingerprint,
+        }
     }
 
     /// Reloads the file. `force` rebuilds even when the text is unchanged, so that SIGHUP
     /// re-resolves endpoint host names.
     async fn reload(&self, reason: &str, force: bool, watch: &mut FileWatch) {
         let path = self.config_path.clone();
+        // The watcher already holds the fingerprint that triggered this; a SIGHUP refreshed it.
         let loaded = tokio::task::spawn_blocking(move || config::load_file(&path)).await;
         let loaded = match loaded {
             Ok(Ok(loaded)) => loaded,
@@ -124,7 +135,11 @@ impl BackgroundService for ControlService {
             snapshot.routes.len(),
             snapshot.upstreams.len()
         );
-        let mut watch = FileWatch::new(self.config_path.clone(), snapshot.reload_interval);
+        let mut watch = FileWatch::new(
+            self.config_path.clone(),
+            snapshot.reload_interval,
+            self.loaded_fingerprint.clone(),
+        );
         let watching = snapshot.reload_watch;
         drop(snapshot);
         loop {

@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+/// What the watcher compares: taken before a load, so a change that lands while the file is
+/// being read is still seen as a change afterwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
+pub struct Fingerprint {
     modified: Option<SystemTime>,
     length: u64,
     inode: u64,
@@ -22,12 +24,12 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
-    pub fn new(path: PathBuf, interval: Duration) -> FileWatch {
-        let last = fingerprint(&path);
+    /// `loaded` is the fingerprint taken just before the serving config was read.
+    pub fn new(path: PathBuf, interval: Duration, loaded: Option<Fingerprint>) -> FileWatch {
         FileWatch {
             path,
             interval,
-            last,
+            last: loaded,
         }
     }
 
@@ -55,7 +57,7 @@ impl FileWatch {
     }
 }
 
-fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
+pub fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::metadata(path).ok()?;
     Some(Fingerprint {
