@@ -175,7 +175,7 @@ async fn health_checks_take_a_dead_endpoint_out_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_retried_on_another_endpoint_for_idempotent_methods() {
     let live = echo("live").await;
-    let refused_port = free_port();
+    let (refused_port, _reserved) = refused_port();
     let gateway = GatewayProcess::start(&single_route(&format!(
         "  - name: pool\n    load_balancer: round_robin\n    endpoints: [\"127.0.0.1:{refused_port}\", \"127.0.0.1:{}\"]\n",
         live.addresses()[0].port()

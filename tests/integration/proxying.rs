@@ -64,9 +64,9 @@ upstreams:
     protocol: http2
     endpoints: ["127.0.0.1:{echo_port}"]
   - name: refused
-    endpoints: ["127.0.0.1:@PORT1@"]
+    endpoints: ["127.0.0.1:@DEAD0@"]
   - name: down
-    endpoints: ["127.0.0.1:@PORT2@"]
+    endpoints: ["127.0.0.1:@DEAD1@"]
     health_check:
       path: /health
       interval: 1s

@@ -169,7 +169,7 @@ async fn admin_api_shows_and_resets_the_breaker() {
 async fn retries_hide_a_dead_endpoint_and_a_hung_one() {
     let healthy = FaultServer::start("healthy", Mode::Healthy).await;
     let hung = FaultServer::start("hung", Mode::Hang).await;
-    let dead_port = free_port();
+    let (dead_port, _reserved) = refused_port();
     let gateway = GatewayProcess::start(&gateway_config(&format!(
         "    endpoints: [\"127.0.0.1:{dead_port}\", \"{}\", \"{}\"]\n    retry:\n      max_retries: 2\n      per_try_timeout: 500ms\n      backoff: {{base: 1ms, max: 5ms}}\n",
         hung.endpoint(),

@@ -19,6 +19,17 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out an ephemeral port")
 }
 
+/// A port where connections are refused for as long as the returned socket lives: it is bound
+/// but never listens, so no other test's server can take the port meanwhile.
+pub fn refused_port() -> (u16, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind an ephemeral port");
+    let port = socket.local_addr().expect("bound address").port();
+    (port, socket)
+}
+
 pub async fn echo(name: &str) -> EchoServer {
     EchoServer::start(&["127.0.0.1:0".parse().unwrap()], name)
         .await
@@ -54,13 +65,17 @@ pub struct GatewayProcess {
     pub http_port: u16,
     pub admin_port: u16,
     pub extra_ports: Vec<u16>,
+    /// Ports reserved as dead endpoints (`@DEAD0@`, `@DEAD1@`): held only so that the
+    /// sockets keep them refused until the gateway is dropped.
+    _dead_ports: Vec<(u16, tokio::net::TcpSocket)>,
     pub directory: tempfile::TempDir,
     pub config_path: PathBuf,
     log_path: PathBuf,
 }
 
 /// Fills the placeholders of a config template: `@HTTP@` (main listener port), `@ADMIN@`,
-/// `@PORT0@`..`@PORT3@` (more free ports), `@FIXTURES@`, `@DIR@`.
+/// `@PORT0@`..`@PORT3@` (more free ports), `@DEAD0@`/`@DEAD1@` (ports that refuse
+/// connections), `@FIXTURES@`, `@DIR@`.
 pub fn render(template: &str, http: u16, admin: u16, extra: &[u16], directory: &Path) -> String {
     let mut text = template
         .replace("@HTTP@", &http.to_string())
@@ -89,13 +104,18 @@ impl GatewayProcess {
         let http_port = free_port();
         let admin_port = free_port();
         let extra_ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-        let body = render(
+        let dead_ports: Vec<(u16, tokio::net::TcpSocket)> =
+            (0..2).map(|_| refused_port()).collect();
+        let mut body = render(
             template,
             http_port,
             admin_port,
             &extra_ports,
             directory.path(),
         );
+        for (index, (port, _)) in dead_ports.iter().enumerate() {
+            body = body.replace(&format!("@DEAD{index}@"), &port.to_string());
+        }
         let config_path = directory.path().join("loom.yaml");
         std::fs::write(
             &config_path,
@@ -117,6 +137,7 @@ impl GatewayProcess {
             http_port,
             admin_port,
             extra_ports,
+            _dead_ports: dead_ports,
             directory,
             config_path,
             log_path,
