@@ -98,8 +98,22 @@ pub fn preamble(directory: &Path, admin: u16) -> String {
 
 impl GatewayProcess {
     /// Starts loom with `template` (without `server:`/`admin:`, which are added) and waits
-    /// until `/ready` answers 200.
+    /// until `/ready` answers 200. Ports picked by `free_port` can be taken by a parallel
+    /// test before loom binds them; loom then refuses to start with "cannot bind", and the
+    /// start is repeated with new ports.
     pub async fn start(template: &str) -> GatewayProcess {
+        for _ in 0..4 {
+            let mut gateway = Self::spawn(template);
+            match gateway.wait_ready().await {
+                Ok(()) => return gateway,
+                Err(log) if log.contains("cannot bind") => continue,
+                Err(log) => panic!("loom exited early:\n{log}"),
+            }
+        }
+        panic!("loom could not bind its ports in 4 tries");
+    }
+
+    fn spawn(template: &str) -> GatewayProcess {
         let directory = tempfile::tempdir().unwrap();
         let http_port = free_port();
         let admin_port = free_port();
@@ -132,7 +146,7 @@ impl GatewayProcess {
             .stderr(log)
             .spawn()
             .expect("loom starts");
-        let mut gateway = GatewayProcess {
+        GatewayProcess {
             child,
             http_port,
             admin_port,
@@ -141,9 +155,7 @@ impl GatewayProcess {
             directory,
             config_path,
             log_path,
-        };
-        gateway.wait_ready().await;
-        gateway
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -162,19 +174,20 @@ impl GatewayProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits for `/ready`; `Err` carries the log when loom exited instead.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let client = client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("loom exited early ({status}):\n{}", self.log());
+                return Err(format!("({status})\n{}", self.log()));
             }
             let ready = client.get(self.admin_url("/ready")).send().await;
             // /ready means every listener accepts and health checks ran: nothing else to wait for.
             if let Ok(response) = ready
                 && response.status() == 200
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
