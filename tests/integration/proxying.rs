@@ -224,7 +224,11 @@ async fn websocket_echo_through_the_gateway() {
     assert_eq!(response.status(), 101);
     for text in ["hello", "second message", &"x".repeat(70_000)] {
         socket.send(Message::text(text)).await.unwrap();
-        let reply = socket.next().await.unwrap().unwrap();
+        let reply = socket
+            .next()
+            .await
+            .expect("a reply")
+            .unwrap_or_else(|error| panic!("websocket error: {error}\n{}", gateway.log()));
         assert_eq!(reply.into_text().unwrap().as_str(), text);
     }
     socket

@@ -219,6 +219,18 @@ impl GatewayProcess {
         text
     }
 
+    /// Waits up to `limit` for the process to exit on its own; true if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     pub fn send_sighup(&self) {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
