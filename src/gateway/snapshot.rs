@@ -75,6 +75,15 @@ impl Snapshot {
             .routes
             .into_iter()
             .map(|plan| {
+                if !plan.config.plugins.is_empty() {
+                    // Loud on purpose: an auth plugin that silently does nothing is worse
+                    // than no plugin at all.
+                    log::warn!(
+                        "route {}: plugins {:?} are declared but this build does not run Proxy-Wasm plugins yet; requests pass without them",
+                        plan.config.id,
+                        plan.config.plugins
+                    );
+                }
                 let upstream = Arc::clone(&upstreams[plan.upstream_index]);
                 RouteRuntime {
                     retry: plan
