@@ -21,6 +21,13 @@ pub async fn admit(ctx: &mut RequestContext, pool: &Arc<UpstreamPool>) -> Result
     // Keyed on the budget guard, not the attempt count: a stale keep-alive retry resets the
     // count but must not take a second bulkhead slot.
     if ctx.budget_request.is_none() {
+        // An outage (every breaker open, every endpoint down) answers at once rather than
+        // after waiting in the bulkhead's queue.
+        if pool.bulkhead.limit().is_some()
+            && let Err(reason) = pool.availability()
+        {
+            return Err(selection_error(pool, reason));
+        }
         match pool.bulkhead.acquire().await {
             Some(permit) => ctx.bulkhead_permit = permit,
             None => {
@@ -78,23 +85,30 @@ pub fn choose(
             .failure
             .take()
             .unwrap_or_else(GatewayError::gateway_timeout)),
-        Err(SelectError::AllCircuitsOpen) => Err(GatewayError::new(
+        Err(reason) => Err(selection_error(pool, reason)),
+    }
+}
+
+/// The answer when no endpoint can be chosen.
+fn selection_error(pool: &UpstreamPool, reason: SelectError) -> GatewayError {
+    match reason {
+        SelectError::AllCircuitsOpen => GatewayError::new(
             503,
             "circuit_open",
             format!(
                 "every endpoint of upstream \"{}\" has an open circuit breaker",
                 pool.name
             ),
-        )),
-        Err(SelectError::Saturated) => Err(GatewayError::new(
+        ),
+        SelectError::Saturated => GatewayError::new(
             503,
             "upstream_saturated",
             format!(
                 "every endpoint of upstream \"{}\" is at its concurrency limit",
                 pool.name
             ),
-        )),
-        Err(SelectError::NoHealthyEndpoint) => Err(GatewayError::no_healthy_upstream(&pool.name)),
+        ),
+        SelectError::NoHealthyEndpoint => GatewayError::no_healthy_upstream(&pool.name),
     }
 }
 

@@ -249,6 +249,19 @@ impl UpstreamPool {
         Err(self.explain_no_choice(exclude, now))
     }
 
+    /// Whether any endpoint could take a request now; the error says why none can. Checked
+    /// before a request queues on the bulkhead, so that an outage answers at once.
+    pub fn availability(&self) -> Result<(), SelectError> {
+        let now = Instant::now();
+        let usable = (0..self.endpoint_states.len())
+            .any(|index| self.is_healthy(index) && self.admits(index, now).is_ok());
+        if usable {
+            Ok(())
+        } else {
+            Err(self.explain_no_choice(0, now))
+        }
+    }
+
     /// Whether `index` may take a request now, apart from active health and exclusion.
     fn admits(&self, index: usize, now: Instant) -> Result<(), SelectError> {
         let state = &self.endpoint_states[index];
