@@ -5,20 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn single_route(upstream_yaml: &str) -> String {
-    format!(
-        r#"listeners:
-  - name: http
-    address: "127.0.0.1:@HTTP@"
-routes:
-  - id: all
-    path: /*
-    upstream: pool
-upstreams:
-{upstream_yaml}"#
-    )
-}
-
 async fn count_instances(
     client: &reqwest::Client,
     url: &str,

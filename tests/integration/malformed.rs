@@ -5,20 +5,12 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_4xx() {
     let backend = echo("e").await;
-    let gateway = GatewayProcess::start(&format!(
-        r#"listeners:
-  - name: http
-    address: "127.0.0.1:@HTTP@"
-routes:
-  - id: all
-    path: /*
-    upstream: echo
-upstreams:
-  - name: echo
-    endpoints: ["127.0.0.1:{}"]
-"#,
+    let gateway = GatewayProcess::start(&single_route(&format!(
+        "  - name: pool
+    endpoints: [\"127.0.0.1:{}\"]
+",
         backend.addresses()[0].port()
-    ))
+    )))
     .await;
     let port = gateway.http_port;
 

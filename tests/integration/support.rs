@@ -319,3 +319,19 @@ pub async fn raw_request(port: u16, request: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// A gateway config with one HTTP listener and one catch-all route to the upstream `pool`,
+/// whose definition (`  - name: pool` ...) is `upstream_yaml`.
+pub fn single_route(upstream_yaml: &str) -> String {
+    format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+routes:
+  - id: all
+    path: /*
+    upstream: pool
+upstreams:
+{upstream_yaml}"#
+    )
+}

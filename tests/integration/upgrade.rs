@@ -11,20 +11,12 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_hands_the_sockets_over_without_refusing_a_connection() {
     let backend = echo("e").await;
-    let mut gateway = GatewayProcess::start(&format!(
-        r#"listeners:
-  - name: http
-    address: "127.0.0.1:@HTTP@"
-routes:
-  - id: all
-    path: /*
-    upstream: echo
-upstreams:
-  - name: echo
-    endpoints: ["127.0.0.1:{}"]
-"#,
+    let mut gateway = GatewayProcess::start(&single_route(&format!(
+        "  - name: pool
+    endpoints: [\"127.0.0.1:{}\"]
+",
         backend.addresses()[0].port()
-    ))
+    )))
     .await;
 
     // New connection per request: the point is that the listening socket never refuses
