@@ -16,5 +16,6 @@ pub mod control;
 pub mod echo;
 pub mod gateway;
 pub mod observe;
+pub mod plugin;
 pub mod router;
 pub mod upstream;

@@ -21,6 +21,7 @@ use loom::control::ControlService;
 use loom::control::readiness::ListenerReadiness;
 use loom::gateway::Gateway;
 use loom::gateway::snapshot::GatewayState;
+use loom::plugin::registry::PluginSet;
 
 /// The proxy allocates and frees many small buffers per request (headers, peers, tasks);
 /// mimalloc's thread-local free lists handle that pattern faster than glibc malloc, which
@@ -65,6 +66,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let plugins = match PluginSet::load(&loaded.validated.plugins, None) {
+        Ok(plugins) => plugins,
+        Err(errors) => {
+            eprintln!(
+                "{}: {} plugin error(s):",
+                cli.conf.display(),
+                errors.len()
+            );
+            for error in &errors {
+                eprintln!("  {error}");
+            }
+            return ExitCode::from(1);
+        }
+    };
     if cli.test {
         println!("{}: config is valid", cli.conf.display());
         return ExitCode::SUCCESS;
@@ -75,7 +90,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    match run(cli, loaded, loaded_fingerprint) {
+    match run(cli, loaded, plugins, loaded_fingerprint) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("loom: {error:#}");
@@ -87,6 +102,7 @@ fn main() -> ExitCode {
 fn run(
     cli: Cli,
     loaded: LoadedConfig,
+    plugins: PluginSet,
     loaded_fingerprint: Option<loom::control::watch::Fingerprint>,
 ) -> anyhow::Result<()> {
     let mut server_conf = server_conf(&loaded.validated.file.server, cli.daemon);
@@ -121,7 +137,7 @@ fn run(
         .collect();
     let admin_address = loaded.validated.admin_address;
     let config_path = loaded.path.clone();
-    let state = Arc::new(GatewayState::new(loaded));
+    let state = Arc::new(GatewayState::new(loaded, Arc::new(plugins)));
 
     let control = background_service(
         "loom control",

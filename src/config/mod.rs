@@ -7,6 +7,7 @@
 //! The result, [`ValidatedConfig`], is what the runtime snapshot is built from
 //! (see [`crate::gateway::snapshot`]).
 
+pub mod plugins;
 pub mod resilience;
 pub mod schema;
 pub mod units;
@@ -76,6 +77,8 @@ const SECTIONS: &[&str] = &[
     "routes",
     "upstreams",
     "plugins",
+    "plugin_dir",
+    "plugin_cache_dir",
     "admin",
     "metrics",
     "reload",
@@ -122,6 +125,8 @@ fn read_sections(
                 (config.upstreams, indexes.upstreams) = read_list(file, value, name, errors)
             }
             "plugins" => (config.plugins, indexes.plugins) = read_list(file, value, name, errors),
+            "plugin_dir" => read_one(file, value, name, errors, &mut config.plugin_dir),
+            "plugin_cache_dir" => read_one(file, value, name, errors, &mut config.plugin_cache_dir),
             unknown => errors.push(error_at(
                 file,
                 key,

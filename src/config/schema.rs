@@ -332,17 +332,69 @@ pub struct UpstreamConfig {
     pub queue_timeout: Option<DurationValue>,
 }
 
-/// Plugin declarations; Proxy-Wasm execution arrives with the plugin work (issue 4).
+/// A Proxy-Wasm plugin. Routes list plugins by name; see `crate::plugin`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PluginConfig {
     pub name: String,
+    /// The `.wasm` file, relative to `plugin_dir` (and never outside it).
     pub path: String,
+    /// Accepted for the seed's format. A Proxy-Wasm module receives every callback it
+    /// exports, so this only documents the plugin's main phase; it is checked, not used.
     #[serde(default)]
     pub phase: Option<String>,
+    /// Request phases run higher priorities first; ties keep the route's order.
     #[serde(default)]
     pub priority: i32,
+    /// Handed to `on_configure`: a string as is, anything else as JSON.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// Handed to `on_vm_start`, in the same way as `config`.
+    #[serde(default)]
+    pub vm_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub on_error: PluginFailureMode,
+    /// Metering points (about one per wasm instruction) each callback may use.
+    #[serde(default)]
+    pub max_fuel: Option<u64>,
+    /// Linear-memory cap per instance.
+    #[serde(default)]
+    pub memory_limit: Option<SizeValue>,
+    /// Instances in the plugin's pool; default: one per worker thread.
+    #[serde(default)]
+    pub instances: Option<usize>,
+    /// Largest request or response body a plugin may hold back while it pauses a body phase.
+    #[serde(default)]
+    pub max_buffered_body: Option<SizeValue>,
+    #[serde(default)]
+    pub quarantine: PluginQuarantineConfig,
+}
+
+/// What a request gets when its plugin traps, runs out of fuel or hits its memory cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginFailureMode {
+    /// JSON 503 `plugin_error`.
+    #[default]
+    FailClosed,
+    /// The plugin is skipped for the rest of that request.
+    FailOpen,
+}
+
+/// A plugin that fails this many times in a row is not called for `duration`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PluginQuarantineConfig {
+    pub after_failures: u32,
+    pub duration: DurationValue,
+}
+
+impl Default for PluginQuarantineConfig {
+    fn default() -> Self {
+        PluginQuarantineConfig {
+            after_failures: 5,
+            duration: DurationValue(std::time::Duration::from_secs(10)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -410,6 +462,12 @@ pub struct FileConfig {
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub plugins: Vec<PluginConfig>,
+    /// Where plugin paths are resolved, and the only directory they may come from;
+    /// default: the config file's directory.
+    pub plugin_dir: Option<String>,
+    /// Compiled plugins are kept here between runs; default: `loom-plugin-cache` in the
+    /// system temporary directory.
+    pub plugin_cache_dir: Option<String>,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub reload: ReloadConfig,

@@ -44,6 +44,7 @@ pub struct ValidatedConfig {
     pub max_request_header_size: usize,
     /// `server.ca_file` resolved against the config's directory.
     pub ca_file: Option<String>,
+    pub plugins: super::plugins::PluginsPlan,
 }
 
 pub struct ListenerPlan {
@@ -118,26 +119,31 @@ pub struct RoutePlan {
     pub retry: Option<RetryPolicy>,
 }
 
-struct Checker<'a> {
-    file: &'a Path,
+pub(super) struct Checker<'a> {
+    pub(super) file: &'a Path,
     root: &'a Node,
     errors: &'a mut Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    /// Records an error at `key_path`; when the key itself is absent (a default was at
-    /// fault), the nearest enclosing key that exists gives the position.
-    fn error(&mut self, key_path: String, message: impl Into<String>) {
-        let mut probe = key_path.as_str();
-        let mark = loop {
+    /// Position of `key_path`, or of its nearest enclosing key that exists.
+    pub(super) fn mark_of(&self, key_path: &str) -> Option<super::yaml::Mark> {
+        let mut probe = key_path;
+        loop {
             if let Some(node) = self.root.find(probe) {
-                break Some(node.mark);
+                return Some(node.mark);
             }
             match probe.rfind(['.', '[']) {
                 Some(cut) => probe = &probe[..cut],
-                None => break None,
+                None => return None,
             }
-        };
+        }
+    }
+
+    /// Records an error at `key_path`; when the key itself is absent (a default was at
+    /// fault), the nearest enclosing key that exists gives the position.
+    pub(super) fn error(&mut self, key_path: String, message: impl Into<String>) {
+        let mark = self.mark_of(&key_path);
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             mark,
@@ -168,7 +174,7 @@ pub fn validate(
     let listeners = check_listeners(&mut checker, &file_config, indexes, &base_dir);
     let ca_file = check_ca_file(&mut checker, &file_config, &base_dir);
     let upstreams = check_upstreams(&mut checker, &file_config, indexes, &ca_file);
-    check_plugins(&mut checker, &file_config, indexes);
+    let plugins = super::plugins::check_plugins(&mut checker, &file_config, indexes, &base_dir);
     let (routes, router) = check_routes(&mut checker, &file_config, indexes, &upstreams);
     let admin_address = if file_config.admin.enabled {
         match parse_listen_address(&file_config.admin.address) {
@@ -207,6 +213,7 @@ pub fn validate(
         admin_address,
         max_request_header_size,
         ca_file,
+        plugins,
     }
 }
 
@@ -541,18 +548,6 @@ fn check_health(checker: &mut Checker, key: &str, health: &HealthCheckConfig) ->
         }
     }
     plan
-}
-
-fn check_plugins(checker: &mut Checker, config: &FileConfig, indexes: &SourceIndexes) {
-    let mut names = HashSet::new();
-    for (position, plugin) in config.plugins.iter().enumerate() {
-        if !names.insert(plugin.name.as_str()) {
-            checker.error(
-                format!("plugins[{}].name", indexes.plugins[position]),
-                format!("duplicate plugin name \"{}\"", plugin.name),
-            );
-        }
-    }
 }
 
 fn check_routes(

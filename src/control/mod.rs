@@ -24,6 +24,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config;
 use crate::gateway::snapshot::{GatewayState, Snapshot};
 use crate::observe::metrics;
+use crate::plugin;
+use crate::plugin::registry::PluginSet;
+use crate::plugin::runtime::PluginRuntime;
 use crate::upstream::UpstreamPool;
 use watch::FileWatch;
 
@@ -52,9 +55,17 @@ impl ControlService {
     async fn reload(&self, reason: &str, force: bool, watch: &mut FileWatch) {
         let path = self.config_path.clone();
         // The watcher already holds the fingerprint that triggered this; a SIGHUP refreshed it.
-        let loaded = tokio::task::spawn_blocking(move || config::load_file(&path)).await;
+        let current_plugins = Arc::clone(&self.state.current().plugins);
+        // Compiling plugins is CPU-heavy: it runs with the parsing, off the async threads.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = config::load_file(&path)?;
+            let plugins =
+                PluginSet::load(&loaded.validated.plugins, Some(&current_plugins))?;
+            Ok::<_, Vec<config::ConfigError>>((loaded, plugins))
+        })
+        .await;
         let loaded = match loaded {
-            Ok(Ok(loaded)) => loaded,
+            Ok(Ok((loaded, plugins))) => (loaded, plugins),
             Ok(Err(errors)) => {
                 log::error!(
                     "config reload ({reason}) rejected, {} error(s); the previous config keeps serving:",
@@ -72,6 +83,7 @@ impl ControlService {
                 return;
             }
         };
+        let (loaded, plugins) = loaded;
         let current = self.state.current();
         if loaded.hash == current.config_hash && !force {
             log::info!("config reload ({reason}): file unchanged");
@@ -79,7 +91,7 @@ impl ControlService {
             return;
         }
         log_restart_required(&current, &loaded);
-        let next = Arc::new(self.state.prepare(loaded));
+        let next = Arc::new(self.state.prepare(loaded, Arc::new(plugins)));
         let new_pools: Vec<Arc<UpstreamPool>> = next
             .upstreams
             .iter()
@@ -90,6 +102,11 @@ impl ControlService {
         self.state.publish(Arc::clone(&next));
         for pool in &new_pools {
             spawn_health_loop(pool);
+        }
+        for plugin in next.plugins.iter() {
+            if current.plugins.get(plugin.name()).is_none_or(|old| !Arc::ptr_eq(old, plugin)) {
+                self.spawn_plugin_task(plugin);
+            }
         }
         for old in &current.upstreams {
             if !next.upstreams.iter().any(|pool| Arc::ptr_eq(pool, old)) {
@@ -106,6 +123,15 @@ impl ControlService {
             new_pools.len()
         );
         count_reload("success");
+    }
+}
+
+impl ControlService {
+    /// Ticks, queues and root-context calls of `plugin`, until it is unloaded.
+    fn spawn_plugin_task(&self, plugin: &Arc<PluginRuntime>) {
+        let state = Arc::clone(&self.state);
+        let upstreams = Arc::new(move || state.current().upstreams.clone());
+        tokio::spawn(plugin::ticker::run(Arc::downgrade(plugin), upstreams));
     }
 }
 
@@ -127,6 +153,9 @@ impl BackgroundService for ControlService {
         first_health_rounds(&snapshot.upstreams).await;
         for pool in &snapshot.upstreams {
             spawn_health_loop(pool);
+        }
+        for plugin in snapshot.plugins.iter() {
+            self.spawn_plugin_task(plugin);
         }
         // Proxy listeners depend on this service: they open once upstreams are checked.
         ready_notifier.notify_ready();

@@ -6,6 +6,8 @@ use std::time::Instant;
 use super::errors::GatewayError;
 use super::snapshot::{RouteRuntime, Snapshot};
 use crate::observe::metrics;
+use crate::plugin::host::LocalResponse;
+use crate::plugin::pipeline::RequestPlugins;
 use crate::upstream::bulkhead::BulkheadPermit;
 use crate::upstream::endpoint::EndpointLease;
 use crate::upstream::retry::{OwnedRequestInFlight, OwnedRetryInFlight};
@@ -46,6 +48,11 @@ pub struct RequestContext {
     pub budget_retry: Option<OwnedRetryInFlight>,
     /// A retry was decided on the upstream's status: the error Pingora sees is ours.
     pub status_retry: bool,
+    /// The route's plugins for this request; only on routes that have plugins.
+    pub plugins: Option<Box<RequestPlugins>>,
+    /// A plugin's answer that must be written by `fail_to_proxy` (the upstream was
+    /// already connected when the plugin answered).
+    pub local_response: Option<LocalResponse>,
 }
 
 impl RequestContext {
@@ -71,6 +78,8 @@ impl RequestContext {
             budget_request: None,
             budget_retry: None,
             status_retry: false,
+            plugins: None,
+            local_response: None,
         }
     }
 
@@ -94,12 +103,23 @@ impl Default for RequestContext {
 /// Counts one open downstream connection until dropped. Pingora keeps it with the HTTP/1
 /// connection between keep-alive requests (`persist_connection_context`), so it is dropped
 /// exactly when the connection closes.
-pub struct ConnectionGuard(());
+pub struct ConnectionGuard {
+    /// Numbers connections for plugins (`connection.id`).
+    pub id: u64,
+}
+
+static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl ConnectionGuard {
     pub fn open() -> ConnectionGuard {
+        let id = NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::reopen(id)
+    }
+
+    /// A guard for a connection that already has an id (handed between keep-alive requests).
+    pub fn reopen(id: u64) -> ConnectionGuard {
         metrics::metrics().active_connections.inc();
-        ConnectionGuard(())
+        ConnectionGuard { id }
     }
 }
 

@@ -6,6 +6,10 @@
 //! 3. `upstream_peer`: pick an endpoint of the route's upstream (hash key, retries, deadline).
 //! 4. `upstream_request_filter`: rewritten path, X-Forwarded-*, hop-by-hop removal ([`headers`]).
 //! 5. `response_filter`: X-Request-ID on the response.
+//!
+//! Proxy-Wasm plugins ([`plugins`]) run in `request_filter` (request headers),
+//! `request_body_filter`, `response_filter`, `response_body_filter`,
+//! `response_trailer_filter` and `logging`.
 //! 6. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retries and JSON errors ([`errors`]).
 //! 7. `logging`: metrics.
 
@@ -13,6 +17,7 @@ pub mod attempts;
 pub mod context;
 pub mod errors;
 pub mod headers;
+pub mod plugins;
 pub mod routing;
 pub mod snapshot;
 
@@ -77,7 +82,7 @@ impl ProxyHttp for Gateway {
         // own guard drop: the count stays the same across the handover.
         ctx.connection
             .as_ref()
-            .map(|_| Box::new(ConnectionGuard::open()) as Box<dyn Any + Send + Sync>)
+            .map(|guard| Box::new(ConnectionGuard::reopen(guard.id)) as Box<dyn Any + Send + Sync>)
     }
 
     async fn early_request_filter(
@@ -104,7 +109,7 @@ impl ProxyHttp for Gateway {
         let outcome = routing::route_request(&snapshot, session, ctx);
         ctx.snapshot = Some(snapshot);
         match outcome {
-            Ok(()) => Ok(false),
+            Ok(()) => plugins::request_headers(session, ctx).await,
             Err(error) => {
                 errors::respond(session, &error, &ctx.request_id, true).await;
                 ctx.failure = Some(error);
@@ -143,6 +148,12 @@ impl ProxyHttp for Gateway {
             Ok(selection) => selection,
             Err(error) => return Err(self.fail(ctx, error)),
         };
+        if let Some(plugins) = ctx.plugins.as_mut() {
+            plugins.facts.upstream_address = pool
+                .endpoints()
+                .get(selection.lease.endpoint_index())
+                .map(|endpoint| endpoint.socket.to_string());
+        }
         ctx.lease = Some(selection.lease);
         let mut peer = selection.peer;
         // The per-try timeout bounds each attempt; the total deadline bounds them all.
@@ -213,14 +224,44 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        plugins::request_body(session, body, end_of_stream, ctx).await
+    }
+
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        plugins::response_headers(session, upstream_response, ctx).await?;
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<Duration>> {
+        plugins::response_body(session, body, end_of_stream, ctx).map(|()| None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<Bytes>> {
+        plugins::response_trailers(session, upstream_trailers, ctx).map(|()| None)
     }
 
     fn upstream_response_body_filter(
@@ -293,6 +334,16 @@ impl ProxyHttp for Gateway {
         error: &Error,
         ctx: &mut RequestContext,
     ) -> FailToProxy {
+        if let Some(local) = ctx.local_response.as_ref() {
+            // A plugin answered after the upstream was connected.
+            let status = local.status;
+            let local = local.clone();
+            plugins::write_local_response(session, &local, &ctx.request_id).await;
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let failure = ctx
             .failure
             .clone()
@@ -346,6 +397,7 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.lease = None;
+        plugins::finish(session, ctx);
     }
 }
 

@@ -14,6 +14,8 @@ use crate::config::LoadedConfig;
 use crate::config::schema::PrometheusConfig;
 use crate::config::validate::{EffectiveTimeouts, ListenerPlan};
 use crate::observe::metrics;
+use crate::plugin::registry::PluginSet;
+use crate::plugin::runtime::PluginRuntime;
 use crate::router::Router;
 use crate::upstream::UpstreamPool;
 use crate::upstream::retry::RetryPolicy;
@@ -31,6 +33,8 @@ pub struct RouteRuntime {
     pub duration: Histogram,
     /// Pre-resolved `loom_upstream_duration_seconds{upstream}`.
     pub upstream_duration: Histogram,
+    /// The route's plugins in request order (priority, then the route's order).
+    pub plugins: Arc<[Arc<PluginRuntime>]>,
 }
 
 pub struct Snapshot {
@@ -41,6 +45,7 @@ pub struct Snapshot {
     pub router: Router<usize>,
     pub routes: Vec<RouteRuntime>,
     pub upstreams: Vec<Arc<UpstreamPool>>,
+    pub plugins: Arc<PluginSet>,
     pub listeners: Vec<ListenerPlan>,
     pub admin_address: Option<std::net::SocketAddr>,
     pub prometheus: PrometheusConfig,
@@ -54,7 +59,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot, reusing `previous`'s pool for every upstream whose plan is
     /// unchanged so its health state and connections carry over.
-    pub fn build(loaded: LoadedConfig, previous: Option<&Snapshot>, generation: u64) -> Snapshot {
+    pub fn build(
+        loaded: LoadedConfig,
+        plugins: Arc<PluginSet>,
+        previous: Option<&Snapshot>,
+        generation: u64,
+    ) -> Snapshot {
         let validated = loaded.validated;
         let upstreams: Vec<Arc<UpstreamPool>> = validated
             .upstreams
@@ -75,15 +85,6 @@ impl Snapshot {
             .routes
             .into_iter()
             .map(|plan| {
-                if !plan.config.plugins.is_empty() {
-                    // Loud on purpose: an auth plugin that silently does nothing is worse
-                    // than no plugin at all.
-                    log::warn!(
-                        "route {}: plugins {:?} are declared but this build does not run Proxy-Wasm plugins yet; requests pass without them",
-                        plan.config.id,
-                        plan.config.plugins
-                    );
-                }
                 let upstream = Arc::clone(&upstreams[plan.upstream_index]);
                 RouteRuntime {
                     retry: plan
@@ -97,6 +98,7 @@ impl Snapshot {
                     strip_prefix: plan.config.strip_prefix,
                     preserve_host: plan.config.preserve_host,
                     timeouts: plan.timeouts,
+                    plugins: plugins.chain(&plan.config.plugins),
                 }
             })
             .collect();
@@ -108,6 +110,7 @@ impl Snapshot {
             router: validated.router,
             routes,
             upstreams,
+            plugins,
             listeners: validated.listeners,
             admin_address: validated.admin_address,
             prometheus: validated.file.metrics.prometheus,
@@ -135,9 +138,9 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    pub fn new(loaded: LoadedConfig) -> GatewayState {
+    pub fn new(loaded: LoadedConfig, plugins: Arc<PluginSet>) -> GatewayState {
         GatewayState {
-            current: ArcSwap::from_pointee(Snapshot::build(loaded, None, 1)),
+            current: ArcSwap::from_pointee(Snapshot::build(loaded, plugins, None, 1)),
             next_generation: AtomicU64::new(2),
             listeners_open: AtomicBool::new(false),
             started_at: Instant::now(),
@@ -151,9 +154,9 @@ impl GatewayState {
 
     /// Builds the next snapshot from `loaded`, reusing unchanged pools of the current one.
     /// It is not visible to requests until [`GatewayState::publish`].
-    pub fn prepare(&self, loaded: LoadedConfig) -> Snapshot {
+    pub fn prepare(&self, loaded: LoadedConfig, plugins: Arc<PluginSet>) -> Snapshot {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        Snapshot::build(loaded, Some(&self.current.load()), generation)
+        Snapshot::build(loaded, plugins, Some(&self.current.load()), generation)
     }
 
     pub fn set_listeners_open(&self, open: bool) {

@@ -227,7 +227,9 @@ pub fn render() -> Vec<u8> {
     use prometheus::Encoder;
     let mut buffer = Vec::with_capacity(16 * 1024);
     let encoder = prometheus::TextEncoder::new();
-    if let Err(error) = encoder.encode(&prometheus::gather(), &mut buffer) {
+    let mut families = prometheus::gather();
+    families.extend(crate::plugin::metrics::gather());
+    if let Err(error) = encoder.encode(&families, &mut buffer) {
         log::error!("metrics encoding failed: {error}");
     }
     buffer

@@ -1,0 +1,236 @@
+//! The gateway's side of the plugin pipeline: building a request's plugin state, writing
+//! the responses plugins ask for, and turning a pipeline [`Flow`] into what each Pingora
+//! hook returns.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora_error::ErrorType;
+
+use super::context::RequestContext;
+use super::errors::{self, GatewayError};
+use super::headers;
+use crate::plugin::host::{LocalResponse, RequestFacts};
+use crate::plugin::pipeline::{Flow, RequestPlugins};
+
+/// Starts the route's plugins for this request and runs `on_request_headers`. Returns
+/// `Ok(true)` when the request was answered here.
+pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+    let Some(route) = ctx.route() else {
+        return Ok(false);
+    };
+    if route.plugins.is_empty() {
+        return Ok(false);
+    }
+    let chain = Arc::clone(&route.plugins);
+    let facts = facts(session, ctx);
+    let snapshot = ctx.snapshot.clone();
+    let upstreams = snapshot.as_ref().map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
+    let mut plugins = Box::new(RequestPlugins::new(chain, facts));
+    let end_of_stream = session.is_body_empty();
+    let path_before = session.req_header().uri.clone();
+    let flow = plugins
+        .request_headers(session.req_header_mut(), end_of_stream, upstreams)
+        .await;
+    if session.req_header().uri != path_before {
+        // A plugin rewrote `:path`: it is sent as the plugin left it, instead of the
+        // route's prefix-stripped path.
+        ctx.upstream_uri = None;
+    }
+    ctx.plugins = Some(plugins);
+    match flow {
+        Flow::Continue => Ok(false),
+        Flow::Respond(local) => {
+            write_local_response(session, &local, &ctx.request_id).await;
+            ctx.local_response = Some(local);
+            Ok(true)
+        }
+        Flow::Fail(error) => {
+            errors::respond(session, &error, &ctx.request_id, true).await;
+            ctx.failure = Some(error);
+            Ok(true)
+        }
+        Flow::Close => Err(close(ctx)),
+    }
+}
+
+/// `on_request_body` for one chunk.
+pub async fn request_body(
+    session: &mut Session,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestContext,
+) -> Result<()> {
+    let Some(plugins) = ctx.plugins.as_mut() else {
+        return Ok(());
+    };
+    let snapshot = ctx.snapshot.clone();
+    let upstreams = snapshot.as_ref().map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
+    let flow = plugins
+        .request_body(body, end_of_stream, session.req_header_mut(), upstreams)
+        .await;
+    into_result(flow, ctx)
+}
+
+/// `on_response_headers`; a local response replaces the upstream's headers here and its
+/// body in [`response_body`].
+pub async fn response_headers(
+    session: &mut Session,
+    response: &mut ResponseHeader,
+    ctx: &mut RequestContext,
+) -> Result<()> {
+    let Some(plugins) = ctx.plugins.as_mut() else {
+        return Ok(());
+    };
+    let snapshot = ctx.snapshot.clone();
+    let upstreams = snapshot.as_ref().map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
+    plugins.facts.response_code = response.status.as_u16();
+    match plugins
+        .response_headers(session.req_header_mut(), response, upstreams)
+        .await
+    {
+        Flow::Respond(local) => {
+            replace_response(response, &local, &ctx.request_id)?;
+            plugins.replace_body(local.body);
+            Ok(())
+        }
+        flow => into_result(flow, ctx),
+    }
+}
+
+pub fn response_body(
+    session: &Session,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestContext,
+) -> Result<()> {
+    let Some(plugins) = ctx.plugins.as_mut() else {
+        return Ok(());
+    };
+    let flow = plugins.response_body(body, end_of_stream, session.req_header());
+    into_result(flow, ctx)
+}
+
+pub fn response_trailers(
+    session: &Session,
+    trailers: &mut http::HeaderMap,
+    ctx: &mut RequestContext,
+) -> Result<()> {
+    let Some(plugins) = ctx.plugins.as_mut() else {
+        return Ok(());
+    };
+    let flow = plugins.response_trailers(trailers, session.req_header());
+    into_result(flow, ctx)
+}
+
+/// `on_done`, `on_log`, `on_delete`.
+pub fn finish(session: &Session, ctx: &mut RequestContext) {
+    if let Some(plugins) = ctx.plugins.as_mut() {
+        plugins.finish(Some(session.req_header()), session.response_written());
+    }
+}
+
+/// Hooks past `request_filter` cannot write a response themselves: they record the answer
+/// and raise an error, and `fail_to_proxy` writes it.
+fn into_result(flow: Flow, ctx: &mut RequestContext) -> Result<()> {
+    match flow {
+        Flow::Continue => Ok(()),
+        Flow::Respond(local) => {
+            let status = local.status;
+            ctx.local_response = Some(local);
+            Error::e_explain(ErrorType::HTTPStatus(status), "plugin local response")
+        }
+        Flow::Fail(error) => {
+            let pingora_error = error.to_pingora();
+            ctx.failure = Some(error);
+            Err(pingora_error)
+        }
+        Flow::Close => Err(close(ctx)),
+    }
+}
+
+fn close(ctx: &mut RequestContext) -> Box<Error> {
+    ctx.failure = Some(GatewayError::new(0, "plugin_closed", "a plugin closed the stream"));
+    Error::explain(ErrorType::ConnectionClosed, "plugin closed the stream")
+}
+
+fn local_header(local: &LocalResponse, request_id: &http::HeaderValue) -> Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
+    for (name, value) in &local.headers {
+        if name.starts_with(':') || name == "content-length" || name == "transfer-encoding" {
+            continue;
+        }
+        header.append_header(name.clone(), &value[..])?;
+    }
+    header.insert_header("content-length", local.body.len().to_string())?;
+    header.insert_header(headers::REQUEST_ID, request_id.clone())?;
+    Ok(header)
+}
+
+/// Writes a plugin's local response. Returns whether the connection can be reused.
+pub async fn write_local_response(
+    session: &mut Session,
+    local: &LocalResponse,
+    request_id: &http::HeaderValue,
+) -> bool {
+    let header = match local_header(local, request_id) {
+        Ok(header) => header,
+        Err(error) => {
+            log::warn!("plugin local response has an invalid header: {error}");
+            let error = GatewayError::new(500, "plugin_error", "a plugin sent an invalid response header");
+            return errors::respond(session, &error, request_id, false).await;
+        }
+    };
+    // An unread request body would be taken as the next request on this connection.
+    let reusable = session.is_body_empty() || session.is_body_done();
+    if !reusable {
+        session.set_keepalive(None);
+    }
+    if session.write_response_header(Box::new(header), false).await.is_err() {
+        return false;
+    }
+    if session
+        .write_response_body(Some(local.body.clone()), true)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    reusable
+}
+
+fn replace_response(
+    response: &mut ResponseHeader,
+    local: &LocalResponse,
+    request_id: &http::HeaderValue,
+) -> Result<()> {
+    *response = local_header(local, request_id)?;
+    Ok(())
+}
+
+fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
+    let socket = |address: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+        address.and_then(|address| address.as_inet()).copied()
+    };
+    RequestFacts {
+        client: socket(session.client_addr()),
+        server: socket(session.server_addr()),
+        connection_id: ctx.connection.as_ref().map_or(0, |guard| guard.id),
+        request_id: Bytes::copy_from_slice(ctx.request_id.as_bytes()),
+        route: ctx.route().map(|route| Arc::clone(&route.id)),
+        started_unix_nanos: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+            .saturating_sub(ctx.started.elapsed().as_nanos() as u64),
+        scheme: if session.digest().is_some_and(|digest| digest.ssl_digest.is_some()) {
+            "https"
+        } else {
+            "http"
+        },
+        protocol: if session.is_http2() { "HTTP/2" } else { "HTTP/1.1" },
+        upstream_address: None,
+        response_code: 0,
+    }
+}

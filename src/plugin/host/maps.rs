@@ -1,0 +1,351 @@
+//! Header maps as Proxy-Wasm sees them: Pingora's request and response headers with the
+//! Envoy pseudo-headers (`:method :path :authority :scheme`, `:status`) in front, response
+//! trailers, and the answer to an http_call. Writes to a pseudo-header change the request
+//! line or status.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+use super::Frame;
+use crate::plugin::abi::{MapType, status};
+
+/// The pairs of a map, owned, in wire order.
+pub fn pairs(frame: &Frame<'_>, map: MapType) -> Result<Vec<(String, Bytes)>, i32> {
+    let mut out = Vec::new();
+    match map {
+        MapType::RequestHeaders => {
+            let request = frame.request.as_ref().ok_or(status::NOT_FOUND)?.get();
+            for (name, value) in request_pseudo(request, frame.facts.scheme) {
+                out.push((name.to_string(), value));
+            }
+            push_headers(&mut out, &request.headers);
+        }
+        MapType::ResponseHeaders => {
+            let response = frame.response.as_ref().ok_or(status::NOT_FOUND)?.get();
+            out.push((
+                ":status".to_string(),
+                Bytes::from(response.status.as_u16().to_string()),
+            ));
+            push_headers(&mut out, &response.headers);
+        }
+        MapType::ResponseTrailers => {
+            let trailers = frame.response_trailers.as_ref().ok_or(status::NOT_FOUND)?;
+            push_headers(&mut out, trailers);
+        }
+        MapType::HttpCallResponseHeaders => {
+            let call = frame.call_response.ok_or(status::NOT_FOUND)?;
+            out.extend(call.headers.iter().cloned());
+        }
+        MapType::HttpCallResponseTrailers => {
+            let call = frame.call_response.ok_or(status::NOT_FOUND)?;
+            out.extend(call.trailers.iter().cloned());
+        }
+        // Pingora has no request-trailer hook; the map is never available.
+        MapType::RequestTrailers => return Err(status::NOT_FOUND),
+    }
+    Ok(out)
+}
+
+/// Number of pairs, without copying values.
+pub fn size(frame: &Frame<'_>, map: MapType) -> Result<usize, i32> {
+    Ok(match map {
+        MapType::RequestHeaders => {
+            frame.request.as_ref().ok_or(status::NOT_FOUND)?.get().headers.len() + 4
+        }
+        MapType::ResponseHeaders => {
+            frame.response.as_ref().ok_or(status::NOT_FOUND)?.get().headers.len() + 1
+        }
+        MapType::ResponseTrailers => frame
+            .response_trailers
+            .as_ref()
+            .ok_or(status::NOT_FOUND)?
+            .len(),
+        MapType::HttpCallResponseHeaders => frame.call_response.ok_or(status::NOT_FOUND)?.headers.len(),
+        MapType::HttpCallResponseTrailers => {
+            frame.call_response.ok_or(status::NOT_FOUND)?.trailers.len()
+        }
+        MapType::RequestTrailers => return Err(status::NOT_FOUND),
+    })
+}
+
+/// One value; repeated headers are joined with ", " as HTTP allows.
+pub fn value(frame: &Frame<'_>, map: MapType, key: &str) -> Result<Option<Bytes>, i32> {
+    let key = key.to_ascii_lowercase();
+    if key.starts_with(':') || matches!(map, MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers) {
+        return Ok(pairs(frame, map)?
+            .into_iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value));
+    }
+    let headers = match map {
+        MapType::RequestHeaders => &frame.request.as_ref().ok_or(status::NOT_FOUND)?.get().headers,
+        MapType::ResponseHeaders => {
+            &frame.response.as_ref().ok_or(status::NOT_FOUND)?.get().headers
+        }
+        MapType::ResponseTrailers => frame.response_trailers.as_deref().ok_or(status::NOT_FOUND)?,
+        _ => return Err(status::NOT_FOUND),
+    };
+    let mut values = headers.get_all(key.as_str()).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for next in values {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(next.as_bytes());
+    }
+    Ok(Some(Bytes::from(joined)))
+}
+
+/// How a write changes the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Add,
+    Replace,
+    Remove,
+}
+
+pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: Write) -> i32 {
+    let key = key.to_ascii_lowercase();
+    match map {
+        MapType::RequestHeaders => {
+            let Some(request) = frame.request.as_mut() else {
+                return status::NOT_FOUND;
+            };
+            let Some(request) = request.get_mut() else {
+                return status::BAD_ARGUMENT;
+            };
+            if key.starts_with(':') {
+                return write_request_pseudo(request, &key, value, how);
+            }
+            write_header(request, &key, value, how)
+        }
+        MapType::ResponseHeaders => {
+            let Some(response) = frame.response.as_mut() else {
+                return status::NOT_FOUND;
+            };
+            let Some(response) = response.get_mut() else {
+                return status::BAD_ARGUMENT;
+            };
+            if key == ":status" {
+                if how == Write::Remove {
+                    return status::BAD_ARGUMENT;
+                }
+                return match std::str::from_utf8(value).ok().and_then(|text| text.parse::<u16>().ok()) {
+                    Some(code) if response.set_status(code).is_ok() => status::OK,
+                    _ => status::BAD_ARGUMENT,
+                };
+            }
+            if key.starts_with(':') {
+                return status::OK;
+            }
+            write_header(response, &key, value, how)
+        }
+        MapType::ResponseTrailers => {
+            let Some(trailers) = frame.response_trailers.as_deref_mut() else {
+                return status::NOT_FOUND;
+            };
+            let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+                return status::BAD_ARGUMENT;
+            };
+            match how {
+                Write::Remove => {
+                    trailers.remove(&name);
+                }
+                Write::Add | Write::Replace => {
+                    let Ok(value) = HeaderValue::from_bytes(value) else {
+                        return status::BAD_ARGUMENT;
+                    };
+                    if how == Write::Add {
+                        trailers.append(name, value);
+                    } else {
+                        trailers.insert(name, value);
+                    }
+                }
+            }
+            status::OK
+        }
+        MapType::RequestTrailers => status::NOT_FOUND,
+        // The http_call answer is the plugin's to read, not to change.
+        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => status::BAD_ARGUMENT,
+    }
+}
+
+/// Replaces the whole map with `pairs`.
+pub fn replace_all(frame: &mut Frame<'_>, map: MapType, new_pairs: &[(&[u8], &[u8])]) -> i32 {
+    let existing: Vec<String> = match pairs(frame, map) {
+        Ok(current) => current
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| !name.starts_with(':'))
+            .collect(),
+        Err(code) => return code,
+    };
+    for name in existing {
+        let code = write(frame, map, &name, b"", Write::Remove);
+        if code != status::OK {
+            return code;
+        }
+    }
+    for (name, value) in new_pairs {
+        let Ok(name) = std::str::from_utf8(name) else {
+            return status::BAD_ARGUMENT;
+        };
+        let how = if name.starts_with(':') {
+            Write::Replace
+        } else {
+            Write::Add
+        };
+        let code = write(frame, map, name, value, how);
+        if code != status::OK {
+            return code;
+        }
+    }
+    status::OK
+}
+
+/// Pingora's request and response headers alike (they keep a header-case map, so they are
+/// changed through their own methods, not through the `HeaderMap` directly).
+trait HeaderTarget {
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> bool;
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> bool;
+    fn remove(&mut self, name: &str);
+}
+
+impl HeaderTarget for pingora::http::RequestHeader {
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.append_header(name, value).is_ok()
+    }
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.insert_header(name, value).is_ok()
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+impl HeaderTarget for pingora::http::ResponseHeader {
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.append_header(name, value).is_ok()
+    }
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.insert_header(name, value).is_ok()
+    }
+    fn remove(&mut self, name: &str) {
+        self.remove_header(name);
+    }
+}
+
+fn write_header(target: &mut impl HeaderTarget, key: &str, value: &[u8], how: Write) -> i32 {
+    if how == Write::Remove {
+        target.remove(key);
+        return status::OK;
+    }
+    let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(key.as_bytes()),
+        HeaderValue::from_bytes(value),
+    ) else {
+        return status::BAD_ARGUMENT;
+    };
+    let written = if how == Write::Add {
+        target.append(name, value)
+    } else {
+        target.insert(name, value)
+    };
+    if written { status::OK } else { status::BAD_ARGUMENT }
+}
+
+fn write_request_pseudo(
+    request: &mut pingora::http::RequestHeader,
+    key: &str,
+    value: &[u8],
+    how: Write,
+) -> i32 {
+    if how == Write::Remove {
+        // Pseudo-headers cannot be removed, only changed; Envoy ignores this too.
+        return status::OK;
+    }
+    match key {
+        ":method" => match http::Method::from_bytes(value) {
+            Ok(method) => {
+                request.set_method(method);
+                status::OK
+            }
+            Err(_) => status::BAD_ARGUMENT,
+        },
+        ":path" => match http::Uri::try_from(value) {
+            Ok(uri) if value.starts_with(b"/") => {
+                request.set_uri(uri);
+                status::OK
+            }
+            _ => status::BAD_ARGUMENT,
+        },
+        ":authority" => match HeaderValue::from_bytes(value) {
+            Ok(value) => {
+                if request.insert_header(http::header::HOST, value).is_ok() {
+                    status::OK
+                } else {
+                    status::BAD_ARGUMENT
+                }
+            }
+            Err(_) => status::BAD_ARGUMENT,
+        },
+        // The scheme follows the listener; nothing to change on the request line.
+        _ => status::OK,
+    }
+}
+
+fn request_pseudo(
+    request: &pingora::http::RequestHeader,
+    scheme: &'static str,
+) -> [(&'static str, Bytes); 4] {
+    let path = request
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let authority = request
+        .uri
+        .authority()
+        .map(|authority| Bytes::copy_from_slice(authority.as_str().as_bytes()))
+        .or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .map(|host| Bytes::copy_from_slice(host.as_bytes()))
+        })
+        .unwrap_or_default();
+    [
+        (":authority", authority),
+        (":path", Bytes::copy_from_slice(path.as_bytes())),
+        (":method", Bytes::copy_from_slice(request.method.as_str().as_bytes())),
+        (
+            ":scheme",
+            Bytes::from_static(if scheme.is_empty() { b"http" } else { scheme.as_bytes() }),
+        ),
+    ]
+}
+
+fn push_headers(out: &mut Vec<(String, Bytes)>, headers: &http::HeaderMap) {
+    for (name, value) in headers {
+        out.push((
+            name.as_str().to_string(),
+            Bytes::copy_from_slice(value.as_bytes()),
+        ));
+    }
+}
+
+/// Serializes owned pairs. Values that are not UTF-8 are replaced lossily: the Rust SDK
+/// unwraps `String::from_utf8` on every value and would trap on raw bytes.
+pub fn serialize(pairs: &[(String, Bytes)]) -> Vec<u8> {
+    let cleaned: Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> = pairs
+        .iter()
+        .map(|(name, value)| {
+            let value = match String::from_utf8_lossy(value) {
+                std::borrow::Cow::Borrowed(_) => std::borrow::Cow::Borrowed(&value[..]),
+                std::borrow::Cow::Owned(text) => std::borrow::Cow::Owned(text.into_bytes()),
+            };
+            (name.as_bytes(), value)
+        })
+        .collect();
+    crate::plugin::abi::serialize_pairs(cleaned.iter().map(|(name, value)| (*name, &value[..])))
+}

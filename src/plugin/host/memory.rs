@@ -1,0 +1,143 @@
+//! Reading and writing the guest's linear memory from host functions. Every access is
+//! bounds-checked by wasmer; a bad pointer from a plugin becomes INVALID_MEMORY_ACCESS for
+//! that call, never a host fault.
+
+use wasmer::{FunctionEnvMut, WasmPtr};
+
+use super::HostState;
+use crate::plugin::abi::status;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMemoryError {
+    /// A pointer or length outside the guest's memory, or no exported memory.
+    OutOfBounds,
+    /// The guest's allocator returned 0 or trapped.
+    AllocationFailed,
+}
+
+impl GuestMemoryError {
+    pub fn status(self) -> i32 {
+        match self {
+            GuestMemoryError::OutOfBounds => status::INVALID_MEMORY_ACCESS,
+            GuestMemoryError::AllocationFailed => status::INTERNAL_FAILURE,
+        }
+    }
+}
+
+/// Copies `len` bytes at `pointer` out of the guest.
+pub fn read(
+    env: &FunctionEnvMut<HostState>,
+    pointer: i32,
+    len: i32,
+) -> Result<Vec<u8>, GuestMemoryError> {
+    let memory = env
+        .data()
+        .memory
+        .as_ref()
+        .ok_or(GuestMemoryError::OutOfBounds)?;
+    let len = usize::try_from(len as u32).map_err(|_| GuestMemoryError::OutOfBounds)?;
+    let mut buffer = vec![0u8; len];
+    if len > 0 {
+        memory
+            .view(env)
+            .read(u64::from(pointer as u32), &mut buffer)
+            .map_err(|_| GuestMemoryError::OutOfBounds)?;
+    }
+    Ok(buffer)
+}
+
+/// Reads a UTF-8 string (names, keys); `None` for bad memory or bad UTF-8.
+pub fn read_string(env: &FunctionEnvMut<HostState>, pointer: i32, len: i32) -> Option<String> {
+    String::from_utf8(read(env, pointer, len).ok()?).ok()
+}
+
+pub fn write_u32(
+    env: &FunctionEnvMut<HostState>,
+    pointer: i32,
+    value: u32,
+) -> Result<(), GuestMemoryError> {
+    let memory = env
+        .data()
+        .memory
+        .as_ref()
+        .ok_or(GuestMemoryError::OutOfBounds)?;
+    WasmPtr::<u32>::new(pointer as u32)
+        .write(&memory.view(env), value)
+        .map_err(|_| GuestMemoryError::OutOfBounds)
+}
+
+pub fn write_u64(
+    env: &FunctionEnvMut<HostState>,
+    pointer: i32,
+    value: u64,
+) -> Result<(), GuestMemoryError> {
+    let memory = env
+        .data()
+        .memory
+        .as_ref()
+        .ok_or(GuestMemoryError::OutOfBounds)?;
+    WasmPtr::<u64>::new(pointer as u32)
+        .write(&memory.view(env), value)
+        .map_err(|_| GuestMemoryError::OutOfBounds)
+}
+
+pub fn write_bytes(
+    env: &FunctionEnvMut<HostState>,
+    pointer: i32,
+    data: &[u8],
+) -> Result<(), GuestMemoryError> {
+    let memory = env
+        .data()
+        .memory
+        .as_ref()
+        .ok_or(GuestMemoryError::OutOfBounds)?;
+    memory
+        .view(env)
+        .write(u64::from(pointer as u32), data)
+        .map_err(|_| GuestMemoryError::OutOfBounds)
+}
+
+/// Hands `data` to the guest the way the SDKs expect: a buffer allocated by the guest's own
+/// allocator (the SDK frees it), its address at `return_pointer` and its size at
+/// `return_size`. Empty data is returned as a null pointer and size 0, without allocating.
+pub fn return_bytes(
+    env: &mut FunctionEnvMut<HostState>,
+    data: &[u8],
+    return_pointer: i32,
+    return_size: i32,
+) -> i32 {
+    match try_return_bytes(env, data, return_pointer, return_size) {
+        Ok(()) => status::OK,
+        Err(error) => error.status(),
+    }
+}
+
+fn try_return_bytes(
+    env: &mut FunctionEnvMut<HostState>,
+    data: &[u8],
+    return_pointer: i32,
+    return_size: i32,
+) -> Result<(), GuestMemoryError> {
+    let address = if data.is_empty() {
+        0
+    } else {
+        let allocate = env
+            .data()
+            .allocate
+            .clone()
+            .ok_or(GuestMemoryError::AllocationFailed)?;
+        let size = i32::try_from(data.len()).map_err(|_| GuestMemoryError::AllocationFailed)?;
+        // The guest allocator may itself call host functions; no borrow of the state is
+        // held across this call.
+        let address = allocate
+            .call(env, size)
+            .map_err(|_| GuestMemoryError::AllocationFailed)?;
+        if address == 0 {
+            return Err(GuestMemoryError::AllocationFailed);
+        }
+        write_bytes(env, address, data)?;
+        address
+    };
+    write_u32(env, return_pointer, address as u32)?;
+    write_u32(env, return_size, data.len() as u32)
+}

@@ -1,0 +1,128 @@
+//! `proxy_get_property`: the well-known attributes of Envoy that plugins read (request,
+//! source, destination, connection, response, upstream, plugin), plus values the request's
+//! plugins stored with `proxy_set_property`. Numbers are 8-byte little-endian integers and
+//! addresses `ip:port` strings, as Envoy encodes them.
+
+use bytes::Bytes;
+
+use super::HostState;
+use crate::plugin::abi::property_segments;
+
+/// The canonical (dotted) form of a property path, used as the key of stored properties.
+pub fn normalize(path: &[u8]) -> Vec<u8> {
+    property_segments(path).join(&b'.')
+}
+
+fn number(value: u64) -> Option<Bytes> {
+    Some(Bytes::copy_from_slice(&value.to_le_bytes()))
+}
+
+fn text(value: &str) -> Option<Bytes> {
+    Some(Bytes::copy_from_slice(value.as_bytes()))
+}
+
+pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
+    let key = normalize(path);
+    if let Some((_, value)) = state
+        .stream()
+        .properties
+        .iter()
+        .find(|(stored, _)| *stored == key)
+    {
+        return Some(value.clone());
+    }
+    let key = std::str::from_utf8(&key).ok()?.to_string();
+    match key.as_str() {
+        "plugin_name" | "plugin_root_id" | "plugin_vm_id" => return text(&state.shared.name),
+        _ => {}
+    }
+    let facts = state.facts().clone();
+    match key.as_str() {
+        "request.id" if !facts.request_id.is_empty() => {
+            return Some(facts.request_id.clone());
+        }
+        "request.time" if facts.started_unix_nanos != 0 => {
+            return number(facts.started_unix_nanos);
+        }
+        "request.protocol" if !facts.protocol.is_empty() => return text(facts.protocol),
+        "request.scheme" if !facts.scheme.is_empty() => return text(facts.scheme),
+        "source.address" => return facts.client.map(|address| address.to_string()).and_then(|a| text(&a)),
+        "source.port" => return facts.client.and_then(|address| number(u64::from(address.port()))),
+        "destination.address" => {
+            return facts.server.map(|address| address.to_string()).and_then(|a| text(&a));
+        }
+        "destination.port" => {
+            return facts.server.and_then(|address| number(u64::from(address.port())));
+        }
+        "connection.id" if facts.connection_id != 0 => return number(facts.connection_id),
+        "route_name" | "xds.route_name" => return facts.route.as_deref().and_then(text),
+        "upstream.address" => return facts.upstream_address.as_deref().and_then(text),
+        "upstream.port" => {
+            return facts
+                .upstream_address
+                .as_deref()
+                .and_then(|address| address.parse::<std::net::SocketAddr>().ok())
+                .and_then(|address| number(u64::from(address.port())));
+        }
+        _ => {}
+    }
+    let frame = state.frame()?;
+    match key.as_str() {
+        "response.code" => {
+            let code = match frame.response.as_ref() {
+                Some(response) => response.get().status.as_u16(),
+                None if facts.response_code != 0 => facts.response_code,
+                None => return None,
+            };
+            number(u64::from(code))
+        }
+        _ => {
+            let request = frame.request.as_ref()?.get();
+            match key.as_str() {
+                "request.path" => text(
+                    request
+                        .uri
+                        .path_and_query()
+                        .map_or("/", http::uri::PathAndQuery::as_str),
+                ),
+                "request.url_path" => text(request.uri.path()),
+                "request.query" => text(request.uri.query().unwrap_or("")),
+                "request.host" => request
+                    .uri
+                    .authority()
+                    .map(|authority| authority.as_str().to_string())
+                    .or_else(|| {
+                        request
+                            .headers
+                            .get(http::header::HOST)
+                            .and_then(|host| host.to_str().ok())
+                            .map(str::to_string)
+                    })
+                    .and_then(|host| text(&host)),
+                "request.method" => text(request.method.as_str()),
+                "request.referer" => request
+                    .headers
+                    .get(http::header::REFERER)
+                    .map(|value| Bytes::copy_from_slice(value.as_bytes())),
+                "request.useragent" => request
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .map(|value| Bytes::copy_from_slice(value.as_bytes())),
+                "request.headers" => {
+                    let pairs: Vec<(String, Bytes)> = request
+                        .headers
+                        .iter()
+                        .map(|(name, value)| {
+                            (
+                                name.as_str().to_string(),
+                                Bytes::copy_from_slice(value.as_bytes()),
+                            )
+                        })
+                        .collect();
+                    Some(Bytes::from(super::maps::serialize(&pairs)))
+                }
+                _ => None,
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Proxy-Wasm plugins on wasmer (Cranelift): ABI 0.2.0 and 0.2.1, as the Envoy Rust SDK
+//! builds them.
+//!
+//! - [`registry`]: the plugins of one config snapshot, compiled (or cached) and started.
+//! - [`runtime`]: one plugin's instance pool, failure handling and quarantine.
+//! - [`instance`]: one instance, its callbacks, fuel per callback.
+//! - [`host`]: the host functions and the data a callback is lent.
+//! - [`pipeline`]: one request through a route's plugin chain.
+//! - [`engine`], [`tunables`], [`cache`]: compilation with metering and a memory cap, and
+//!   the on-disk module cache.
+//! - [`shared`], [`metrics`], [`http_call`], [`ticker`]: shared data and queues,
+//!   plugin metrics, outbound calls, and the background task for ticks and queues.
+
+pub mod abi;
+pub mod cache;
+pub mod engine;
+pub mod host;
+pub mod http_call;
+pub mod instance;
+pub mod metrics;
+pub mod pipeline;
+pub mod registry;
+pub mod runtime;
+pub mod shared;
+pub mod ticker;
+pub mod tunables;

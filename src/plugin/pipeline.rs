@@ -1,0 +1,514 @@
+//! One request's trip through its route's plugin chain: a context per plugin, the callbacks
+//! of each phase in order (request phases by priority, response phases in reverse), Pause
+//! and Continue, http_call round trips, body buffering, local responses, and the failure
+//! policy. The gateway's hooks call one method per phase (see `crate::gateway::plugins`).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmer::{RuntimeError, Store};
+
+use super::abi::Action;
+use super::host::{BodyLoan, Frame, HttpCallResponse, Lent, LocalResponse, RequestFacts, StreamState};
+use super::http_call;
+use super::instance::{Callbacks, Failure, FailureKind, ROOT_CONTEXT_ID};
+use super::runtime::{ContextHandle, Phase, PluginRuntime};
+use crate::config::schema::PluginFailureMode;
+use crate::gateway::errors::GatewayError;
+use crate::upstream::UpstreamPool;
+
+/// What the gateway does after a phase.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// A plugin answered (`proxy_send_local_response`).
+    Respond(LocalResponse),
+    /// A plugin failed with `on_error: fail_closed`, or a buffer limit was hit.
+    Fail(GatewayError),
+    /// A plugin closed the stream: reset it without an answer.
+    Close,
+}
+
+struct PluginContext {
+    handle: Option<ContextHandle>,
+    stream: StreamState,
+    /// Failed with `fail_open` (or never opened): left out for the rest of the request.
+    skipped: bool,
+    request_body: BytesMut,
+    response_body: BytesMut,
+}
+
+/// What a callback may see besides its stream state.
+#[derive(Default)]
+struct Loans<'a> {
+    request: Option<Lent<'a, RequestHeader>>,
+    response: Option<Lent<'a, ResponseHeader>>,
+    trailers: Option<&'a mut http::HeaderMap>,
+    body: Option<(bool, &'a mut BytesMut)>,
+    call_response: Option<&'a HttpCallResponse>,
+}
+
+pub struct RequestPlugins {
+    chain: Arc<[Arc<PluginRuntime>]>,
+    contexts: Vec<PluginContext>,
+    pub facts: RequestFacts,
+    /// After a local response in the response-headers phase, the body sent instead of the
+    /// upstream's.
+    replacement_body: Option<Bytes>,
+    finished: bool,
+}
+
+fn plugin_error(plugin: &PluginRuntime, failure: &Failure) -> GatewayError {
+    let message = match failure.kind {
+        FailureKind::Quarantined => format!("plugin \"{}\" is quarantined after repeated failures", plugin.name()),
+        kind => format!("plugin \"{}\" failed ({})", plugin.name(), kind.label()),
+    };
+    GatewayError::new(503, "plugin_error", message)
+}
+
+impl RequestPlugins {
+    pub fn new(chain: Arc<[Arc<PluginRuntime>]>, facts: RequestFacts) -> RequestPlugins {
+        let contexts = chain
+            .iter()
+            .map(|_| PluginContext {
+                handle: None,
+                stream: StreamState::default(),
+                skipped: false,
+                request_body: BytesMut::new(),
+                response_body: BytesMut::new(),
+            })
+            .collect();
+        RequestPlugins {
+            chain,
+            contexts,
+            facts,
+            replacement_body: None,
+            finished: false,
+        }
+    }
+
+    /// Applies the plugin's failure policy: `Some(flow)` ends the request, `None` skips the
+    /// plugin and goes on.
+    fn fail(&mut self, index: usize, failure: Failure) -> Option<Flow> {
+        let plugin = &self.chain[index];
+        self.contexts[index].skipped = true;
+        match plugin.plan.on_error {
+            PluginFailureMode::FailOpen => {
+                log::debug!("plugin {} skipped for this request: {}", plugin.name(), failure.message);
+                None
+            }
+            PluginFailureMode::FailClosed => Some(Flow::Fail(plugin_error(plugin, &failure))),
+        }
+    }
+
+    /// Opens the plugin's context on first use. `Err` carries the flow that ends the request.
+    fn ensure_open(&mut self, index: usize) -> Result<bool, Flow> {
+        if self.contexts[index].skipped {
+            return Ok(false);
+        }
+        if self.contexts[index].handle.is_some() {
+            return Ok(true);
+        }
+        match self.chain[index].open_context() {
+            Ok(handle) => {
+                self.contexts[index].handle = Some(handle);
+                Ok(true)
+            }
+            Err(failure) => match self.fail(index, failure) {
+                Some(flow) => Err(flow),
+                None => Ok(false),
+            },
+        }
+    }
+
+    /// Runs one callback of plugin `index` with `loans` lent.
+    fn call(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        loans: Loans<'_>,
+        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<i32, RuntimeError>,
+    ) -> Result<i32, Failure> {
+        let plugin = &self.chain[index];
+        let context = &mut self.contexts[index];
+        let Some(handle) = context.handle else {
+            return Ok(0);
+        };
+        let mut frame = Frame {
+            request: loans.request,
+            response: loans.response,
+            response_trailers: loans.trailers,
+            body: loans.body.map(|(response, bytes)| BodyLoan { response, bytes }),
+            call_response: loans.call_response,
+            stream: &mut context.stream,
+            facts: &self.facts,
+        };
+        plugin.invoke(&handle, phase, &mut frame, body)
+    }
+
+    /// After a callback: a local response or a close ends the request.
+    fn requested_end(&mut self, index: usize) -> Option<Flow> {
+        let stream = &mut self.contexts[index].stream;
+        if let Some(local) = stream.local_response.take() {
+            return Some(Flow::Respond(local));
+        }
+        if stream.close {
+            return Some(Flow::Close);
+        }
+        None
+    }
+
+    /// Runs the http_calls plugin `index` dispatched and hands each answer to
+    /// `on_http_call_response`, while the request waits. No lock is held while waiting.
+    async fn answer_calls(
+        &mut self,
+        index: usize,
+        request: &mut RequestHeader,
+        mut response: Option<&mut ResponseHeader>,
+        upstreams: &[Arc<UpstreamPool>],
+    ) -> Option<Flow> {
+        loop {
+            let calls = std::mem::take(&mut self.contexts[index].stream.pending_calls);
+            if calls.is_empty() {
+                return None;
+            }
+            let answers = futures_util::future::join_all(
+                calls.iter().map(|call| http_call::execute(call, upstreams)),
+            )
+            .await;
+            for (call, answer) in calls.iter().zip(&answers) {
+                let headers = answer.headers.len() as i32;
+                let body_size = answer.body.len() as i32;
+                let trailers = answer.trailers.len() as i32;
+                let token = call.token as i32;
+                let loans = Loans {
+                    request: Some(Lent::Writable(&mut *request)),
+                    response: response.as_deref_mut().map(Lent::Writable),
+                    call_response: Some(answer),
+                    ..Loans::default()
+                };
+                let result = self.call(index, Phase::HttpCallResponse, loans, |store, callbacks, _| {
+                    match &callbacks.on_http_call_response {
+                        Some(function) => function
+                            .call(store, ROOT_CONTEXT_ID as i32, token, headers, body_size, trailers)
+                            .map(|()| 0),
+                        None => Ok(0),
+                    }
+                });
+                if let Err(failure) = result {
+                    return self.fail(index, failure);
+                }
+                if let Some(flow) = self.requested_end(index) {
+                    return Some(flow);
+                }
+            }
+        }
+    }
+
+    /// `on_request_headers` through the chain. A Pause with http_calls outstanding holds the
+    /// request until they are answered; a Pause with nothing outstanding continues (Loom
+    /// forwards headers once every plugin has run; see the README).
+    pub async fn request_headers(
+        &mut self,
+        request: &mut RequestHeader,
+        end_of_stream: bool,
+        upstreams: &[Arc<UpstreamPool>],
+    ) -> Flow {
+        for index in 0..self.chain.len() {
+            match self.ensure_open(index) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(flow) => return flow,
+            }
+            let count = request.headers.len() as i32 + 4;
+            let end = i32::from(end_of_stream);
+            let loans = Loans {
+                request: Some(Lent::Writable(&mut *request)),
+                ..Loans::default()
+            };
+            let result = self.call(index, Phase::RequestHeaders, loans, |store, callbacks, context| {
+                match &callbacks.on_request_headers {
+                    Some(function) => function.call(store, context, count, end),
+                    None => Ok(0),
+                }
+            });
+            if let Err(failure) = result {
+                match self.fail(index, failure) {
+                    Some(flow) => return flow,
+                    None => continue,
+                }
+            }
+            if let Some(flow) = self.requested_end(index) {
+                return flow;
+            }
+            if let Some(flow) = self.answer_calls(index, request, None, upstreams).await {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// `on_request_body` through the chain, per chunk. A plugin that pauses gets the body
+    /// buffered (up to its `max_buffered_body`) and sees it whole at the end of the stream.
+    pub async fn request_body(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        request: &mut RequestHeader,
+        upstreams: &[Arc<UpstreamPool>],
+    ) -> Flow {
+        let mut chunk = body.take().unwrap_or_default();
+        for index in 0..self.chain.len() {
+            if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+                continue;
+            }
+            let limit = self.chain[index].plan.max_buffered_body;
+            let buffered = &mut self.contexts[index].request_body;
+            if buffered.len() + chunk.len() > limit {
+                return Flow::Fail(GatewayError::new(
+                    413,
+                    "request_body_too_large",
+                    format!(
+                        "plugin \"{}\" buffers at most {limit} bytes of request body",
+                        self.chain[index].name()
+                    ),
+                ));
+            }
+            buffered.extend_from_slice(&chunk);
+            let size = buffered.len() as i32;
+            let end = i32::from(end_of_stream);
+            let mut buffer = std::mem::take(&mut self.contexts[index].request_body);
+            let loans = Loans {
+                request: Some(Lent::Writable(&mut *request)),
+                body: Some((false, &mut buffer)),
+                ..Loans::default()
+            };
+            let result = self.call(index, Phase::RequestBody, loans, |store, callbacks, context| {
+                match &callbacks.on_request_body {
+                    Some(function) => function.call(store, context, size, end),
+                    None => Ok(0),
+                }
+            });
+            self.contexts[index].request_body = buffer;
+            let action = match result {
+                Ok(raw) => Action::from_raw(raw),
+                Err(failure) => {
+                    // Fail-open: what was buffered for it moves on unchanged.
+                    chunk = self.contexts[index].request_body.split().freeze();
+                    match self.fail(index, failure) {
+                        Some(flow) => return flow,
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(flow) = self.requested_end(index) {
+                return flow;
+            }
+            if let Some(flow) = self.answer_calls(index, request, None, upstreams).await {
+                return flow;
+            }
+            if action == Action::Pause && !end_of_stream {
+                // Held back: later plugins and the upstream see it when this one continues.
+                *body = None;
+                return Flow::Continue;
+            }
+            chunk = self.contexts[index].request_body.split().freeze();
+        }
+        if !chunk.is_empty() || end_of_stream {
+            *body = Some(chunk);
+        }
+        Flow::Continue
+    }
+
+    /// `on_response_headers` through the chain, in reverse.
+    pub async fn response_headers(
+        &mut self,
+        request: &mut RequestHeader,
+        response: &mut ResponseHeader,
+        upstreams: &[Arc<UpstreamPool>],
+    ) -> Flow {
+        for index in (0..self.chain.len()).rev() {
+            if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+                continue;
+            }
+            let count = response.headers.len() as i32 + 1;
+            let loans = Loans {
+                request: Some(Lent::Writable(&mut *request)),
+                response: Some(Lent::Writable(&mut *response)),
+                ..Loans::default()
+            };
+            let result = self.call(index, Phase::ResponseHeaders, loans, |store, callbacks, context| {
+                match &callbacks.on_response_headers {
+                    Some(function) => function.call(store, context, count, 0),
+                    None => Ok(0),
+                }
+            });
+            if let Err(failure) = result {
+                match self.fail(index, failure) {
+                    Some(flow) => return flow,
+                    None => continue,
+                }
+            }
+            if let Some(flow) = self.requested_end(index) {
+                return flow;
+            }
+            if let Some(flow) = self
+                .answer_calls(index, request, Some(&mut *response), upstreams)
+                .await
+            {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// After a local response replaced the upstream's headers, its body replaces the
+    /// upstream's body.
+    pub fn replace_body(&mut self, body: Bytes) {
+        self.replacement_body = Some(body);
+    }
+
+    /// `on_response_body` through the chain, in reverse, per chunk. Synchronous (Pingora's
+    /// body filter is): http_calls dispatched here are refused.
+    pub fn response_body(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        request: &RequestHeader,
+    ) -> Flow {
+        if let Some(replacement) = &self.replacement_body {
+            *body = end_of_stream.then(|| replacement.clone());
+            return Flow::Continue;
+        }
+        let mut chunk = body.take().unwrap_or_default();
+        for index in (0..self.chain.len()).rev() {
+            if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+                continue;
+            }
+            let limit = self.chain[index].plan.max_buffered_body;
+            if self.contexts[index].response_body.len() + chunk.len() > limit {
+                return Flow::Fail(GatewayError::new(
+                    502,
+                    "response_body_too_large",
+                    format!(
+                        "plugin \"{}\" buffers at most {limit} bytes of response body",
+                        self.chain[index].name()
+                    ),
+                ));
+            }
+            let mut buffer = std::mem::take(&mut self.contexts[index].response_body);
+            buffer.extend_from_slice(&chunk);
+            let size = buffer.len() as i32;
+            let end = i32::from(end_of_stream);
+            let loans = Loans {
+                request: Some(Lent::ReadOnly(request)),
+                body: Some((true, &mut buffer)),
+                ..Loans::default()
+            };
+            let result = self.call(index, Phase::ResponseBody, loans, |store, callbacks, context| {
+                match &callbacks.on_response_body {
+                    Some(function) => function.call(store, context, size, end),
+                    None => Ok(0),
+                }
+            });
+            self.contexts[index].response_body = buffer;
+            let dropped_calls = std::mem::take(&mut self.contexts[index].stream.pending_calls);
+            if !dropped_calls.is_empty() {
+                log::warn!(
+                    "plugin {} dispatched {} http_call(s) from on_response_body; Loom cannot wait there, they are dropped",
+                    self.chain[index].name(),
+                    dropped_calls.len()
+                );
+            }
+            let action = match result {
+                Ok(raw) => Action::from_raw(raw),
+                Err(failure) => {
+                    chunk = self.contexts[index].response_body.split().freeze();
+                    match self.fail(index, failure) {
+                        Some(flow) => return flow,
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(flow) = self.requested_end(index) {
+                return flow;
+            }
+            if action == Action::Pause && !end_of_stream {
+                *body = None;
+                return Flow::Continue;
+            }
+            chunk = self.contexts[index].response_body.split().freeze();
+        }
+        if !chunk.is_empty() || end_of_stream {
+            *body = Some(chunk);
+        }
+        Flow::Continue
+    }
+
+    /// `on_response_trailers` through the chain, in reverse.
+    pub fn response_trailers(&mut self, trailers: &mut http::HeaderMap, request: &RequestHeader) -> Flow {
+        for index in (0..self.chain.len()).rev() {
+            if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+                continue;
+            }
+            let count = trailers.len() as i32;
+            let loans = Loans {
+                request: Some(Lent::ReadOnly(request)),
+                trailers: Some(&mut *trailers),
+                ..Loans::default()
+            };
+            let result = self.call(index, Phase::ResponseTrailers, loans, |store, callbacks, context| {
+                match &callbacks.on_response_trailers {
+                    Some(function) => function.call(store, context, count),
+                    None => Ok(0),
+                }
+            });
+            if let Err(failure) = result
+                && let Some(flow) = self.fail(index, failure)
+            {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// `on_done`, `on_log` and `on_delete` for every context, whatever happened to the
+    /// request. Idempotent.
+    pub fn finish(&mut self, request: Option<&RequestHeader>, response: Option<&ResponseHeader>) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        for index in 0..self.chain.len() {
+            // A context that failed was already torn down with its instance.
+            if self.contexts[index].handle.is_none() || self.contexts[index].skipped {
+                continue;
+            }
+            let loans = Loans {
+                request: request.map(Lent::ReadOnly),
+                response: response.map(Lent::ReadOnly),
+                ..Loans::default()
+            };
+            let _ = self.call(index, Phase::Log, loans, |store, callbacks, context| {
+                if let Some(function) = &callbacks.on_done {
+                    function.call(store, context)?;
+                }
+                if let Some(function) = &callbacks.on_log {
+                    function.call(store, context)?;
+                }
+                if let Some(function) = &callbacks.on_delete {
+                    function.call(store, context)?;
+                }
+                Ok(0)
+            });
+        }
+    }
+}
+
+impl Drop for RequestPlugins {
+    /// A request dropped without `logging` (it should not happen) still frees its contexts
+    /// inside the instances.
+    fn drop(&mut self) {
+        self.finish(None, None);
+    }
+}

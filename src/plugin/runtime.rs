@@ -1,0 +1,481 @@
+//! A loaded plugin: its compiled module and a pool of instances ("shards", about one per
+//! worker thread). A request takes a shard when its context is created and stays on it, since
+//! its context lives inside that instance. A shard's lock is held only for one synchronous
+//! callback, never across an `.await`.
+//!
+//! A callback that traps, runs out of fuel or hits the memory cap gets its instance
+//! replaced by a fresh one; requests whose contexts lived in the old instance fail with
+//! `instance_lost`. A plugin that keeps failing is quarantined for a while.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use prometheus::Histogram;
+use wasmer::{RuntimeError, Store};
+
+use super::engine::CompiledModule;
+use super::host::{Frame, PendingCall};
+use super::instance::{AbiVersion, Callbacks, Failure, FailureKind, Instance, ROOT_CONTEXT_ID};
+use super::metrics::{PluginMetricSet, RUNTIME_METRICS};
+use crate::config::plugins::PluginPlan;
+
+/// What every instance of one plugin shares.
+pub struct PluginShared {
+    pub name: Arc<str>,
+    /// Scope of shared data and queues; the plugin's name.
+    pub vm_id: Arc<str>,
+    pub configuration: Bytes,
+    pub vm_configuration: Bytes,
+    pub metrics: Arc<PluginMetricSet>,
+    pub weak_self: Weak<PluginShared>,
+    queue_ready: Mutex<Vec<(usize, u32)>>,
+    /// Wakes the plugin's background task (queue ready).
+    pub wakeup: tokio::sync::Notify,
+}
+
+impl PluginShared {
+    pub fn new(plan: &PluginPlan) -> Arc<PluginShared> {
+        Arc::new_cyclic(|weak_self| PluginShared {
+            name: Arc::from(plan.name.as_str()),
+            vm_id: Arc::from(plan.name.as_str()),
+            configuration: plan.configuration.clone(),
+            vm_configuration: plan.vm_configuration.clone(),
+            metrics: PluginMetricSet::for_plugin(&plan.name),
+            weak_self: weak_self.clone(),
+            queue_ready: Mutex::new(Vec::new()),
+            wakeup: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn notify_queue_ready(&self, shard: usize, queue_id: u32) {
+        let mut pending = lock(&self.queue_ready);
+        if !pending.contains(&(shard, queue_id)) {
+            pending.push((shard, queue_id));
+        }
+        drop(pending);
+        self.wakeup.notify_one();
+    }
+
+    pub fn take_queue_ready(&self) -> Vec<(usize, u32)> {
+        std::mem::take(&mut *lock(&self.queue_ready))
+    }
+}
+
+/// The callback being run, for the duration histogram and error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Start,
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+    HttpCallResponse,
+    Log,
+    Tick,
+    QueueReady,
+}
+
+const PHASES: [Phase; 10] = [
+    Phase::Start,
+    Phase::RequestHeaders,
+    Phase::RequestBody,
+    Phase::ResponseHeaders,
+    Phase::ResponseBody,
+    Phase::ResponseTrailers,
+    Phase::HttpCallResponse,
+    Phase::Log,
+    Phase::Tick,
+    Phase::QueueReady,
+];
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Start => "on_context_create",
+            Phase::RequestHeaders => "on_request_headers",
+            Phase::RequestBody => "on_request_body",
+            Phase::ResponseHeaders => "on_response_headers",
+            Phase::ResponseBody => "on_response_body",
+            Phase::ResponseTrailers => "on_response_trailers",
+            Phase::HttpCallResponse => "on_http_call_response",
+            Phase::Log => "on_log",
+            Phase::Tick => "on_tick",
+            Phase::QueueReady => "on_queue_ready",
+        }
+    }
+
+    fn index(self) -> usize {
+        PHASES.iter().position(|phase| *phase == self).unwrap_or(0)
+    }
+}
+
+struct Shard {
+    instance: Option<Instance>,
+    /// Bumped whenever the instance is replaced, so contexts of the old one are recognised.
+    generation: u64,
+    next_tick: Option<Instant>,
+}
+
+/// Counters shown by the admin API.
+#[derive(Default)]
+pub struct PluginStats {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub fuel_used: AtomicU64,
+    pub instances_replaced: AtomicU64,
+}
+
+/// A request's hold on one plugin context.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextHandle {
+    shard: usize,
+    generation: u64,
+    pub context_id: u32,
+}
+
+pub struct PluginRuntime {
+    pub plan: PluginPlan,
+    pub shared: Arc<PluginShared>,
+    compiled: CompiledModule,
+    pub abi: AbiVersion,
+    shards: Box<[Mutex<Shard>]>,
+    next_shard: AtomicUsize,
+    pub stats: PluginStats,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `origin` until which the plugin is quarantined; 0 = not.
+    quarantined_until: AtomicU64,
+    origin: Instant,
+    pub loaded_at: SystemTime,
+    phase_durations: Vec<Histogram>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PluginRuntime {
+    /// Starts every instance; any failure to start is a load error.
+    pub fn start(plan: PluginPlan, compiled: CompiledModule) -> Result<PluginRuntime, String> {
+        let abi = AbiVersion::detect(&compiled.module)?;
+        let shared = PluginShared::new(&plan);
+        let mut shards = Vec::with_capacity(plan.instances);
+        for shard in 0..plan.instances {
+            let instance = Instance::start(
+                &compiled,
+                Arc::clone(&shared),
+                shard,
+                plan.max_fuel,
+                plan.memory_limit_pages,
+            )?;
+            shards.push(Mutex::new(Shard {
+                instance: Some(instance),
+                generation: 0,
+                next_tick: None,
+            }));
+        }
+        let phase_durations = PHASES
+            .iter()
+            .map(|phase| {
+                RUNTIME_METRICS
+                    .duration_seconds
+                    .with_label_values(&[&plan.name, phase.label()])
+            })
+            .collect();
+        Ok(PluginRuntime {
+            shared,
+            compiled,
+            abi,
+            shards: shards.into_boxed_slice(),
+            next_shard: AtomicUsize::new(0),
+            stats: PluginStats::default(),
+            consecutive_failures: AtomicU32::new(0),
+            quarantined_until: AtomicU64::new(0),
+            origin: Instant::now(),
+            loaded_at: SystemTime::now(),
+            phase_durations,
+            plan,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+
+    pub fn module_sha256(&self) -> &str {
+        &self.compiled.sha256
+    }
+
+    pub fn module_from_cache(&self) -> bool {
+        self.compiled.from_cache
+    }
+
+    pub fn compile_time(&self) -> Duration {
+        self.compiled.compile_time
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Linear-memory pages in use, summed over the instances.
+    pub fn memory_pages(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| {
+                lock(shard)
+                    .instance
+                    .as_ref()
+                    .map_or(0, |instance| u64::from(instance.memory_pages()))
+            })
+            .sum()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    pub fn quarantined_for(&self) -> Option<Duration> {
+        let until = self.quarantined_until.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    fn count_failure(&self, kind: FailureKind) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        RUNTIME_METRICS
+            .errors_total
+            .with_label_values(&[&self.plan.name, kind.label()])
+            .inc();
+    }
+
+    /// Creates a context for one request on the next shard.
+    pub fn open_context(&self) -> Result<ContextHandle, Failure> {
+        if let Some(left) = self.quarantined_for() {
+            self.count_failure(FailureKind::Quarantined);
+            return Err(Failure {
+                kind: FailureKind::Quarantined,
+                message: format!("quarantined for another {} ms after repeated failures", left.as_millis()),
+            });
+        }
+        let shard_index = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let mut shard = lock(&self.shards[shard_index]);
+        self.ensure_instance(shard_index, &mut shard)?;
+        let generation = shard.generation;
+        let Some(instance) = shard.instance.as_mut() else {
+            return Err(self.lost());
+        };
+        let context_id = instance.new_context_id();
+        let handle = ContextHandle {
+            shard: shard_index,
+            generation,
+            context_id,
+        };
+        let started = Instant::now();
+        let result = instance.call_metered(None, |store, callbacks| {
+            match &callbacks.on_context_create {
+                Some(function) => function.call(store, context_id as i32, ROOT_CONTEXT_ID as i32),
+                None => Ok(()),
+            }
+        });
+        self.settle(shard_index, &mut shard, Phase::Start, started, result)?;
+        Ok(handle)
+    }
+
+    /// Runs one callback (or a few, e.g. done/log/delete) of the request's context.
+    pub fn invoke<R>(
+        &self,
+        handle: &ContextHandle,
+        phase: Phase,
+        frame: &mut Frame<'_>,
+        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<R, RuntimeError>,
+    ) -> Result<R, Failure> {
+        let mut shard = lock(&self.shards[handle.shard]);
+        if shard.generation != handle.generation {
+            return Err(self.lost());
+        }
+        let Some(instance) = shard.instance.as_mut() else {
+            return Err(self.lost());
+        };
+        let context_id = handle.context_id as i32;
+        let started = Instant::now();
+        let result =
+            instance.call_metered(Some(frame), |store, callbacks| body(store, callbacks, context_id));
+        self.settle(handle.shard, &mut shard, phase, started, result)
+    }
+
+    /// Runs a root-context callback on one shard (ticks, queues, background call answers).
+    pub fn invoke_root<R>(
+        &self,
+        shard_index: usize,
+        phase: Phase,
+        frame: Option<&mut Frame<'_>>,
+        body: impl FnOnce(&mut Store, &Callbacks) -> Result<R, RuntimeError>,
+    ) -> Result<R, Failure> {
+        let mut shard = lock(&self.shards[shard_index]);
+        self.ensure_instance(shard_index, &mut shard)?;
+        let Some(instance) = shard.instance.as_mut() else {
+            return Err(self.lost());
+        };
+        let started = Instant::now();
+        let result = instance.call_metered(frame, body);
+        self.settle(shard_index, &mut shard, phase, started, result)
+    }
+
+    fn lost(&self) -> Failure {
+        self.count_failure(FailureKind::InstanceLost);
+        Failure {
+            kind: FailureKind::InstanceLost,
+            message: "the instance holding this request's context was replaced after a failure"
+                .to_string(),
+        }
+    }
+
+    /// Records the outcome of a call; on failure replaces the instance and maybe quarantines.
+    fn settle<R>(
+        &self,
+        shard_index: usize,
+        shard: &mut Shard,
+        phase: Phase,
+        started: Instant,
+        result: Result<(R, u64), Failure>,
+    ) -> Result<R, Failure> {
+        self.phase_durations[phase.index()].observe(started.elapsed().as_secs_f64());
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok((value, fuel)) => {
+                self.stats.fuel_used.fetch_add(fuel, Ordering::Relaxed);
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                Ok(value)
+            }
+            Err(failure) => {
+                self.stats
+                    .fuel_used
+                    .fetch_add(if failure.kind == FailureKind::FuelExhausted { self.plan.max_fuel } else { 0 }, Ordering::Relaxed);
+                self.count_failure(failure.kind);
+                log::warn!(
+                    "plugin {} {} in {}; replacing its instance {shard_index}",
+                    self.plan.name,
+                    failure.message,
+                    phase.label()
+                );
+                // The failed instance's memory may be inconsistent: drop it (its memory goes
+                // back to the system) and start a fresh one.
+                shard.instance = None;
+                shard.generation += 1;
+                shard.next_tick = None;
+                self.stats.instances_replaced.fetch_add(1, Ordering::Relaxed);
+                let mut ignored = shard;
+                let _ = self.ensure_instance(shard_index, &mut ignored);
+                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= self.plan.quarantine_after {
+                    let until = self.now_ms() + self.plan.quarantine_for.as_millis() as u64;
+                    self.quarantined_until.store(until, Ordering::Relaxed);
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                    log::error!(
+                        "plugin {} failed {failures} times in a row; quarantined for {:?}",
+                        self.plan.name,
+                        self.plan.quarantine_for
+                    );
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// Starts an instance on an empty shard.
+    fn ensure_instance(&self, shard_index: usize, shard: &mut Shard) -> Result<(), Failure> {
+        if shard.instance.is_some() {
+            return Ok(());
+        }
+        match Instance::start(
+            &self.compiled,
+            Arc::clone(&self.shared),
+            shard_index,
+            self.plan.max_fuel,
+            self.plan.memory_limit_pages,
+        ) {
+            Ok(instance) => {
+                shard.instance = Some(instance);
+                Ok(())
+            }
+            Err(message) => {
+                log::error!("plugin {}: a replacement instance {message}", self.plan.name);
+                Err(Failure {
+                    kind: FailureKind::Trap,
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Runs `on_tick` on every shard whose period has come; returns when the next one is due.
+    pub fn run_due_ticks(&self, now: Instant) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for shard_index in 0..self.shards.len() {
+            let due = {
+                let mut shard = lock(&self.shards[shard_index]);
+                let period = shard
+                    .instance
+                    .as_ref()
+                    .map_or(0, Instance::tick_period_ms);
+                if period == 0 {
+                    shard.next_tick = None;
+                    continue;
+                }
+                let period = Duration::from_millis(u64::from(period));
+                let next = *shard.next_tick.get_or_insert(now + period);
+                if next > now {
+                    earliest = Some(earliest.map_or(next, |earliest| earliest.min(next)));
+                    continue;
+                }
+                shard.next_tick = Some(now + period);
+                now + period
+            };
+            let _ = self.invoke_root(shard_index, Phase::Tick, None, |store, callbacks| {
+                match &callbacks.on_tick {
+                    Some(function) => function.call(store, ROOT_CONTEXT_ID as i32),
+                    None => Ok(()),
+                }
+            });
+            earliest = Some(earliest.map_or(due, |earliest| earliest.min(due)));
+        }
+        earliest
+    }
+
+    pub fn queue_ready(&self, shard_index: usize, queue_id: u32) {
+        if shard_index >= self.shards.len() {
+            return;
+        }
+        let _ = self.invoke_root(shard_index, Phase::QueueReady, None, |store, callbacks| {
+            match &callbacks.on_queue_ready {
+                Some(function) => function.call(store, ROOT_CONTEXT_ID as i32, queue_id as i32),
+                None => Ok(()),
+            }
+        });
+    }
+
+    /// Calls dispatched by root contexts since the last look, with their shard.
+    pub fn take_root_calls(&self) -> Vec<(usize, PendingCall)> {
+        let mut calls = Vec::new();
+        for (shard_index, shard) in self.shards.iter().enumerate() {
+            if let Some(instance) = lock(shard).instance.as_mut() {
+                calls.extend(
+                    instance
+                        .take_root_calls()
+                        .into_iter()
+                        .map(|call| (shard_index, call)),
+                );
+            }
+        }
+        calls
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}
