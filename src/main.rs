@@ -69,11 +69,7 @@ fn main() -> ExitCode {
     let plugins = match PluginSet::load(&loaded.validated.plugins, None) {
         Ok(plugins) => plugins,
         Err(errors) => {
-            eprintln!(
-                "{}: {} plugin error(s):",
-                cli.conf.display(),
-                errors.len()
-            );
+            eprintln!("{}: {} plugin error(s):", cli.conf.display(), errors.len());
             for error in &errors {
                 eprintln!("  {error}");
             }

@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+pub mod plugins;
 pub mod upstreams;
 
 use crate::gateway::snapshot::GatewayState;
@@ -40,6 +41,7 @@ impl AdminApp {
             "uptime_seconds": self.state.started_at.elapsed().as_secs(),
             "routes": snapshot.routes.len(),
             "upstreams": snapshot.upstreams.len(),
+            "plugins": snapshot.plugins.iter().count(),
         })
     }
 
@@ -74,6 +76,14 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         if let Some(rest) = path.strip_prefix("/upstreams") {
             let (status, document) = upstreams::handle(&self.state, &method, rest);
+            return build(
+                status,
+                "application/json",
+                serde_json::to_vec(&document).unwrap_or_default(),
+            );
+        }
+        if let Some(rest) = path.strip_prefix("/plugins") {
+            let (status, document) = plugins::handle(&self.state, &method, rest);
             return build(
                 status,
                 "application/json",

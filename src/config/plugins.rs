@@ -191,7 +191,8 @@ pub(super) fn check_plugins(
             instances: plugin.instances.unwrap_or(threads),
             max_buffered_body: plugin
                 .max_buffered_body
-                .map_or(DEFAULT_MAX_BUFFERED_BODY, |size| size.0) as usize,
+                .map_or(DEFAULT_MAX_BUFFERED_BODY, |size| size.0)
+                as usize,
             quarantine_after: plugin.quarantine.after_failures,
             quarantine_for: plugin.quarantine.duration.0,
             origin,

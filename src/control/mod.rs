@@ -59,8 +59,7 @@ impl ControlService {
         // Compiling plugins is CPU-heavy: it runs with the parsing, off the async threads.
         let loaded = tokio::task::spawn_blocking(move || {
             let loaded = config::load_file(&path)?;
-            let plugins =
-                PluginSet::load(&loaded.validated.plugins, Some(&current_plugins))?;
+            let plugins = PluginSet::load(&loaded.validated.plugins, Some(&current_plugins))?;
             Ok::<_, Vec<config::ConfigError>>((loaded, plugins))
         })
         .await;
@@ -104,7 +103,11 @@ impl ControlService {
             spawn_health_loop(pool);
         }
         for plugin in next.plugins.iter() {
-            if current.plugins.get(plugin.name()).is_none_or(|old| !Arc::ptr_eq(old, plugin)) {
+            if current
+                .plugins
+                .get(plugin.name())
+                .is_none_or(|old| !Arc::ptr_eq(old, plugin))
+            {
                 self.spawn_plugin_task(plugin);
             }
         }

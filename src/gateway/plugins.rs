@@ -27,7 +27,9 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
     let chain = Arc::clone(&route.plugins);
     let facts = facts(session, ctx);
     let snapshot = ctx.snapshot.clone();
-    let upstreams = snapshot.as_ref().map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
+    let upstreams = snapshot
+        .as_ref()
+        .map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
     let mut plugins = Box::new(RequestPlugins::new(chain, facts));
     let end_of_stream = session.is_body_empty();
     let path_before = session.req_header().uri.clone();
@@ -67,7 +69,9 @@ pub async fn request_body(
         return Ok(());
     };
     let snapshot = ctx.snapshot.clone();
-    let upstreams = snapshot.as_ref().map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
+    let upstreams = snapshot
+        .as_ref()
+        .map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
     let flow = plugins
         .request_body(body, end_of_stream, session.req_header_mut(), upstreams)
         .await;
@@ -85,7 +89,9 @@ pub async fn response_headers(
         return Ok(());
     };
     let snapshot = ctx.snapshot.clone();
-    let upstreams = snapshot.as_ref().map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
+    let upstreams = snapshot
+        .as_ref()
+        .map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
     plugins.facts.response_code = response.status.as_u16();
     match plugins
         .response_headers(session.req_header_mut(), response, upstreams)
@@ -152,7 +158,11 @@ fn into_result(flow: Flow, ctx: &mut RequestContext) -> Result<()> {
 }
 
 fn close(ctx: &mut RequestContext) -> Box<Error> {
-    ctx.failure = Some(GatewayError::new(0, "plugin_closed", "a plugin closed the stream"));
+    ctx.failure = Some(GatewayError::new(
+        0,
+        "plugin_closed",
+        "a plugin closed the stream",
+    ));
     Error::explain(ErrorType::ConnectionClosed, "plugin closed the stream")
 }
 
@@ -179,7 +189,11 @@ pub async fn write_local_response(
         Ok(header) => header,
         Err(error) => {
             log::warn!("plugin local response has an invalid header: {error}");
-            let error = GatewayError::new(500, "plugin_error", "a plugin sent an invalid response header");
+            let error = GatewayError::new(
+                500,
+                "plugin_error",
+                "a plugin sent an invalid response header",
+            );
             return errors::respond(session, &error, request_id, false).await;
         }
     };
@@ -188,7 +202,11 @@ pub async fn write_local_response(
     if !reusable {
         session.set_keepalive(None);
     }
-    if session.write_response_header(Box::new(header), false).await.is_err() {
+    if session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_err()
+    {
         return false;
     }
     if session
@@ -224,12 +242,19 @@ fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64)
             .saturating_sub(ctx.started.elapsed().as_nanos() as u64),
-        scheme: if session.digest().is_some_and(|digest| digest.ssl_digest.is_some()) {
+        scheme: if session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some())
+        {
             "https"
         } else {
             "http"
         },
-        protocol: if session.is_http2() { "HTTP/2" } else { "HTTP/1.1" },
+        protocol: if session.is_http2() {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        },
         upstream_address: None,
         response_code: 0,
     }

@@ -160,12 +160,10 @@ impl ModuleCache {
             std::process::id(),
             NEXT_TEMP_ID.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = write_new_file(&temp_path, &artifact).and_then(|()| fs::rename(&temp_path, &path));
+        let written =
+            write_new_file(&temp_path, &artifact).and_then(|()| fs::rename(&temp_path, &path));
         if let Err(error) = written {
-            warn!(
-                "plugin cache: cannot write {}: {error}",
-                path.display()
-            );
+            warn!("plugin cache: cannot write {}: {error}", path.display());
             let _ = fs::remove_file(&temp_path);
         }
     }
@@ -257,7 +255,10 @@ mod tests {
         assert!(base.starts_with(&sha) && base.ends_with(".wasmu"), "{base}");
         assert_ne!(base, ModuleCache::key(&sha, &settings(1_001, 16)));
         assert_ne!(base, ModuleCache::key(&sha, &settings(1_000, 17)));
-        assert_ne!(base, ModuleCache::key(&sha256_hex(b"other"), &settings(1_000, 16)));
+        assert_ne!(
+            base,
+            ModuleCache::key(&sha256_hex(b"other"), &settings(1_000, 16))
+        );
     }
 
     #[test]

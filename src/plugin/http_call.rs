@@ -120,14 +120,12 @@ fn build_request(call: &PendingCall) -> Result<http::Request<Full<Bytes>>, Strin
     for (name, value) in &call.headers {
         match name.as_str() {
             ":method" => {
-                builder = builder.method(
-                    http::Method::from_bytes(value).map_err(|_| "bad :method".to_string())?,
-                )
+                builder = builder
+                    .method(http::Method::from_bytes(value).map_err(|_| "bad :method".to_string())?)
             }
             ":path" => {
-                builder = builder.uri(
-                    http::Uri::try_from(&value[..]).map_err(|_| "bad :path".to_string())?,
-                )
+                builder = builder
+                    .uri(http::Uri::try_from(&value[..]).map_err(|_| "bad :path".to_string())?)
             }
             ":authority" => builder = builder.header(http::header::HOST, &value[..]),
             pseudo if pseudo.starts_with(':') => {}

@@ -208,15 +208,19 @@ impl Instance {
                 .exports
                 .get_typed_function::<(), ()>(&started.store, name)
             {
-                started.call(None, |store, _| function.call(store)).map_err(describe)?;
+                started
+                    .call(None, |store, _| function.call(store))
+                    .map_err(describe)?;
                 break;
             }
         }
         let root = ROOT_CONTEXT_ID as i32;
         started
-            .call(None, |store, callbacks| match &callbacks.on_context_create {
-                Some(function) => function.call(store, root, 0),
-                None => Ok(()),
+            .call(None, |store, callbacks| {
+                match &callbacks.on_context_create {
+                    Some(function) => function.call(store, root, 0),
+                    None => Ok(()),
+                }
             })
             .map_err(describe)?;
         let vm_config_len = shared.vm_configuration.len() as i32;
@@ -237,14 +241,19 @@ impl Instance {
             })
             .map_err(describe)?;
         if configured == 0 {
-            return Err("on_configure returned false (the plugin configuration was refused)".into());
+            return Err(
+                "on_configure returned false (the plugin configuration was refused)".into(),
+            );
         }
         Ok(started)
     }
 
     pub fn new_context_id(&mut self) -> u32 {
         let id = self.next_context_id;
-        self.next_context_id = self.next_context_id.checked_add(1).unwrap_or(ROOT_CONTEXT_ID + 1);
+        self.next_context_id = self
+            .next_context_id
+            .checked_add(1)
+            .unwrap_or(ROOT_CONTEXT_ID + 1);
         id
     }
 
@@ -283,7 +292,10 @@ impl Instance {
         if exhausted {
             return Failure {
                 kind: FailureKind::FuelExhausted,
-                message: format!("used its whole fuel budget of {} in one callback", self.max_fuel),
+                message: format!(
+                    "used its whole fuel budget of {} in one callback",
+                    self.max_fuel
+                ),
             };
         }
         // A Rust guest whose allocation fails aborts with a trap; when that happens with

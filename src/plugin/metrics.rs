@@ -14,8 +14,25 @@ use super::abi::{MetricKind, status};
 
 /// Plugin callbacks are short: buckets from 1 µs to 1 s.
 const CALLBACK_BUCKETS: &[f64] = &[
-    0.000_001, 0.000_002_5, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
-    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 ];
 
 pub struct RuntimeMetrics {
@@ -208,7 +225,10 @@ pub fn gather() -> Vec<MetricFamily> {
             let mut sample = match (&metric.histogram, metric.kind) {
                 (Some(histogram), MetricKind::Histogram) => {
                     let mut collected = histogram.collect();
-                    match collected.pop().and_then(|mut family| family.take_metric().pop()) {
+                    match collected
+                        .pop()
+                        .and_then(|mut family| family.take_metric().pop())
+                    {
                         Some(sample) => sample,
                         None => continue,
                     }
@@ -265,13 +285,13 @@ mod tests {
         let families = gather();
         let family = families
             .iter()
-            .find(|family| family.get_name() == "loom_wasm_requests_total")
+            .find(|family| family.name() == "loom_wasm_requests_total")
             .expect("exported family");
         let sample = family
             .get_metric()
             .iter()
-            .find(|sample| sample.get_label()[0].get_value() == "metrics-test-plugin")
+            .find(|sample| sample.get_label()[0].value() == "metrics-test-plugin")
             .expect("sample for this plugin");
-        assert_eq!(sample.get_counter().get_value(), 3.0);
+        assert_eq!(sample.get_counter().value(), 3.0);
     }
 }

@@ -10,7 +10,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use wasmer::{RuntimeError, Store};
 
 use super::abi::Action;
-use super::host::{BodyLoan, Frame, HttpCallResponse, Lent, LocalResponse, RequestFacts, StreamState};
+use super::host::{
+    BodyLoan, Frame, HttpCallResponse, Lent, LocalResponse, RequestFacts, StreamState,
+};
 use super::http_call;
 use super::instance::{Callbacks, Failure, FailureKind, ROOT_CONTEXT_ID};
 use super::runtime::{ContextHandle, Phase, PluginRuntime};
@@ -61,7 +63,10 @@ pub struct RequestPlugins {
 
 fn plugin_error(plugin: &PluginRuntime, failure: &Failure) -> GatewayError {
     let message = match failure.kind {
-        FailureKind::Quarantined => format!("plugin \"{}\" is quarantined after repeated failures", plugin.name()),
+        FailureKind::Quarantined => format!(
+            "plugin \"{}\" is quarantined after repeated failures",
+            plugin.name()
+        ),
         kind => format!("plugin \"{}\" failed ({})", plugin.name(), kind.label()),
     };
     GatewayError::new(503, "plugin_error", message)
@@ -95,7 +100,11 @@ impl RequestPlugins {
         self.contexts[index].skipped = true;
         match plugin.plan.on_error {
             PluginFailureMode::FailOpen => {
-                log::debug!("plugin {} skipped for this request: {}", plugin.name(), failure.message);
+                log::debug!(
+                    "plugin {} skipped for this request: {}",
+                    plugin.name(),
+                    failure.message
+                );
                 None
             }
             PluginFailureMode::FailClosed => Some(Flow::Fail(plugin_error(plugin, &failure))),
@@ -139,7 +148,9 @@ impl RequestPlugins {
             request: loans.request,
             response: loans.response,
             response_trailers: loans.trailers,
-            body: loans.body.map(|(response, bytes)| BodyLoan { response, bytes }),
+            body: loans
+                .body
+                .map(|(response, bytes)| BodyLoan { response, bytes }),
             call_response: loans.call_response,
             stream: &mut context.stream,
             facts: &self.facts,
@@ -188,14 +199,24 @@ impl RequestPlugins {
                     call_response: Some(answer),
                     ..Loans::default()
                 };
-                let result = self.call(index, Phase::HttpCallResponse, loans, |store, callbacks, _| {
-                    match &callbacks.on_http_call_response {
+                let result = self.call(
+                    index,
+                    Phase::HttpCallResponse,
+                    loans,
+                    |store, callbacks, _| match &callbacks.on_http_call_response {
                         Some(function) => function
-                            .call(store, ROOT_CONTEXT_ID as i32, token, headers, body_size, trailers)
+                            .call(
+                                store,
+                                ROOT_CONTEXT_ID as i32,
+                                token,
+                                headers,
+                                body_size,
+                                trailers,
+                            )
                             .map(|()| 0),
                         None => Ok(0),
-                    }
-                });
+                    },
+                );
                 if let Err(failure) = result {
                     return self.fail(index, failure);
                 }
@@ -227,12 +248,15 @@ impl RequestPlugins {
                 request: Some(Lent::Writable(&mut *request)),
                 ..Loans::default()
             };
-            let result = self.call(index, Phase::RequestHeaders, loans, |store, callbacks, context| {
-                match &callbacks.on_request_headers {
+            let result = self.call(
+                index,
+                Phase::RequestHeaders,
+                loans,
+                |store, callbacks, context| match &callbacks.on_request_headers {
                     Some(function) => function.call(store, context, count, end),
                     None => Ok(0),
-                }
-            });
+                },
+            );
             if let Err(failure) = result {
                 match self.fail(index, failure) {
                     Some(flow) => return flow,
@@ -284,12 +308,15 @@ impl RequestPlugins {
                 body: Some((false, &mut buffer)),
                 ..Loans::default()
             };
-            let result = self.call(index, Phase::RequestBody, loans, |store, callbacks, context| {
-                match &callbacks.on_request_body {
+            let result = self.call(
+                index,
+                Phase::RequestBody,
+                loans,
+                |store, callbacks, context| match &callbacks.on_request_body {
                     Some(function) => function.call(store, context, size, end),
                     None => Ok(0),
-                }
-            });
+                },
+            );
             self.contexts[index].request_body = buffer;
             let action = match result {
                 Ok(raw) => Action::from_raw(raw),
@@ -338,12 +365,15 @@ impl RequestPlugins {
                 response: Some(Lent::Writable(&mut *response)),
                 ..Loans::default()
             };
-            let result = self.call(index, Phase::ResponseHeaders, loans, |store, callbacks, context| {
-                match &callbacks.on_response_headers {
+            let result = self.call(
+                index,
+                Phase::ResponseHeaders,
+                loans,
+                |store, callbacks, context| match &callbacks.on_response_headers {
                     Some(function) => function.call(store, context, count, 0),
                     None => Ok(0),
-                }
-            });
+                },
+            );
             if let Err(failure) = result {
                 match self.fail(index, failure) {
                     Some(flow) => return flow,
@@ -406,12 +436,15 @@ impl RequestPlugins {
                 body: Some((true, &mut buffer)),
                 ..Loans::default()
             };
-            let result = self.call(index, Phase::ResponseBody, loans, |store, callbacks, context| {
-                match &callbacks.on_response_body {
+            let result = self.call(
+                index,
+                Phase::ResponseBody,
+                loans,
+                |store, callbacks, context| match &callbacks.on_response_body {
                     Some(function) => function.call(store, context, size, end),
                     None => Ok(0),
-                }
-            });
+                },
+            );
             self.contexts[index].response_body = buffer;
             let dropped_calls = std::mem::take(&mut self.contexts[index].stream.pending_calls);
             if !dropped_calls.is_empty() {
@@ -447,7 +480,11 @@ impl RequestPlugins {
     }
 
     /// `on_response_trailers` through the chain, in reverse.
-    pub fn response_trailers(&mut self, trailers: &mut http::HeaderMap, request: &RequestHeader) -> Flow {
+    pub fn response_trailers(
+        &mut self,
+        trailers: &mut http::HeaderMap,
+        request: &RequestHeader,
+    ) -> Flow {
         for index in (0..self.chain.len()).rev() {
             if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
                 continue;
@@ -458,12 +495,15 @@ impl RequestPlugins {
                 trailers: Some(&mut *trailers),
                 ..Loans::default()
             };
-            let result = self.call(index, Phase::ResponseTrailers, loans, |store, callbacks, context| {
-                match &callbacks.on_response_trailers {
+            let result = self.call(
+                index,
+                Phase::ResponseTrailers,
+                loans,
+                |store, callbacks, context| match &callbacks.on_response_trailers {
                     Some(function) => function.call(store, context, count),
                     None => Ok(0),
-                }
-            });
+                },
+            );
             if let Err(failure) = result
                 && let Some(flow) = self.fail(index, failure)
             {

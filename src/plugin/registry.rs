@@ -26,7 +26,10 @@ impl PluginSet {
 
     /// Loads every plugin of `plan`, reusing unchanged ones from `previous`. Blocking and
     /// CPU-heavy (compilation): run it off the request path.
-    pub fn load(plan: &PluginsPlan, previous: Option<&PluginSet>) -> Result<PluginSet, Vec<ConfigError>> {
+    pub fn load(
+        plan: &PluginsPlan,
+        previous: Option<&PluginSet>,
+    ) -> Result<PluginSet, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut plugins = Vec::with_capacity(plan.plugins.len());
         let cache_dir = if plan.plugins.is_empty() {
@@ -57,9 +60,13 @@ impl PluginSet {
             };
             let sha256 = hex(&Sha256::digest(&bytes));
             let unchanged = previous.and_then(|previous| {
-                previous.plugins.iter().map(|(loaded, _)| loaded).find(|loaded| {
-                    loaded.plan.same_runtime(plugin) && loaded.module_sha256() == sha256
-                })
+                previous
+                    .plugins
+                    .iter()
+                    .map(|(loaded, _)| loaded)
+                    .find(|loaded| {
+                        loaded.plan.same_runtime(plugin) && loaded.module_sha256() == sha256
+                    })
             });
             if let Some(loaded) = unchanged {
                 plugins.push((Arc::clone(loaded), plugin.priority));
@@ -115,7 +122,9 @@ impl PluginSet {
     }
 
     fn entry(&self, name: &str) -> Option<&(Arc<PluginRuntime>, i32)> {
-        self.plugins.iter().find(|(plugin, _)| plugin.name() == name)
+        self.plugins
+            .iter()
+            .find(|(plugin, _)| plugin.name() == name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<PluginRuntime>> {
@@ -133,14 +142,19 @@ impl PluginSet {
             names.iter().filter_map(|name| self.entry(name)).collect();
         // Stable: equal priorities keep the route's order.
         chain.sort_by_key(|(_, priority)| std::cmp::Reverse(*priority));
-        chain.into_iter().map(|(plugin, _)| Arc::clone(plugin)).collect()
+        chain
+            .into_iter()
+            .map(|(plugin, _)| Arc::clone(plugin))
+            .collect()
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut text, byte| {
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
 }

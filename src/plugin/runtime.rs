@@ -153,7 +153,9 @@ pub struct PluginRuntime {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl PluginRuntime {
@@ -257,7 +259,10 @@ impl PluginRuntime {
             self.count_failure(FailureKind::Quarantined);
             return Err(Failure {
                 kind: FailureKind::Quarantined,
-                message: format!("quarantined for another {} ms after repeated failures", left.as_millis()),
+                message: format!(
+                    "quarantined for another {} ms after repeated failures",
+                    left.as_millis()
+                ),
             });
         }
         let shard_index = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
@@ -301,8 +306,9 @@ impl PluginRuntime {
         };
         let context_id = handle.context_id as i32;
         let started = Instant::now();
-        let result =
-            instance.call_metered(Some(frame), |store, callbacks| body(store, callbacks, context_id));
+        let result = instance.call_metered(Some(frame), |store, callbacks| {
+            body(store, callbacks, context_id)
+        });
         self.settle(handle.shard, &mut shard, phase, started, result)
     }
 
@@ -347,15 +353,22 @@ impl PluginRuntime {
         match result {
             Ok((value, fuel)) => {
                 self.stats.fuel_used.fetch_add(fuel, Ordering::Relaxed);
-                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                // Creating a context says nothing about the plugin's health: only a callback
+                // that does work ends a run of failures.
+                if phase != Phase::Start && self.consecutive_failures.load(Ordering::Relaxed) != 0 {
                     self.consecutive_failures.store(0, Ordering::Relaxed);
                 }
                 Ok(value)
             }
             Err(failure) => {
-                self.stats
-                    .fuel_used
-                    .fetch_add(if failure.kind == FailureKind::FuelExhausted { self.plan.max_fuel } else { 0 }, Ordering::Relaxed);
+                self.stats.fuel_used.fetch_add(
+                    if failure.kind == FailureKind::FuelExhausted {
+                        self.plan.max_fuel
+                    } else {
+                        0
+                    },
+                    Ordering::Relaxed,
+                );
                 self.count_failure(failure.kind);
                 log::warn!(
                     "plugin {} {} in {}; replacing its instance {shard_index}",
@@ -368,7 +381,9 @@ impl PluginRuntime {
                 shard.instance = None;
                 shard.generation += 1;
                 shard.next_tick = None;
-                self.stats.instances_replaced.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .instances_replaced
+                    .fetch_add(1, Ordering::Relaxed);
                 let mut ignored = shard;
                 let _ = self.ensure_instance(shard_index, &mut ignored);
                 let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -404,7 +419,10 @@ impl PluginRuntime {
                 Ok(())
             }
             Err(message) => {
-                log::error!("plugin {}: a replacement instance {message}", self.plan.name);
+                log::error!(
+                    "plugin {}: a replacement instance {message}",
+                    self.plan.name
+                );
                 Err(Failure {
                     kind: FailureKind::Trap,
                     message,
@@ -419,10 +437,7 @@ impl PluginRuntime {
         for shard_index in 0..self.shards.len() {
             let due = {
                 let mut shard = lock(&self.shards[shard_index]);
-                let period = shard
-                    .instance
-                    .as_ref()
-                    .map_or(0, Instance::tick_period_ms);
+                let period = shard.instance.as_ref().map_or(0, Instance::tick_period_ms);
                 if period == 0 {
                     shard.next_tick = None;
                     continue;
@@ -436,12 +451,16 @@ impl PluginRuntime {
                 shard.next_tick = Some(now + period);
                 now + period
             };
-            let _ = self.invoke_root(shard_index, Phase::Tick, None, |store, callbacks| {
-                match &callbacks.on_tick {
-                    Some(function) => function.call(store, ROOT_CONTEXT_ID as i32),
-                    None => Ok(()),
-                }
-            });
+            let _ =
+                self.invoke_root(
+                    shard_index,
+                    Phase::Tick,
+                    None,
+                    |store, callbacks| match &callbacks.on_tick {
+                        Some(function) => function.call(store, ROOT_CONTEXT_ID as i32),
+                        None => Ok(()),
+                    },
+                );
             earliest = Some(earliest.map_or(due, |earliest| earliest.min(due)));
         }
         earliest

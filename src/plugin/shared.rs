@@ -163,10 +163,16 @@ mod tests {
     fn compare_and_swap_follows_envoy() {
         let store = store();
         assert!(store.get("cas-test", b"k").is_none());
-        assert_eq!(store.set("cas-test", b"k", Bytes::from_static(b"1"), 0), status::OK);
+        assert_eq!(
+            store.set("cas-test", b"k", Bytes::from_static(b"1"), 0),
+            status::OK
+        );
         let (value, cas) = store.get("cas-test", b"k").unwrap();
         assert_eq!(&value[..], b"1");
-        assert_eq!(store.set("cas-test", b"k", Bytes::from_static(b"2"), cas), status::OK);
+        assert_eq!(
+            store.set("cas-test", b"k", Bytes::from_static(b"2"), cas),
+            status::OK
+        );
         // The old cas is stale now.
         assert_eq!(
             store.set("cas-test", b"k", Bytes::from_static(b"3"), cas),

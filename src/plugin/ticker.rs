@@ -52,8 +52,11 @@ pub async fn run(
                 let body_size = answer.body.len() as i32;
                 let trailers = answer.trailers.len() as i32;
                 let token = call.token as i32;
-                let _ = runtime.invoke_root(shard, Phase::HttpCallResponse, Some(&mut frame), |store, callbacks| {
-                    match &callbacks.on_http_call_response {
+                let _ = runtime.invoke_root(
+                    shard,
+                    Phase::HttpCallResponse,
+                    Some(&mut frame),
+                    |store, callbacks| match &callbacks.on_http_call_response {
                         Some(function) => function.call(
                             store,
                             ROOT_CONTEXT_ID as i32,
@@ -63,8 +66,8 @@ pub async fn run(
                             trailers,
                         ),
                         None => Ok(()),
-                    }
-                });
+                    },
+                );
                 runtime.shared.wakeup.notify_one();
             });
         }

@@ -42,7 +42,11 @@ impl LimitingTunables {
     /// The memory type wasmer will actually create: the declared one with its maximum capped.
     fn adjust_memory(&self, requested: &MemoryType) -> MemoryType {
         let mut adjusted = *requested;
-        adjusted.maximum = Some(requested.maximum.map_or(self.limit, |max| max.min(self.limit)));
+        adjusted.maximum = Some(
+            requested
+                .maximum
+                .map_or(self.limit, |max| max.min(self.limit)),
+        );
         adjusted
     }
 
@@ -106,10 +110,7 @@ impl Tunables for LimitingTunables {
         vm_definition_location: NonNull<VMTableDefinition>,
     ) -> Result<VMTable, String> {
         // SAFETY: forwarded unchanged from wasmer, as above.
-        unsafe {
-            self.base
-                .create_vm_table(ty, style, vm_definition_location)
-        }
+        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
     }
 }
 
@@ -141,6 +142,9 @@ mod tests {
 
     #[test]
     fn limit_above_wasm32_maximum_is_capped() {
-        assert_eq!(LimitingTunables::new(u32::MAX).limit_pages(), WASM_MAX_PAGES);
+        assert_eq!(
+            LimitingTunables::new(u32::MAX).limit_pages(),
+            WASM_MAX_PAGES
+        );
     }
 }

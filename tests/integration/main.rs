@@ -4,6 +4,7 @@ mod balancing;
 mod cli;
 mod fault;
 mod malformed;
+mod plugins;
 mod proxying;
 mod reload;
 mod resilience;

@@ -73,7 +73,19 @@ pub struct GatewayProcess {
     log_path: PathBuf,
 }
 
-/// Fills the placeholders of a config template: `@HTTP@` (main listener port), `@ADMIN@`,
+/// The shipped and test plugins, built by `plugins/build.sh`.
+pub fn plugin_dist() -> std::path::PathBuf {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist");
+    assert!(
+        dist.join("loom_headers.wasm").is_file(),
+        "{} has no plugins: run plugins/build.sh first",
+        dist.display()
+    );
+    dist
+}
+
+/// Fills the placeholders of a config template: `@PLUGINS@` (plugins/dist),
+/// `@PLUGIN_CACHE@` (a compiled-module cache shared by the tests), `@HTTP@` (main listener port), `@ADMIN@`,
 /// `@PORT0@`..`@PORT3@` (more free ports), `@DEAD0@`/`@DEAD1@` (ports that refuse
 /// connections), `@FIXTURES@`, `@DIR@`.
 pub fn render(template: &str, http: u16, admin: u16, extra: &[u16], directory: &Path) -> String {
@@ -81,7 +93,12 @@ pub fn render(template: &str, http: u16, admin: u16, extra: &[u16], directory: &
         .replace("@HTTP@", &http.to_string())
         .replace("@ADMIN@", &admin.to_string())
         .replace("@FIXTURES@", FIXTURES)
-        .replace("@DIR@", &directory.display().to_string());
+        .replace("@DIR@", &directory.display().to_string())
+        .replace("@PLUGINS@", &plugin_dist().display().to_string())
+        .replace(
+            "@PLUGIN_CACHE@",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/plugin-cache"),
+        );
     for (index, port) in extra.iter().enumerate() {
         text = text.replace(&format!("@PORT{index}@"), &port.to_string());
     }
@@ -177,7 +194,8 @@ impl GatewayProcess {
     /// Waits for `/ready`; `Err` carries the log when loom exited instead.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let client = client();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: the first test to load a plugin compiles it (the rest hit the cache).
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("({status})\n{}", self.log()));

@@ -98,7 +98,11 @@ fn proxy_log(env: Env, level: i32, message: i32, message_len: i32) -> i32 {
 }
 
 fn proxy_get_log_level(env: Env, return_level: i32) -> i32 {
-    status_of(write_u32(&env, return_level, abi::current_log_level() as u32))
+    status_of(write_u32(
+        &env,
+        return_level,
+        abi::current_log_level() as u32,
+    ))
 }
 
 /// Every request's context lives in its own frame, so switching is a no-op; it must still
@@ -126,7 +130,12 @@ fn proxy_set_tick_period_milliseconds(mut env: Env, period: i32) -> i32 {
 // --- buffers ------------------------------------------------------------------------------
 
 /// The bytes of a buffer, copied out (bodies are copied only in the range asked for).
-fn buffer_slice(state: &mut HostState, kind: BufferType, start: usize, max: usize) -> Result<Bytes, i32> {
+fn buffer_slice(
+    state: &mut HostState,
+    kind: BufferType,
+    start: usize,
+    max: usize,
+) -> Result<Bytes, i32> {
     let whole: Bytes = match kind {
         BufferType::VmConfiguration => state.shared.vm_configuration.clone(),
         BufferType::PluginConfiguration => state.shared.configuration.clone(),
@@ -220,7 +229,9 @@ fn proxy_set_buffer_bytes(
     let Some(body) = frame.body.as_mut() else {
         return status::NOT_FOUND;
     };
-    if body.response != (kind == BufferType::ResponseBody) || !matches!(kind, BufferType::RequestBody | BufferType::ResponseBody) {
+    if body.response != (kind == BufferType::ResponseBody)
+        || !matches!(kind, BufferType::RequestBody | BufferType::ResponseBody)
+    {
         return status::NOT_FOUND;
     }
     // Replace `size` bytes at `start`: start 0 and size 0 prepends, start at or past the end
@@ -252,7 +263,12 @@ fn proxy_get_header_map_size(mut env: Env, map_type: i32, return_size: i32) -> i
     }
 }
 
-fn proxy_get_header_map_pairs(mut env: Env, map_type: i32, return_data: i32, return_size: i32) -> i32 {
+fn proxy_get_header_map_pairs(
+    mut env: Env,
+    map_type: i32,
+    return_data: i32,
+    return_size: i32,
+) -> i32 {
     let Some(map) = MapType::from_raw(map_type) else {
         return status::NOT_FOUND;
     };
@@ -314,7 +330,15 @@ fn proxy_get_header_map_value(
     }
 }
 
-fn write_map_value(mut env: Env, map_type: i32, key: i32, key_len: i32, value: i32, value_len: i32, how: Write) -> i32 {
+fn write_map_value(
+    mut env: Env,
+    map_type: i32,
+    key: i32,
+    key_len: i32,
+    value: i32,
+    value_len: i32,
+    how: Write,
+) -> i32 {
     let Some(map) = MapType::from_raw(map_type) else {
         return status::NOT_FOUND;
     };
@@ -335,12 +359,34 @@ fn write_map_value(mut env: Env, map_type: i32, key: i32, key_len: i32, value: i
     }
 }
 
-fn proxy_add_header_map_value(env: Env, map_type: i32, key: i32, key_len: i32, value: i32, value_len: i32) -> i32 {
+fn proxy_add_header_map_value(
+    env: Env,
+    map_type: i32,
+    key: i32,
+    key_len: i32,
+    value: i32,
+    value_len: i32,
+) -> i32 {
     write_map_value(env, map_type, key, key_len, value, value_len, Write::Add)
 }
 
-fn proxy_replace_header_map_value(env: Env, map_type: i32, key: i32, key_len: i32, value: i32, value_len: i32) -> i32 {
-    write_map_value(env, map_type, key, key_len, value, value_len, Write::Replace)
+fn proxy_replace_header_map_value(
+    env: Env,
+    map_type: i32,
+    key: i32,
+    key_len: i32,
+    value: i32,
+    value_len: i32,
+) -> i32 {
+    write_map_value(
+        env,
+        map_type,
+        key,
+        key_len,
+        value,
+        value_len,
+        Write::Replace,
+    )
 }
 
 fn proxy_remove_header_map_value(env: Env, map_type: i32, key: i32, key_len: i32) -> i32 {
@@ -379,7 +425,12 @@ fn proxy_continue_response(mut env: Env) -> i32 {
 
 /// Only meaningful for gRPC callouts, which Loom does not make: an http_call answer reports
 /// status 0 ("OK"), anything else has no status.
-fn proxy_get_status(mut env: Env, return_code: i32, return_message: i32, return_message_len: i32) -> i32 {
+fn proxy_get_status(
+    mut env: Env,
+    return_code: i32,
+    return_message: i32,
+    return_message_len: i32,
+) -> i32 {
     let in_call = env
         .data_mut()
         .frame()
@@ -411,7 +462,9 @@ fn proxy_send_local_response(
     if !(200..=599).contains(&code) {
         return status::BAD_ARGUMENT;
     }
-    let (Ok(body), Ok(header_bytes)) = (read(&env, body, body_len), read(&env, headers, headers_len)) else {
+    let (Ok(body), Ok(header_bytes)) =
+        (read(&env, body, body_len), read(&env, headers, headers_len))
+    else {
         return status::INVALID_MEMORY_ACCESS;
     };
     let Some(pairs) = abi::deserialize_pairs(&header_bytes) else {
@@ -455,7 +508,9 @@ fn proxy_http_call(
     let Some(upstream) = read_string(&env, upstream, upstream_len) else {
         return status::BAD_ARGUMENT;
     };
-    let (Ok(header_bytes), Ok(body)) = (read(&env, headers, headers_len), read(&env, body, body_len)) else {
+    let (Ok(header_bytes), Ok(body)) =
+        (read(&env, headers, headers_len), read(&env, body, body_len))
+    else {
         return status::INVALID_MEMORY_ACCESS;
     };
     let Some(pairs) = abi::deserialize_pairs(&header_bytes) else {
@@ -515,11 +570,23 @@ fn proxy_get_shared_data(
     return_bytes(&mut env, &value, return_value, return_value_len)
 }
 
-fn proxy_set_shared_data(env: Env, key: i32, key_len: i32, value: i32, value_len: i32, cas: i32) -> i32 {
+fn proxy_set_shared_data(
+    env: Env,
+    key: i32,
+    key_len: i32,
+    value: i32,
+    value_len: i32,
+    cas: i32,
+) -> i32 {
     let (Ok(key), Ok(value)) = (read(&env, key, key_len), read(&env, value, value_len)) else {
         return status::INVALID_MEMORY_ACCESS;
     };
-    shared::store().set(&env.data().shared.vm_id, &key, Bytes::from(value), cas as u32)
+    shared::store().set(
+        &env.data().shared.vm_id,
+        &key,
+        Bytes::from(value),
+        cas as u32,
+    )
 }
 
 fn proxy_register_shared_queue(env: Env, name: i32, name_len: i32, return_id: i32) -> i32 {
@@ -536,8 +603,18 @@ fn proxy_register_shared_queue(env: Env, name: i32, name_len: i32, return_id: i3
     status_of(write_u32(&env, return_id, id))
 }
 
-fn proxy_resolve_shared_queue(env: Env, vm_id: i32, vm_id_len: i32, name: i32, name_len: i32, return_id: i32) -> i32 {
-    let (Some(vm), Some(name)) = (read_string(&env, vm_id, vm_id_len), read_string(&env, name, name_len)) else {
+fn proxy_resolve_shared_queue(
+    env: Env,
+    vm_id: i32,
+    vm_id_len: i32,
+    name: i32,
+    name_len: i32,
+    return_id: i32,
+) -> i32 {
+    let (Some(vm), Some(name)) = (
+        read_string(&env, vm_id, vm_id_len),
+        read_string(&env, name, name_len),
+    ) else {
         return status::BAD_ARGUMENT;
     };
     // An empty VM id means this plugin's own.
@@ -559,7 +636,12 @@ fn proxy_enqueue_shared_queue(env: Env, queue_id: i32, value: i32, value_len: i3
     shared::store().enqueue(queue_id as u32, Bytes::from(value))
 }
 
-fn proxy_dequeue_shared_queue(mut env: Env, queue_id: i32, return_value: i32, return_value_len: i32) -> i32 {
+fn proxy_dequeue_shared_queue(
+    mut env: Env,
+    queue_id: i32,
+    return_value: i32,
+    return_value_len: i32,
+) -> i32 {
     match shared::store().dequeue(queue_id as u32) {
         Ok(Some(value)) => return_bytes(&mut env, &value, return_value, return_value_len),
         Ok(None) => status::EMPTY,
@@ -569,7 +651,13 @@ fn proxy_dequeue_shared_queue(mut env: Env, queue_id: i32, return_value: i32, re
 
 // --- metrics ------------------------------------------------------------------------------
 
-fn proxy_define_metric(mut env: Env, metric_type: i32, name: i32, name_len: i32, return_id: i32) -> i32 {
+fn proxy_define_metric(
+    mut env: Env,
+    metric_type: i32,
+    name: i32,
+    name_len: i32,
+    return_id: i32,
+) -> i32 {
     let Some(kind) = MetricKind::from_raw(metric_type) else {
         return status::BAD_ARGUMENT;
     };
@@ -622,7 +710,13 @@ fn proxy_get_metric(env: Env, metric_id: i32, return_value: i32) -> i32 {
 
 // --- properties ---------------------------------------------------------------------------
 
-fn proxy_get_property(mut env: Env, path: i32, path_len: i32, return_value: i32, return_value_len: i32) -> i32 {
+fn proxy_get_property(
+    mut env: Env,
+    path: i32,
+    path_len: i32,
+    return_value: i32,
+    return_value_len: i32,
+) -> i32 {
     let Ok(path) = read(&env, path, path_len) else {
         return status::INVALID_MEMORY_ACCESS;
     };

@@ -50,17 +50,33 @@ pub fn pairs(frame: &Frame<'_>, map: MapType) -> Result<Vec<(String, Bytes)>, i3
 pub fn size(frame: &Frame<'_>, map: MapType) -> Result<usize, i32> {
     Ok(match map {
         MapType::RequestHeaders => {
-            frame.request.as_ref().ok_or(status::NOT_FOUND)?.get().headers.len() + 4
+            frame
+                .request
+                .as_ref()
+                .ok_or(status::NOT_FOUND)?
+                .get()
+                .headers
+                .len()
+                + 4
         }
         MapType::ResponseHeaders => {
-            frame.response.as_ref().ok_or(status::NOT_FOUND)?.get().headers.len() + 1
+            frame
+                .response
+                .as_ref()
+                .ok_or(status::NOT_FOUND)?
+                .get()
+                .headers
+                .len()
+                + 1
         }
         MapType::ResponseTrailers => frame
             .response_trailers
             .as_ref()
             .ok_or(status::NOT_FOUND)?
             .len(),
-        MapType::HttpCallResponseHeaders => frame.call_response.ok_or(status::NOT_FOUND)?.headers.len(),
+        MapType::HttpCallResponseHeaders => {
+            frame.call_response.ok_or(status::NOT_FOUND)?.headers.len()
+        }
         MapType::HttpCallResponseTrailers => {
             frame.call_response.ok_or(status::NOT_FOUND)?.trailers.len()
         }
@@ -71,18 +87,38 @@ pub fn size(frame: &Frame<'_>, map: MapType) -> Result<usize, i32> {
 /// One value; repeated headers are joined with ", " as HTTP allows.
 pub fn value(frame: &Frame<'_>, map: MapType, key: &str) -> Result<Option<Bytes>, i32> {
     let key = key.to_ascii_lowercase();
-    if key.starts_with(':') || matches!(map, MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers) {
+    if key.starts_with(':')
+        || matches!(
+            map,
+            MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers
+        )
+    {
         return Ok(pairs(frame, map)?
             .into_iter()
             .find(|(name, _)| *name == key)
             .map(|(_, value)| value));
     }
     let headers = match map {
-        MapType::RequestHeaders => &frame.request.as_ref().ok_or(status::NOT_FOUND)?.get().headers,
-        MapType::ResponseHeaders => {
-            &frame.response.as_ref().ok_or(status::NOT_FOUND)?.get().headers
+        MapType::RequestHeaders => {
+            &frame
+                .request
+                .as_ref()
+                .ok_or(status::NOT_FOUND)?
+                .get()
+                .headers
         }
-        MapType::ResponseTrailers => frame.response_trailers.as_deref().ok_or(status::NOT_FOUND)?,
+        MapType::ResponseHeaders => {
+            &frame
+                .response
+                .as_ref()
+                .ok_or(status::NOT_FOUND)?
+                .get()
+                .headers
+        }
+        MapType::ResponseTrailers => frame
+            .response_trailers
+            .as_deref()
+            .ok_or(status::NOT_FOUND)?,
         _ => return Err(status::NOT_FOUND),
     };
     let mut values = headers.get_all(key.as_str()).iter();
@@ -131,7 +167,10 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
                 if how == Write::Remove {
                     return status::BAD_ARGUMENT;
                 }
-                return match std::str::from_utf8(value).ok().and_then(|text| text.parse::<u16>().ok()) {
+                return match std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|text| text.parse::<u16>().ok())
+                {
                     Some(code) if response.set_status(code).is_ok() => status::OK,
                     _ => status::BAD_ARGUMENT,
                 };
@@ -167,7 +206,9 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
         }
         MapType::RequestTrailers => status::NOT_FOUND,
         // The http_call answer is the plugin's to read, not to change.
-        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => status::BAD_ARGUMENT,
+        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
+            status::BAD_ARGUMENT
+        }
     }
 }
 
@@ -252,7 +293,11 @@ fn write_header(target: &mut impl HeaderTarget, key: &str, value: &[u8], how: Wr
     } else {
         target.insert(name, value)
     };
-    if written { status::OK } else { status::BAD_ARGUMENT }
+    if written {
+        status::OK
+    } else {
+        status::BAD_ARGUMENT
+    }
 }
 
 fn write_request_pseudo(
@@ -317,10 +362,17 @@ fn request_pseudo(
     [
         (":authority", authority),
         (":path", Bytes::copy_from_slice(path.as_bytes())),
-        (":method", Bytes::copy_from_slice(request.method.as_str().as_bytes())),
+        (
+            ":method",
+            Bytes::copy_from_slice(request.method.as_str().as_bytes()),
+        ),
         (
             ":scheme",
-            Bytes::from_static(if scheme.is_empty() { b"http" } else { scheme.as_bytes() }),
+            Bytes::from_static(if scheme.is_empty() {
+                b"http"
+            } else {
+                scheme.as_bytes()
+            }),
         ),
     ]
 }

@@ -46,13 +46,27 @@ pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
         }
         "request.protocol" if !facts.protocol.is_empty() => return text(facts.protocol),
         "request.scheme" if !facts.scheme.is_empty() => return text(facts.scheme),
-        "source.address" => return facts.client.map(|address| address.to_string()).and_then(|a| text(&a)),
-        "source.port" => return facts.client.and_then(|address| number(u64::from(address.port()))),
+        "source.address" => {
+            return facts
+                .client
+                .map(|address| address.to_string())
+                .and_then(|a| text(&a));
+        }
+        "source.port" => {
+            return facts
+                .client
+                .and_then(|address| number(u64::from(address.port())));
+        }
         "destination.address" => {
-            return facts.server.map(|address| address.to_string()).and_then(|a| text(&a));
+            return facts
+                .server
+                .map(|address| address.to_string())
+                .and_then(|a| text(&a));
         }
         "destination.port" => {
-            return facts.server.and_then(|address| number(u64::from(address.port())));
+            return facts
+                .server
+                .and_then(|address| number(u64::from(address.port())));
         }
         "connection.id" if facts.connection_id != 0 => return number(facts.connection_id),
         "route_name" | "xds.route_name" => return facts.route.as_deref().and_then(text),

@@ -110,13 +110,7 @@ fn random_get(env: Env, buffer: i32, len: i32) -> i32 {
     let mut filled = 0;
     while filled < len {
         // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
-        let got = unsafe {
-            libc::getrandom(
-                bytes[filled..].as_mut_ptr().cast(),
-                len - filled,
-                0,
-            )
-        };
+        let got = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), len - filled, 0) };
         if got <= 0 {
             return ERRNO_INVAL;
         }
@@ -142,7 +136,9 @@ fn empty_get(_env: Env, _pointers: i32, _buffer: i32) -> i32 {
 
 /// A plugin that exits is treated like one that trapped: the instance is replaced.
 fn proc_exit(_env: Env, code: i32) -> Result<(), RuntimeError> {
-    Err(RuntimeError::new(format!("plugin called proc_exit({code})")))
+    Err(RuntimeError::new(format!(
+        "plugin called proc_exit({code})"
+    )))
 }
 
 fn sched_yield(_env: Env) -> i32 {

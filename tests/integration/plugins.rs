@@ -1,0 +1,728 @@
+//! Proxy-Wasm plugins in the real gateway: every shipped plugin's effect over HTTP, the ABI
+//! probe, and the failure cases (runaway loop, unbounded memory, trap, unknown import),
+//! isolation between concurrent requests, and reloads.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A config with `plugins` (YAML list items) and `routes` in front of `echo_port`.
+fn plugin_config(echo_port: u16, plugins: &str, routes: &str) -> String {
+    format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+plugin_dir: "@PLUGINS@"
+plugin_cache_dir: "@PLUGIN_CACHE@"
+plugins:
+{plugins}
+routes:
+{routes}
+  - id: plain
+    path: /plain/*
+    upstream: echo
+upstreams:
+  - name: echo
+    endpoints: ["127.0.0.1:{echo_port}"]
+"#
+    )
+}
+
+async fn echo_headers(response: reqwest::Response) -> serde_json::Value {
+    let body: serde_json::Value = response.json().await.expect("echo JSON");
+    body["headers"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_and_api_key_plugins_run_in_priority_order() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: headers
+    path: loom_headers.wasm
+    phase: on_request_headers
+    config:
+      request: {set: {x-gateway: loom}, remove: [x-debug]}
+      response: {set: {x-served-by: loom}}
+  - name: auth
+    path: loom_api_key_auth.wasm
+    priority: 10
+    config:
+      keys: {secret-1: alice}"#,
+        r#"  - id: api
+    path: /api/*
+    upstream: echo
+    plugins: [headers, auth]"#,
+    ))
+    .await;
+    let client = client();
+
+    // auth has the higher priority: it answers before headers runs on the request.
+    let denied = client.get(gateway.url("/api/x")).send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], "ApiKey");
+    assert!(denied.headers().get("x-request-id").is_some());
+    let body: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+
+    let allowed = client
+        .get(gateway.url("/api/x"))
+        .header("x-api-key", "secret-1")
+        .header("x-debug", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["x-served-by"], "loom");
+    let seen = echo_headers(allowed).await;
+    assert_eq!(seen["x-gateway"], "loom");
+    assert_eq!(seen["x-consumer-name"], "alice");
+    assert!(seen.get("x-debug").is_none(), "removed: {seen}");
+    assert!(
+        seen.get("x-api-key").is_none(),
+        "credentials hidden: {seen}"
+    );
+
+    // Routes without plugins are untouched.
+    let plain = client.get(gateway.url("/plain/x")).send().await.unwrap();
+    assert!(plain.headers().get("x-served-by").is_none());
+
+    let listed = gateway.admin_json("/plugins").await;
+    let names: Vec<&str> = listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|plugin| plugin["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["headers", "auth"]);
+    let auth = gateway.admin_json("/plugins/auth").await;
+    assert_eq!(auth["abi_version"], "0.2.1");
+    assert_eq!(auth["module_sha256"].as_str().unwrap().len(), 64);
+    assert!(auth["calls"].as_u64().unwrap() >= 4, "{auth}");
+    assert!(auth["memory_pages"].as_u64().unwrap() > 0);
+    let missing = client
+        .get(gateway.admin_url("/plugins/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(
+        gateway
+            .metric(
+                "loom_plugin_duration_seconds_count{phase=\"on_request_headers\",plugin=\"auth\"}"
+            )
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limiter_shares_its_counter_across_instances() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: limit
+    path: loom_rate_limit.wasm
+    instances: 2
+    config:
+      requests_per_window: 3
+      window_seconds: 3600
+      key: "header:x-client-id""#,
+        r#"  - id: limited
+    path: /limited
+    upstream: echo
+    plugins: [limit]"#,
+    ))
+    .await;
+    let client = client();
+    let send = |id: &'static str| {
+        client
+            .get(gateway.url("/limited"))
+            .header("x-client-id", id)
+            .send()
+    };
+    // Requests are spread over both instances; the shared counter still allows exactly 3.
+    for expected_remaining in ["2", "1", "0"] {
+        let response = send("client-a").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-ratelimit-remaining"],
+            expected_remaining
+        );
+    }
+    let limited = send("client-a").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().get("retry-after").is_some());
+    // Another client has its own budget.
+    assert_eq!(send("client-b").await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_rewriter_buffers_and_rewrites_the_response() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: rewrite
+    path: loom_body_rewrite.wasm
+    config:
+      replacements: [{from: "backend", to: "rewritten-by-plugin"}]"#,
+        r#"  - id: rewrite
+    path: /rewrite/*
+    upstream: echo
+    plugins: [rewrite]"#,
+    ))
+    .await;
+    let response = client()
+        .get(gateway.url("/rewrite/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("\"instance\":\"rewritten-by-plugin\""),
+        "{text}"
+    );
+    assert!(!text.contains("\"backend\""), "{text}");
+    serde_json::from_str::<serde_json::Value>(&text).expect("still whole JSON");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_pauses_the_request_for_an_http_call() {
+    let backend = echo("backend").await;
+    let auth = echo("auth").await;
+    let template = plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: allow
+    path: loom_ext_auth.wasm
+    config: {upstream: auth, path: /status/200, copy_response_headers_prefix: "x-echo-"}
+  - name: deny
+    path: loom_ext_auth.wasm
+    config: {upstream: auth, path: /status/403}
+  - name: broken
+    path: loom_ext_auth.wasm
+    config: {upstream: nowhere, timeout_ms: 500}"#,
+        r#"  - id: allowed
+    path: /allowed
+    upstream: echo
+    plugins: [allow]
+  - id: denied
+    path: /denied
+    upstream: echo
+    plugins: [deny]
+  - id: broken
+    path: /broken
+    upstream: echo
+    plugins: [broken]"#,
+    )
+    .replace(
+        "upstreams:\n",
+        &format!(
+            "upstreams:\n  - name: auth\n    endpoints: [\"127.0.0.1:{}\"]\n",
+            auth.addresses()[0].port()
+        ),
+    );
+    let gateway = GatewayProcess::start(&template).await;
+    let client = client();
+    let allowed = client.get(gateway.url("/allowed")).send().await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let seen = echo_headers(allowed).await;
+    // The auth server's answer header was copied into the request sent upstream.
+    assert_eq!(seen["x-echo-instance"], "auth", "{seen}");
+
+    let denied = client.get(gateway.url("/denied")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let body = denied.text().await.unwrap();
+    assert!(
+        body.contains("\"instance\":\"auth\""),
+        "the auth answer is relayed: {body}"
+    );
+
+    // An upstream name that is not configured: the call fails and the plugin answers 503.
+    let broken = client.get(gateway.url("/broken")).send().await.unwrap();
+    assert_eq!(broken.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tick_plugin_runs_on_tick_and_exports_its_metrics() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: ticker
+    path: loom_tick_metrics.wasm
+    config: {tick_ms: 20}"#,
+        r#"  - id: ticks
+    path: /ticks
+    upstream: echo
+    plugins: [ticker]"#,
+    ))
+    .await;
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = client.get(gateway.url("/ticks")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let ticks: u64 = response.headers()["x-loom-ticks"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if ticks >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "on_tick never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ticks = gateway
+        .metric("loom_wasm_ticks_total{plugin=\"ticker\"}")
+        .await
+        .expect("plugin metric exported");
+    assert!(ticks >= 3.0, "{ticks}");
+    let requests = gateway
+        .metric("loom_wasm_requests_total{plugin=\"ticker\"}")
+        .await
+        .expect("plugin metric exported");
+    assert!(requests >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abi_probe_sees_properties_pseudo_headers_and_queues() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: probe
+    path: loom_test_abi_probe.wasm"#,
+        r#"  - id: probe
+    path: /probe/*
+    upstream: echo
+    plugins: [probe]"#,
+    ))
+    .await;
+    let client = client();
+    let response = client
+        .get(gateway.url("/probe/a?q=1"))
+        .header("x-probe", "properties")
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("missing {name}"))
+    };
+    assert_eq!(header("x-prop-request-path"), "/probe/a?q=1");
+    assert_eq!(header("x-prop-request-url_path"), "/probe/a");
+    assert_eq!(header("x-prop-request-method"), "GET");
+    assert_eq!(header("x-prop-request-scheme"), "http");
+    assert_eq!(header("x-prop-request-id"), header("x-request-id"));
+    assert_eq!(header("x-prop-request-time"), "len=8");
+    assert!(header("x-prop-source-address").starts_with("127.0.0.1:"));
+    assert_eq!(
+        header("x-prop-destination-port"),
+        format!(
+            "len=8 value={}",
+            gateway
+                .url("/")
+                .split(':')
+                .nth(2)
+                .unwrap()
+                .trim_end_matches('/')
+        )
+    );
+    assert_eq!(header("x-prop-plugin_name"), "probe");
+    assert_eq!(header("x-prop-route_name"), "probe");
+    assert_eq!(
+        header("x-prop-upstream-address"),
+        backend.addresses()[0].to_string()
+    );
+    assert_eq!(header("x-prop-response-code"), "len=8 value=200");
+
+    // Pseudo-headers are readable, and writes to :path and :status take effect.
+    let response = client
+        .get(gateway.url("/probe/b"))
+        .header("x-probe", "pseudo")
+        .header("x-rewrite-path", "1")
+        .header("x-set-status", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 299);
+    assert_eq!(response.headers()["x-seen-status"], "200");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["path"], "/rewritten");
+    assert_eq!(body["headers"]["x-seen-method"], "GET");
+    assert_eq!(body["headers"]["x-seen-path"], "/probe/b");
+    assert_eq!(body["headers"]["x-seen-scheme"], "http");
+
+    // All pairs, pseudo-headers first, through a local response.
+    let pairs = client
+        .get(gateway.url("/probe/c"))
+        .header("x-probe", "pairs")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(pairs.starts_with(":authority: 127.0.0.1:"), "{pairs}");
+    assert!(
+        pairs.contains(":path: /probe/c\n:method: GET\n:scheme: http\n"),
+        "{pairs}"
+    );
+    assert!(pairs.contains("x-probe: pairs"), "{pairs}");
+
+    let property = client
+        .get(gateway.url("/probe/d"))
+        .header("x-probe", "set-property")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echo_headers(property).await["x-probe-property"], "hello");
+
+    // Enqueued by each request, dequeued by on_queue_ready in the root context.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client
+            .get(gateway.url("/probe/q"))
+            .header("x-probe", "queue")
+            .send()
+            .await
+            .unwrap();
+        let dequeued: u64 = response.headers()["x-dequeued"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if dequeued >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "on_queue_ready never ran");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_plugin_fails_within_its_budget_and_is_quarantined() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: spin
+    path: loom_test_spin.wasm
+    max_fuel: 20000000
+    quarantine: {after_failures: 3, duration: 60s}"#,
+        r#"  - id: spin
+    path: /spin
+    upstream: echo
+    plugins: [spin]"#,
+    ))
+    .await;
+    let client = client();
+    // Other routes are served while plugin requests burn their budget.
+    let plain = {
+        let client = client.clone();
+        let url = gateway.url("/plain/x");
+        tokio::spawn(async move {
+            let mut served = 0;
+            for _ in 0..200 {
+                let response = client.get(&url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                served += 1;
+            }
+            served
+        })
+    };
+    for _ in 0..3 {
+        let response = client.get(gateway.url("/spin")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "plugin_error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("fuel_exhausted"),
+            "{body}"
+        );
+    }
+    // Three failures in a row: the plugin is not called any more for a while.
+    let response = client.get(gateway.url("/spin")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quarantined"),
+        "{body}"
+    );
+    assert_eq!(plain.await.unwrap(), 200);
+    assert_eq!(
+        gateway
+            .metric("loom_plugin_errors_total{kind=\"fuel_exhausted\",plugin=\"spin\"}")
+            .await,
+        Some(3.0)
+    );
+    let described = gateway.admin_json("/plugins/spin").await;
+    assert!(described["quarantined_for_ms"].as_u64().unwrap() > 0);
+    assert_eq!(described["instances_replaced"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hungry_plugin_hits_its_cap_and_gives_the_memory_back() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: hungry
+    path: loom_test_grow_memory.wasm
+    instances: 1
+    memory_limit: 8MiB"#,
+        r#"  - id: hungry
+    path: /hungry
+    upstream: echo
+    plugins: [hungry]"#,
+    ))
+    .await;
+    let client = client();
+    let before = gateway.admin_json("/plugins/hungry").await["memory_pages"]
+        .as_u64()
+        .unwrap();
+    let response = client.get(gateway.url("/hungry")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory_limit"),
+        "{body}"
+    );
+    // The failed instance was replaced by a fresh one: memory is back where it started.
+    let after = gateway.admin_json("/plugins/hungry").await["memory_pages"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before);
+    assert!(after <= 128, "8 MiB is 128 pages: {after}");
+    assert_eq!(
+        client
+            .get(gateway.url("/plain/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_plugin_fails_closed_or_open_and_is_replaced() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: closed
+    path: loom_test_trap.wasm
+    instances: 1
+  - name: open
+    path: loom_test_trap.wasm
+    instances: 1
+    on_error: fail_open"#,
+        r#"  - id: closed
+    path: /closed
+    upstream: echo
+    plugins: [closed]
+  - id: open
+    path: /open
+    upstream: echo
+    plugins: [open]"#,
+    ))
+    .await;
+    let client = client();
+    let trap = |path: &str| client.get(gateway.url(path)).header("x-trap", "1").send();
+    let response = trap("/closed").await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "plugin_error");
+    // The replacement instance serves the next request normally.
+    let next = client.get(gateway.url("/closed")).send().await.unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(echo_headers(next).await["x-trap-plugin"], "passed");
+
+    // fail_open: the request goes on without the plugin.
+    let response = trap("/open").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(echo_headers(response).await.get("x-trap-plugin").is_none());
+    assert_eq!(
+        gateway
+            .metric("loom_plugin_errors_total{kind=\"trap\",plugin=\"open\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_one_plugin_see_only_their_own_data() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: isolation
+    path: loom_test_isolation.wasm"#,
+        r#"  - id: isolation
+    path: /isolation
+    upstream: echo
+    plugins: [isolation]"#,
+    ))
+    .await;
+    let client = client();
+    let mut tasks = Vec::new();
+    for index in 0..200 {
+        let client = client.clone();
+        let url = gateway.url("/isolation");
+        tasks.push(tokio::spawn(async move {
+            let marker = format!("marker-{index}");
+            let body = format!("body-{index}-{}", "x".repeat(index % 50));
+            let response = client
+                .post(&url)
+                .header("x-marker", &marker)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["x-plugin-marker"], marker.as_str());
+            assert_eq!(response.headers()["x-plugin-body"], body.as_str());
+            let seen: serde_json::Value = response.json().await.unwrap();
+            // The buffered body still reached the upstream whole.
+            assert_eq!(seen["body_size"], body.len());
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugins_are_refused_with_their_location() {
+    let directory = tempfile::tempdir().unwrap();
+    let check = |plugins: &str| {
+        let config = directory.path().join("check.yaml");
+        let text = render(
+            &plugin_config(1, plugins, "  - id: r\n    path: /r\n    upstream: echo"),
+            1,
+            2,
+            &[],
+            directory.path(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_loom"))
+            .arg("-t")
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let unknown = check("  - name: unknown\n    path: loom_test_unknown_import.wasm");
+    assert!(
+        unknown.contains("env.proxy_not_a_real_hostcall"),
+        "{unknown}"
+    );
+    assert!(unknown.contains("plugins[0].path"), "{unknown}");
+    assert!(unknown.contains("check.yaml:"), "{unknown}");
+    let escape = check("  - name: escape\n    path: ../Cargo.toml");
+    assert!(escape.contains("outside plugin_dir"), "{escape}");
+    let garbage = check("  - name: garbage\n    path: ../dist/../README.md");
+    assert!(
+        garbage.contains("outside plugin_dir") || garbage.contains("plugins[0]"),
+        "{garbage}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_a_broken_module_keeps_the_running_plugins() {
+    let backend = echo("backend").await;
+    let template = |value: &str, module: &str| {
+        plugin_config(
+            backend.addresses()[0].port(),
+            &format!(
+                "  - name: headers\n    path: {module}\n    config:\n      response: {{set: {{x-version: {value}}}}}"
+            ),
+            "  - id: h\n    path: /h\n    upstream: echo\n    plugins: [headers]",
+        )
+        .replace("plugin_dir: \"@PLUGINS@\"", "plugin_dir: \"@DIR@/plugins\"")
+        .replace("plugins:\n", "reload:\n  watch: false\nplugins:\n")
+    };
+    let gateway = GatewayProcess::start(
+        &template("one", "loom_headers.wasm")
+            .replace("plugin_dir: \"@DIR@/plugins\"", "plugin_dir: \"@PLUGINS@\""),
+    )
+    .await;
+    let client = client();
+    let version = |response: reqwest::Response| {
+        response.headers()["x-version"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        version(client.get(gateway.url("/h")).send().await.unwrap()),
+        "one"
+    );
+
+    // A module that is not wasm: the reload is refused and version one keeps serving.
+    let config_dir = std::path::Path::new(
+        &gateway.admin_json("/info").await["config_file"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    )
+    .parent()
+    .unwrap()
+    .to_path_buf();
+    std::fs::create_dir_all(config_dir.join("plugins")).unwrap();
+    std::fs::write(
+        config_dir.join("plugins/broken.wasm"),
+        b"\0asm but not really",
+    )
+    .unwrap();
+    std::fs::copy(
+        plugin_dist().join("loom_headers.wasm"),
+        config_dir.join("plugins/loom_headers.wasm"),
+    )
+    .unwrap();
+    let failures = gateway
+        .metric("loom_config_reloads_total{result=\"failure\"}")
+        .await
+        .unwrap_or(0.0);
+    gateway.write_config(&template("two", "broken.wasm"));
+    gateway.send_sighup();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gateway
+        .metric("loom_config_reloads_total{result=\"failure\"}")
+        .await
+        .unwrap_or(0.0)
+        <= failures
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reload not refused:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gateway.log().contains("broken.wasm"), "{}", gateway.log());
+    assert_eq!(
+        version(client.get(gateway.url("/h")).send().await.unwrap()),
+        "one"
+    );
+
+    // A good module with a new config replaces it.
+    let text = gateway.write_config(&template("two", "loom_headers.wasm"));
+    gateway.send_sighup();
+    gateway.wait_for_config(&text).await;
+    assert_eq!(
+        version(client.get(gateway.url("/h")).send().await.unwrap()),
+        "two"
+    );
+}
