@@ -146,7 +146,7 @@ pub(super) fn check_plugins(
         let memory_limit = plugin
             .memory_limit
             .map_or(DEFAULT_MEMORY_LIMIT, |size| size.0);
-        if memory_limit < WASM_PAGE || memory_limit > 4 * 1024 * 1024 * 1024 {
+        if !(WASM_PAGE..=4 * 1024 * 1024 * 1024).contains(&memory_limit) {
             checker.error(
                 format!("{key}.memory_limit"),
                 "must be between 64KiB and 4GiB",

@@ -75,6 +75,9 @@ pub struct Failure {
     pub message: String,
 }
 
+/// `proxy_on_http_call_response(root_context, token, headers, body_size, trailers)`.
+pub type HttpCallResponseCallback = TypedFunction<(i32, i32, i32, i32, i32), ()>;
+
 /// The module's callbacks, looked up once per instance; absent ones are simply not called.
 #[derive(Default)]
 pub struct Callbacks {
@@ -88,7 +91,7 @@ pub struct Callbacks {
     pub on_response_headers: Option<TypedFunction<(i32, i32, i32), i32>>,
     pub on_response_body: Option<TypedFunction<(i32, i32, i32), i32>>,
     pub on_response_trailers: Option<TypedFunction<(i32, i32), i32>>,
-    pub on_http_call_response: Option<TypedFunction<(i32, i32, i32, i32, i32), ()>>,
+    pub on_http_call_response: Option<HttpCallResponseCallback>,
     pub on_queue_ready: Option<TypedFunction<(i32, i32), ()>>,
     pub on_done: Option<TypedFunction<i32, i32>>,
     pub on_log: Option<TypedFunction<i32, ()>>,
@@ -144,6 +147,8 @@ pub struct Instance {
     env: FunctionEnv<HostState>,
     instance: wasmer::Instance,
     pub callbacks: Callbacks,
+    /// The metering globals, looked up once: resetting them per callback is then ~25 ns.
+    budget: Option<engine::Budget>,
     max_fuel: u64,
     memory_limit_pages: u32,
     next_context_id: u32,
@@ -192,11 +197,13 @@ impl Instance {
             state.allocate = Some(allocate);
         }
         let callbacks = Callbacks::resolve(&instance, &store)?;
+        let budget = engine::Budget::of(&instance);
         let mut started = Instance {
             store,
             env,
             instance,
             callbacks,
+            budget,
             max_fuel,
             memory_limit_pages,
             next_context_id: ROOT_CONTEXT_ID + 1,
@@ -272,7 +279,10 @@ impl Instance {
         frame: Option<&mut Frame<'_>>,
         body: impl FnOnce(&mut Store, &Callbacks) -> Result<R, RuntimeError>,
     ) -> Result<(R, u64), Failure> {
-        engine::set_budget(&mut self.store, &self.instance, self.max_fuel);
+        match &self.budget {
+            Some(budget) => budget.set(&mut self.store, self.max_fuel),
+            None => engine::set_budget(&mut self.store, &self.instance, self.max_fuel),
+        }
         let callbacks = &self.callbacks;
         let result = match frame {
             Some(frame) => HostState::enter(&self.env, &mut self.store, frame, |store| {
@@ -280,7 +290,10 @@ impl Instance {
             }),
             None => body(&mut self.store, callbacks),
         };
-        let remaining = engine::remaining_budget(&mut self.store, &self.instance);
+        let remaining = match &self.budget {
+            Some(budget) => budget.remaining(&mut self.store),
+            None => engine::remaining_budget(&mut self.store, &self.instance),
+        };
         let used = self.max_fuel - remaining.unwrap_or(0);
         match result {
             Ok(value) => Ok((value, used)),

@@ -384,8 +384,7 @@ impl PluginRuntime {
                 self.stats
                     .instances_replaced
                     .fetch_add(1, Ordering::Relaxed);
-                let mut ignored = shard;
-                let _ = self.ensure_instance(shard_index, &mut ignored);
+                let _ = self.ensure_instance(shard_index, shard);
                 let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if failures >= self.plan.quarantine_after {
                     let until = self.now_ms() + self.plan.quarantine_for.as_millis() as u64;
