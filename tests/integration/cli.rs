@@ -20,21 +20,21 @@ fn check(config: &str) -> (i32, String, String) {
 }
 
 #[test]
-fn default_config_is_valid() {
-    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
-        .args([
-            "-t",
-            "-c",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/loom.yaml"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("config is valid"));
+fn shipped_configs_are_valid() {
+    // conf/plugins.yaml also loads (compiles) every shipped plugin.
+    for config in ["conf/loom.yaml", "conf/resilience.yaml", "conf/plugins.yaml"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_loom"))
+            .args(["-t", "-c", config])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("config is valid"));
+    }
 }
 
 #[test]
