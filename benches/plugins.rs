@@ -22,8 +22,13 @@ use loom::plugin::runtime::Phase;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 fn plan(name: &str, index: usize) -> PluginPlan {
-    let wasm_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/dist/loom_headers.wasm");
-    assert!(wasm_path.is_file(), "{} is missing: run plugins/build.sh", wasm_path.display());
+    let wasm_path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/dist/loom_headers.wasm");
+    assert!(
+        wasm_path.is_file(),
+        "{} is missing: run plugins/build.sh",
+        wasm_path.display()
+    );
     PluginPlan {
         name: name.to_string(),
         wasm_path,
@@ -51,7 +56,11 @@ fn plan(name: &str, index: usize) -> PluginPlan {
 fn load(count: usize) -> (PluginSet, Vec<String>) {
     let names: Vec<String> = (1..=count).map(|index| format!("headers{index}")).collect();
     let plans = PluginsPlan {
-        plugins: names.iter().enumerate().map(|(index, name)| plan(name, index + 1)).collect(),
+        plugins: names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| plan(name, index + 1))
+            .collect(),
         cache_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"),
     };
     let set = PluginSet::load(&plans, None).unwrap_or_else(|errors| panic!("{errors:?}"));
@@ -87,19 +96,24 @@ fn callback_round_trip(criterion: &mut Criterion) {
                 facts: &facts,
             };
             plugin
-                .invoke(&handle, Phase::ResponseTrailers, &mut frame, |store, callbacks, context| {
-                    match &callbacks.on_response_trailers {
+                .invoke(
+                    &handle,
+                    Phase::ResponseTrailers,
+                    &mut frame,
+                    |store, callbacks, context| match &callbacks.on_response_trailers {
                         Some(function) => function.call(store, context, 0),
                         None => Ok(0),
-                    }
-                })
+                    },
+                )
                 .unwrap()
         })
     });
 }
 
 fn request_pass(criterion: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let template = request();
     let mut group = criterion.benchmark_group("request_pass");
     for count in [1usize, 5] {
@@ -113,7 +127,9 @@ fn request_pass(criterion: &mut Criterion) {
                 runtime.block_on(async {
                     let flow = plugins.request_headers(&mut request, true, &[]).await;
                     assert!(matches!(flow, Flow::Continue));
-                    let flow = plugins.response_headers(&mut request, &mut response, &[]).await;
+                    let flow = plugins
+                        .response_headers(&mut request, &mut response, &[])
+                        .await;
                     assert!(matches!(flow, Flow::Continue));
                 });
                 plugins.finish(Some(&request), Some(&response));

@@ -22,7 +22,11 @@ fn check(config: &str) -> (i32, String, String) {
 #[test]
 fn shipped_configs_are_valid() {
     // conf/plugins.yaml also loads (compiles) every shipped plugin.
-    for config in ["conf/loom.yaml", "conf/resilience.yaml", "conf/plugins.yaml"] {
+    for config in [
+        "conf/loom.yaml",
+        "conf/resilience.yaml",
+        "conf/plugins.yaml",
+    ] {
         let output = Command::new(env!("CARGO_BIN_EXE_loom"))
             .args(["-t", "-c", config])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
