@@ -56,14 +56,7 @@ pub fn write_u32(
     pointer: i32,
     value: u32,
 ) -> Result<(), GuestMemoryError> {
-    let memory = env
-        .data()
-        .memory
-        .as_ref()
-        .ok_or(GuestMemoryError::OutOfBounds)?;
-    WasmPtr::<u32>::new(pointer as u32)
-        .write(&memory.view(env), value)
-        .map_err(|_| GuestMemoryError::OutOfBounds)
+    write_value(env, pointer, value)
 }
 
 pub fn write_u64(
@@ -71,12 +64,21 @@ pub fn write_u64(
     pointer: i32,
     value: u64,
 ) -> Result<(), GuestMemoryError> {
+    write_value(env, pointer, value)
+}
+
+/// Writes one little-endian value where the guest asked for a result.
+fn write_value<T: wasmer::ValueType>(
+    env: &FunctionEnvMut<HostState>,
+    pointer: i32,
+    value: T,
+) -> Result<(), GuestMemoryError> {
     let memory = env
         .data()
         .memory
         .as_ref()
         .ok_or(GuestMemoryError::OutOfBounds)?;
-    WasmPtr::<u64>::new(pointer as u32)
+    WasmPtr::<T>::new(pointer as u32)
         .write(&memory.view(env), value)
         .map_err(|_| GuestMemoryError::OutOfBounds)
 }
