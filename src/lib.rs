@@ -8,6 +8,7 @@
 //! - [`control`]: the background service that runs health checks and reloads the config.
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/info`, `/metrics`).
 //! - [`observe`]: Prometheus metrics.
+//! - [`stream`]: Loom v4 message streaming over QUIC and HTTP/3 (quinn + h3).
 //! - [`echo`]: the echo backend shipped as `loom-echo` for demos, tests and load tests.
 
 pub mod admin;
@@ -18,4 +19,5 @@ pub mod gateway;
 pub mod observe;
 pub mod plugin;
 pub mod router;
+pub mod stream;
 pub mod upstream;

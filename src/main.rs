@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::Opt;
@@ -22,6 +22,7 @@ use loom::control::readiness::ListenerReadiness;
 use loom::gateway::Gateway;
 use loom::gateway::snapshot::GatewayState;
 use loom::plugin::registry::PluginSet;
+use loom::stream::service::StreamService;
 
 /// The proxy allocates and frees many small buffers per request (headers, peers, tasks);
 /// mimalloc's thread-local free lists handle that pattern faster than glibc malloc, which
@@ -45,11 +46,58 @@ struct Cli {
     /// Take over the listening sockets of a running loom (zero-downtime upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Loom message streaming (QUIC and HTTP/3): run the server on a config in the
+    /// reference loomd schema, or produce/consume as a client.
+    Stream(StreamCommand),
+}
+
+#[derive(Args, Debug)]
+struct StreamCommand {
+    /// The streaming config (the reference server's loom.yaml schema).
+    #[arg(short = 'c', long = "conf", env = "LOOM_CONFIG", default_value = "loom.yaml")]
+    conf: PathBuf,
+    /// Validate the config and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    #[command(subcommand)]
+    action: Option<StreamAction>,
+}
+
+#[derive(Subcommand, Debug)]
+enum StreamAction {
+    /// Send messages from a file or stdin.
+    Produce(loom::stream::cli::ProduceArgs),
+    /// Print received messages to stdout, ACKing each.
+    Consume(loom::stream::cli::ConsumeArgs),
+}
+
+fn run_stream_command(command: StreamCommand) -> ExitCode {
+    let result = match command.action {
+        None => loom::stream::service::run_standalone(command.conf, command.test),
+        Some(StreamAction::Produce(arguments)) => loom::stream::cli::produce(arguments),
+        Some(StreamAction::Consume(arguments)) => loom::stream::cli::consume(arguments),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("loom stream: {error:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Stream(command)) = cli.command.take() {
+        return run_stream_command(command);
+    }
     // Taken before reading, so an edit that races the initial load still triggers a reload.
     let loaded_fingerprint = loom::control::watch::fingerprint(&cli.conf);
     let loaded = match config::load_file(&cli.conf) {
@@ -115,6 +163,12 @@ fn run(
     if !cli.upgrade {
         check_listeners_can_bind(&loaded)?;
     }
+    let stream_plan = loaded.validated.stream.clone();
+    if let Some(plan) = &stream_plan
+        && let Err(error) = loom::stream::service::check_can_bind(plan)
+    {
+        anyhow::bail!("stream endpoint cannot bind udp {}: {error}", plan.address);
+    }
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
@@ -135,9 +189,21 @@ fn run(
     let config_path = loaded.path.clone();
     let state = Arc::new(GatewayState::new(loaded, Arc::new(plugins)));
 
+    let stream_slot = stream_plan.map(|plan| {
+        let (service, slot) = StreamService::new(plan);
+        let mut service = background_service("loom stream", service);
+        service.threads = Some(threads);
+        server.add_service(service);
+        slot
+    });
     let control = background_service(
         "loom control",
-        ControlService::new(Arc::clone(&state), config_path, loaded_fingerprint),
+        ControlService::new(
+            Arc::clone(&state),
+            config_path,
+            loaded_fingerprint,
+            stream_slot,
+        ),
     );
     let control_handle = server.add_service(control);
 

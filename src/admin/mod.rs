@@ -102,6 +102,15 @@ impl ServeHttp for AdminApp {
             "/health" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/ready" => self.ready(),
             "/info" => (StatusCode::OK, self.info()),
+            // The streaming service's probes, named as the reference server names them.
+            "/healthz" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/readyz" => match crate::stream::metrics::installed_readiness() {
+                Some(false) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "not_ready", "reason": "the stream endpoint is not accepting yet"}),
+                ),
+                _ => self.ready(),
+            },
             _ => (
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": {"status": 404, "code": "not_found", "message": "unknown admin endpoint"}}),

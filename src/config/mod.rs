@@ -10,6 +10,7 @@
 pub mod plugins;
 pub mod resilience;
 pub mod schema;
+pub mod stream;
 pub mod units;
 pub mod validate;
 pub mod yaml;
@@ -82,6 +83,7 @@ const SECTIONS: &[&str] = &[
     "admin",
     "metrics",
     "reload",
+    "stream",
 ];
 
 /// Where each parsed list entry stood in the file. Entries that failed to deserialize are
@@ -117,6 +119,7 @@ fn read_sections(
             "admin" => read_one(file, value, name, errors, &mut config.admin),
             "metrics" => read_one(file, value, name, errors, &mut config.metrics),
             "reload" => read_one(file, value, name, errors, &mut config.reload),
+            "stream" => read_one(file, value, name, errors, &mut config.stream),
             "listeners" => {
                 (config.listeners, indexes.listeners) = read_list(file, value, name, errors)
             }

@@ -471,6 +471,8 @@ pub struct FileConfig {
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub reload: ReloadConfig,
+    /// Loom message streaming over QUIC and HTTP/3 (the reference server's schema).
+    pub stream: Option<super::stream::StreamSection>,
 }
 
 fn default_true() -> bool {

@@ -45,6 +45,8 @@ pub struct ValidatedConfig {
     /// `server.ca_file` resolved against the config's directory.
     pub ca_file: Option<String>,
     pub plugins: super::plugins::PluginsPlan,
+    /// The `stream:` section: Loom message streaming runs when it is present.
+    pub stream: Option<super::stream::StreamPlan>,
 }
 
 pub struct ListenerPlan {
@@ -119,15 +121,23 @@ pub struct RoutePlan {
     pub retry: Option<RetryPolicy>,
 }
 
-pub(super) struct Checker<'a> {
-    pub(super) file: &'a Path,
+pub(crate) struct Checker<'a> {
+    pub(crate) file: &'a Path,
     root: &'a Node,
     errors: &'a mut Vec<ConfigError>,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    pub(crate) fn new(
+        file: &'a Path,
+        root: &'a Node,
+        errors: &'a mut Vec<ConfigError>,
+    ) -> Checker<'a> {
+        Checker { file, root, errors }
+    }
+
     /// Position of `key_path`, or of its nearest enclosing key that exists.
-    pub(super) fn mark_of(&self, key_path: &str) -> Option<super::yaml::Mark> {
+    pub(crate) fn mark_of(&self, key_path: &str) -> Option<super::yaml::Mark> {
         let mut probe = key_path;
         loop {
             if let Some(node) = self.root.find(probe) {
@@ -142,7 +152,11 @@ impl Checker<'_> {
 
     /// Records an error at `key_path`; when the key itself is absent (a default was at
     /// fault), the nearest enclosing key that exists gives the position.
-    pub(super) fn error(&mut self, key_path: String, message: impl Into<String>) {
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub(crate) fn error(&mut self, key_path: String, message: impl Into<String>) {
         let mark = self.mark_of(&key_path);
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
@@ -199,6 +213,10 @@ pub fn validate(
     if file_config.server.threads == Some(0) {
         checker.error("server.threads".into(), "must be at least 1");
     }
+    let stream = file_config
+        .stream
+        .as_ref()
+        .and_then(|section| super::stream::validate_gateway_section(&mut checker, section));
     let max_request_header_size = file_config
         .server
         .max_request_header_size
@@ -214,6 +232,7 @@ pub fn validate(
         max_request_header_size,
         ca_file,
         plugins,
+        stream,
     }
 }
 

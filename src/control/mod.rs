@@ -35,6 +35,8 @@ pub struct ControlService {
     config_path: PathBuf,
     /// The config file's fingerprint from just before the serving config was read.
     loaded_fingerprint: Option<watch::Fingerprint>,
+    /// The streaming service's state, when the config has a `stream:` section.
+    stream: Option<crate::stream::service::SharedSlot>,
 }
 
 impl ControlService {
@@ -42,11 +44,28 @@ impl ControlService {
         state: Arc<GatewayState>,
         config_path: PathBuf,
         loaded_fingerprint: Option<watch::Fingerprint>,
+        stream: Option<crate::stream::service::SharedSlot>,
     ) -> ControlService {
         ControlService {
             state,
             config_path,
             loaded_fingerprint,
+            stream,
+        }
+    }
+
+    /// New auth and router settings apply to new streams; starting or stopping the service
+    /// takes a restart.
+    fn apply_stream(&self, plan: Option<crate::config::stream::StreamPlan>) {
+        match (&self.stream, plan) {
+            (Some(slot), Some(plan)) => match slot.get() {
+                Some(shared) => shared.apply(plan),
+                None => log::warn!("stream: reload skipped, the endpoint is not running"),
+            },
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                log::warn!("stream: adding or removing the stream section takes a restart")
+            }
         }
     }
 
@@ -90,6 +109,7 @@ impl ControlService {
             return;
         }
         log_restart_required(&current, &loaded);
+        self.apply_stream(loaded.validated.stream.clone());
         let next = Arc::new(self.state.prepare(loaded, Arc::new(plugins)));
         let new_pools: Vec<Arc<UpstreamPool>> = next
             .upstreams

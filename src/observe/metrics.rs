@@ -229,6 +229,7 @@ pub fn render() -> Vec<u8> {
     let encoder = prometheus::TextEncoder::new();
     let mut families = prometheus::gather();
     families.extend(crate::plugin::metrics::gather());
+    families.extend(crate::stream::metrics::gather_installed());
     if let Err(error) = encoder.encode(&families, &mut buffer) {
         log::error!("metrics encoding failed: {error}");
     }
