@@ -325,8 +325,17 @@ impl Producer {
     }
 
     /// Ends the stream and waits until the server has answered every message (the
-    /// server closes its side only then). Fails if the server refused the stream.
+    /// server closes its side only then). Fails if the server refused the stream; over raw
+    /// QUIC a refusal that races with this call's end of stream can go unseen, because the
+    /// protocol gives producers no answer (see [`Producer::wait_for_refusal`]).
     pub async fn finish(mut self) -> Result<(), ClientError> {
+        if !self.session.h3_response_pending {
+            // The server ending its side before we end ours means it refused us.
+            use futures_util::FutureExt;
+            if let Some(Ok(None)) = self.session.reader.message_header().now_or_never() {
+                return Err(ClientError::Rejected { status: None });
+            }
+        }
         self.session.writer.finish().await?;
         if self.session.h3_response_pending {
             let StreamReader::H3Client(receive) = self.session.reader.inner_mut() else {
@@ -343,13 +352,37 @@ impl Producer {
                 }),
             };
         }
-        // Raw QUIC: the server writes nothing to producers, only ends its side.
+        // Raw QUIC: a refusal shows as STOP_SENDING; otherwise the server writes nothing to
+        // producers and ends its side once every message was answered.
+        self.session.writer.stopped().await?;
         match self.session.reader.message_header().await {
             Ok(None) => Ok(()),
             Ok(Some(_)) => Err(ClientError::Transport(
                 "unexpected bytes on a producer stream".into(),
             )),
             Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Waits until the server ends this stream without being asked to: the sign that it
+    /// refused the hello or the data. Raw QUIC gives no other signal (the server writes
+    /// nothing to producers), so this is how a caller confirms a refusal; an accepted stream
+    /// makes this wait until `finish`.
+    pub async fn wait_for_refusal(&mut self) -> ClientError {
+        if self.session.h3_response_pending {
+            if let StreamReader::H3Client(receive) = self.session.reader.inner_mut() {
+                return match receive.recv_response().await {
+                    Ok(response) => ClientError::Rejected {
+                        status: Some(response.status().as_u16()),
+                    },
+                    Err(error) => ClientError::Transport(error.to_string()),
+                };
+            }
+        }
+        match self.session.reader.message_header().await {
+            Ok(None) => ClientError::Rejected { status: None },
+            Ok(Some(_)) => ClientError::Transport("unexpected bytes on a producer stream".into()),
+            Err(error) => error.into(),
         }
     }
 

@@ -157,6 +157,22 @@ impl StreamWriter {
         }
     }
 
+    /// Raw QUIC: waits until the peer has every byte, or has asked us to stop sending (an
+    /// error carrying its code). A no-op on HTTP/3, whose answer is the response status.
+    pub async fn stopped(&mut self) -> Result<(), TransportError> {
+        let StreamWriter::Quic(stream) = self else {
+            return Ok(());
+        };
+        match stream.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(TransportError {
+                message: format!("the peer stopped the stream with code 0x{:x}", code.into_inner()),
+                code: Some(code.into_inner()),
+            }),
+            Err(error) => Err(transport_error(error)),
+        }
+    }
+
     /// Abandons the stream with an application error code (QUIC RESET_STREAM).
     pub fn reset(&mut self, code: u64) {
         match self {

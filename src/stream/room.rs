@@ -149,6 +149,14 @@ impl ConsumerQueue {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Refuses new deliveries and hands back the queued ones.
     fn close(&self) -> Vec<Delivery> {
         self.slots.close();
@@ -299,6 +307,16 @@ fn rendezvous_score(partition: u64, consumer: u64) -> u64 {
     value ^ (value >> 31)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomStatus {
+    /// Producer and consumer streams in the room.
+    pub members: usize,
+    pub consumers: usize,
+    /// Messages waiting in consumer queues (not counting those being written).
+    pub queued: usize,
+    pub next_message_id: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("room \"{0}\" is full")]
 pub struct RoomFull(pub String);
@@ -354,6 +372,18 @@ impl Rooms {
 
     pub fn len(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// A room's current membership, for the admin API and tests.
+    pub fn status(&self, name: &str) -> Option<RoomStatus> {
+        let room = Arc::clone(self.rooms.get(name)?.value());
+        let consumers = room.consumers.load();
+        Some(RoomStatus {
+            members: room.members.load(Ordering::Acquire),
+            consumers: consumers.len(),
+            queued: consumers.iter().map(|consumer| consumer.queue.len()).sum(),
+            next_message_id: room.next_message_id.load(Ordering::Relaxed),
+        })
     }
 
     pub fn is_empty(&self) -> bool {

@@ -9,5 +9,7 @@ mod proxying;
 mod reload;
 mod resilience;
 mod routing;
+mod stream;
+mod stream_support;
 mod support;
 mod upgrade;

@@ -1,0 +1,532 @@
+//! Loom message streaming end to end: the real stream server on 127.0.0.1:0 and real QUIC
+//! and HTTP/3 clients (the `loom::stream::client` library, or raw quinn/h3 for bad input).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use loom::stream::client::{ClientError, ClientTransport, Consumer, Producer};
+use loom::stream::codes;
+
+use crate::stream_support::{
+    StreamUnderTest, raw_h3_status, raw_quic_exchange, receive_and_ack,
+};
+
+const QUIC: ClientTransport = ClientTransport::Quic;
+const H3: ClientTransport = ClientTransport::H3;
+
+fn hello(role: u8, room: &str, token: &str) -> Vec<u8> {
+    let mut out = b"LOOM\x04".to_vec();
+    out.push(role);
+    for field in ["raw", room, token] {
+        out.push(field.len() as u8);
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+fn pattern(length: usize, seed: u8) -> Vec<u8> {
+    (0..length)
+        .map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The server ends a refused producer's stream on its own (raw QUIC: FIN with no bytes;
+/// HTTP/3: the status).
+async fn assert_refused(producer: &mut Producer, status: Option<u16>) {
+    let error = tokio::time::timeout(Duration::from_secs(20), producer.wait_for_refusal())
+        .await
+        .expect("a refused producer's stream is ended by the server");
+    match error {
+        ClientError::Rejected { status: got } => assert_eq!(got, status),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn both_protocols_share_one_port_with_server_ids_in_order() {
+    let server = StreamUnderTest::start("").await;
+    let mut consumer = server.consumer(H3, "orders").await;
+    let mut producer = server.producer(QUIC, "orders").await;
+    for index in 0..5u8 {
+        producer.send(b"k", &[b'a' + index; 10]).await.unwrap();
+    }
+    for index in 0..5u8 {
+        let message = receive_and_ack(&mut consumer).await;
+        assert_eq!(message.id, u64::from(index) + 1, "server-assigned ids from 1");
+        assert_eq!(message.body, vec![b'a' + index; 10]);
+        assert_eq!(message.key, Bytes::from_static(b"k"));
+        assert_eq!(message.declared_size, 10);
+    }
+    producer.finish().await.expect("delivery barrier after every ACK");
+
+    // The other way round on the same port: HTTP/3 producer, raw QUIC consumer.
+    let mut quic_consumer = server.consumer(QUIC, "orders").await;
+    drop(consumer);
+    server.wait_for("orders", |status| status.consumers == 1).await;
+    let mut h3_producer = server.producer(H3, "orders").await;
+    h3_producer.send(b"k", b"over h3").await.unwrap();
+    let message = receive_and_ack(&mut quic_consumer).await;
+    assert_eq!((message.id, message.body.as_slice()), (6, &b"over h3"[..]));
+    h3_producer.finish().await.expect("HTTP/3 producer gets 200");
+
+    assert_eq!(server.metric("loom_messages_in_total{room=\"orders\"}"), 6.0);
+    assert_eq!(server.metric("loom_messages_out_total{room=\"orders\"}"), 6.0);
+    assert_eq!(server.metric("loom_bytes_in_total{room=\"orders\"}"), 57.0);
+    assert_eq!(server.metric("loom_bytes_out_total{room=\"orders\"}"), 57.0);
+    assert!(server.metrics().contains("loom_ack_latency_seconds_count{room=\"orders\"} 6"));
+}
+
+#[tokio::test]
+async fn keys_stay_with_one_of_three_consumers() {
+    let server = StreamUnderTest::start("").await;
+    let (seen_sender, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    for index in 0..3 {
+        let mut consumer = server.consumer(QUIC, "affinity").await;
+        let seen_sender = seen_sender.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = consumer.receive().await {
+                let _ = seen_sender.send((index, message.key.clone()));
+                if consumer.ack(message.id).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut producer = server.producer(QUIC, "affinity").await;
+    for _round in 0..2 {
+        for key in 0..30 {
+            producer
+                .send(format!("key-{key}").as_bytes(), b"x")
+                .await
+                .unwrap();
+        }
+    }
+    producer.finish().await.unwrap();
+    let mut owner: HashMap<Bytes, usize> = HashMap::new();
+    let mut per_consumer = [0usize; 3];
+    for _ in 0..60 {
+        let (index, key) = tokio::time::timeout(Duration::from_secs(20), seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        per_consumer[index] += 1;
+        let first = *owner.entry(key.clone()).or_insert(index);
+        assert_eq!(first, index, "key {key:?} moved between consumers");
+    }
+    assert!(
+        per_consumer.iter().filter(|count| **count > 0).count() >= 2,
+        "30 keys should spread over the consumers: {per_consumer:?}"
+    );
+}
+
+#[tokio::test]
+async fn fanout_gives_every_consumer_a_copy_with_the_same_id() {
+    let server =
+        StreamUnderTest::start("rooms:\n  - {name: news, queue_type: fanout}\n").await;
+    let mut first = server.consumer(QUIC, "news").await;
+    let mut second = server.consumer(H3, "news").await;
+    let mut producer = server.producer(QUIC, "news").await;
+    for body in [&b"one"[..], b"two", b"three"] {
+        producer.send(b"any", body).await.unwrap();
+    }
+    for expected in 1..=3u64 {
+        let a = receive_and_ack(&mut first).await;
+        let b = receive_and_ack(&mut second).await;
+        assert_eq!((a.id, b.id), (expected, expected));
+        assert_eq!(a.body, b.body);
+    }
+    producer.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused_as_clients_expect() {
+    let server = StreamUnderTest::start("").await;
+    let address = server.address;
+    let valid_producer = hello(b'P', "bad", "");
+    let mut bad_magic = valid_producer.clone();
+    bad_magic[3] = b'X';
+    let mut bad_version = valid_producer.clone();
+    bad_version[4] = 3;
+    let mut bad_role = valid_producer.clone();
+    bad_role[5] = b'X';
+    let mut long_name = b"LOOM\x04P\x81\x01".to_vec();
+    long_name.extend_from_slice(&[b'n'; 129]);
+    long_name.extend_from_slice(b"\x00\x00");
+    let mut empty_key = valid_producer.clone();
+    empty_key.push(0);
+    let mut big_chunk = valid_producer.clone();
+    big_chunk.extend_from_slice(b"\x01k\x00\x00\x81\x80\x08");
+    let cases: [(&str, &[u8], Option<u16>); 6] = [
+        ("bad magic", &bad_magic, Some(400)),
+        ("bad version", &bad_version, Some(400)),
+        ("role X", &bad_role, Some(400)),
+        ("name of 129 bytes", &long_name, Some(400)),
+        ("empty key", &empty_key, Some(400)),
+        ("chunk of 131073 bytes", &big_chunk, Some(400)),
+    ];
+    for (name, bytes, h3_status) in cases {
+        let outcome = raw_quic_exchange(address, bytes).await;
+        assert!(outcome.received.is_empty(), "{name}: no bytes written");
+        assert!(outcome.finished, "{name}: our side ends with FIN");
+        assert!(
+            matches!(
+                outcome.stop_code,
+                Some(codes::REJECTED) | Some(codes::PROTOCOL_ERROR)
+            ),
+            "{name}: STOP_SENDING makes further writes fail: {outcome:?}"
+        );
+        if let Some(status) = h3_status {
+            assert_eq!(
+                raw_h3_status(address, "POST", "/stream", bytes).await,
+                status,
+                "{name} over HTTP/3"
+            );
+        }
+    }
+    assert_eq!(raw_h3_status(address, "POST", "/other", b"").await, 404);
+    assert_eq!(raw_h3_status(address, "GET", "/stream", b"").await, 405);
+    server
+        .wait_metric(
+            "loom_protocol_errors_total{error_type=\"chunk_too_large\",room=\"bad\"}",
+            2.0,
+        )
+        .await;
+    assert_eq!(
+        server.metric("loom_protocol_errors_total{error_type=\"empty_key\",room=\"bad\"}"),
+        2.0
+    );
+    assert_eq!(
+        server.metric("loom_rejected_streams_total{reason=\"bad_magic\",transport=\"quic\"}"),
+        1.0
+    );
+    // A valid hello after all that still works on the same server.
+    let mut consumer = server.consumer(QUIC, "good").await;
+    let mut producer = server.producer(QUIC, "good").await;
+    producer.send(b"k", b"fine").await.unwrap();
+    assert_eq!(receive_and_ack(&mut consumer).await.body, b"fine");
+}
+
+#[tokio::test]
+async fn token_auth_checks_token_room_and_role() {
+    let server = StreamUnderTest::start(
+        "auth:\n  mode: token\n  tokens:\n    - {token: all, principal: alice, rooms: [\"*\"], roles: [produce, consume]}\n    - {token: video-in, principal: cam, rooms: [video], roles: [produce]}\n",
+    )
+    .await;
+    let with = |transport, room: &str, token: &str| {
+        let mut options = server.options(transport, room);
+        options.token = token.to_string();
+        options
+    };
+    for transport in [QUIC, H3] {
+        // Wrong token: a consumer learns at once (EOF or 401); a producer at finish.
+        let refused = match Consumer::connect(&with(transport, "video", "nope")).await {
+            Err(error) => Some(error),
+            Ok(mut consumer) => consumer.next_header().await.err(),
+        };
+        match (transport, refused) {
+            (H3, Some(ClientError::Rejected { status: Some(401) })) => {}
+            (QUIC, Some(ClientError::Rejected { .. })) | (QUIC, None) => {}
+            (_, other) => panic!("{transport:?}: unexpected {other:?}"),
+        }
+        let mut producer = Producer::connect(&with(transport, "audio", "video-in"))
+            .await
+            .unwrap();
+        let _ = producer.send(b"k", b"x").await;
+        assert_refused(&mut producer, if transport == H3 { Some(401) } else { None }).await;
+        let mut consumer = Consumer::connect(&with(transport, "video", "all")).await.unwrap();
+        server.wait_for("video", |status| status.consumers == 1).await;
+        let mut producer = Producer::connect(&with(transport, "video", "video-in"))
+            .await
+            .unwrap();
+        producer.send(b"k", b"frame").await.unwrap();
+        assert_eq!(receive_and_ack(&mut consumer).await.body, b"frame");
+        producer.finish().await.unwrap();
+        consumer.close();
+        server.wait_for("video", |status| status.consumers == 0).await;
+    }
+    assert!(server.metric("loom_rejected_streams_total{reason=\"unauthorized\",transport=\"quic\"}") >= 2.0);
+    assert!(server.metric("loom_rejected_streams_total{reason=\"unauthorized\",transport=\"h3\"}") >= 2.0);
+}
+
+struct Pki {
+    directory: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA and client certificates for `names`, as PEM files.
+    fn new(names: &[&str]) -> Pki {
+        let directory = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "loom test ca");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        std::fs::write(directory.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        for name in names {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *name);
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            std::fs::write(directory.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(
+                directory.path().join(format!("{name}.key")),
+                key.serialize_pem(),
+            )
+            .unwrap();
+        }
+        Pki { directory }
+    }
+
+    fn path(&self, file: &str) -> std::path::PathBuf {
+        self.directory.path().join(file)
+    }
+}
+
+#[tokio::test]
+async fn mtls_and_both_modes_use_the_certificate_name() {
+    let pki = Pki::new(&["worker", "stranger"]);
+    let ca = pki.path("ca.pem");
+    for mode in ["mtls", "both"] {
+        let server = StreamUnderTest::start_with(
+            &format!("  tls:\n    client_ca_file: \"{}\"\n", ca.display()),
+            &format!(
+                "auth:\n  mode: {mode}\n  tokens:\n    - {{token: t, principal: t, rooms: [\"*\"], roles: [produce, consume]}}\n  certs:\n    - {{principal: worker, rooms: [jobs], roles: [produce, consume]}}\n"
+            ),
+        )
+        .await;
+        let with = |name: &str, token: &str| {
+            let mut options = server.options(QUIC, "jobs");
+            options.token = token.into();
+            options.tls.client_cert = Some((pki.path(&format!("{name}.pem")), pki.path(&format!("{name}.key"))));
+            options
+        };
+        let mut consumer = Consumer::connect(&with("worker", "t")).await.unwrap();
+        server.wait_for("jobs", |status| status.consumers == 1).await;
+        let mut producer = Producer::connect(&with("worker", "t")).await.unwrap();
+        producer.send(b"k", b"job").await.unwrap();
+        assert_eq!(receive_and_ack(&mut consumer).await.body, b"job", "{mode}");
+        producer.finish().await.unwrap();
+
+        let mut stranger = Producer::connect(&with("stranger", "t")).await.unwrap();
+        assert_refused(&mut stranger, None).await;
+        if mode == "both" {
+            let mut wrong_token = Producer::connect(&with("worker", "bad")).await.unwrap();
+            assert_refused(&mut wrong_token, None).await;
+        }
+        // No client certificate at all: the handshake itself fails.
+        let mut anonymous = server.options(QUIC, "jobs");
+        anonymous.token = "t".into();
+        let refused = match Producer::connect(&anonymous).await {
+            Err(_) => true,
+            Ok(mut producer) => matches!(
+                producer.wait_for_refusal().await,
+                ClientError::Rejected { .. } | ClientError::Transport(_)
+            ),
+        };
+        assert!(refused, "{mode}: a client without a certificate is refused");
+    }
+}
+
+#[tokio::test]
+async fn a_32_mib_message_arrives_whole_behind_a_slow_consumer() {
+    let server = StreamUnderTest::start("").await;
+    let mut consumer = server.consumer(QUIC, "big").await;
+    let mut producer = server.producer(QUIC, "big").await;
+    let body = Bytes::from(pattern(32 << 20, 7));
+    let sent = body.clone();
+    let sender = tokio::spawn(async move {
+        producer.send_bytes(b"blob", sent).await.unwrap();
+        producer.finish().await.unwrap();
+    });
+    let header = consumer.next_header().await.unwrap().unwrap();
+    assert_eq!(header.declared_size, 32 << 20);
+    let mut received = Vec::with_capacity(32 << 20);
+    let mut pieces = 0u32;
+    while let Some(piece) = consumer.next_chunk().await.unwrap() {
+        received.extend_from_slice(&piece);
+        pieces += 1;
+        // Slow: a pause every few pieces keeps the producer waiting on backpressure.
+        if pieces % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(received.len(), body.len());
+    assert!(received == body.as_ref(), "content intact");
+    consumer.ack(header.message_id).await.unwrap();
+    sender.await.unwrap();
+    assert_eq!(server.metric("loom_bytes_out_total{room=\"big\"}"), (32u64 << 20) as f64);
+}
+
+#[tokio::test]
+async fn a_consumer_that_does_not_ack_is_evicted_and_its_message_redelivered() {
+    let server = StreamUnderTest::start("router:\n  ack_timeout: 300ms\n").await;
+    let mut silent = server.consumer(QUIC, "acks").await;
+    let mut producer = server.producer(QUIC, "acks").await;
+    producer.send(b"k", b"important").await.unwrap();
+    let first = silent.receive().await.unwrap().unwrap();
+    assert_eq!(first.id, 1);
+    // A second consumer joins; the first never ACKs.
+    let mut healthy = server.consumer(QUIC, "acks").await;
+    let redelivered = receive_and_ack(&mut healthy).await;
+    assert_eq!((redelivered.id, redelivered.body.as_slice()), (1, &b"important"[..]));
+    match silent.next_header().await {
+        Err(ClientError::Reset(code)) => assert_eq!(code, codes::ACK_TIMEOUT),
+        other => panic!("the evicted consumer's stream is reset, got {other:?}"),
+    }
+    producer.finish().await.unwrap();
+    assert_eq!(
+        server.metric("loom_consumer_evictions_total{reason=\"ack_timeout\",room=\"acks\"}"),
+        1.0
+    );
+    assert_eq!(server.metric("loom_redeliveries_total{room=\"acks\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn without_redelivery_an_unacked_message_is_counted_lost() {
+    let server = StreamUnderTest::start(
+        "router:\n  ack_timeout: 200ms\n  redelivery_buffer_bytes: 0\n",
+    )
+    .await;
+    let mut silent = server.consumer(QUIC, "lossy").await;
+    let mut producer = server.producer(QUIC, "lossy").await;
+    producer.send(b"k", b"gone").await.unwrap();
+    assert_eq!(silent.receive().await.unwrap().unwrap().id, 1);
+    producer.finish().await.expect("the producer is released");
+    assert_eq!(
+        server.metric("loom_drops_total{reason=\"consumer_lost\",room=\"lossy\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_that_disconnects_mid_message_does_not_stall_the_producer() {
+    let server = StreamUnderTest::start("").await;
+    let mut leaving = server.consumer(QUIC, "drop").await;
+    let mut producer = server.producer(QUIC, "drop").await;
+    // 4 MiB: over the 1 MiB redelivery buffer, so it cannot be redelivered.
+    producer
+        .send_bytes(b"k", Bytes::from(pattern(4 << 20, 1)))
+        .await
+        .unwrap();
+    let header = leaving.next_header().await.unwrap().unwrap();
+    assert_eq!(header.message_id, 1);
+    let piece = leaving.next_chunk().await.unwrap().unwrap();
+    assert!(!piece.is_empty());
+    leaving.close();
+    server.wait_for("drop", |status| status.consumers == 0).await;
+    let mut staying = server.consumer(QUIC, "drop").await;
+    producer.send(b"k", b"after").await.unwrap();
+    let message = receive_and_ack(&mut staying).await;
+    assert_eq!((message.id, message.body.as_slice()), (2, &b"after"[..]));
+    producer.finish().await.unwrap();
+    assert_eq!(
+        server.metric("loom_drops_total{reason=\"consumer_lost\",room=\"drop\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_cannot_be_forwarded_whole_resets_the_consumer() {
+    // The reference truncates here (its bug B1); Loom resets the consumer's stream.
+    let server = StreamUnderTest::start(
+        "router:\n  chunk_full_behavior: drop\n  message_buffer_bytes: 128KiB\n",
+    )
+    .await;
+    let mut consumer = server.consumer(QUIC, "trunc").await;
+    let mut producer = server.producer(QUIC, "trunc").await;
+    producer
+        .send_bytes(b"k", Bytes::from(pattern(8 << 20, 3)))
+        .await
+        .unwrap();
+    // Not reading lets the message's buffer fill up.
+    server
+        .wait_metric("loom_drops_total{reason=\"aborted\",room=\"trunc\"}", 1.0)
+        .await;
+    // Whatever had arrived, the stream ends in a reset, never in a normal end of message.
+    let mut received = 0usize;
+    let ending = match consumer.next_header().await {
+        Ok(Some(_)) => loop {
+            match consumer.next_chunk().await {
+                Ok(Some(piece)) => received += piece.len(),
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        },
+        Ok(None) => Ok(()),
+        Err(error) => Err(error),
+    };
+    match ending {
+        Err(ClientError::Reset(code)) => assert_eq!(code, codes::MESSAGE_ABORTED),
+        other => panic!("a short message must not end normally ({received} bytes): {other:?}"),
+    }
+    producer.finish().await.expect("the producer is released");
+}
+
+#[tokio::test]
+async fn drop_oldest_releases_the_dropped_messages_producer() {
+    let server = StreamUnderTest::start(
+        "router:\n  max_backlog_depth: 1\n  partition_full_behavior: drop_oldest\n",
+    )
+    .await;
+    let mut consumer = server.consumer(QUIC, "q").await;
+    let mut first = server.producer(QUIC, "q").await;
+    first.send(b"k", b"first").await.unwrap();
+    let in_flight = consumer.receive().await.unwrap().unwrap();
+    assert_eq!(in_flight.body, b"first");
+    let mut victim = server.producer(QUIC, "q").await;
+    victim.send(b"k", b"victim").await.unwrap();
+    server.wait_for("q", |status| status.queued == 1).await;
+    let mut third = server.producer(QUIC, "q").await;
+    third.send(b"k", b"third").await.unwrap();
+    // The victim's message was dropped: its producer finishes while nothing was ACKed yet.
+    tokio::time::timeout(Duration::from_secs(20), victim.finish())
+        .await
+        .expect("the victim is released (the reference leaves it waiting forever)")
+        .unwrap();
+    consumer.ack(in_flight.id).await.unwrap();
+    let next = receive_and_ack(&mut consumer).await;
+    assert_eq!(next.body, b"third");
+    first.finish().await.unwrap();
+    third.finish().await.unwrap();
+    assert_eq!(
+        server.metric("loom_drops_total{reason=\"oldest_dropped\",room=\"q\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn idle_rooms_are_freed_with_their_metrics() {
+    let server = StreamUnderTest::start("router:\n  room_idle_timeout: 100ms\n").await;
+    let mut consumer = server.consumer(QUIC, "ephemeral").await;
+    let mut producer = server.producer(QUIC, "ephemeral").await;
+    producer.send(b"k", b"x").await.unwrap();
+    receive_and_ack(&mut consumer).await;
+    producer.finish().await.unwrap();
+    assert!(server.metrics().contains("room=\"ephemeral\""));
+    consumer.close();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.status("ephemeral").is_some() {
+        assert!(std::time::Instant::now() < deadline, "room never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!server.metrics().contains("room=\"ephemeral\""));
+}
+
+#[tokio::test]
+async fn a_room_admits_only_its_stream_limit() {
+    let server = StreamUnderTest::start("router:\n  max_streams_per_room: 1\n").await;
+    let _consumer = server.consumer(QUIC, "tiny").await;
+    let mut producer = server.producer(QUIC, "tiny").await;
+    assert_refused(&mut producer, None).await;
+    assert_eq!(
+        server.metric("loom_rejected_streams_total{reason=\"room_full\",transport=\"quic\"}"),
+        1.0
+    );
+}
