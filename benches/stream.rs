@@ -6,7 +6,9 @@
 //!   the consumer ACKs after reading each message: the protocol's stop-and-wait), next to a
 //!   raw quinn ping-pong of the same sizes (100 bytes out, a 2-byte ACK back);
 //! - 32 MiB messages through 1 and 4 pairs (MiB/s), next to raw quinn streams moving the
-//!   same bytes one way.
+//!   same bytes one way, and next to a raw quinn relay (producer → relay → consumer, bytes
+//!   forwarded as they come, no framing or ACKs): the most any broker can do here, since
+//!   every byte is encrypted and decrypted twice.
 //!
 //! Server and clients run on separate Tokio runtimes in this process and share the cores.
 //! `STREAM_BENCH_SECONDS` (default 5) sets the length of the small-message runs. Without
@@ -66,13 +68,16 @@ fn main() {
     let loom_address = server_runtime.block_on(start_loom());
     let raw_address = server_runtime.block_on(start_raw_sink());
 
-    println!("| Workload | Loom | raw quinn | Loom / raw |");
-    println!("|---|---|---|---|");
+    let relay_address = server_runtime.block_on(start_raw_relay());
+
+    println!("| Workload | Loom | raw quinn | Loom / raw | raw quinn relay | Loom / relay |");
+    println!("|---|---|---|---|---|---|");
     for pairs in [1usize, 4] {
-        let loom = client_runtime.block_on(loom_small(loom_address, pairs, settings.small_duration));
+        let loom =
+            client_runtime.block_on(loom_small(loom_address, pairs, settings.small_duration));
         let raw = client_runtime.block_on(raw_small(raw_address, pairs, settings.small_duration));
         println!(
-            "| 100 B, {pairs} pair(s) | {loom:.0} msg/s | {raw:.0} msg/s | {:.2} |",
+            "| 100 B, {pairs} pair(s) | {loom:.0} msg/s | {raw:.0} msg/s | {:.2} | | |",
             loom / raw
         );
     }
@@ -89,10 +94,17 @@ fn main() {
             settings.large_messages_per_pair,
             settings.large_size,
         ));
+        let relay = client_runtime.block_on(raw_relay_large(
+            relay_address,
+            pairs,
+            settings.large_messages_per_pair,
+            settings.large_size,
+        ));
         println!(
-            "| {} MiB, {pairs} pair(s) | {loom:.0} MiB/s | {raw:.0} MiB/s | {:.2} |",
+            "| {} MiB, {pairs} pair(s) | {loom:.0} MiB/s | {raw:.0} MiB/s | {:.2} | {relay:.0} MiB/s | {:.2} |",
             settings.large_size >> 20,
-            loom / raw
+            loom / raw,
+            loom / relay
         );
     }
 }
@@ -211,7 +223,10 @@ async fn loom_large(address: SocketAddr, pairs: usize, messages: usize, size: us
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..messages {
-                producer.send_bytes(b"key", body.clone()).await.expect("send");
+                producer
+                    .send_bytes(b"key", body.clone())
+                    .await
+                    .expect("send");
             }
             producer.finish().await.expect("finish");
         }));
@@ -368,6 +383,137 @@ async fn raw_large(address: SocketAddr, pairs: usize, messages: usize, size: usi
     }
     for task in tasks {
         task.await.expect("stream finished");
+    }
+    (pairs * messages * size) as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
+}
+
+type RelayWaiters = Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<u8, tokio::sync::oneshot::Sender<quinn::SendStream>>,
+    >,
+>;
+
+/// A raw quinn relay: a consumer stream sends `C` and a pair number, a producer stream `P`
+/// and the same number; the producer's bytes are then copied to the consumer as they come.
+async fn start_raw_relay() -> SocketAddr {
+    let tls = tls::server_config(&loom::config::stream::TlsPlan {
+        cert_file: None,
+        key_file: None,
+        client_ca_file: None,
+        require_client_cert: false,
+    })
+    .expect("tls");
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&tls.config)).expect("quic");
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(wide_windows()));
+    let endpoint =
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address")).expect("bind");
+    let address = endpoint.local_addr().expect("bound");
+    let waiting: RelayWaiters = Arc::default();
+    let consumers: Arc<std::sync::Mutex<std::collections::HashMap<u8, quinn::SendStream>>> =
+        Arc::default();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let (waiting, consumers) = (Arc::clone(&waiting), Arc::clone(&consumers));
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                let Ok((send, mut receive)) = connection.accept_bi().await else {
+                    return;
+                };
+                let mut preface = [0u8; 2];
+                if receive.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                if preface[0] == b'C' {
+                    let waiter = waiting.lock().expect("lock").remove(&preface[1]);
+                    match waiter {
+                        Some(waiter) => {
+                            let _ = waiter.send(send);
+                        }
+                        None => {
+                            consumers.lock().expect("lock").insert(preface[1], send);
+                        }
+                    }
+                    // Keep the connection open until the consumer closes it.
+                    let _ = receive.read_to_end(64).await;
+                    return;
+                }
+                let ready = consumers.lock().expect("lock").remove(&preface[1]);
+                let mut forward = match ready {
+                    Some(send) => send,
+                    None => {
+                        let (sender, receiver) = tokio::sync::oneshot::channel();
+                        waiting.lock().expect("lock").insert(preface[1], sender);
+                        let Ok(send) = receiver.await else { return };
+                        send
+                    }
+                };
+                while let Ok(Some(chunk)) = receive.read_chunk(usize::MAX, true).await {
+                    if forward.write_chunk(chunk.bytes).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = forward.finish();
+                let _ = forward.stopped().await;
+            });
+        }
+    });
+    address
+}
+
+async fn raw_relay_large(address: SocketAddr, pairs: usize, messages: usize, size: usize) -> f64 {
+    static NEXT_PAIR: AtomicU64 = AtomicU64::new(0);
+    let body = Bytes::from(vec![42u8; size]);
+    let mut ends = Vec::new();
+    for _ in 0..pairs {
+        let pair = NEXT_PAIR.fetch_add(1, Ordering::Relaxed) as u8;
+        let consumer = raw_connection(address).await;
+        let (mut consumer_send, consumer_receive) = consumer.open_bi().await.expect("stream");
+        consumer_send
+            .write_all(&[b'C', pair])
+            .await
+            .expect("preface");
+        let producer = raw_connection(address).await;
+        let (mut producer_send, _producer_receive) = producer.open_bi().await.expect("stream");
+        producer_send
+            .write_all(&[b'P', pair])
+            .await
+            .expect("preface");
+        ends.push((consumer, consumer_receive, producer, producer_send));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (consumer, mut consumer_receive, producer, mut producer_send) in ends {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                let mut pieces: Vec<Bytes> = (0..body.len())
+                    .step_by(64 << 10)
+                    .map(|offset| body.slice(offset..(offset + (64 << 10)).min(body.len())))
+                    .collect();
+                producer_send
+                    .write_all_chunks(&mut pieces)
+                    .await
+                    .expect("write");
+            }
+            producer_send.finish().expect("finish");
+            let _ = producer_send.stopped().await;
+            drop(producer);
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut received = 0usize;
+            while let Ok(Some(chunk)) = consumer_receive.read_chunk(usize::MAX, true).await {
+                received += chunk.bytes.len();
+            }
+            assert_eq!(received, messages * size, "relay moved every byte");
+            drop(consumer);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("relay pair finished");
     }
     (pairs * messages * size) as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
 }

@@ -60,7 +60,12 @@ enum Command {
 #[derive(Args, Debug)]
 struct StreamCommand {
     /// The streaming config (the reference server's loom.yaml schema).
-    #[arg(short = 'c', long = "conf", env = "LOOM_CONFIG", default_value = "loom.yaml")]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        env = "LOOM_CONFIG",
+        default_value = "loom.yaml"
+    )]
     conf: PathBuf,
     /// Validate the config and exit.
     #[arg(short = 't', long = "test")]

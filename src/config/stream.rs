@@ -264,13 +264,15 @@ impl StreamPlan {
         if self.admin_address != next.admin_address {
             changed.push("admin.addr");
         }
-        if (self.keep_alive, self.idle_timeout, self.max_streams_per_connection)
-            != (
-                next.keep_alive,
-                next.idle_timeout,
-                next.max_streams_per_connection,
-            )
-        {
+        if (
+            self.keep_alive,
+            self.idle_timeout,
+            self.max_streams_per_connection,
+        ) != (
+            next.keep_alive,
+            next.idle_timeout,
+            next.max_streams_per_connection,
+        ) {
             changed.push("server keep_alive/idle_timeout/max_streams_per_connection");
         }
         changed
@@ -348,8 +350,12 @@ fn validate(
     let auth = auth_plan(checker, prefix, &section.auth, &tls);
     let router = router_plan(checker, prefix, section);
     let server = &section.server;
-    let keep_alive = server.keep_alive.map_or(Duration::from_secs(2), |value| value.0);
-    let idle_timeout = server.idle_timeout.map_or(Duration::from_secs(6), |value| value.0);
+    let keep_alive = server
+        .keep_alive
+        .map_or(Duration::from_secs(2), |value| value.0);
+    let idle_timeout = server
+        .idle_timeout
+        .map_or(Duration::from_secs(6), |value| value.0);
     if idle_timeout.is_zero() || keep_alive >= idle_timeout {
         checker.error(
             key(prefix, "server.idle_timeout"),
@@ -422,7 +428,10 @@ fn tls_plan(checker: &mut Checker<'_>, prefix: &str, section: &StreamSection) ->
     for (name, file) in [
         ("cert_file", &cert_file),
         ("key_file", &key_file),
-        ("client_ca_file", &resolve_file(checker, &tls.client_ca_file)),
+        (
+            "client_ca_file",
+            &resolve_file(checker, &tls.client_ca_file),
+        ),
     ] {
         if let Some(file) = file
             && !file.is_file()
@@ -496,7 +505,13 @@ fn auth_plan(
             checker.error(format!("{key_path}.token"), "token must not be empty");
             continue;
         }
-        let value = grant(checker, &key_path, &entry.principal, &entry.rooms, &entry.roles);
+        let value = grant(
+            checker,
+            &key_path,
+            &entry.principal,
+            &entry.rooms,
+            &entry.roles,
+        );
         if tokens.insert(entry.token.clone(), value).is_some() {
             checker.error(format!("{key_path}.token"), "this token is listed twice");
         }
@@ -504,7 +519,13 @@ fn auth_plan(
     let mut certs = HashMap::new();
     for (index, entry) in section.certs.iter().enumerate() {
         let key_path = key(prefix, &format!("auth.certs[{index}]"));
-        let value = grant(checker, &key_path, &entry.principal, &entry.rooms, &entry.roles);
+        let value = grant(
+            checker,
+            &key_path,
+            &entry.principal,
+            &entry.rooms,
+            &entry.roles,
+        );
         if certs.insert(entry.principal.clone(), value).is_some() {
             checker.error(
                 format!("{key_path}.principal"),
@@ -549,7 +570,12 @@ fn router_plan(
         max_room_bytes: positive(checker, at("max_room_bytes"), router.max_room_bytes, 128),
         max_token_bytes: positive(checker, at("max_token_bytes"), router.max_token_bytes, 1024),
         max_key_bytes: positive(checker, at("max_key_bytes"), router.max_key_bytes, 256),
-        max_chunk_bytes: positive(checker, at("max_chunk_bytes"), router.max_chunk_bytes, 65_536),
+        max_chunk_bytes: positive(
+            checker,
+            at("max_chunk_bytes"),
+            router.max_chunk_bytes,
+            65_536,
+        ),
         max_varint: positive(
             checker,
             at("max_varint"),
@@ -564,7 +590,12 @@ fn router_plan(
         router.max_message_bytes,
         256 << 20,
     );
-    let backlog = positive(checker, at("max_backlog_depth"), router.max_backlog_depth, 128);
+    let backlog = positive(
+        checker,
+        at("max_backlog_depth"),
+        router.max_backlog_depth,
+        128,
+    );
     let message_buffer_bytes = router
         .message_buffer_bytes
         .map_or(1 << 20, |value| value.0)
@@ -613,7 +644,9 @@ fn router_plan(
         rooms,
         chunk_full: router.chunk_full_behavior,
         ack_timeout,
-        redelivery_buffer_bytes: router.redelivery_buffer_bytes.map_or(1 << 20, |value| value.0),
+        redelivery_buffer_bytes: router
+            .redelivery_buffer_bytes
+            .map_or(1 << 20, |value| value.0),
         max_redeliveries: router.max_redeliveries.unwrap_or(3),
         message_buffer_bytes,
         room_idle_timeout: router
@@ -674,7 +707,10 @@ rooms:
         assert_eq!(plan.auth.mode, AuthMode::Token);
         let alice = &plan.auth.tokens["s3cret"];
         assert!(alice.produce && alice.consume && alice.rooms.is_none());
-        assert_eq!(plan.router.default_room.queue_full, QueueFullBehavior::DropOldest);
+        assert_eq!(
+            plan.router.default_room.queue_full,
+            QueueFullBehavior::DropOldest
+        );
         let events = plan.router.room_policy("events");
         assert_eq!(events.backlog_depth, 4);
         assert_eq!(events.queue_full, QueueFullBehavior::DropNewest);
@@ -685,7 +721,10 @@ rooms:
     #[test]
     fn defaults_prefer_backpressure_and_fast_failure_detection() {
         let plan = load("").unwrap();
-        assert_eq!(plan.router.default_room.queue_full, QueueFullBehavior::Block);
+        assert_eq!(
+            plan.router.default_room.queue_full,
+            QueueFullBehavior::Block
+        );
         assert_eq!(plan.router.chunk_full, ChunkFullBehavior::Block);
         assert_eq!(plan.keep_alive, Duration::from_secs(2));
         assert_eq!(plan.idle_timeout, Duration::from_secs(6));
@@ -694,8 +733,8 @@ rooms:
 
     #[test]
     fn errors_name_the_line_and_key() {
-        let errors = load("router:\n  partition_count: 0\n  max_chunk_bytes: 10\n  bogus: 1\n")
-            .unwrap_err();
+        let errors =
+            load("router:\n  partition_count: 0\n  max_chunk_bytes: 10\n  bogus: 1\n").unwrap_err();
         let text = errors.join("\n");
         assert!(text.contains("loom.yaml:2:"), "{text}");
         assert!(text.contains("router.partition_count"), "{text}");

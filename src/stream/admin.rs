@@ -24,7 +24,9 @@ fn respond(metrics: &StreamMetrics, path: &str) -> hyper::Response<Full<Bytes>> 
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
     response
 }

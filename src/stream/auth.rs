@@ -98,7 +98,10 @@ mod tests {
             mode,
             tokens: HashMap::from([
                 ("all".to_string(), grant("alice", None, true, true)),
-                ("video".to_string(), grant("bob", Some(vec!["video"]), true, false)),
+                (
+                    "video".to_string(),
+                    grant("bob", Some(vec!["video"]), true, false),
+                ),
                 ("none".to_string(), grant("carol", Some(vec![]), true, true)),
             ]),
             certs: HashMap::from([("worker".to_string(), grant("worker", None, false, true))]),
@@ -112,7 +115,10 @@ mod tests {
             authorize(&plan, role, room, room, token.as_bytes(), None)
         };
         assert_eq!(check(Role::Producer, "x", "all"), Ok(Some("alice".into())));
-        assert_eq!(check(Role::Consumer, "x", "wrong"), Err(AuthError::UnknownToken));
+        assert_eq!(
+            check(Role::Consumer, "x", "wrong"),
+            Err(AuthError::UnknownToken)
+        );
         assert!(check(Role::Producer, "video", "video").is_ok());
         assert!(check(Role::Consumer, "video", "video").is_err());
         assert!(check(Role::Producer, "audio", "video").is_err());
@@ -133,7 +139,14 @@ mod tests {
         assert!(authorize(&both, Role::Consumer, "a", "a", b"bad", Some("worker")).is_err());
         assert!(authorize(&both, Role::Consumer, "a", "a", b"all", Some("other")).is_err());
         assert_eq!(
-            authorize(&plan(AuthMode::Disabled), Role::Producer, "", "default", b"", None),
+            authorize(
+                &plan(AuthMode::Disabled),
+                Role::Producer,
+                "",
+                "default",
+                b"",
+                None
+            ),
             Ok(None)
         );
     }

@@ -49,7 +49,10 @@ impl ConnectArgs {
             } else {
                 ClientTransport::Quic
             },
-            name: self.name.clone().unwrap_or_else(|| default_name.to_string()),
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name.to_string()),
             room: self.room.clone(),
             token: self.token.clone(),
             tls: ClientTlsOptions {
@@ -96,7 +99,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn produce(arguments: ProduceArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let mut producer = Producer::connect(&arguments.connect.options("loom-cli-producer")).await?;
+        let mut producer =
+            Producer::connect(&arguments.connect.options("loom-cli-producer")).await?;
         let mut input: Box<dyn tokio::io::AsyncRead + Unpin> = match &arguments.file {
             Some(path) if path.as_os_str() != "-" => Box::new(tokio::fs::File::open(path).await?),
             _ => Box::new(tokio::io::stdin()),
@@ -126,7 +130,8 @@ pub fn produce(arguments: ProduceArgs) -> anyhow::Result<()> {
 
 pub fn consume(arguments: ConsumeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let mut consumer = Consumer::connect(&arguments.connect.options("loom-cli-consumer")).await?;
+        let mut consumer =
+            Consumer::connect(&arguments.connect.options("loom-cli-consumer")).await?;
         let mut stdout = tokio::io::stdout();
         let mut received = 0u64;
         while arguments.count.is_none_or(|count| received < count) {

@@ -107,7 +107,9 @@ fn host_part(server: &str) -> String {
         Some(cut) => &server[..cut],
         None => server,
     };
-    host.trim_start_matches('[').trim_end_matches(']').to_string()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 async fn open(options: &ClientOptions, role: Role) -> Result<Session, ClientError> {

@@ -35,7 +35,15 @@ pub async fn run(
     let (acks, mut ack_receiver) = mpsc::channel::<u64>(64);
     let ack_reader = tokio::spawn(read_acks(reader, acks));
     let mut in_flight: Option<Delivery> = None;
-    let exit = serve(context, room, &handle, writer, &mut ack_receiver, &mut in_flight).await;
+    let exit = serve(
+        context,
+        room,
+        &handle,
+        writer,
+        &mut ack_receiver,
+        &mut in_flight,
+    )
+    .await;
     // Leave routing before the unanswered deliveries are dropped, so their producers
     // redeliver to someone else.
     let queued = room.remove_consumer(&handle);

@@ -37,6 +37,16 @@ fn quic_write_error(error: quinn::WriteError) -> TransportError {
     }
 }
 
+fn quic_io_error(error: std::io::Error) -> TransportError {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+    {
+        Some(read_error) => quic_read_error(read_error.clone()),
+        None => transport_error(error),
+    }
+}
+
 fn quic_read_error(error: quinn::ReadError) -> TransportError {
     let code = match &error {
         quinn::ReadError::Reset(code) => Some(code.into_inner()),
@@ -58,14 +68,17 @@ impl StreamReader {
     /// Appends the next bytes that arrive to `buffer`; `Ok(false)` at the end of the stream.
     pub async fn fill(&mut self, buffer: &mut BytesMut) -> Result<bool, TransportError> {
         match self {
-            StreamReader::Quic(stream) => match stream.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    buffer.extend_from_slice(&chunk.bytes);
-                    Ok(true)
+            // `read` takes everything that has arrived (many packets) in one call, where
+            // `read_chunk` would hand over one packet's worth: fewer, larger pieces downstream
+            // are worth the copy.
+            StreamReader::Quic(stream) => {
+                use tokio::io::AsyncReadExt;
+                match stream.read_buf(buffer).await {
+                    Ok(0) => Ok(false),
+                    Ok(_) => Ok(true),
+                    Err(error) => Err(quic_io_error(error)),
                 }
-                Ok(None) => Ok(false),
-                Err(error) => Err(quic_read_error(error)),
-            },
+            }
             StreamReader::H3Server(stream) => match stream.recv_data().await {
                 Ok(Some(data)) => {
                     append(buffer, data);
@@ -120,12 +133,8 @@ impl StreamWriter {
         }
         match self {
             StreamWriter::Quic(stream) => stream.write_chunk(data).await.map_err(quic_write_error),
-            StreamWriter::H3Server(stream) => {
-                stream.send_data(data).await.map_err(transport_error)
-            }
-            StreamWriter::H3Client(stream) => {
-                stream.send_data(data).await.map_err(transport_error)
-            }
+            StreamWriter::H3Server(stream) => stream.send_data(data).await.map_err(transport_error),
+            StreamWriter::H3Client(stream) => stream.send_data(data).await.map_err(transport_error),
         }
     }
 
@@ -166,7 +175,10 @@ impl StreamWriter {
         match stream.stopped().await {
             Ok(None) => Ok(()),
             Ok(Some(code)) => Err(TransportError {
-                message: format!("the peer stopped the stream with code 0x{:x}", code.into_inner()),
+                message: format!(
+                    "the peer stopped the stream with code 0x{:x}",
+                    code.into_inner()
+                ),
                 code: Some(code.into_inner()),
             }),
             Err(error) => Err(transport_error(error)),
@@ -198,6 +210,9 @@ impl StreamWriter {
             builder = builder.header(http::header::CONTENT_TYPE, "application/octet-stream");
         }
         let response = builder.body(()).map_err(transport_error)?;
-        stream.send_response(response).await.map_err(transport_error)
+        stream
+            .send_response(response)
+            .await
+            .map_err(transport_error)
     }
 }

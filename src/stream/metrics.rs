@@ -232,7 +232,10 @@ pub fn installed() -> std::sync::Arc<StreamMetrics> {
 
 /// The streaming metric families if streaming runs in this process, else nothing.
 pub fn gather_installed() -> Vec<prometheus::proto::MetricFamily> {
-    INSTALLED.get().map(|metrics| metrics.gather()).unwrap_or_default()
+    INSTALLED
+        .get()
+        .map(|metrics| metrics.gather())
+        .unwrap_or_default()
 }
 
 /// `None` when streaming does not run in this process.

@@ -30,7 +30,11 @@ pub enum ProducerEnd {
     Failed(ReadError),
 }
 
-pub async fn run(context: &SessionContext, room: &Arc<Room>, reader: &mut FrameReader) -> ProducerEnd {
+pub async fn run(
+    context: &SessionContext,
+    room: &Arc<Room>,
+    reader: &mut FrameReader,
+) -> ProducerEnd {
     loop {
         let header = match reader.message_header().await {
             Ok(Some(header)) => header,
@@ -80,7 +84,8 @@ impl Forward<'_> {
         for consumer in consumers {
             let (body_sender, body) = mpsc::channel(depth);
             let (outcome_sender, outcome) = oneshot::channel();
-            let delivery = Delivery::new(self.message_id, self.header.clone(), body, outcome_sender);
+            let delivery =
+                Delivery::new(self.message_id, self.header.clone(), body, outcome_sender);
             let offer = match self.room.policy.queue_full {
                 QueueFullBehavior::Block => consumer.queue.push_waiting(delivery).await,
                 QueueFullBehavior::DropNewest => consumer.queue.push_now(delivery, false).0,
@@ -120,8 +125,7 @@ impl Forward<'_> {
                 retained.push(piece.clone());
             }
         }
-        let give_up_when_full =
-            self.context.settings.router.chunk_full == ChunkFullBehavior::Drop;
+        let give_up_when_full = self.context.settings.router.chunk_full == ChunkFullBehavior::Drop;
         for index in 0..self.targets.len() {
             let Some(sender) = &self.targets[index].body else {
                 continue;

@@ -6,8 +6,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::io::{StreamReader, TransportError};
 use super::wire::{self, Frame, Hello, MessageHeader, WireError, WireLimits};
 
-/// Read buffer growth step: one default-sized chunk plus its framing.
-const READ_RESERVE: usize = 64 * 1024 + 16;
+/// Read buffer growth step: a few default-sized chunks, so one read can take what a burst
+/// of packets delivered.
+const READ_RESERVE: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -51,7 +52,7 @@ impl FrameReader {
 
     /// Reads more; `Ok(false)` at the end of the stream.
     async fn fill(&mut self) -> Result<bool, TransportError> {
-        if self.buffer.capacity() - self.buffer.len() < 1024 {
+        if self.buffer.capacity() - self.buffer.len() < 16 * 1024 {
             self.buffer.reserve(READ_RESERVE);
         }
         self.reader.fill(&mut self.buffer).await

@@ -53,7 +53,10 @@ fn transport_config(plan: &StreamPlan) -> quinn::TransportConfig {
 
 impl StreamServer {
     /// Builds TLS and binds the UDP socket; call inside a Tokio runtime.
-    pub fn bind(plan: StreamPlan, metrics: Arc<StreamMetrics>) -> Result<StreamServer, ServerError> {
+    pub fn bind(
+        plan: StreamPlan,
+        metrics: Arc<StreamMetrics>,
+    ) -> Result<StreamServer, ServerError> {
         let tls = tls::server_config(&plan.tls)?;
         if tls.self_signed {
             log::warn!(
@@ -61,7 +64,10 @@ impl StreamServer {
                 tls.fingerprint
             );
         } else {
-            log::info!("stream: certificate SHA-256 fingerprint {}", tls.fingerprint);
+            log::info!(
+                "stream: certificate SHA-256 fingerprint {}",
+                tls.fingerprint
+            );
         }
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&tls.config))
             .map_err(|error| ServerError::Setup(error.to_string()))?;
@@ -92,7 +98,9 @@ impl StreamServer {
         let address = self.local_addr().ok();
         log::info!(
             "stream: serving Loom v4 on udp {} (ALPN loom/1 and h3)",
-            address.map(|address| address.to_string()).unwrap_or_default()
+            address
+                .map(|address| address.to_string())
+                .unwrap_or_default()
         );
         let sweeper = tokio::spawn(sweep_rooms(Arc::clone(&self.shared)));
         tokio::pin!(shutdown);
@@ -106,8 +114,10 @@ impl StreamServer {
             }
         }
         sweeper.abort();
-        self.endpoint
-            .close(quinn::VarInt::from_u32(super::codes::SHUTDOWN as u32), b"shutdown");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(super::codes::SHUTDOWN as u32),
+            b"shutdown",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
@@ -145,7 +155,10 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<StreamShared>)
         Some(tls::ALPN_H3) => Transport::H3,
         _ => Transport::Quic,
     };
-    let gauge = shared.metrics.connections.with_label_values(&[transport.label()]);
+    let gauge = shared
+        .metrics
+        .connections
+        .with_label_values(&[transport.label()]);
     gauge.inc();
     let _gauge = ConnectionGauge(gauge);
     let certificate_name: Option<Arc<str>> = tls::peer_common_name(&connection).map(Arc::from);

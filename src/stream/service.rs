@@ -64,7 +64,11 @@ pub fn check_can_bind(plan: &StreamPlan) -> std::io::Result<()> {
 }
 
 fn print_errors(path: &Path, errors: &[crate::config::ConfigError]) {
-    eprintln!("{}: {} error(s) in the config:", path.display(), errors.len());
+    eprintln!(
+        "{}: {} error(s) in the config:",
+        path.display(),
+        errors.len()
+    );
     for error in errors {
         eprintln!("  {error}");
     }

@@ -165,7 +165,9 @@ pub async fn run(
         hello.role.label(),
         String::from_utf8_lossy(&hello.name),
         room.name,
-        principal.map(|name| format!(" as {name}")).unwrap_or_default()
+        principal
+            .map(|name| format!(" as {name}"))
+            .unwrap_or_default()
     );
     match hello.role {
         Role::Producer => match producer::run(&context, room, &mut reader).await {
@@ -208,7 +210,10 @@ async fn reject(
         .with_label_values(&[context.transport.label(), rejection.reason()])
         .inc();
     if let Rejection::Hello(error) = &rejection {
-        log::debug!("stream: bad hello over {}: {error}", context.transport.label());
+        log::debug!(
+            "stream: bad hello over {}: {error}",
+            context.transport.label()
+        );
     }
     let _ = writer.send_status(rejection.status(), false).await;
     let _ = writer.finish().await;

@@ -86,8 +86,8 @@ pub fn server_config(plan: &TlsPlan) -> Result<ServerTls, TlsError> {
                 "::1".to_string(),
             ])
             .map_err(setup)?;
-            let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
-                .map_err(setup)?;
+            let key =
+                PrivateKeyDer::try_from(generated.signing_key.serialize_der()).map_err(setup)?;
             (vec![generated.cert.der().clone()], key, true)
         }
     };

@@ -63,7 +63,10 @@ fn varint_table() {
 
 #[test]
 fn varint_accepts_non_minimal_and_rejects_over_limit_and_overflow() {
-    assert_eq!(decode_varint(&hex("80 00"), DEFAULT_MAX_VARINT), Ok(Some((0, 2))));
+    assert_eq!(
+        decode_varint(&hex("80 00"), DEFAULT_MAX_VARINT),
+        Ok(Some((0, 2)))
+    );
     assert_eq!(
         decode_varint(&hex("81 80 80 80 80 80 80 02"), DEFAULT_MAX_VARINT),
         Err(WireError::VarintTooLarge {
@@ -120,18 +123,31 @@ fn hello_vectors() {
         );
         // Every proper prefix asks for more bytes.
         for end in 0..expected.len() {
-            assert_eq!(Hello::decode(&expected[..end], &limits), Ok(None), "prefix {end}");
+            assert_eq!(
+                Hello::decode(&expected[..end], &limits),
+                Ok(None),
+                "prefix {end}"
+            );
         }
     }
-    assert_eq!(encoded_hello(&hello(Role::Producer, "p1", "room", "tok")).len(), 19);
+    assert_eq!(
+        encoded_hello(&hello(Role::Producer, "p1", "room", "tok")).len(),
+        19
+    );
 }
 
 #[test]
 fn invalid_hellos_follow_the_reference_order() {
     let limits = WireLimits::default();
-    assert_eq!(Hello::decode(b"LOOX\x04P", &limits), Err(WireError::BadMagic));
+    assert_eq!(
+        Hello::decode(b"LOOX\x04P", &limits),
+        Err(WireError::BadMagic)
+    );
     assert_eq!(Hello::decode(b"X", &limits), Err(WireError::BadMagic));
-    assert_eq!(Hello::decode(b"LOOM\x03P", &limits), Err(WireError::BadVersion(3)));
+    assert_eq!(
+        Hello::decode(b"LOOM\x03P", &limits),
+        Err(WireError::BadVersion(3))
+    );
     assert_eq!(
         Hello::decode(&hex("4c4f4f4d 04 58 00 00 00"), &limits),
         Err(WireError::BadRole(b'X'))
@@ -203,7 +219,10 @@ fn message_vectors() {
     encode_chunk(&mut two, b"ab");
     encode_chunk(&mut two, b"c");
     encode_end_of_message(&mut two);
-    assert_eq!(two.to_vec(), hex("07 757365722d3432 00 00 02 6162 01 63 00"));
+    assert_eq!(
+        two.to_vec(),
+        hex("07 757365722d3432 00 00 02 6162 01 63 00")
+    );
 
     // V8: header only with id 300, and ACK(300).
     let mut only = BytesMut::new();
@@ -255,7 +274,10 @@ fn seventy_thousand_bytes_in_64k_chunks() {
 #[test]
 fn invalid_message_fields() {
     let limits = WireLimits::default();
-    assert_eq!(MessageHeader::decode(&hex("00"), &limits), Err(WireError::EmptyKey));
+    assert_eq!(
+        MessageHeader::decode(&hex("00"), &limits),
+        Err(WireError::EmptyKey)
+    );
     assert_eq!(
         MessageHeader::decode(&hex("81 02"), &limits),
         Err(WireError::KeyTooLarge {

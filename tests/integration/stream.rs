@@ -8,9 +8,7 @@ use bytes::Bytes;
 use loom::stream::client::{ClientError, ClientTransport, Consumer, Producer};
 use loom::stream::codes;
 
-use crate::stream_support::{
-    StreamUnderTest, raw_h3_status, raw_quic_exchange, receive_and_ack,
-};
+use crate::stream_support::{StreamUnderTest, raw_h3_status, raw_quic_exchange, receive_and_ack};
 
 const QUIC: ClientTransport = ClientTransport::Quic;
 const H3: ClientTransport = ClientTransport::H3;
@@ -53,28 +51,50 @@ async fn both_protocols_share_one_port_with_server_ids_in_order() {
     }
     for index in 0..5u8 {
         let message = receive_and_ack(&mut consumer).await;
-        assert_eq!(message.id, u64::from(index) + 1, "server-assigned ids from 1");
+        assert_eq!(
+            message.id,
+            u64::from(index) + 1,
+            "server-assigned ids from 1"
+        );
         assert_eq!(message.body, vec![b'a' + index; 10]);
         assert_eq!(message.key, Bytes::from_static(b"k"));
         assert_eq!(message.declared_size, 10);
     }
-    producer.finish().await.expect("delivery barrier after every ACK");
+    producer
+        .finish()
+        .await
+        .expect("delivery barrier after every ACK");
 
     // The other way round on the same port: HTTP/3 producer, raw QUIC consumer.
     let mut quic_consumer = server.consumer(QUIC, "orders").await;
     drop(consumer);
-    server.wait_for("orders", |status| status.consumers == 1).await;
+    server
+        .wait_for("orders", |status| status.consumers == 1)
+        .await;
     let mut h3_producer = server.producer(H3, "orders").await;
     h3_producer.send(b"k", b"over h3").await.unwrap();
     let message = receive_and_ack(&mut quic_consumer).await;
     assert_eq!((message.id, message.body.as_slice()), (6, &b"over h3"[..]));
-    h3_producer.finish().await.expect("HTTP/3 producer gets 200");
+    h3_producer
+        .finish()
+        .await
+        .expect("HTTP/3 producer gets 200");
 
-    assert_eq!(server.metric("loom_messages_in_total{room=\"orders\"}"), 6.0);
-    assert_eq!(server.metric("loom_messages_out_total{room=\"orders\"}"), 6.0);
+    assert_eq!(
+        server.metric("loom_messages_in_total{room=\"orders\"}"),
+        6.0
+    );
+    assert_eq!(
+        server.metric("loom_messages_out_total{room=\"orders\"}"),
+        6.0
+    );
     assert_eq!(server.metric("loom_bytes_in_total{room=\"orders\"}"), 57.0);
     assert_eq!(server.metric("loom_bytes_out_total{room=\"orders\"}"), 57.0);
-    assert!(server.metrics().contains("loom_ack_latency_seconds_count{room=\"orders\"} 6"));
+    assert!(
+        server
+            .metrics()
+            .contains("loom_ack_latency_seconds_count{room=\"orders\"} 6")
+    );
 }
 
 #[tokio::test]
@@ -122,8 +142,7 @@ async fn keys_stay_with_one_of_three_consumers() {
 
 #[tokio::test]
 async fn fanout_gives_every_consumer_a_copy_with_the_same_id() {
-    let server =
-        StreamUnderTest::start("rooms:\n  - {name: news, queue_type: fanout}\n").await;
+    let server = StreamUnderTest::start("rooms:\n  - {name: news, queue_type: fanout}\n").await;
     let mut first = server.consumer(QUIC, "news").await;
     let mut second = server.consumer(H3, "news").await;
     let mut producer = server.producer(QUIC, "news").await;
@@ -233,9 +252,17 @@ async fn token_auth_checks_token_room_and_role() {
             .await
             .unwrap();
         let _ = producer.send(b"k", b"x").await;
-        assert_refused(&mut producer, if transport == H3 { Some(401) } else { None }).await;
-        let mut consumer = Consumer::connect(&with(transport, "video", "all")).await.unwrap();
-        server.wait_for("video", |status| status.consumers == 1).await;
+        assert_refused(
+            &mut producer,
+            if transport == H3 { Some(401) } else { None },
+        )
+        .await;
+        let mut consumer = Consumer::connect(&with(transport, "video", "all"))
+            .await
+            .unwrap();
+        server
+            .wait_for("video", |status| status.consumers == 1)
+            .await;
         let mut producer = Producer::connect(&with(transport, "video", "video-in"))
             .await
             .unwrap();
@@ -243,10 +270,18 @@ async fn token_auth_checks_token_room_and_role() {
         assert_eq!(receive_and_ack(&mut consumer).await.body, b"frame");
         producer.finish().await.unwrap();
         consumer.close();
-        server.wait_for("video", |status| status.consumers == 0).await;
+        server
+            .wait_for("video", |status| status.consumers == 0)
+            .await;
     }
-    assert!(server.metric("loom_rejected_streams_total{reason=\"unauthorized\",transport=\"quic\"}") >= 2.0);
-    assert!(server.metric("loom_rejected_streams_total{reason=\"unauthorized\",transport=\"h3\"}") >= 2.0);
+    assert!(
+        server.metric("loom_rejected_streams_total{reason=\"unauthorized\",transport=\"quic\"}")
+            >= 2.0
+    );
+    assert!(
+        server.metric("loom_rejected_streams_total{reason=\"unauthorized\",transport=\"h3\"}")
+            >= 2.0
+    );
 }
 
 struct Pki {
@@ -304,11 +339,16 @@ async fn mtls_and_both_modes_use_the_certificate_name() {
         let with = |name: &str, token: &str| {
             let mut options = server.options(QUIC, "jobs");
             options.token = token.into();
-            options.tls.client_cert = Some((pki.path(&format!("{name}.pem")), pki.path(&format!("{name}.key"))));
+            options.tls.client_cert = Some((
+                pki.path(&format!("{name}.pem")),
+                pki.path(&format!("{name}.key")),
+            ));
             options
         };
         let mut consumer = Consumer::connect(&with("worker", "t")).await.unwrap();
-        server.wait_for("jobs", |status| status.consumers == 1).await;
+        server
+            .wait_for("jobs", |status| status.consumers == 1)
+            .await;
         let mut producer = Producer::connect(&with("worker", "t")).await.unwrap();
         producer.send(b"k", b"job").await.unwrap();
         assert_eq!(receive_and_ack(&mut consumer).await.body, b"job", "{mode}");
@@ -361,7 +401,10 @@ async fn a_32_mib_message_arrives_whole_behind_a_slow_consumer() {
     assert!(received == body.as_ref(), "content intact");
     consumer.ack(header.message_id).await.unwrap();
     sender.await.unwrap();
-    assert_eq!(server.metric("loom_bytes_out_total{room=\"big\"}"), (32u64 << 20) as f64);
+    assert_eq!(
+        server.metric("loom_bytes_out_total{room=\"big\"}"),
+        (32u64 << 20) as f64
+    );
 }
 
 #[tokio::test]
@@ -375,7 +418,10 @@ async fn a_consumer_that_does_not_ack_is_evicted_and_its_message_redelivered() {
     // A second consumer joins; the first never ACKs.
     let mut healthy = server.consumer(QUIC, "acks").await;
     let redelivered = receive_and_ack(&mut healthy).await;
-    assert_eq!((redelivered.id, redelivered.body.as_slice()), (1, &b"important"[..]));
+    assert_eq!(
+        (redelivered.id, redelivered.body.as_slice()),
+        (1, &b"important"[..])
+    );
     match silent.next_header().await {
         Err(ClientError::Reset(code)) => assert_eq!(code, codes::ACK_TIMEOUT),
         other => panic!("the evicted consumer's stream is reset, got {other:?}"),
@@ -390,10 +436,9 @@ async fn a_consumer_that_does_not_ack_is_evicted_and_its_message_redelivered() {
 
 #[tokio::test]
 async fn without_redelivery_an_unacked_message_is_counted_lost() {
-    let server = StreamUnderTest::start(
-        "router:\n  ack_timeout: 200ms\n  redelivery_buffer_bytes: 0\n",
-    )
-    .await;
+    let server =
+        StreamUnderTest::start("router:\n  ack_timeout: 200ms\n  redelivery_buffer_bytes: 0\n")
+            .await;
     let mut silent = server.consumer(QUIC, "lossy").await;
     let mut producer = server.producer(QUIC, "lossy").await;
     producer.send(b"k", b"gone").await.unwrap();
@@ -420,7 +465,9 @@ async fn a_consumer_that_disconnects_mid_message_does_not_stall_the_producer() {
     let piece = leaving.next_chunk().await.unwrap().unwrap();
     assert!(!piece.is_empty());
     leaving.close();
-    server.wait_for("drop", |status| status.consumers == 0).await;
+    server
+        .wait_for("drop", |status| status.consumers == 0)
+        .await;
     let mut staying = server.consumer(QUIC, "drop").await;
     producer.send(b"k", b"after").await.unwrap();
     let message = receive_and_ack(&mut staying).await;

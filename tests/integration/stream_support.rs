@@ -76,7 +76,8 @@ impl StreamUnderTest {
         let consumer = Consumer::connect(&self.options(transport, room))
             .await
             .expect("consumer connects");
-        self.wait_for(room, |status| status.consumers > before).await;
+        self.wait_for(room, |status| status.consumers > before)
+            .await;
         consumer
     }
 
