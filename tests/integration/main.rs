@@ -10,6 +10,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod stream;
+mod stream_process;
 mod stream_support;
 mod support;
 mod upgrade;

@@ -1,0 +1,441 @@
+//! Streaming in the real binaries: `loom stream -c FILE` with a reference-schema config
+//! (both protocols, admin probes, SIGHUP reload, the produce/consume commands), and the
+//! gateway running streaming from its `stream:` section.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loom::stream::client::{ClientOptions, ClientTransport, Consumer, Producer};
+use loom::stream::tls::ClientTlsOptions;
+
+use crate::stream_support::receive_and_ack;
+use crate::support::{GatewayProcess, client, free_port};
+
+/// A UDP port that was free a moment ago.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map(|address| address.port())
+        .expect("an ephemeral UDP port")
+}
+
+fn options(port: u16, transport: ClientTransport, room: &str, token: &str) -> ClientOptions {
+    ClientOptions {
+        server: format!("127.0.0.1:{port}"),
+        transport,
+        name: "process-test".into(),
+        room: room.into(),
+        token: token.into(),
+        tls: ClientTlsOptions {
+            insecure_skip_verify: true,
+            ..ClientTlsOptions::default()
+        },
+        server_name: Some("localhost".into()),
+    }
+}
+
+async fn wait_ready(url: &str, child: &mut Child, log: &std::path::Path) {
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "loom stream exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if let Ok(response) = http.get(url).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered 200");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct StandaloneServer {
+    child: Child,
+    directory: tempfile::TempDir,
+    udp: u16,
+    admin: u16,
+}
+
+impl Drop for StandaloneServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reference_config(udp: u16, admin: u16, token: &str) -> String {
+    // The reference server's sample file, with its ports and a token changed.
+    format!(
+        r#"transport: quic
+server:
+  addr: "127.0.0.1:{udp}"
+  tls:
+    cert_file: ""
+    key_file: ""
+    ca_file: ""
+    server_name: ""
+    insecure_skip_verify: true
+admin:
+  addr: "127.0.0.1:{admin}"
+  enable_pprof: true
+auth:
+  mode: token
+  tokens:
+    - {{token: "{token}", principal: "alice", rooms: ["*"], roles: ["produce", "consume"]}}
+router:
+  partition_count: 64
+  max_message_bytes: 268435456
+  max_chunk_bytes: 65536
+  max_name_bytes: 128
+  max_room_bytes: 128
+  max_token_bytes: 1024
+  max_key_bytes: 256
+  max_backlog_depth: 128
+  partition_full_behavior: drop_oldest
+  chunk_full_behavior: drop
+"#
+    )
+}
+
+async fn start_standalone(token: &str) -> StandaloneServer {
+    let directory = tempfile::tempdir().unwrap();
+    let (udp, admin) = (free_udp_port(), free_port());
+    let config = directory.path().join("loom.yaml");
+    std::fs::write(&config, reference_config(udp, admin, token)).unwrap();
+    let log = directory.path().join("stream.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["stream", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("loom stream starts");
+    wait_ready(
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        &mut child,
+        &log,
+    )
+    .await;
+    StandaloneServer {
+        child,
+        directory,
+        udp,
+        admin,
+    }
+}
+
+fn cli(arguments: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .arg("stream")
+        .args(arguments)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the CLI starts");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn standalone_server_takes_the_reference_config_and_the_cli_talks_to_it() {
+    let server = start_standalone("one").await;
+    let port = server.udp.to_string();
+    let server_address = format!("127.0.0.1:{port}");
+
+    // CLI producer (raw QUIC) → library consumer (HTTP/3), on the one UDP port.
+    let mut consumer = Consumer::connect(&options(server.udp, ClientTransport::H3, "cli", "one"))
+        .await
+        .unwrap();
+    let consumer_task = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            bodies.push(receive_and_ack(&mut consumer).await.body);
+        }
+        bodies
+    });
+    // Until the consumer is registered, messages would be dropped: wait for its gauge.
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", server.admin);
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("loom_streams{role=\"consumer\",room=\"cli\",transport=\"h3\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer never registered:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        cli(
+            &[
+                "produce",
+                "--server",
+                &server_address,
+                "--room",
+                "cli",
+                "--token",
+                "one",
+                "--insecure",
+                "--lines",
+            ],
+            b"alpha\nbeta\ngamma\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bodies = consumer_task.await.unwrap();
+    assert_eq!(
+        bodies,
+        vec![b"alpha".to_vec(), b"beta".to_vec(), b"gamma".to_vec()]
+    );
+
+    // Library producer → CLI consumer.
+    let server_address = format!("127.0.0.1:{port}");
+    let consume = tokio::task::spawn_blocking(move || {
+        cli(
+            &[
+                "consume",
+                "--server",
+                &server_address,
+                "--room",
+                "back",
+                "--token",
+                "one",
+                "--insecure",
+                "--count",
+                "2",
+                "--lines",
+            ],
+            b"",
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("loom_streams{role=\"consumer\",room=\"back\",transport=\"quic\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CLI consumer never registered:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut producer =
+        Producer::connect(&options(server.udp, ClientTransport::Quic, "back", "one"))
+            .await
+            .unwrap();
+    producer.send(b"k", b"first").await.unwrap();
+    producer.send(b"k", b"second").await.unwrap();
+    producer.finish().await.unwrap();
+    let output = consume.await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "first\nsecond\n");
+
+    let text = http
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("loom_messages_in_total{room=\"cli\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("loom_bytes_out_total{room=\"back\"} 11"),
+        "{text}"
+    );
+    let health = http
+        .get(format!("http://127.0.0.1:{}/healthz", server.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// True when a consumer with `token` is accepted (a refused one sees the stream end at once).
+async fn token_accepted(port: u16, token: &str) -> bool {
+    let Ok(mut consumer) =
+        Consumer::connect(&options(port, ClientTransport::Quic, "reload", token)).await
+    else {
+        return false;
+    };
+    // A refusal is immediate; an accepted consumer waits for messages.
+    tokio::time::timeout(Duration::from_millis(500), consumer.next_header())
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn sighup_applies_new_tokens_to_new_streams() {
+    let server = start_standalone("old").await;
+    assert!(token_accepted(server.udp, "old").await);
+    assert!(!token_accepted(server.udp, "new").await);
+    let config = server.directory.path().join("loom.yaml");
+    std::fs::write(&config, reference_config(server.udp, server.admin, "new")).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGHUP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !token_accepted(server.udp, "new").await {
+        assert!(Instant::now() < deadline, "the new token never took effect");
+    }
+    assert!(!token_accepted(server.udp, "old").await);
+
+    // A broken file is refused and the running config stays.
+    std::fs::write(&config, "router:\n  partition_count: 0\n").unwrap();
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGHUP);
+    }
+    let log = server.directory.path().join("stream.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("router.partition_count")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bad reload was never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(token_accepted(server.udp, "new").await);
+}
+
+#[tokio::test]
+async fn an_invalid_stream_config_names_file_line_and_key() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = directory.path().join("bad.yaml");
+    std::fs::write(
+        &config,
+        "router:\n  max_chunk_bytes: 0\n  chunk_full: drop\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["stream", "-t", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(errors.contains("bad.yaml:2:"), "{errors}");
+    assert!(errors.contains("router.max_chunk_bytes"), "{errors}");
+    assert!(errors.contains("router.chunk_full"), "{errors}");
+}
+
+#[tokio::test]
+async fn the_gateway_runs_streaming_from_its_stream_section() {
+    let udp = free_udp_port();
+    let template = format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+routes:
+  - id: all
+    path: /*
+    upstream: pool
+upstreams:
+  - name: pool
+    endpoints: ["127.0.0.1:@DEAD0@"]
+stream:
+  server:
+    addr: "127.0.0.1:{udp}"
+  rooms:
+    - {{name: broadcast, queue_type: fanout}}
+"#
+    );
+    let gateway = GatewayProcess::start(&template).await;
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(gateway.admin_url("/readyz"))
+        .send()
+        .await
+        .map(|response| response.status())
+        .ok()
+        != Some(reqwest::StatusCode::OK)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never 200:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first = Consumer::connect(&options(udp, ClientTransport::Quic, "broadcast", ""))
+        .await
+        .unwrap();
+    let mut second = Consumer::connect(&options(udp, ClientTransport::H3, "broadcast", ""))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gateway
+        .metric("loom_streams{role=\"consumer\",room=\"broadcast\",transport=\"h3\"}")
+        .await
+        != Some(1.0)
+        || gateway
+            .metric("loom_streams{role=\"consumer\",room=\"broadcast\",transport=\"quic\"}")
+            .await
+            != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "consumers never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut producer = Producer::connect(&options(udp, ClientTransport::H3, "broadcast", ""))
+        .await
+        .unwrap();
+    producer.send(b"k", b"to everyone").await.unwrap();
+    assert_eq!(receive_and_ack(&mut first).await.body, b"to everyone");
+    assert_eq!(receive_and_ack(&mut second).await.body, b"to everyone");
+    producer.finish().await.unwrap();
+    assert_eq!(
+        gateway
+            .metric("loom_messages_in_total{room=\"broadcast\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gateway
+            .metric("loom_messages_out_total{room=\"broadcast\"}")
+            .await,
+        Some(2.0)
+    );
+}
