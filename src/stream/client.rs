@@ -371,15 +371,15 @@ impl Producer {
     /// nothing to producers), so this is how a caller confirms a refusal; an accepted stream
     /// makes this wait until `finish`.
     pub async fn wait_for_refusal(&mut self) -> ClientError {
-        if self.session.h3_response_pending {
-            if let StreamReader::H3Client(receive) = self.session.reader.inner_mut() {
-                return match receive.recv_response().await {
-                    Ok(response) => ClientError::Rejected {
-                        status: Some(response.status().as_u16()),
-                    },
-                    Err(error) => ClientError::Transport(error.to_string()),
-                };
-            }
+        if self.session.h3_response_pending
+            && let StreamReader::H3Client(receive) = self.session.reader.inner_mut()
+        {
+            return match receive.recv_response().await {
+                Ok(response) => ClientError::Rejected {
+                    status: Some(response.status().as_u16()),
+                },
+                Err(error) => ClientError::Transport(error.to_string()),
+            };
         }
         match self.session.reader.message_header().await {
             Ok(None) => ClientError::Rejected { status: None },

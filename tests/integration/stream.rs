@@ -393,7 +393,7 @@ async fn a_32_mib_message_arrives_whole_behind_a_slow_consumer() {
         received.extend_from_slice(&piece);
         pieces += 1;
         // Slow: a pause every few pieces keeps the producer waiting on backpressure.
-        if pieces % 16 == 0 {
+        if pieces.is_multiple_of(16) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
