@@ -293,6 +293,11 @@ pub fn load_standalone(path: &Path) -> Result<StreamPlan, Vec<ConfigError>> {
 }
 
 pub fn load_standalone_text(path: &Path, text: &str) -> Result<StreamPlan, Vec<ConfigError>> {
+    // An empty file means every default, as it does for the reference server.
+    let empty = text
+        .lines()
+        .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'));
+    let text = if empty { "{}" } else { text };
     let root = yaml::parse_document(path, text).map_err(|error| vec![error])?;
     let mut errors = Vec::new();
     let section: Option<StreamSection> = if matches!(root.value, yaml::NodeValue::Null) {
