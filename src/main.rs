@@ -58,8 +58,10 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 struct StreamCommand {
-    /// The streaming config (the reference server's loom.yaml schema).
+    /// The streaming config (the reference server's loom.yaml schema); as with loomd, also
+    /// accepted as the first argument or from LOOM_CONFIG.
     #[arg(
         short = 'c',
         long = "conf",
@@ -67,6 +69,9 @@ struct StreamCommand {
         default_value = "loom.yaml"
     )]
     conf: PathBuf,
+    /// The config path given the way loomd takes it: `loom stream FILE`.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
     /// Validate the config and exit.
     #[arg(short = 't', long = "test")]
     test: bool,
@@ -84,7 +89,10 @@ enum StreamAction {
 
 fn run_stream_command(command: StreamCommand) -> ExitCode {
     let result = match command.action {
-        None => loom::stream::service::run_standalone(command.conf, command.test),
+        None => loom::stream::service::run_standalone(
+            command.file.unwrap_or(command.conf),
+            command.test,
+        ),
         Some(StreamAction::Produce(arguments)) => loom::stream::cli::produce(arguments),
         Some(StreamAction::Consume(arguments)) => loom::stream::cli::consume(arguments),
     };

@@ -34,6 +34,21 @@ pub struct StreamServer {
     shared: Arc<StreamShared>,
 }
 
+/// Binds the UDP socket with SO_REUSEPORT: during a `loom -u` upgrade the new process binds
+/// the port while the old one still holds it. (Connections the old process held end with
+/// it; Loom clients reconnect.)
+pub fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if address.is_ipv6() {
+        // `[::]` serves IPv4 too, as Go's ":4242" does.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
 fn transport_config(plan: &StreamPlan) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(plan.keep_alive));
@@ -73,12 +88,20 @@ impl StreamServer {
             .map_err(|error| ServerError::Setup(error.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(Arc::new(transport_config(&plan)));
-        let endpoint = quinn::Endpoint::server(server_config, plan.address).map_err(|source| {
-            ServerError::Bind {
-                address: plan.address,
-                source,
-            }
-        })?;
+        let bind_error = |source| ServerError::Bind {
+            address: plan.address,
+            source,
+        };
+        let socket = bind_udp(plan.address).map_err(bind_error)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ServerError::Setup("no async runtime for QUIC".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(bind_error)?;
         Ok(StreamServer {
             endpoint,
             shared: Arc::new(StreamShared::new(plan, metrics)),

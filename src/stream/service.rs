@@ -58,9 +58,10 @@ impl BackgroundService for StreamService {
 }
 
 /// Checks that the UDP address can be bound, so a taken port is a startup error rather
-/// than a log line from a service thread.
+/// than a log line from a service thread. (A port held by an older loom with SO_REUSEPORT,
+/// as during an upgrade, can be bound.)
 pub fn check_can_bind(plan: &StreamPlan) -> std::io::Result<()> {
-    std::net::UdpSocket::bind(plan.address).map(drop)
+    super::server::bind_udp(plan.address).map(drop)
 }
 
 fn print_errors(path: &Path, errors: &[crate::config::ConfigError]) {

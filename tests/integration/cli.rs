@@ -39,6 +39,17 @@ fn shipped_configs_are_valid() {
         );
         assert!(String::from_utf8_lossy(&output.stdout).contains("config is valid"));
     }
+    // The standalone streaming config, in the reference loomd schema, given as loomd takes it.
+    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["stream", "-t", "conf/stream.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "conf/stream.yaml: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
