@@ -168,7 +168,12 @@ async fn loom_small(address: SocketAddr, pairs: usize, duration: Duration) -> f6
         let mut producer = Producer::connect(&options(address, &room))
             .await
             .expect("producer");
+        // The producer runs at most this many messages ahead of its consumer, as an
+        // application with bounded work in flight would; without it a producer task writing
+        // into a 32 MiB send window never yields and starves the consumers.
+        let ahead = Arc::new(tokio::sync::Semaphore::new(64));
         let (received, stop_consumer) = (Arc::clone(&received), Arc::clone(&stop));
+        let consumed = Arc::clone(&ahead);
         tasks.push(tokio::spawn(async move {
             while !stop_consumer.load(Ordering::Relaxed) {
                 let Ok(Some(message)) = consumer.receive().await else {
@@ -177,6 +182,7 @@ async fn loom_small(address: SocketAddr, pairs: usize, duration: Duration) -> f6
                 if consumer.ack(message.id).await.is_err() {
                     break;
                 }
+                consumed.add_permits(1);
                 received.fetch_add(1, Ordering::Relaxed);
             }
             consumer.close();
@@ -185,6 +191,10 @@ async fn loom_small(address: SocketAddr, pairs: usize, duration: Duration) -> f6
         tasks.push(tokio::spawn(async move {
             let body = [7u8; 100];
             while !stop_producer.load(Ordering::Relaxed) {
+                match ahead.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => break,
+                }
                 if producer.send(b"key", &body).await.is_err() {
                     break;
                 }
