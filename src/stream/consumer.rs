@@ -11,7 +11,8 @@ use tokio::time::timeout;
 
 use super::codes;
 use super::io::{StreamWriter, TransportError};
-use super::reader::FrameReader;
+use super::metrics::StreamMetrics;
+use super::reader::{FrameReader, ReadError};
 use super::room::{ConsumerHandle, Delivery, Outcome, Piece, Room};
 use super::session::SessionContext;
 use super::wire::FRAME_TYPE_ACK;
@@ -33,7 +34,12 @@ pub async fn run(
 ) {
     let handle = room.add_consumer();
     let (acks, mut ack_receiver) = mpsc::channel::<u64>(64);
-    let ack_reader = tokio::spawn(read_acks(reader, acks));
+    let ack_reader = tokio::spawn(read_acks(
+        reader,
+        acks,
+        Arc::clone(&context.metrics),
+        Arc::clone(room),
+    ));
     let mut in_flight: Option<Delivery> = None;
     let exit = serve(
         context,
@@ -72,7 +78,12 @@ pub async fn run(
 }
 
 /// Reads ACK frames until the consumer's side ends; gives the reader back for STOP_SENDING.
-async fn read_acks(mut reader: FrameReader, acks: mpsc::Sender<u64>) -> Option<FrameReader> {
+async fn read_acks(
+    mut reader: FrameReader,
+    acks: mpsc::Sender<u64>,
+    metrics: Arc<StreamMetrics>,
+    room: Arc<Room>,
+) -> Option<FrameReader> {
     loop {
         match reader.frame().await {
             Ok(Some(frame)) if frame.frame_type == FRAME_TYPE_ACK => {
@@ -82,7 +93,15 @@ async fn read_acks(mut reader: FrameReader, acks: mpsc::Sender<u64>) -> Option<F
             }
             // Other frame types are read and ignored, as the reference does.
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => return Some(reader),
+            Ok(None) | Err(ReadError::Transport(_)) => return Some(reader),
+            Err(ReadError::Wire(error)) => {
+                metrics
+                    .protocol_errors
+                    .with_label_values(&[room.name.as_str(), error.kind()])
+                    .inc();
+                log::info!("stream: consumer in room \"{}\": {error}", room.name);
+                return Some(reader);
+            }
         }
     }
 }

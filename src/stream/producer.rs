@@ -22,6 +22,8 @@ use crate::config::stream::{ChunkFullBehavior, QueueFullBehavior};
 /// Payloads up to this size are copied into the piece being built, so a small message
 /// travels as one piece; larger ones are forwarded as the buffers they arrived in.
 const COPY_LIMIT: usize = 16 * 1024;
+/// Small chunks are gathered into pieces of at most about this size.
+const PIECE_LIMIT: usize = 64 * 1024;
 
 /// How a producer stream ended.
 pub enum ProducerEnd {
@@ -276,6 +278,10 @@ async fn forward_message(
         let mut remaining = length as usize;
         if remaining <= COPY_LIMIT && reader.buffered() >= remaining {
             pending.put(reader.take_buffered(remaining));
+            if pending.len() >= PIECE_LIMIT {
+                // Keeps pieces, and so the memory a message's channel can hold, bounded.
+                forward.send(pending.split().freeze(), false).await;
+            }
             continue;
         }
         while remaining > 0 {

@@ -203,6 +203,17 @@ async fn invalid_input_is_refused_as_clients_expect() {
             );
         }
     }
+    // A consumer whose ACK frame breaks the format is ended and counted too.
+    let mut bad_ack = hello(b'C', "bad", "");
+    bad_ack.extend_from_slice(b"\x01\x81\x80\x80\x80\x80\x80\x80\x02");
+    let outcome = raw_quic_exchange(address, &bad_ack).await;
+    assert!(outcome.received.is_empty() && outcome.finished, "{outcome:?}");
+    server
+        .wait_metric(
+            "loom_protocol_errors_total{error_type=\"varint_too_large\",room=\"bad\"}",
+            1.0,
+        )
+        .await;
     assert_eq!(raw_h3_status(address, "POST", "/other", b"").await, 404);
     assert_eq!(raw_h3_status(address, "GET", "/stream", b"").await, 405);
     server
