@@ -207,7 +207,10 @@ async fn invalid_input_is_refused_as_clients_expect() {
     let mut bad_ack = hello(b'C', "bad", "");
     bad_ack.extend_from_slice(b"\x01\x81\x80\x80\x80\x80\x80\x80\x02");
     let outcome = raw_quic_exchange(address, &bad_ack).await;
-    assert!(outcome.received.is_empty() && outcome.finished, "{outcome:?}");
+    assert!(
+        outcome.received.is_empty() && outcome.finished,
+        "{outcome:?}"
+    );
     server
         .wait_metric(
             "loom_protocol_errors_total{error_type=\"varint_too_large\",room=\"bad\"}",
