@@ -259,20 +259,7 @@ async fn loom_large(address: SocketAddr, pairs: usize, messages: usize, size: us
 /// The raw quinn peer: every stream is read to its end; for each 100-byte read it answers
 /// 2 bytes, like an ACK.
 async fn start_raw_sink() -> SocketAddr {
-    let tls = tls::server_config(&loom::config::stream::TlsPlan {
-        cert_file: None,
-        key_file: None,
-        client_ca_file: None,
-        require_client_cert: false,
-    })
-    .expect("tls");
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&tls.config)).expect("quic");
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(wide_windows()));
-    let endpoint =
-        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address")).expect("bind");
-    let address = endpoint.local_addr().expect("bound");
+    let (endpoint, address) = raw_server_endpoint();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(async move {
@@ -301,6 +288,25 @@ async fn start_raw_sink() -> SocketAddr {
         }
     });
     address
+}
+
+/// A plain quinn server endpoint on 127.0.0.1:0 with Loom's TLS and window settings.
+fn raw_server_endpoint() -> (quinn::Endpoint, SocketAddr) {
+    let tls = tls::server_config(&loom::config::stream::TlsPlan {
+        cert_file: None,
+        key_file: None,
+        client_ca_file: None,
+        require_client_cert: false,
+    })
+    .expect("tls");
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&tls.config)).expect("quic");
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(wide_windows()));
+    let endpoint =
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address")).expect("bind");
+    let address = endpoint.local_addr().expect("bound");
+    (endpoint, address)
 }
 
 fn wide_windows() -> quinn::TransportConfig {
@@ -404,20 +410,7 @@ type RelayWaiters = Arc<
 /// A raw quinn relay: a consumer stream sends `C` and a pair number, a producer stream `P`
 /// and the same number; the producer's bytes are then copied to the consumer as they come.
 async fn start_raw_relay() -> SocketAddr {
-    let tls = tls::server_config(&loom::config::stream::TlsPlan {
-        cert_file: None,
-        key_file: None,
-        client_ca_file: None,
-        require_client_cert: false,
-    })
-    .expect("tls");
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&tls.config)).expect("quic");
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(wide_windows()));
-    let endpoint =
-        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address")).expect("bind");
-    let address = endpoint.local_addr().expect("bound");
+    let (endpoint, address) = raw_server_endpoint();
     let waiting: RelayWaiters = Arc::default();
     let consumers: Arc<std::sync::Mutex<std::collections::HashMap<u8, quinn::SendStream>>> =
         Arc::default();

@@ -55,6 +55,20 @@ async fn wait_ready(url: &str, child: &mut Child, log: &std::path::Path) {
     }
 }
 
+/// Waits until the metrics text at `url` contains `sample` (a consumer is registered only
+/// once its gauge shows; messages sent before that would be dropped).
+async fn wait_for_metrics(http: &reqwest::Client, url: &str, sample: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = http.get(url).send().await.unwrap().text().await.unwrap();
+        if text.contains(sample) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never saw {sample}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 struct StandaloneServer {
     child: Child,
     directory: tempfile::TempDir,
@@ -164,25 +178,12 @@ async fn standalone_server_takes_the_reference_config_and_the_cli_talks_to_it() 
     // Until the consumer is registered, messages would be dropped: wait for its gauge.
     let metrics_url = format!("http://127.0.0.1:{}/metrics", server.admin);
     let http = client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("loom_streams{role=\"consumer\",room=\"cli\",transport=\"h3\"} 1") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer never registered:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metrics(
+        &http,
+        &metrics_url,
+        "loom_streams{role=\"consumer\",room=\"cli\",transport=\"h3\"} 1",
+    )
+    .await;
     let output = tokio::task::spawn_blocking(move || {
         cli(
             &[
@@ -232,25 +233,12 @@ async fn standalone_server_takes_the_reference_config_and_the_cli_talks_to_it() 
             b"",
         )
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("loom_streams{role=\"consumer\",room=\"back\",transport=\"quic\"} 1") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "CLI consumer never registered:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_metrics(
+        &http,
+        &metrics_url,
+        "loom_streams{role=\"consumer\",room=\"back\",transport=\"quic\"} 1",
+    )
+    .await;
     let mut producer =
         Producer::connect(&options(server.udp, ClientTransport::Quic, "back", "one"))
             .await
