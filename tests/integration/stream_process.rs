@@ -278,17 +278,31 @@ async fn standalone_server_takes_the_reference_config_and_the_cli_talks_to_it() 
     assert_eq!(health.status(), 200);
 }
 
-/// True when a consumer with `token` is accepted (a refused one sees the stream end at once).
+/// Whether streams with `token` are accepted: a refused consumer sees its stream end at once;
+/// an accepted one receives the producer's probe (re-sent until the consumer is registered).
 async fn token_accepted(port: u16, token: &str) -> bool {
     let Ok(mut consumer) =
         Consumer::connect(&options(port, ClientTransport::Quic, "reload", token)).await
     else {
         return false;
     };
-    // A refusal is immediate; an accepted consumer waits for messages.
-    tokio::time::timeout(Duration::from_millis(500), consumer.next_header())
-        .await
-        .is_err()
+    let Ok(mut producer) =
+        Producer::connect(&options(port, ClientTransport::Quic, "reload", token)).await
+    else {
+        return false;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = producer.send(b"k", b"probe").await;
+        match tokio::time::timeout(Duration::from_millis(100), consumer.next_header()).await {
+            Ok(Ok(Some(_))) => return true,
+            Ok(Ok(None)) | Ok(Err(_)) => return false,
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "token {token}: neither accepted nor refused"
+            ),
+        }
+    }
 }
 
 #[tokio::test]
@@ -305,6 +319,7 @@ async fn sighup_applies_new_tokens_to_new_streams() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !token_accepted(server.udp, "new").await {
         assert!(Instant::now() < deadline, "the new token never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!token_accepted(server.udp, "old").await);
 
