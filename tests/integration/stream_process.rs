@@ -442,3 +442,81 @@ stream:
         Some(2.0)
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_takes_the_stream_port_over() {
+    let udp = free_udp_port();
+    let template = format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+routes:
+  - id: all
+    path: /*
+    upstream: pool
+upstreams:
+  - name: pool
+    endpoints: ["127.0.0.1:@DEAD0@"]
+stream:
+  server:
+    addr: "127.0.0.1:{udp}"
+"#
+    );
+    let mut gateway = GatewayProcess::start(&template).await;
+    let new_log_path = gateway.directory.path().join("new.log");
+    let mut new_process = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .arg("-u")
+        .arg("-c")
+        .arg(&gateway.config_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&new_log_path).unwrap())
+        .spawn()
+        .expect("new loom starts");
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(gateway.pid(), libc::SIGQUIT);
+    }
+    assert!(
+        gateway.wait_exit(Duration::from_secs(30)).await,
+        "the old process did not exit:\n{}",
+        gateway.log()
+    );
+    // Only the new process holds the UDP port now: a fresh pair of streams works.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = new_process.try_wait() {
+            panic!(
+                "the new process exited ({status}):\n{}",
+                std::fs::read_to_string(&new_log_path).unwrap_or_default()
+            );
+        }
+        let delivered = async {
+            let mut consumer =
+                Consumer::connect(&options(udp, ClientTransport::Quic, "after", "")).await.ok()?;
+            let mut producer =
+                Producer::connect(&options(udp, ClientTransport::Quic, "after", "")).await.ok()?;
+            for _ in 0..20 {
+                producer.send(b"k", b"served").await.ok()?;
+                if let Ok(Ok(Some(message))) =
+                    tokio::time::timeout(Duration::from_millis(100), consumer.receive()).await
+                {
+                    return Some(message.body);
+                }
+            }
+            None
+        }
+        .await;
+        if delivered.as_deref() == Some(&b"served"[..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new process never served streams:\n{}",
+            std::fs::read_to_string(&new_log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = new_process.kill();
+    let _ = new_process.wait();
+}
