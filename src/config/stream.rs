@@ -160,6 +160,10 @@ pub struct RouterSection {
     pub room_idle_timeout: Option<DurationValue>,
     /// Loom: producers plus consumers one room admits.
     pub max_streams_per_room: Option<u64>,
+    /// Protocol errors one client may make in a room within `protocol_error_window` before
+    /// its new producer streams there are refused (loomd: 10 in 5 minutes). 0 turns it off.
+    pub max_protocol_errors: Option<u32>,
+    pub protocol_error_window: Option<DurationValue>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -228,6 +232,8 @@ pub struct RouterPlan {
     pub message_buffer_bytes: u64,
     pub room_idle_timeout: Duration,
     pub max_streams_per_room: u64,
+    pub max_protocol_errors: u32,
+    pub protocol_error_window: Duration,
 }
 
 impl RouterPlan {
@@ -663,6 +669,10 @@ fn router_plan(
             router.max_streams_per_room,
             4096,
         ),
+        max_protocol_errors: router.max_protocol_errors.unwrap_or(10),
+        protocol_error_window: router
+            .protocol_error_window
+            .map_or(Duration::from_secs(300), |value| value.0),
     })
 }
 

@@ -46,6 +46,7 @@ pub struct StreamMetrics {
     pub protocol_errors: IntCounterVec,
     pub rejections: IntCounterVec,
     pub redeliveries: IntCounterVec,
+    pub blocked_producers: IntCounterVec,
     pub evictions: IntCounterVec,
     pub ack_latency: HistogramVec,
     pub rooms: prometheus::IntGauge,
@@ -157,6 +158,12 @@ impl StreamMetrics {
                 "Messages sent again after their consumer was lost.",
                 &["room"],
             ),
+            blocked_producers: counter(
+                &registry,
+                "loom_blocked_producers_total",
+                "Producer streams refused because their client kept breaking the format.",
+                &["room"],
+            ),
             evictions: counter(
                 &registry,
                 "loom_consumer_evictions_total",
@@ -178,6 +185,7 @@ impl StreamMetrics {
             &self.bytes_in,
             &self.bytes_out,
             &self.redeliveries,
+            &self.blocked_producers,
         ] {
             let _ = counter.remove_label_values(&[room]);
         }

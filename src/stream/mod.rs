@@ -21,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod tls;
+pub mod tracker;
 pub mod wire;
 
 /// Application error codes Loom uses to reset or stop streams. Reference clients treat any

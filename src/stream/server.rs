@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use super::io::{StreamReader, StreamWriter};
 use super::metrics::StreamMetrics;
 use super::reader::FrameReader;
-use super::session::{self, StreamShared, Transport};
+use super::session::{self, Peer, StreamShared, Transport};
 use super::tls;
 use crate::config::stream::StreamPlan;
 
@@ -149,8 +149,9 @@ async fn sweep_rooms(shared: Arc<StreamShared>) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
         interval.tick().await;
-        let idle = shared.settings.load().router.room_idle_timeout;
-        shared.rooms.sweep(idle);
+        let settings = shared.settings.load();
+        shared.rooms.sweep(settings.router.room_idle_timeout);
+        shared.errors.sweep(settings.router.protocol_error_window);
     }
 }
 
@@ -184,42 +185,30 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<StreamShared>)
         .with_label_values(&[transport.label()]);
     gauge.inc();
     let _gauge = ConnectionGauge(gauge);
-    let certificate_name: Option<Arc<str>> = tls::peer_common_name(&connection).map(Arc::from);
+    let peer = Arc::new(Peer {
+        address: connection.remote_address().ip().to_canonical(),
+        certificate_name: tls::peer_common_name(&connection),
+    });
     match transport {
-        Transport::Quic => serve_raw(connection, shared, certificate_name).await,
-        Transport::H3 => serve_h3(connection, shared, certificate_name).await,
+        Transport::Quic => serve_raw(connection, shared, peer).await,
+        Transport::H3 => serve_h3(connection, shared, peer).await,
     }
 }
 
-async fn serve_raw(
-    connection: quinn::Connection,
-    shared: Arc<StreamShared>,
-    certificate_name: Option<Arc<str>>,
-) {
+async fn serve_raw(connection: quinn::Connection, shared: Arc<StreamShared>, peer: Arc<Peer>) {
     while let Ok((send, receive)) = connection.accept_bi().await {
         let shared = Arc::clone(&shared);
-        let certificate_name = certificate_name.clone();
+        let peer = Arc::clone(&peer);
         tokio::spawn(async move {
             let limits = shared.settings.load().router.limits.clone();
             let reader = FrameReader::new(StreamReader::Quic(receive), limits);
             let writer = StreamWriter::Quic(send);
-            session::run(
-                &shared,
-                Transport::Quic,
-                reader,
-                writer,
-                certificate_name.as_deref(),
-            )
-            .await;
+            session::run(&shared, Transport::Quic, reader, writer, &peer).await;
         });
     }
 }
 
-async fn serve_h3(
-    connection: quinn::Connection,
-    shared: Arc<StreamShared>,
-    certificate_name: Option<Arc<str>>,
-) {
+async fn serve_h3(connection: quinn::Connection, shared: Arc<StreamShared>, peer: Arc<Peer>) {
     let mut h3_connection: h3::server::Connection<h3_quinn::Connection, Bytes> =
         match h3::server::builder()
             .build(h3_quinn::Connection::new(connection))
@@ -237,7 +226,7 @@ async fn serve_h3(
             Ok(None) | Err(_) => break,
         };
         let shared = Arc::clone(&shared);
-        let certificate_name = certificate_name.clone();
+        let peer = Arc::clone(&peer);
         tokio::spawn(async move {
             let Ok((request, mut stream)) = resolver.resolve_request().await else {
                 return;
@@ -261,14 +250,7 @@ async fn serve_h3(
             let limits = shared.settings.load().router.limits.clone();
             let reader = FrameReader::new(StreamReader::H3Server(receive), limits);
             let writer = StreamWriter::H3Server(send);
-            session::run(
-                &shared,
-                Transport::H3,
-                reader,
-                writer,
-                certificate_name.as_deref(),
-            )
-            .await;
+            session::run(&shared, Transport::H3, reader, writer, &peer).await;
         });
     }
 }

@@ -14,6 +14,7 @@ use super::io::StreamWriter;
 use super::metrics::StreamMetrics;
 use super::reader::{FrameReader, ReadError};
 use super::room::Rooms;
+use super::tracker::ErrorTracker;
 use super::wire::{Role, WireError};
 use super::{consumer, producer};
 use crate::config::stream::StreamPlan;
@@ -41,6 +42,14 @@ pub struct StreamShared {
     pub settings: arc_swap::ArcSwap<StreamPlan>,
     pub rooms: Rooms,
     pub metrics: Arc<StreamMetrics>,
+    pub errors: ErrorTracker,
+}
+
+/// Who is on the other end of a connection.
+pub struct Peer {
+    pub address: std::net::IpAddr,
+    /// The client certificate's subject CN, for `mtls` grants.
+    pub certificate_name: Option<String>,
 }
 
 impl StreamShared {
@@ -49,6 +58,7 @@ impl StreamShared {
             settings: arc_swap::ArcSwap::from_pointee(plan),
             rooms: Rooms::new(Arc::clone(&metrics)),
             metrics,
+            errors: ErrorTracker::default(),
         }
     }
 
@@ -77,6 +87,8 @@ enum Rejection {
     Hello(WireError),
     Unauthorized,
     RoomFull,
+    /// loomd's error tracker: too many protocol errors from this client in this room.
+    Blocked,
 }
 
 impl Rejection {
@@ -85,6 +97,7 @@ impl Rejection {
             Rejection::Hello(_) => StatusCode::BAD_REQUEST,
             Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
             Rejection::RoomFull => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Blocked => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -93,6 +106,7 @@ impl Rejection {
             Rejection::Hello(error) => error.kind(),
             Rejection::Unauthorized => "unauthorized",
             Rejection::RoomFull => "room_full",
+            Rejection::Blocked => "blocked",
         }
     }
 }
@@ -102,7 +116,7 @@ pub async fn run(
     transport: Transport,
     mut reader: FrameReader,
     mut writer: StreamWriter,
-    certificate_name: Option<&str>,
+    peer: &Peer,
 ) {
     let context = SessionContext {
         settings: shared.settings.load_full(),
@@ -132,7 +146,7 @@ pub async fn run(
         &raw_room,
         room_name,
         &hello.token,
-        certificate_name,
+        peer.certificate_name.as_deref(),
     ) {
         Ok(principal) => principal,
         Err(error) => {
@@ -145,6 +159,21 @@ pub async fn run(
         }
     };
     let router = &context.settings.router;
+    if hello.role == Role::Producer
+        && shared.errors.is_blocked(
+            room_name,
+            peer.address,
+            router.max_protocol_errors,
+            router.protocol_error_window,
+        )
+    {
+        context
+            .metrics
+            .blocked_producers
+            .with_label_values(&[room_name])
+            .inc();
+        return reject(&context, reader, writer, Rejection::Blocked).await;
+    }
     let Ok(membership) = shared.rooms.join(
         room_name,
         router.room_policy(room_name),
@@ -183,6 +212,9 @@ pub async fn run(
                     .with_label_values(&[room.name.as_str(), error.kind()])
                     .inc();
                 log::info!("stream: producer in room \"{}\": {error}", room.name);
+                shared
+                    .errors
+                    .record(&room.name, peer.address, router.protocol_error_window);
                 let _ = writer.send_status(StatusCode::BAD_REQUEST, false).await;
                 let _ = writer.finish().await;
                 reader.stop(codes::PROTOCOL_ERROR);

@@ -591,3 +591,38 @@ async fn a_room_admits_only_its_stream_limit() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_breaking_the_format_is_blocked_from_producing() {
+    let server =
+        StreamUnderTest::start("router:\n  max_protocol_errors: 2\n  protocol_error_window: 5m\n")
+            .await;
+    let mut empty_key = hello(b'P', "noisy", "");
+    empty_key.push(0);
+    // Over both protocols: the reference counts raw QUIC only.
+    raw_quic_exchange(server.address, &empty_key).await;
+    raw_h3_status(server.address, "POST", "/stream", &empty_key).await;
+    raw_quic_exchange(server.address, &empty_key).await;
+    server
+        .wait_metric(
+            "loom_protocol_errors_total{error_type=\"empty_key\",room=\"noisy\"}",
+            3.0,
+        )
+        .await;
+    // A new connection (new source port) does not escape it, unlike the reference.
+    let mut producer = server.producer(QUIC, "noisy").await;
+    assert_refused(&mut producer, None).await;
+    let mut producer = server.producer(H3, "noisy").await;
+    assert_refused(&mut producer, Some(429)).await;
+    assert_eq!(
+        server.metric("loom_blocked_producers_total{room=\"noisy\"}"),
+        2.0
+    );
+    // Consumers, and other rooms, are not affected.
+    let _consumer = server.consumer(QUIC, "noisy").await;
+    let mut elsewhere = server.consumer(QUIC, "quiet").await;
+    let mut producer = server.producer(QUIC, "quiet").await;
+    producer.send(b"k", b"fine").await.unwrap();
+    assert_eq!(receive_and_ack(&mut elsewhere).await.body, b"fine");
+    producer.finish().await.unwrap();
+}

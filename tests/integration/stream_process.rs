@@ -492,10 +492,12 @@ stream:
             );
         }
         let delivered = async {
-            let mut consumer =
-                Consumer::connect(&options(udp, ClientTransport::Quic, "after", "")).await.ok()?;
-            let mut producer =
-                Producer::connect(&options(udp, ClientTransport::Quic, "after", "")).await.ok()?;
+            let mut consumer = Consumer::connect(&options(udp, ClientTransport::Quic, "after", ""))
+                .await
+                .ok()?;
+            let mut producer = Producer::connect(&options(udp, ClientTransport::Quic, "after", ""))
+                .await
+                .ok()?;
             for _ in 0..20 {
                 producer.send(b"k", b"served").await.ok()?;
                 if let Ok(Ok(Some(message))) =
