@@ -160,6 +160,9 @@ pub struct RouterSection {
     pub room_idle_timeout: Option<DurationValue>,
     /// Loom: producers plus consumers one room admits.
     pub max_streams_per_room: Option<u64>,
+    /// Loom: a producer silent this long in the middle of a message loses the message (its
+    /// consumers would otherwise wait on it forever).
+    pub message_stall_timeout: Option<DurationValue>,
     /// Protocol errors one client may make in a room within `protocol_error_window` before
     /// its new producer streams there are refused (loomd: 10 in 5 minutes). 0 turns it off.
     pub max_protocol_errors: Option<u32>,
@@ -183,6 +186,11 @@ pub enum QueueType {
     Partitioned,
     Fanout,
 }
+
+/// Queues bigger than this are a config mistake (and past tokio's semaphore limit).
+const MAX_BACKLOG_DEPTH: u64 = 1_000_000;
+/// Timeouts are added to `Instant`s; a day is far past any useful value.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// Who may do what, from one `tokens` or `certs` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +240,7 @@ pub struct RouterPlan {
     pub message_buffer_bytes: u64,
     pub room_idle_timeout: Duration,
     pub max_streams_per_room: u64,
+    pub message_stall_timeout: Duration,
     pub max_protocol_errors: u32,
     pub protocol_error_window: Duration,
 }
@@ -367,7 +376,7 @@ fn validate(
     let idle_timeout = server
         .idle_timeout
         .map_or(Duration::from_secs(6), |value| value.0);
-    if idle_timeout.is_zero() || keep_alive >= idle_timeout {
+    if idle_timeout.is_zero() || keep_alive >= idle_timeout || idle_timeout > MAX_TIMEOUT {
         checker.error(
             key(prefix, "server.idle_timeout"),
             format!(
@@ -607,6 +616,12 @@ fn router_plan(
         router.max_backlog_depth,
         128,
     );
+    if backlog > MAX_BACKLOG_DEPTH {
+        checker.error(
+            at("max_backlog_depth"),
+            format!("must be at most {MAX_BACKLOG_DEPTH}"),
+        );
+    }
     let message_buffer_bytes = router
         .message_buffer_bytes
         .map_or(1 << 20, |value| value.0)
@@ -614,8 +629,16 @@ fn router_plan(
     let ack_timeout = router
         .ack_timeout
         .map_or(Duration::from_secs(30), |value| value.0);
-    if ack_timeout.is_zero() {
-        checker.error(at("ack_timeout"), "must be greater than 0");
+    let message_stall_timeout = router
+        .message_stall_timeout
+        .map_or(Duration::from_secs(30), |value| value.0);
+    for (name, value) in [
+        ("ack_timeout", ack_timeout),
+        ("message_stall_timeout", message_stall_timeout),
+    ] {
+        if value.is_zero() || value > MAX_TIMEOUT {
+            checker.error(at(name), "must be greater than 0 and at most 24h");
+        }
     }
     let default_room = RoomPolicy {
         backlog_depth: backlog as usize,
@@ -669,6 +692,7 @@ fn router_plan(
             router.max_streams_per_room,
             4096,
         ),
+        message_stall_timeout,
         max_protocol_errors: router.max_protocol_errors.unwrap_or(10),
         protocol_error_window: router
             .protocol_error_window

@@ -40,8 +40,14 @@ pub async fn spawn(
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
+            let socket = match listener.accept().await {
+                Ok((socket, _)) => socket,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    log::warn!("stream admin: accept failed: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {

@@ -41,8 +41,15 @@ pub async fn run(
         context,
         room,
         reader: &mut reader,
+        acked_early: false,
     };
     let exit = session.serve(&handle, writer, &mut in_flight).await;
+    // An ACK that came before the end of its message still counts if the stream then died.
+    if session.acked_early
+        && let Some(delivery) = in_flight.take()
+    {
+        let _ = delivery.outcome.send(Outcome::Acked);
+    }
     // Leave routing before the unanswered deliveries are dropped, so their producers
     // redeliver to someone else.
     let queued = room.remove_consumer(&handle);
@@ -71,6 +78,8 @@ struct Session<'a> {
     context: &'a SessionContext,
     room: &'a Room,
     reader: &'a mut FrameReader,
+    /// The message being written was already ACKed.
+    acked_early: bool,
 }
 
 impl Session<'_> {
@@ -116,19 +125,22 @@ impl Session<'_> {
             };
             let delivery = in_flight.insert(delivery);
             let message_id = delivery.message_id;
-            let mut early_ack = false;
+            self.acked_early = false;
             let mut body_bytes = 0u64;
+            let mut written_any = false;
+            batch.clear();
             batch.push(delivery.header.clone());
             // Forward pieces as they come, batching whatever is already waiting.
             loop {
                 let piece = tokio::select! {
                     piece = delivery.body.recv() => piece,
-                    ack = self.next_ack(), if !early_ack => match ack {
-                        Some(id) => { early_ack = id == message_id; continue; }
+                    ack = self.next_ack(), if !self.acked_early => match ack {
+                        Some(id) => { self.acked_early = id == message_id; continue; }
                         None => return Exit::Left,
                     },
                 };
                 let mut finished = false;
+                let mut abandoned = false;
                 let mut next = piece;
                 loop {
                     match next {
@@ -139,9 +151,14 @@ impl Session<'_> {
                             finished = true;
                             break;
                         }
-                        // The producer side gave up on this message: write nothing more,
-                        // reset, and let the consumer reconnect to a clean stream.
-                        None => return Exit::MessageAborted,
+                        // The producer side gave up on this message. Not begun: skip it.
+                        // Begun: write nothing more and reset, so the consumer never takes
+                        // a short message for a whole one.
+                        None if written_any => return Exit::MessageAborted,
+                        None => {
+                            abandoned = true;
+                            break;
+                        }
                     }
                     match delivery.body.try_recv() {
                         Ok(piece) => next = Some(piece),
@@ -149,8 +166,11 @@ impl Session<'_> {
                         Err(mpsc::error::TryRecvError::Disconnected) => next = None,
                     }
                 }
+                if abandoned {
+                    break;
+                }
                 match timeout(ack_timeout, writer.write_many(&mut batch)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => written_any = true,
                     Ok(Err(_)) => return Exit::Left,
                     Err(_) => return Exit::Evicted("write_stalled"),
                 }
@@ -158,11 +178,18 @@ impl Session<'_> {
                     break;
                 }
             }
+            if !written_any {
+                // Abandoned before a byte went out: skipped, the stream stays usable. The
+                // producer already knows (it abandoned it).
+                batch.clear();
+                in_flight.take();
+                continue;
+            }
             let counters = &self.room.counters;
             counters.messages_out.inc();
             counters.bytes_out.inc_by(body_bytes);
             let written = Instant::now();
-            if !early_ack {
+            if !self.acked_early {
                 let deadline = tokio::time::Instant::now() + ack_timeout;
                 loop {
                     match tokio::time::timeout_at(deadline, self.next_ack()).await {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::reader::{FrameReader, ReadError};
 use super::room::{ConsumerHandle, Delivery, Offer, Outcome, Piece, Room};
 use super::session::SessionContext;
-use super::wire::{self, MessageHeader};
+use super::wire::{self, MessageHeader, WireError};
 use crate::config::stream::{ChunkFullBehavior, QueueFullBehavior};
 
 /// Payloads up to this size are copied into the piece being built, so a small message
@@ -67,6 +67,8 @@ struct Forward<'a> {
     retained_bytes: u64,
     /// The body's size, known once the end of the message has been read.
     body_total: u64,
+    /// Abandoned (and counted as such) for at least one consumer.
+    aborted: bool,
 }
 
 impl Forward<'_> {
@@ -81,8 +83,18 @@ impl Forward<'_> {
     /// Queues a delivery for each consumer, following the room's queue policy.
     async fn attach(&mut self, consumers: Vec<Arc<ConsumerHandle>>) {
         let router = &self.context.settings.router;
-        let depth = (router.message_buffer_bytes / router.limits.max_chunk_bytes.max(1))
-            .clamp(2, 4096) as usize;
+        // A large chunk travels as two pieces (its length, then its bytes), so the channel
+        // holds two per chunk of `message_buffer_bytes`.
+        let depth = (2 * router.message_buffer_bytes / router.limits.max_chunk_bytes.max(1))
+            .clamp(2, 8192) as usize;
+        // In a fan-out room every producer must queue to every consumer in the same order:
+        // P before Q at A but Q before P at B, with full buffers, would wait on each other
+        // forever. The room's lock is held across the queueing awaits on purpose; only
+        // producers of this fan-out room contend for it.
+        let _order = match self.room.policy.fanout {
+            true => Some(self.room.fanout_order.lock().await),
+            false => None,
+        };
         for consumer in consumers {
             let (body_sender, body) = mpsc::channel(depth);
             let (outcome_sender, outcome) = oneshot::channel();
@@ -119,6 +131,11 @@ impl Forward<'_> {
 
     /// Sends one piece to every consumer still taking this message.
     async fn send(&mut self, piece: Bytes, last: bool) {
+        let give_up_when_full = self.context.settings.router.chunk_full == ChunkFullBehavior::Drop;
+        self.send_piece(piece, last, give_up_when_full).await;
+    }
+
+    async fn send_piece(&mut self, piece: Bytes, last: bool, give_up_when_full: bool) {
         if let Some(retained) = &mut self.retained {
             self.retained_bytes += piece.len() as u64;
             if self.retained_bytes > self.context.settings.router.redelivery_buffer_bytes {
@@ -127,7 +144,6 @@ impl Forward<'_> {
                 retained.push(piece.clone());
             }
         }
-        let give_up_when_full = self.context.settings.router.chunk_full == ChunkFullBehavior::Drop;
         for index in 0..self.targets.len() {
             let Some(sender) = &self.targets[index].body else {
                 continue;
@@ -142,8 +158,10 @@ impl Forward<'_> {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         // Closing the channel without its last piece makes the consumer
-                        // session reset the stream: the consumer never sees a short message.
+                        // session skip the message, or reset the stream if it had begun
+                        // writing it: the consumer never sees a short message.
                         self.drop_count("aborted");
+                        self.aborted = true;
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -157,12 +175,13 @@ impl Forward<'_> {
         }
     }
 
-    /// Abandons the message for every consumer (their streams are reset).
+    /// Abandons the message for every consumer (skipped if not yet begun, else reset).
     fn abort(&mut self, reason: &str) {
         for target in &mut self.targets {
             target.body = None;
         }
         self.drop_count(reason);
+        self.aborted = true;
     }
 
     /// Waits for every consumer's answer; redelivers a lost message that was kept whole.
@@ -185,7 +204,8 @@ impl Forward<'_> {
                 && attempts < router.max_redeliveries
                 && self.retained.is_some();
             if !redeliverable {
-                if lost > 0 {
+                // An aborted message was counted when it was abandoned.
+                if lost > 0 && !self.aborted {
                     self.drop_count("consumer_lost");
                 }
                 return;
@@ -193,16 +213,18 @@ impl Forward<'_> {
             attempts += 1;
             // The lost consumer has already left the room, so routing picks another.
             let consumers = self.room.route(&self.key, router.partition_count);
-            if consumers.is_empty() {
+            self.attach(consumers).await;
+            if self.targets.is_empty() {
                 self.drop_count("consumer_lost");
                 return;
             }
             self.room.counters.redeliveries.inc();
-            self.attach(consumers).await;
-            // Taken out while resending so `send` does not keep a second copy.
+            // Taken out while resending so the pieces are not retained twice; sent with
+            // backpressure whatever `chunk_full_behavior` says, since they are all here.
             let pieces = self.retained.take().unwrap_or_default();
             for (index, piece) in pieces.iter().enumerate() {
-                self.send(piece.clone(), index + 1 == pieces.len()).await;
+                self.send_piece(piece.clone(), index + 1 == pieces.len(), false)
+                    .await;
             }
             self.retained = Some(pieces);
         }
@@ -237,6 +259,7 @@ async fn forward_message(
         retained: (router.redelivery_buffer_bytes > 0).then(Vec::new),
         retained_bytes: 0,
         body_total: 0,
+        aborted: false,
     };
     let consumers = room.route(&header.key, router.partition_count);
     if consumers.is_empty() {
@@ -248,6 +271,9 @@ async fn forward_message(
         return discard_body(reader).await;
     }
 
+    // A producer that stops in the middle of a message holds its consumers; past this it is
+    // treated as a broken stream and the message abandoned.
+    let stall_limit = router.message_stall_timeout;
     let mut pending = BytesMut::new();
     let mut total: u64 = 0;
     loop {
@@ -255,7 +281,7 @@ async fn forward_message(
             // About to wait for the producer: pass on what we have (cut-through).
             forward.send(pending.split().freeze(), false).await;
         }
-        let length = match reader.chunk_length().await {
+        let length = match within(stall_limit, reader.chunk_length()).await {
             Ok(length) => length,
             Err(error) => {
                 forward.abort("aborted");
@@ -288,7 +314,7 @@ async fn forward_message(
             if !pending.is_empty() {
                 forward.send(pending.split().freeze(), false).await;
             }
-            let piece = match reader.payload(remaining).await {
+            let piece = match within(stall_limit, reader.payload(remaining)).await {
                 Ok(piece) => piece,
                 Err(error) => {
                     forward.abort("aborted");
@@ -303,6 +329,19 @@ async fn forward_message(
     room.counters.bytes_in.inc_by(total);
     forward.settle().await;
     Ok(())
+}
+
+/// Reads with a time limit; running out counts as the message being cut off.
+async fn within<T>(
+    limit: std::time::Duration,
+    read: impl std::future::Future<Output = Result<T, ReadError>>,
+) -> Result<T, ReadError> {
+    match tokio::time::timeout(limit, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ReadError::Wire(WireError::Truncated(
+            "a message (the producer stalled)",
+        ))),
+    }
 }
 
 /// Reads and throws away the rest of a message, still enforcing the chunk limit.

@@ -177,6 +177,8 @@ pub struct Room {
     next_consumer_id: AtomicU64,
     consumers: ArcSwap<Vec<Arc<ConsumerHandle>>>,
     membership: Mutex<()>,
+    /// Fan-out rooms: producers queue to all consumers under this, in one global order.
+    pub fanout_order: tokio::sync::Mutex<()>,
     members: AtomicUsize,
     /// Milliseconds since `epoch` when the last member left.
     idle_since_ms: AtomicU64,
@@ -195,7 +197,7 @@ pub struct RoomCounters {
 }
 
 impl Room {
-    fn new(name: String, policy: RoomPolicy, metrics: &StreamMetrics) -> Room {
+    fn new(name: String, policy: RoomPolicy, metrics: &StreamMetrics, first_id: u64) -> Room {
         let label = [name.as_str()];
         let counters = RoomCounters {
             messages_in: metrics.messages_in.with_label_values(&label),
@@ -208,10 +210,11 @@ impl Room {
         Room {
             name,
             policy,
-            next_message_id: AtomicU64::new(1),
+            next_message_id: AtomicU64::new(first_id),
             next_consumer_id: AtomicU64::new(1),
             consumers: ArcSwap::from_pointee(Vec::new()),
             membership: Mutex::new(()),
+            fanout_order: tokio::sync::Mutex::new(()),
             members: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -336,9 +339,39 @@ impl Drop for Membership {
 }
 
 /// Every room in memory, created on first use and freed when idle.
+/// Every room in memory, created on first use and freed when idle. Rooms are keyed by the
+/// name's bytes as sent (names are opaque); metric labels show it as (lossy) UTF-8.
 pub struct Rooms {
-    rooms: DashMap<String, Arc<Room>>,
+    rooms: DashMap<Bytes, Arc<Room>>,
     metrics: Arc<StreamMetrics>,
+    retired: Mutex<RetiredIds>,
+}
+
+/// Where freed rooms' message ids stopped, so a room that comes back continues its sequence:
+/// ids stay unique per room for the life of the process, as loomd's (never freed) rooms give.
+#[derive(Default)]
+struct RetiredIds {
+    next: std::collections::HashMap<Bytes, u64>,
+    /// Past `RETIRED_LIMIT` names the map is cleared and every room created afterwards
+    /// starts above the highest id it held.
+    floor: u64,
+}
+
+const RETIRED_LIMIT: usize = 65_536;
+
+impl RetiredIds {
+    fn retire(&mut self, name: Bytes, next_id: u64) {
+        if self.next.len() >= RETIRED_LIMIT {
+            let highest = self.next.values().copied().max().unwrap_or(0);
+            self.floor = self.floor.max(highest.saturating_sub(1));
+            self.next.clear();
+        }
+        self.next.insert(name, next_id);
+    }
+
+    fn first_id(&mut self, name: &[u8]) -> u64 {
+        self.next.remove(name).unwrap_or(self.floor + 1)
+    }
 }
 
 impl Rooms {
@@ -346,24 +379,33 @@ impl Rooms {
         Rooms {
             rooms: DashMap::new(),
             metrics,
+            retired: Mutex::new(RetiredIds::default()),
         }
+    }
+
+    fn retired(&self) -> std::sync::MutexGuard<'_, RetiredIds> {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Joins (creating if needed) room `name`. The member count changes under the map's
     /// entry lock, so the sweeper can never free a room a stream is joining.
     pub fn join(
         &self,
-        name: &str,
+        name: &Bytes,
         policy: RoomPolicy,
         max_members: u64,
     ) -> Result<Membership, RoomFull> {
-        let entry = self.rooms.entry(name.to_string()).or_insert_with(|| {
+        let entry = self.rooms.entry(name.clone()).or_insert_with(|| {
             self.metrics.rooms.inc();
-            Arc::new(Room::new(name.to_string(), policy, &self.metrics))
+            let first_id = self.retired().first_id(name);
+            let label = String::from_utf8_lossy(name).into_owned();
+            Arc::new(Room::new(label, policy, &self.metrics, first_id))
         });
         let room = Arc::clone(entry.value());
         if room.members.load(Ordering::Acquire) as u64 >= max_members {
-            return Err(RoomFull(name.to_string()));
+            return Err(RoomFull(room.name.clone()));
         }
         room.members.fetch_add(1, Ordering::AcqRel);
         drop(entry);
@@ -376,7 +418,7 @@ impl Rooms {
 
     /// A room's current membership, for the admin API and tests.
     pub fn status(&self, name: &str) -> Option<RoomStatus> {
-        let room = Arc::clone(self.rooms.get(name)?.value());
+        let room = Arc::clone(self.rooms.get(name.as_bytes())?.value());
         let consumers = room.consumers.load();
         Some(RoomStatus {
             members: room.members.load(Ordering::Acquire),
@@ -391,24 +433,24 @@ impl Rooms {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.rooms.contains_key(name)
+        self.rooms.contains_key(name.as_bytes())
     }
 
-    /// Frees rooms nobody has been in for `idle`, with their metric series.
+    /// Frees rooms nobody has been in for `idle`, with their metric series. The series are
+    /// removed under the map's lock, so a stream joining the same name at that moment waits
+    /// and then registers fresh series rather than reusing ones about to be removed.
     pub fn sweep(&self, idle: Duration) {
-        let mut freed = Vec::new();
         self.rooms.retain(|name, room| {
             let keep = room.idle_for().is_none_or(|elapsed| elapsed < idle);
             if !keep {
-                freed.push(name.clone());
+                log::debug!("stream room \"{}\" freed after {idle:?} idle", room.name);
+                self.metrics.rooms.dec();
+                self.metrics.forget_room(&room.name);
+                self.retired()
+                    .retire(name.clone(), room.next_message_id.load(Ordering::Relaxed));
             }
             keep
         });
-        for name in freed {
-            log::debug!("stream room \"{name}\" freed after {idle:?} idle");
-            self.metrics.rooms.dec();
-            self.metrics.forget_room(&name);
-        }
     }
 }
 
@@ -426,7 +468,7 @@ mod tests {
 
     #[test]
     fn keys_stick_to_consumers_and_spread() {
-        let room = Room::new("r".into(), policy(false), &StreamMetrics::new());
+        let room = Room::new("r".into(), policy(false), &StreamMetrics::new(), 1);
         let consumers: Vec<_> = (0..3).map(|_| room.add_consumer()).collect();
         let mut counts = [0usize; 3];
         for key in 0..300 {
@@ -453,7 +495,7 @@ mod tests {
 
     #[test]
     fn fanout_routes_to_everyone_and_ids_start_at_one() {
-        let room = Room::new("f".into(), policy(true), &StreamMetrics::new());
+        let room = Room::new("f".into(), policy(true), &StreamMetrics::new(), 1);
         room.add_consumer();
         room.add_consumer();
         assert_eq!(room.route(b"k", 64).len(), 2);
@@ -464,7 +506,9 @@ mod tests {
     #[test]
     fn idle_rooms_are_freed_only_when_empty() {
         let rooms = Rooms::new(Arc::new(StreamMetrics::new()));
-        let member = rooms.join("a", policy(false), 10).unwrap();
+        let name = Bytes::from_static(b"a");
+        let member = rooms.join(&name, policy(false), 10).unwrap();
+        member.room.next_message_id();
         rooms.sweep(Duration::ZERO);
         assert!(rooms.contains("a"));
         drop(member);
@@ -472,7 +516,11 @@ mod tests {
         assert!(rooms.contains("a"));
         rooms.sweep(Duration::ZERO);
         assert!(!rooms.contains("a"));
-        let _first = rooms.join("b", policy(false), 1).unwrap();
-        assert!(rooms.join("b", policy(false), 1).is_err());
+        // A room that comes back continues its message ids.
+        let again = rooms.join(&name, policy(false), 10).unwrap();
+        assert_eq!(again.room.next_message_id(), 2);
+        let other = Bytes::from_static(b"b");
+        let _first = rooms.join(&other, policy(false), 1).unwrap();
+        assert!(rooms.join(&other, policy(false), 1).is_err());
     }
 }

@@ -174,8 +174,13 @@ pub async fn run(
             .inc();
         return reject(&context, reader, writer, Rejection::Blocked).await;
     }
+    let room_key = if hello.room.is_empty() {
+        bytes::Bytes::from_static(b"default")
+    } else {
+        hello.room.clone()
+    };
     let Ok(membership) = shared.rooms.join(
-        room_name,
+        &room_key,
         router.room_policy(room_name),
         router.max_streams_per_room,
     ) else {

@@ -578,6 +578,12 @@ async fn idle_rooms_are_freed_with_their_metrics() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!server.metrics().contains("room=\"ephemeral\""));
+    // A room that comes back continues its message ids (unique per room while Loom runs).
+    let mut consumer = server.consumer(QUIC, "ephemeral").await;
+    let mut producer = server.producer(QUIC, "ephemeral").await;
+    producer.send(b"k", b"y").await.unwrap();
+    assert_eq!(receive_and_ack(&mut consumer).await.id, 2);
+    producer.finish().await.unwrap();
 }
 
 #[tokio::test]
@@ -625,4 +631,106 @@ async fn a_client_that_keeps_breaking_the_format_is_blocked_from_producing() {
     producer.send(b"k", b"fine").await.unwrap();
     assert_eq!(receive_and_ack(&mut elsewhere).await.body, b"fine");
     producer.finish().await.unwrap();
+}
+
+/// Opens a raw QUIC producer stream and writes `bytes`, keeping the stream open.
+async fn raw_producer(
+    address: std::net::SocketAddr,
+    bytes: &[u8],
+) -> (quinn::Connection, quinn::SendStream) {
+    let connection =
+        crate::stream_support::connect_raw(address, loom::stream::tls::ALPN_LOOM).await;
+    let (mut send, _receive) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    (connection, send)
+}
+
+#[tokio::test]
+async fn a_producer_that_stalls_mid_message_releases_its_consumer() {
+    let server = StreamUnderTest::start("router:\n  message_stall_timeout: 300ms\n").await;
+    let mut consumer = server.consumer(QUIC, "stall").await;
+    // Header and one chunk of a 10-byte message, then nothing.
+    let mut stalled = hello(b'P', "stall", "");
+    stalled.extend_from_slice(b"\x01k\x0a\x00\x03abc");
+    let _held = raw_producer(server.address, &stalled).await;
+    let header = consumer.next_header().await.unwrap().unwrap();
+    assert_eq!(header.declared_size, 10);
+    assert_eq!(consumer.next_chunk().await.unwrap().unwrap(), &b"abc"[..]);
+    match consumer.next_chunk().await {
+        Err(ClientError::Reset(code)) => assert_eq!(code, codes::MESSAGE_ABORTED),
+        other => panic!("the consumer must not wait forever or see a short message: {other:?}"),
+    }
+    assert_eq!(
+        server.metric("loom_protocol_errors_total{error_type=\"truncated\",room=\"stall\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_queued_message_whose_producer_stalls_is_skipped_without_resetting() {
+    let server = StreamUnderTest::start("router:\n  message_stall_timeout: 200ms\n").await;
+    let mut consumer = server.consumer(QUIC, "skip").await;
+    let mut first = server.producer(QUIC, "skip").await;
+    first.send(b"k", b"first").await.unwrap();
+    let in_flight = consumer.receive().await.unwrap().unwrap();
+    // A second producer's message queues behind the unACKed one, then its producer stalls.
+    let mut stalled = hello(b'P', "skip", "");
+    stalled.extend_from_slice(b"\x01k\x0a\x00\x03abc");
+    let _held = raw_producer(server.address, &stalled).await;
+    server
+        .wait_metric("loom_drops_total{reason=\"aborted\",room=\"skip\"}", 1.0)
+        .await;
+    consumer.ack(in_flight.id).await.unwrap();
+    first.send(b"k", b"third").await.unwrap();
+    let next = receive_and_ack(&mut consumer).await;
+    assert_eq!(next.body, b"third", "the same consumer stream goes on");
+    first.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn fanout_with_concurrent_large_messages_does_not_deadlock() {
+    let server = StreamUnderTest::start(
+        "router:\n  message_buffer_bytes: 128KiB\nrooms:\n  - {name: wide, queue_type: fanout}\n",
+    )
+    .await;
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        consumers.push(server.consumer(QUIC, "wide").await);
+    }
+    let producers = 4usize;
+    let messages = 3usize;
+    let mut tasks = Vec::new();
+    for index in 0..producers {
+        let mut producer = server.producer(QUIC, "wide").await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                producer
+                    .send_bytes(b"k", Bytes::from(pattern(2 << 20, index as u8)))
+                    .await
+                    .unwrap();
+            }
+            producer.finish().await.unwrap();
+        }));
+    }
+    let mut readers = Vec::new();
+    for mut consumer in consumers {
+        readers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..producers * messages {
+                let message = receive_and_ack(&mut consumer).await;
+                assert_eq!(message.body.len(), 2 << 20);
+                ids.push(message.id);
+            }
+            ids
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let first = readers.remove(0).await.unwrap();
+    let second = readers.remove(0).await.unwrap();
+    assert_eq!(
+        first, second,
+        "every consumer sees the same messages in the same order"
+    );
 }
