@@ -364,10 +364,10 @@ async fn an_invalid_stream_config_names_file_line_and_key() {
     assert!(errors.contains("router.chunk_full"), "{errors}");
 }
 
-#[tokio::test]
-async fn the_gateway_runs_streaming_from_its_stream_section() {
-    let udp = free_udp_port();
-    let template = format!(
+/// A gateway config (one listener, one route to a dead upstream) whose `stream:` section
+/// serves on UDP `udp`, with `extra` stream keys.
+fn gateway_with_stream(udp: u16, extra: &str) -> String {
+    format!(
         r#"listeners:
   - name: http
     address: "127.0.0.1:@HTTP@"
@@ -381,9 +381,16 @@ upstreams:
 stream:
   server:
     addr: "127.0.0.1:{udp}"
-  rooms:
-    - {{name: broadcast, queue_type: fanout}}
-"#
+{extra}"#
+    )
+}
+
+#[tokio::test]
+async fn the_gateway_runs_streaming_from_its_stream_section() {
+    let udp = free_udp_port();
+    let template = gateway_with_stream(
+        udp,
+        "  rooms:\n    - {name: broadcast, queue_type: fanout}\n",
     );
     let gateway = GatewayProcess::start(&template).await;
     let http = client();
@@ -446,22 +453,7 @@ stream:
 #[tokio::test]
 async fn an_upgrade_takes_the_stream_port_over() {
     let udp = free_udp_port();
-    let template = format!(
-        r#"listeners:
-  - name: http
-    address: "127.0.0.1:@HTTP@"
-routes:
-  - id: all
-    path: /*
-    upstream: pool
-upstreams:
-  - name: pool
-    endpoints: ["127.0.0.1:@DEAD0@"]
-stream:
-  server:
-    addr: "127.0.0.1:{udp}"
-"#
-    );
+    let template = gateway_with_stream(udp, "");
     let mut gateway = GatewayProcess::start(&template).await;
     let new_log_path = gateway.directory.path().join("new.log");
     let mut new_process = Command::new(env!("CARGO_BIN_EXE_loom"))
