@@ -116,14 +116,7 @@ fn main() -> ExitCode {
     let loaded = match config::load_file(&cli.conf) {
         Ok(loaded) => loaded,
         Err(errors) => {
-            eprintln!(
-                "{}: {} error(s) in the config:",
-                cli.conf.display(),
-                errors.len()
-            );
-            for error in &errors {
-                eprintln!("  {error}");
-            }
+            config::print_errors(&cli.conf, &errors);
             return ExitCode::from(1);
         }
     };

@@ -65,6 +65,18 @@ pub fn load_text(path: &Path, text: &str) -> Result<ValidatedConfig, Vec<ConfigE
     }
 }
 
+/// Prints a config's errors to stderr, one per line, under a count (`loom -t` and startup).
+pub fn print_errors(path: &Path, errors: &[ConfigError]) {
+    eprintln!(
+        "{}: {} error(s) in the config:",
+        path.display(),
+        errors.len()
+    );
+    for error in errors {
+        eprintln!("  {error}");
+    }
+}
+
 /// The digest used for `/info` and change detection.
 pub fn content_hash(bytes: &[u8]) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

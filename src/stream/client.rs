@@ -84,7 +84,8 @@ fn client_limits() -> WireLimits {
 
 /// An open Loom stream: its connection, and the two directions.
 struct Session {
-    endpoint: quinn::Endpoint,
+    /// Held for the session's life: the endpoint owns the UDP socket the connection uses.
+    _endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     reader: FrameReader,
     writer: StreamWriter,
@@ -165,7 +166,7 @@ async fn open(options: &ClientOptions, role: Role) -> Result<Session, ClientErro
             let mut writer = StreamWriter::Quic(send);
             writer.write(encoded).await?;
             Ok(Session {
-                endpoint,
+                _endpoint: endpoint,
                 connection,
                 reader: FrameReader::new(StreamReader::Quic(receive), client_limits()),
                 writer,
@@ -209,7 +210,7 @@ async fn open(options: &ClientOptions, role: Role) -> Result<Session, ClientErro
                 h3_response_pending = false;
             }
             Ok(Session {
-                endpoint,
+                _endpoint: endpoint,
                 connection,
                 reader: FrameReader::new(StreamReader::H3Client(receive), client_limits()),
                 writer: StreamWriter::H3Client(send),
@@ -391,10 +392,6 @@ impl Producer {
     /// Closes the connection without waiting.
     pub fn close(self) {
         self.session.close();
-    }
-
-    pub fn local_endpoint(&self) -> &quinn::Endpoint {
-        &self.session.endpoint
     }
 }
 

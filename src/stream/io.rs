@@ -148,8 +148,8 @@ impl StreamWriter {
                     .map_err(quic_write_error)?;
             }
             _ => {
-                for piece in pieces.iter() {
-                    self.write(piece.clone()).await?;
+                for piece in pieces.drain(..) {
+                    self.write(piece).await?;
                 }
             }
         }

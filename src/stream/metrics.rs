@@ -30,7 +30,7 @@ pub const PROTOCOL_ERROR_KINDS: [&str; 10] = [
     "truncated",
 ];
 /// Every `reason` label `loom_consumer_evictions_total` uses.
-pub const EVICTION_REASONS: [&str; 3] = ["ack_timeout", "write_stalled", "closed"];
+pub const EVICTION_REASONS: [&str; 2] = ["ack_timeout", "write_stalled"];
 
 pub struct StreamMetrics {
     registry: Registry,

@@ -119,9 +119,9 @@ impl Forward<'_> {
                     body: Some(body_sender),
                     outcome,
                 }),
-                Offer::Full(_) => self.drop_count("queue_full"),
+                Offer::Full => self.drop_count("queue_full"),
                 // Left while we were queueing: like a lost consumer, settled after the body.
-                Offer::Closed(_) => self.targets.push(Target {
+                Offer::Closed => self.targets.push(Target {
                     body: None,
                     outcome,
                 }),

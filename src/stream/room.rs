@@ -70,12 +70,14 @@ pub struct ConsumerQueue {
     available: Notify,
 }
 
+/// What became of a delivery offered to a queue. A refused delivery is dropped, which its
+/// producer sees as the outcome channel closing.
 pub enum Offer {
     Queued,
     /// The queue was full and the policy drops the new message.
-    Full(Box<Delivery>),
+    Full,
     /// The consumer has left.
-    Closed(Box<Delivery>),
+    Closed,
 }
 
 impl ConsumerQueue {
@@ -107,7 +109,7 @@ impl ConsumerQueue {
                 self.enqueue(delivery, slot);
                 Offer::Queued
             }
-            Err(_) => Offer::Closed(Box::new(delivery)),
+            Err(_) => Offer::Closed,
         }
     }
 
@@ -119,7 +121,7 @@ impl ConsumerQueue {
                 self.enqueue(delivery, slot);
                 (Offer::Queued, None)
             }
-            Err(tokio::sync::TryAcquireError::Closed) => (Offer::Closed(Box::new(delivery)), None),
+            Err(tokio::sync::TryAcquireError::Closed) => (Offer::Closed, None),
             Err(tokio::sync::TryAcquireError::NoPermits) if drop_oldest => {
                 let mut items = self.lock();
                 match items.pop_front() {
@@ -131,10 +133,10 @@ impl ConsumerQueue {
                         self.available.notify_one();
                         (Offer::Queued, Some(oldest))
                     }
-                    None => (Offer::Full(Box::new(delivery)), None),
+                    None => (Offer::Full, None),
                 }
             }
-            Err(tokio::sync::TryAcquireError::NoPermits) => (Offer::Full(Box::new(delivery)), None),
+            Err(tokio::sync::TryAcquireError::NoPermits) => (Offer::Full, None),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Ways to run the streaming endpoint: as a Pingora background service inside the gateway
 //! (its own runtime, started after daemonizing), or on its own as `loom stream -c FILE`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
@@ -64,24 +64,13 @@ pub fn check_can_bind(plan: &StreamPlan) -> std::io::Result<()> {
     super::server::bind_udp(plan.address).map(drop)
 }
 
-fn print_errors(path: &Path, errors: &[crate::config::ConfigError]) {
-    eprintln!(
-        "{}: {} error(s) in the config:",
-        path.display(),
-        errors.len()
-    );
-    for error in errors {
-        eprintln!("  {error}");
-    }
-}
-
 /// `loom stream -c FILE`: the reference server's drop-in replacement. SIGHUP reloads auth
 /// and router settings for new streams; SIGINT/SIGTERM stop.
 pub fn run_standalone(path: PathBuf, check_only: bool) -> anyhow::Result<()> {
     let plan = match stream_config::load_standalone(&path) {
         Ok(plan) => plan,
         Err(errors) => {
-            print_errors(&path, &errors);
+            crate::config::print_errors(&path, &errors);
             anyhow::bail!("invalid config");
         }
     };
