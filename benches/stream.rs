@@ -13,6 +13,11 @@
 //! Server and clients run on separate Tokio runtimes in this process and share the cores.
 //! `STREAM_BENCH_SECONDS` (default 5) sets the length of the small-message runs. Without
 //! `--bench` (as `cargo test --all-targets` runs it) a short smoke run checks it works.
+//!
+//! `cargo bench --bench stream -- --peer HOST:PORT` also measures another Loom v4 server
+//! (for example the reference `loomd`, raw QUIC, `chunk_full_behavior: block`) with the same
+//! client and workloads, alternating rounds between it and Loom (`STREAM_BENCH_ROUNDS`,
+//! default 5), and prints the medians side by side.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +40,16 @@ struct Settings {
 
 fn main() {
     let full = std::env::args().any(|argument| argument == "--bench");
+    let arguments: Vec<String> = std::env::args().collect();
+    let peer: Option<SocketAddr> = arguments
+        .iter()
+        .position(|argument| argument == "--peer")
+        .map(|index| {
+            arguments
+                .get(index + 1)
+                .and_then(|text| text.parse().ok())
+                .expect("--peer takes HOST:PORT, e.g. 127.0.0.1:4243")
+        });
     let settings = if full {
         Settings {
             small_duration: Duration::from_secs(
@@ -107,6 +122,72 @@ fn main() {
             loom / relay
         );
     }
+    if let Some(peer) = peer {
+        compare_with_peer(&client_runtime, loom_address, peer, &settings);
+    }
+}
+
+/// Runs every workload against Loom and `peer` in alternating rounds; prints the medians.
+fn compare_with_peer(
+    client_runtime: &tokio::runtime::Runtime,
+    loom: SocketAddr,
+    peer: SocketAddr,
+    settings: &Settings,
+) {
+    let rounds: usize = std::env::var("STREAM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(5);
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    println!();
+    println!(
+        "| Workload ({rounds} rounds, alternating) | peer {peer} median | Loom median | Loom / peer |"
+    );
+    println!("|---|---|---|---|");
+    let case = |name: String, unit: &str, run: &dyn Fn(SocketAddr, usize) -> f64| {
+        let (mut peer_figures, mut loom_figures) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            peer_figures.push(run(peer, round));
+            loom_figures.push(run(loom, round));
+        }
+        let (peer_median, loom_median) = (median(peer_figures), median(loom_figures));
+        println!(
+            "| {name} | {peer_median:.0} {unit} | {loom_median:.0} {unit} | {:.2} |",
+            loom_median / peer_median
+        );
+    };
+    for pairs in [1usize, 4] {
+        case(
+            format!("100 B, {pairs} pair(s)"),
+            "msg/s",
+            &|address, round| {
+                client_runtime.block_on(loom_small_in(
+                    address,
+                    &format!("peer-small-{pairs}-{round}"),
+                    pairs,
+                    settings.small_duration,
+                ))
+            },
+        );
+    }
+    for pairs in [1usize, 4] {
+        case(
+            format!("{} MiB, {pairs} pair(s)", settings.large_size >> 20),
+            "MiB/s",
+            &|address, round| {
+                client_runtime.block_on(loom_large_in(
+                    address,
+                    &format!("peer-large-{pairs}-{round}"),
+                    pairs,
+                    settings.large_messages_per_pair,
+                    settings.large_size,
+                ))
+            },
+        );
+    }
 }
 
 async fn start_loom() -> SocketAddr {
@@ -159,11 +240,16 @@ async fn ready_consumer(address: SocketAddr, room: &str) -> Consumer {
 }
 
 async fn loom_small(address: SocketAddr, pairs: usize, duration: Duration) -> f64 {
+    loom_small_in(address, &format!("small-{pairs}"), pairs, duration).await
+}
+
+/// Rooms are `{prefix}-{pair}`.
+async fn loom_small_in(address: SocketAddr, prefix: &str, pairs: usize, duration: Duration) -> f64 {
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for pair in 0..pairs {
-        let room = format!("small-{pairs}-{pair}");
+        let room = format!("{prefix}-{pair}");
         let mut consumer = ready_consumer(address, &room).await;
         let mut producer = Producer::connect(&options(address, &room))
             .await
@@ -213,11 +299,21 @@ async fn loom_small(address: SocketAddr, pairs: usize, duration: Duration) -> f6
 }
 
 async fn loom_large(address: SocketAddr, pairs: usize, messages: usize, size: usize) -> f64 {
+    loom_large_in(address, &format!("large-{pairs}"), pairs, messages, size).await
+}
+
+async fn loom_large_in(
+    address: SocketAddr,
+    prefix: &str,
+    pairs: usize,
+    messages: usize,
+    size: usize,
+) -> f64 {
     let body = Bytes::from(vec![42u8; size]);
     let mut consumers = Vec::new();
     let mut producers = Vec::new();
     for pair in 0..pairs {
-        let room = format!("large-{pairs}-{pair}");
+        let room = format!("{prefix}-{pair}");
         consumers.push(ready_consumer(address, &room).await);
         producers.push(
             Producer::connect(&options(address, &room))

@@ -62,6 +62,8 @@ pub enum StreamReader {
     Quic(quinn::RecvStream),
     H3Server(H3ServerRecv),
     H3Client(H3ClientRecv),
+    /// An HTTP/3 request body we stopped reading (see [`StreamReader::stop`]).
+    Dropped,
 }
 
 impl StreamReader {
@@ -95,6 +97,7 @@ impl StreamReader {
                 Ok(None) => Ok(false),
                 Err(error) => Err(transport_error(error)),
             },
+            StreamReader::Dropped => Ok(false),
         }
     }
 
@@ -105,8 +108,15 @@ impl StreamReader {
             StreamReader::Quic(stream) => {
                 let _ = stream.stop(quinn::VarInt::from_u64(code).unwrap_or_default());
             }
-            StreamReader::H3Server(stream) => stream.stop_sending(Code::from(code)),
-            StreamReader::H3Client(stream) => stream.stop_sending(Code::from(code)),
+            // h3-quinn's `stop_sending` panics while a read is pending on the stream (the
+            // stream then lives inside the read's future), which the h3 layer can leave
+            // behind at any time. Dropping the body instead makes quinn send STOP_SENDING
+            // itself, with code 0, for whatever was not read.
+            StreamReader::H3Server(_) | StreamReader::H3Client(_) => {
+                let _ = code;
+                *self = StreamReader::Dropped;
+            }
+            StreamReader::Dropped => {}
         }
     }
 }

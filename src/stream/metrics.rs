@@ -48,6 +48,7 @@ pub struct StreamMetrics {
     pub redeliveries: IntCounterVec,
     pub blocked_producers: IntCounterVec,
     pub evictions: IntCounterVec,
+    pub connection_errors: IntCounterVec,
     pub ack_latency: HistogramVec,
     pub rooms: prometheus::IntGauge,
 }
@@ -169,6 +170,12 @@ impl StreamMetrics {
                 "loom_consumer_evictions_total",
                 "Consumers removed by the server, by reason.",
                 &["room", "reason"],
+            ),
+            connection_errors: counter(
+                &registry,
+                "loom_connection_errors_total",
+                "Connections that ended in an error rather than a close, by reason (transport_error: this server closed it for a QUIC transport error; peer_transport_error: the client did; timed_out; reset).",
+                &["transport", "reason"],
             ),
             ack_latency,
             rooms,

@@ -266,7 +266,12 @@ async fn forward_message(
         forward.drop_count("no_consumer");
         return discard_body(reader).await;
     }
-    forward.attach(consumers).await;
+    // Every wait on consumers below keeps reading the producer's stream meanwhile, up to the
+    // stream window (see `FrameReader::read_ahead_while`).
+    let read_ahead = context.settings.stream_receive_window as usize;
+    reader
+        .read_ahead_while(read_ahead, forward.attach(consumers))
+        .await;
     if forward.targets.is_empty() {
         return discard_body(reader).await;
     }
@@ -279,7 +284,9 @@ async fn forward_message(
     loop {
         if reader.buffered() == 0 && !pending.is_empty() {
             // About to wait for the producer: pass on what we have (cut-through).
-            forward.send(pending.split().freeze(), false).await;
+            reader
+                .read_ahead_while(read_ahead, forward.send(pending.split().freeze(), false))
+                .await;
         }
         let length = match within(stall_limit, reader.chunk_length()).await {
             Ok(length) => length,
@@ -291,7 +298,9 @@ async fn forward_message(
         if length == 0 {
             forward.body_total = total;
             wire::encode_end_of_message(&mut pending);
-            forward.send(pending.split().freeze(), true).await;
+            reader
+                .read_ahead_while(read_ahead, forward.send(pending.split().freeze(), true))
+                .await;
             break;
         }
         total += length;
@@ -306,13 +315,17 @@ async fn forward_message(
             pending.put(reader.take_buffered(remaining));
             if pending.len() >= PIECE_LIMIT {
                 // Keeps pieces, and so the memory a message's channel can hold, bounded.
-                forward.send(pending.split().freeze(), false).await;
+                reader
+                    .read_ahead_while(read_ahead, forward.send(pending.split().freeze(), false))
+                    .await;
             }
             continue;
         }
         while remaining > 0 {
             if !pending.is_empty() {
-                forward.send(pending.split().freeze(), false).await;
+                reader
+                    .read_ahead_while(read_ahead, forward.send(pending.split().freeze(), false))
+                    .await;
             }
             let piece = match within(stall_limit, reader.payload(remaining)).await {
                 Ok(piece) => piece,
@@ -322,12 +335,14 @@ async fn forward_message(
                 }
             };
             remaining -= piece.len();
-            forward.send(piece, false).await;
+            reader
+                .read_ahead_while(read_ahead, forward.send(piece, false))
+                .await;
         }
     }
     room.counters.messages_in.inc();
     room.counters.bytes_in.inc_by(total);
-    forward.settle().await;
+    reader.read_ahead_while(read_ahead, forward.settle()).await;
     Ok(())
 }
 

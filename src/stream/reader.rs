@@ -22,6 +22,9 @@ pub struct FrameReader {
     reader: StreamReader,
     buffer: BytesMut,
     limits: WireLimits,
+    /// How the stream ended, when [`FrameReader::read_ahead_while`] reached its end before
+    /// the frames buffered ahead of it were decoded: reported once those are used up.
+    end: Option<Result<(), TransportError>>,
 }
 
 impl FrameReader {
@@ -30,6 +33,7 @@ impl FrameReader {
             reader,
             buffer: BytesMut::with_capacity(READ_RESERVE),
             limits,
+            end: None,
         }
     }
 
@@ -52,10 +56,46 @@ impl FrameReader {
 
     /// Reads more; `Ok(false)` at the end of the stream.
     async fn fill(&mut self) -> Result<bool, TransportError> {
+        match self.end.take() {
+            None => self.read_more().await,
+            Some(Ok(())) => {
+                self.end = Some(Ok(()));
+                Ok(false)
+            }
+            Some(Err(error)) => Err(error),
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<bool, TransportError> {
         if self.buffer.capacity() - self.buffer.len() < 16 * 1024 {
             self.buffer.reserve(READ_RESERVE);
         }
         self.reader.fill(&mut self.buffer).await
+    }
+
+    /// Runs `work` to its end and meanwhile keeps taking what arrives on the stream, until
+    /// `limit` bytes are buffered. A producer that waits on its consumers uses this so that
+    /// the QUIC stack's reassembly buffer does not fill up with the producer's small frames
+    /// (quinn aborts a connection whose stream buffer has too many separate pieces).
+    /// Reading is cancel-safe, so nothing is lost when `work` finishes mid-read.
+    pub async fn read_ahead_while<T>(
+        &mut self,
+        limit: usize,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let reading = self.end.is_none() && self.buffer.len() < limit;
+            tokio::select! {
+                biased;
+                output = &mut work => return output,
+                result = self.read_more(), if reading => match result {
+                    Ok(true) => {}
+                    Ok(false) => self.end = Some(Ok(())),
+                    Err(error) => self.end = Some(Err(error)),
+                },
+            }
+        }
     }
 
     /// Decodes one item, reading as needed. At a clean end of stream with nothing buffered

@@ -58,10 +58,14 @@ fn transport_config(plan: &StreamPlan) -> quinn::TransportConfig {
     transport.max_concurrent_bidi_streams(
         quinn::VarInt::from_u64(plan.max_streams_per_connection).unwrap_or(quinn::VarInt::MAX),
     );
-    // Big messages: windows wide enough to keep a loopback or LAN path full; per-message
-    // memory is still bounded by the router's message buffer, not by these.
-    transport.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
-    transport.receive_window(quinn::VarInt::from_u32(32 << 20));
+    // The stream window is what a producer may send beyond what the server has read. The
+    // producer side keeps reading into its own buffer of the same size while it waits on
+    // consumers (`stream::producer`), so quinn's reassembly buffer stays nearly empty and a
+    // burst of small frames with lost packets cannot pile up into the thousands of
+    // separate pieces at which quinn aborts the connection ("too many gaps").
+    let window = |bytes: u64| quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX);
+    transport.stream_receive_window(window(plan.stream_receive_window));
+    transport.receive_window(window(plan.connection_receive_window));
     transport.send_window(32 << 20);
     transport
 }
@@ -188,10 +192,58 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<StreamShared>)
     let peer = Arc::new(Peer {
         address: connection.remote_address().ip().to_canonical(),
         certificate_name: tls::peer_common_name(&connection),
+        rooms: std::sync::Mutex::new(Vec::new()),
     });
+    let watched = connection.clone();
+    let metrics = Arc::clone(&shared.metrics);
     match transport {
-        Transport::Quic => serve_raw(connection, shared, peer).await,
-        Transport::H3 => serve_h3(connection, shared, peer).await,
+        Transport::Quic => serve_raw(connection, shared, Arc::clone(&peer)).await,
+        Transport::H3 => serve_h3(connection, shared, Arc::clone(&peer)).await,
+    }
+    report_close(&watched, transport, &peer, &metrics);
+}
+
+/// Counts a connection that ended in an error, and logs transport errors at WARN: a QUIC
+/// stack that aborts a connection (for example quinn's "too many gaps in stream buffer")
+/// loses whatever its streams had in flight, so it must never pass unnoticed.
+fn report_close(
+    connection: &quinn::Connection,
+    transport: Transport,
+    peer: &Peer,
+    metrics: &StreamMetrics,
+) {
+    use quinn::ConnectionError;
+    let Some(reason) = connection.close_reason() else {
+        return;
+    };
+    let kind = match &reason {
+        ConnectionError::TransportError(_) => "transport_error",
+        ConnectionError::ConnectionClosed(close)
+            if close.error_code != quinn::TransportErrorCode::NO_ERROR =>
+        {
+            "peer_transport_error"
+        }
+        ConnectionError::TimedOut => "timed_out",
+        ConnectionError::Reset => "reset",
+        ConnectionError::VersionMismatch => "version_mismatch",
+        // Closed by the application on either side, or by a clean transport close.
+        _ => return,
+    };
+    metrics
+        .connection_errors
+        .with_label_values(&[transport.label(), kind])
+        .inc();
+    let address = connection.remote_address();
+    let rooms = peer.rooms_joined();
+    match kind {
+        "transport_error" | "peer_transport_error" | "version_mismatch" => log::warn!(
+            "stream: {} connection from {address} (rooms {rooms}) closed by a transport error: {reason}",
+            transport.label()
+        ),
+        _ => log::info!(
+            "stream: {} connection from {address} (rooms {rooms}) ended: {reason}",
+            transport.label()
+        ),
     }
 }
 

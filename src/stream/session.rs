@@ -50,6 +50,40 @@ pub struct Peer {
     pub address: std::net::IpAddr,
     /// The client certificate's subject CN, for `mtls` grants.
     pub certificate_name: Option<String>,
+    /// The rooms this connection's streams joined, to name them when the connection fails.
+    /// Written once per stream, read once when the connection ends.
+    pub rooms: std::sync::Mutex<Vec<String>>,
+}
+
+/// A connection names at most this many rooms in its failure log line.
+const ROOMS_NAMED: usize = 8;
+
+impl Peer {
+    fn joined(&self, room: &str) {
+        let Ok(mut rooms) = self.rooms.lock() else {
+            return;
+        };
+        if rooms.len() < ROOMS_NAMED && !rooms.iter().any(|name| name == room) {
+            rooms.push(room.to_string());
+        }
+    }
+
+    /// The rooms joined, for a log line: `"a", "b"` or `none`.
+    pub fn rooms_joined(&self) -> String {
+        let rooms = self
+            .rooms
+            .lock()
+            .map(|rooms| rooms.clone())
+            .unwrap_or_default();
+        if rooms.is_empty() {
+            return "none".to_string();
+        }
+        rooms
+            .iter()
+            .map(|room| format!("\"{room}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl StreamShared {
@@ -187,6 +221,7 @@ pub async fn run(
         return reject(&context, reader, writer, Rejection::RoomFull).await;
     };
     let room = &membership.room;
+    peer.joined(&room.name);
     let gauge = context.metrics.streams.with_label_values(&[
         transport.label(),
         hello.role.label(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use loom::stream::client::{ClientOptions, ClientTransport, Consumer, Producer};
 use loom::stream::tls::ClientTlsOptions;
 
-use crate::stream_support::receive_and_ack;
+use crate::stream_support::{hello, raw_h3_status, receive_and_ack};
 use crate::support::{GatewayProcess, client, free_port};
 
 /// A UDP port that was free a moment ago.
@@ -118,10 +118,16 @@ router:
 }
 
 async fn start_standalone(token: &str) -> StandaloneServer {
+    start_standalone_with(token, "").await
+}
+
+/// `router_keys`: more `router:` lines, indented by two spaces.
+async fn start_standalone_with(token: &str, router_keys: &str) -> StandaloneServer {
     let directory = tempfile::tempdir().unwrap();
     let (udp, admin) = (free_udp_port(), free_port());
     let config = directory.path().join("loom.yaml");
-    std::fs::write(&config, reference_config(udp, admin, token)).unwrap();
+    let text = reference_config(udp, admin, token) + router_keys;
+    std::fs::write(&config, text).unwrap();
     let log = directory.path().join("stream.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_loom"))
         .args(["stream", "-c"])
@@ -513,4 +519,103 @@ async fn an_upgrade_takes_the_stream_port_over() {
     }
     let _ = new_process.kill();
     let _ = new_process.wait();
+}
+
+/// Every way the server refuses an HTTP/3 stream answers with its status, and none of them
+/// panics a server task (h3-quinn used to panic when a refused request's body was stopped
+/// while a read on it was pending).
+#[tokio::test]
+async fn http3_refusals_answer_their_status_without_a_panic() {
+    let server = start_standalone_with(
+        "one",
+        "  max_streams_per_room: 2\n  max_protocol_errors: 1\n",
+    )
+    .await;
+    let address: std::net::SocketAddr = format!("127.0.0.1:{}", server.udp).parse().unwrap();
+    let producer = hello(b'P', "refusals", "one");
+    let mut bad_magic = producer.clone();
+    bad_magic[0] = b'X';
+    let mut bad_version = producer.clone();
+    bad_version[4] = 3;
+    let mut bad_role = producer.clone();
+    bad_role[5] = b'X';
+    let mut long_name = b"LOOM\x04P\x81\x01".to_vec();
+    long_name.extend_from_slice(&[b'n'; 129]);
+    long_name.extend_from_slice(b"\x00\x03one");
+    let mut empty_key = producer.clone();
+    empty_key.push(0);
+    let mut big_chunk = producer.clone();
+    big_chunk.extend_from_slice(b"\x01k\x00\x00\x81\x80\x08");
+    let cases: [(&str, &str, &str, Vec<u8>, u16); 11] = [
+        ("bad magic", "POST", "/stream", bad_magic, 400),
+        ("bad version", "POST", "/stream", bad_version, 400),
+        ("bad role", "POST", "/stream", bad_role, 400),
+        ("name over 128 bytes", "POST", "/stream", long_name, 400),
+        (
+            "wrong token",
+            "POST",
+            "/stream",
+            hello(b'P', "refusals", "two"),
+            401,
+        ),
+        (
+            "no token",
+            "POST",
+            "/stream",
+            hello(b'C', "refusals", ""),
+            401,
+        ),
+        ("empty key", "POST", "/stream", empty_key.clone(), 400),
+        ("chunk over the limit", "POST", "/stream", big_chunk, 400),
+        ("another path", "POST", "/other", producer.clone(), 404),
+        ("another method", "GET", "/stream", Vec::new(), 405),
+        // Two protocol errors (over the limit of 1) in this room from this address: refused.
+        ("blocked producer", "POST", "/stream", producer.clone(), 429),
+    ];
+    for (name, method, path, body, status) in cases {
+        assert_eq!(
+            raw_h3_status(address, method, path, &body).await,
+            status,
+            "{name}"
+        );
+    }
+    // A full room: two consumers hold both of its places.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            Consumer::connect(&options(server.udp, ClientTransport::Quic, "full", "one"))
+                .await
+                .unwrap(),
+        );
+    }
+    let http = client();
+    wait_for_metrics(
+        &http,
+        &format!("http://127.0.0.1:{}/metrics", server.admin),
+        "loom_streams{role=\"consumer\",room=\"full\",transport=\"quic\"} 2",
+    )
+    .await;
+    assert_eq!(
+        raw_h3_status(address, "POST", "/stream", &hello(b'C', "full", "one")).await,
+        503,
+        "room full"
+    );
+    // The server still serves, and its log holds no panic.
+    let mut consumer = Consumer::connect(&options(server.udp, ClientTransport::H3, "after", "one"))
+        .await
+        .unwrap();
+    wait_for_metrics(
+        &http,
+        &format!("http://127.0.0.1:{}/metrics", server.admin),
+        "loom_streams{role=\"consumer\",room=\"after\",transport=\"h3\"} 1",
+    )
+    .await;
+    let mut producer = Producer::connect(&options(server.udp, ClientTransport::H3, "after", "one"))
+        .await
+        .unwrap();
+    producer.send(b"k", b"still serving").await.unwrap();
+    assert_eq!(receive_and_ack(&mut consumer).await.body, b"still serving");
+    producer.finish().await.unwrap();
+    let log = std::fs::read_to_string(server.directory.path().join("stream.log")).unwrap();
+    assert!(!log.contains("panicked"), "a server task panicked:\n{log}");
 }

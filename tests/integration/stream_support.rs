@@ -15,6 +15,17 @@ use loom::stream::server::StreamServer;
 use loom::stream::session::StreamShared;
 use loom::stream::tls::{self, ClientTlsOptions};
 
+/// A hello from a client named "raw" (fields under 128 bytes).
+pub fn hello(role: u8, room: &str, token: &str) -> Vec<u8> {
+    let mut out = b"LOOM\x04".to_vec();
+    out.push(role);
+    for field in ["raw", room, token] {
+        out.push(field.len() as u8);
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
 pub struct StreamUnderTest {
     pub address: SocketAddr,
     pub shared: Arc<StreamShared>,
@@ -185,6 +196,14 @@ pub async fn raw_quic_exchange(address: SocketAddr, bytes: &[u8]) -> RawOutcome 
 }
 
 pub async fn connect_raw(address: SocketAddr, alpn: &[u8]) -> quinn::Connection {
+    connect_raw_with(address, alpn, quinn::TransportConfig::default()).await
+}
+
+pub async fn connect_raw_with(
+    address: SocketAddr,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+) -> quinn::Connection {
     let crypto = tls::client_config(
         &ClientTlsOptions {
             insecure_skip_verify: true,
@@ -195,7 +214,9 @@ pub async fn connect_raw(address: SocketAddr, alpn: &[u8]) -> quinn::Connection 
     .unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    client_config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(client_config);
     endpoint
         .connect(address, "localhost")
         .unwrap()
@@ -245,5 +266,112 @@ impl Drop for StreamUnderTest {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// How a [`LossyRelay`] mistreats the client's datagrams (the server's only lose and
+/// reorder at the random rates).
+#[derive(Clone, Copy)]
+pub struct PathFaults {
+    /// Probability that a datagram is dropped on its own.
+    pub loss: f64,
+    /// Probability that a client datagram starts a burst of losses (a receive buffer that
+    /// overflowed), and the longest such burst.
+    pub burst: f64,
+    pub max_burst: u32,
+    /// Probability that a datagram is held back for 1 ms to `max_delay`, letting later ones
+    /// pass it (netem's "delay with jitter" reordering).
+    pub reorder: f64,
+    pub max_delay: Duration,
+}
+
+/// A UDP relay between one client and a server that loses and reorders datagrams, as a
+/// lossy path does. Seeded, so the pattern repeats (timing still varies). Loopback never
+/// loses a packet on its own, and netem needs a kernel module the test machines lack.
+pub struct LossyRelay {
+    pub address: SocketAddr,
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    pub reordered: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyRelay {
+    pub async fn start(server: SocketAddr, faults: PathFaults) -> LossyRelay {
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(server).await.unwrap();
+        let address = front.local_addr().unwrap();
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reordered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counters = (Arc::clone(&dropped), Arc::clone(&reordered));
+        let max_delay_micros = faults.max_delay.as_micros().max(1000) as u64;
+        let task = tokio::spawn(async move {
+            let mut random = fastrand::Rng::with_seed(0x004c_004d);
+            let mut client: Option<SocketAddr> = None;
+            let mut burst_left = 0u32;
+            let mut from_client = vec![0u8; 65_536];
+            let mut from_server = vec![0u8; 65_536];
+            loop {
+                let (to_server, datagram) = tokio::select! {
+                    received = front.recv_from(&mut from_client) => {
+                        let Ok((length, sender)) = received else { return };
+                        client = Some(sender);
+                        (true, Bytes::copy_from_slice(&from_client[..length]))
+                    }
+                    received = back.recv(&mut from_server) => {
+                        let Ok(length) = received else { return };
+                        (false, Bytes::copy_from_slice(&from_server[..length]))
+                    }
+                };
+                let Some(client) = client else { continue };
+                if to_server && burst_left == 0 && random.f64() < faults.burst {
+                    burst_left = random.u32(1..=faults.max_burst.max(1));
+                }
+                let lost = if to_server && burst_left > 0 {
+                    burst_left -= 1;
+                    true
+                } else {
+                    random.f64() < faults.loss
+                };
+                if lost {
+                    counters
+                        .0
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                let delay = (random.f64() < faults.reorder).then(|| {
+                    counters
+                        .1
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Duration::from_micros(random.u64(1000..=max_delay_micros))
+                });
+                let (front, back) = (Arc::clone(&front), Arc::clone(&back));
+                let send = async move {
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let _ = match to_server {
+                        true => back.send(&datagram).await,
+                        false => front.send_to(&datagram, client).await,
+                    };
+                };
+                match delay {
+                    Some(_) => drop(tokio::spawn(send)),
+                    None => send.await,
+                }
+            }
+        });
+        LossyRelay {
+            address,
+            dropped,
+            reordered,
+            task,
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
