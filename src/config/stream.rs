@@ -50,8 +50,8 @@ pub struct StreamServerSection {
     pub idle_timeout: Option<DurationValue>,
     /// Concurrent bidirectional streams one connection may open (reference: 100).
     pub max_streams_per_connection: Option<u64>,
-    /// Loom: QUIC flow-control window of one stream, and how far ahead of the message being
-    /// delivered the server reads a producer's stream (reference: quic-go's 512 KiB, growing).
+    /// Loom: QUIC flow-control window of one stream (reference: quic-go's 512 KiB, growing
+    /// to 6 MiB).
     pub stream_receive_window: Option<SizeValue>,
     /// Loom: QUIC flow-control window of a whole connection, over all its streams.
     pub connection_receive_window: Option<SizeValue>,
@@ -161,6 +161,9 @@ pub struct RouterSection {
     pub max_redeliveries: Option<u32>,
     /// Loom: bytes buffered per message between producer and consumer (reference: 1 MiB).
     pub message_buffer_bytes: Option<SizeValue>,
+    /// Loom: how much of a producer's stream the server reads ahead of the message being
+    /// delivered, so that QUIC's reassembly buffer is drained while the producer waits.
+    pub producer_read_ahead_bytes: Option<SizeValue>,
     /// Loom: a room with nobody in it is freed after this long.
     pub room_idle_timeout: Option<DurationValue>,
     /// Loom: producers plus consumers one room admits.
@@ -243,6 +246,7 @@ pub struct RouterPlan {
     pub redelivery_buffer_bytes: u64,
     pub max_redeliveries: u32,
     pub message_buffer_bytes: u64,
+    pub producer_read_ahead_bytes: u64,
     pub room_idle_timeout: Duration,
     pub max_streams_per_room: u64,
     pub message_stall_timeout: Duration,
@@ -267,7 +271,6 @@ pub struct StreamPlan {
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
     pub max_streams_per_connection: u64,
-    /// Per-stream QUIC receive window; also the producer read-ahead (see `stream::producer`).
     pub stream_receive_window: u64,
     pub connection_receive_window: u64,
     pub auth: AuthPlan,
@@ -425,17 +428,19 @@ fn validate(
     })
 }
 
-/// The QUIC receive windows. quinn aborts a connection whose stream buffer holds more than
-/// 1,024 separate pieces, and a window of W bytes lets a producer have W bytes of small
-/// frames (with holes where packets were lost) waiting there; so the stream window is capped
-/// where even 1% loss of 100-byte frames stays far from that limit.
+/// The QUIC receive windows. quinn aborts a connection whose stream reassembly buffer holds
+/// more than 1,024 separate pieces after compaction, and while the server does not read a
+/// producer's stream that buffer can fill up to the stream window with small frames, split
+/// wherever a packet was lost and retransmitted. A small stream window keeps that far from
+/// the limit; the producer read-ahead (`router.producer_read_ahead_bytes`), which the server
+/// holds in its own buffer, keeps the pipe full instead.
 fn receive_windows(
     checker: &mut Checker<'_>,
     prefix: &str,
     server: &StreamServerSection,
 ) -> (u64, u64) {
     const MIN_WINDOW: u64 = 16 << 10;
-    const MAX_STREAM_WINDOW: u64 = 4 << 20;
+    const MAX_STREAM_WINDOW: u64 = 16 << 20;
     const MAX_CONNECTION_WINDOW: u64 = 1 << 30;
     let stream_window = server
         .stream_receive_window
@@ -443,7 +448,7 @@ fn receive_windows(
     if !(MIN_WINDOW..=MAX_STREAM_WINDOW).contains(&stream_window) {
         checker.error(
             key(prefix, "server.stream_receive_window"),
-            "must be between 16KiB and 4MiB",
+            "must be between 16KiB and 16MiB",
         );
     }
     let connection_window = server
@@ -458,9 +463,15 @@ fn receive_windows(
     (stream_window, connection_window)
 }
 
-/// 1 MiB: keeps a loopback or LAN path full for large messages, and holds about 10,000
-/// 100-byte messages ahead of delivery (quic-go, and so loomd, starts at 512 KiB).
-pub const DEFAULT_STREAM_RECEIVE_WINDOW: u64 = 1 << 20;
+/// 512 KiB, quic-go's (and so loomd's) starting window: at most about 10,000 frames of
+/// Loom-go's smallest messages in quinn's buffer; with the read-ahead, enough to keep a
+/// loopback or LAN path full.
+pub const DEFAULT_STREAM_RECEIVE_WINDOW: u64 = 512 << 10;
+
+/// 1 MiB: with the stream window, a producer of 100-byte messages runs at most about 15,000
+/// messages ahead of delivery (loomd, on quic-go's windows: 4,400 to 11,500).
+pub const DEFAULT_PRODUCER_READ_AHEAD: u64 = 1 << 20;
+const MAX_PRODUCER_READ_AHEAD: u64 = 64 << 20;
 
 fn checker_error_count(checker: &Checker<'_>) -> usize {
     checker.error_count()
@@ -681,6 +692,12 @@ fn router_plan(
         .message_buffer_bytes
         .map_or(1 << 20, |value| value.0)
         .max(1);
+    let producer_read_ahead_bytes = router
+        .producer_read_ahead_bytes
+        .map_or(DEFAULT_PRODUCER_READ_AHEAD, |value| value.0);
+    if producer_read_ahead_bytes > MAX_PRODUCER_READ_AHEAD {
+        checker.error(at("producer_read_ahead_bytes"), "must be at most 64MiB");
+    }
     let ack_timeout = router
         .ack_timeout
         .map_or(Duration::from_secs(30), |value| value.0);
@@ -738,6 +755,7 @@ fn router_plan(
             .map_or(1 << 20, |value| value.0),
         max_redeliveries: router.max_redeliveries.unwrap_or(3),
         message_buffer_bytes,
+        producer_read_ahead_bytes,
         room_idle_timeout: router
             .room_idle_timeout
             .map_or(Duration::from_secs(60), |value| value.0),
@@ -823,6 +841,42 @@ rooms:
         assert_eq!(plan.keep_alive, Duration::from_secs(2));
         assert_eq!(plan.idle_timeout, Duration::from_secs(6));
         assert_eq!(plan.router.limits, WireLimits::default());
+        assert_eq!(plan.stream_receive_window, 512 << 10);
+        assert_eq!(plan.connection_receive_window, 16 << 20);
+        assert_eq!(plan.router.producer_read_ahead_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn flow_control_windows_are_bounded() {
+        let plan = load(
+            "server:\n  stream_receive_window: 2MiB\n  connection_receive_window: 64MiB\nrouter:\n  producer_read_ahead_bytes: 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                plan.stream_receive_window,
+                plan.connection_receive_window,
+                plan.router.producer_read_ahead_bytes
+            ),
+            (2 << 20, 64 << 20, 0)
+        );
+        let errors = load(
+            "server:\n  stream_receive_window: 32MiB\n  connection_receive_window: 1MiB\nrouter:\n  producer_read_ahead_bytes: 1GiB\n",
+        )
+        .unwrap_err()
+        .join("\n");
+        for key in [
+            "server.stream_receive_window",
+            "server.connection_receive_window",
+            "router.producer_read_ahead_bytes",
+        ] {
+            assert!(errors.contains(key), "{key}: {errors}");
+        }
+        let errors = load("server:\n  stream_receive_window: 1KiB\n").unwrap_err();
+        assert!(
+            errors.join("\n").contains("server.stream_receive_window"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -266,9 +266,9 @@ async fn forward_message(
         forward.drop_count("no_consumer");
         return discard_body(reader).await;
     }
-    // Every wait on consumers below keeps reading the producer's stream meanwhile, up to the
-    // stream window (see `FrameReader::read_ahead_while`).
-    let read_ahead = context.settings.stream_receive_window as usize;
+    // Every wait on consumers below keeps reading the producer's stream meanwhile (see
+    // `FrameReader::read_ahead_while`).
+    let read_ahead = router.producer_read_ahead_bytes as usize;
     reader
         .read_ahead_while(read_ahead, forward.attach(consumers))
         .await;
