@@ -196,9 +196,10 @@ fn run(
     let state = Arc::new(GatewayState::new(loaded, Arc::new(plugins)));
 
     let stream_slot = stream_plan.map(|plan| {
+        let worker_threads = plan.worker_threads;
         let (service, slot) = StreamService::new(plan);
         let mut service = background_service("loom stream", service);
-        service.threads = Some(threads);
+        service.threads = Some(worker_threads);
         server.add_service(service);
         slot
     });

@@ -79,6 +79,7 @@ pub fn run_standalone(path: PathBuf, check_only: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.worker_threads)
         .enable_all()
         .thread_name("loom-stream")
         .build()?;
