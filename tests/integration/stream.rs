@@ -738,9 +738,12 @@ fn numbered_body(sequence: u32) -> Vec<u8> {
 
 /// What the real Go client does: two writes per small message (header, then chunk and end),
 /// back to back, each leaving in its own packet; here over a path that loses 1% of packets
-/// plus rare bursts, and delays 5% past later ones. The server used to let 8 MiB of such
-/// frames pile up unread in quinn's reassembly buffer, where holes made quinn abort the
-/// connection ("too many gaps in stream buffer") and lose the messages in flight.
+/// plus rare bursts, and delays 5% past later ones. Every message must arrive, in order, and
+/// the producer's connection must survive. (The server used to let 8 MiB of such frames pile
+/// up unread in quinn's reassembly buffer, where a Loom-go producer's frames, split by lost
+/// and retransmitted packets, made quinn abort the connection with "too many gaps in stream
+/// buffer". quinn as the sender packs and retransmits differently from quic-go and does not
+/// reach that limit even against the old server; the Go client's case was checked by hand.)
 #[tokio::test]
 async fn small_messages_back_to_back_over_a_lossy_path_all_arrive() {
     const COUNT: u32 = 20_000;
@@ -749,7 +752,7 @@ async fn small_messages_back_to_back_over_a_lossy_path_all_arrive() {
     let faults = PathFaults {
         loss: 0.01,
         burst: 0.002,
-        max_burst: 200,
+        max_burst: Duration::from_millis(5),
         reorder: 0.05,
         max_delay: Duration::from_millis(10),
     };

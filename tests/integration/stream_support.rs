@@ -276,9 +276,10 @@ pub struct PathFaults {
     /// Probability that a datagram is dropped on its own.
     pub loss: f64,
     /// Probability that a client datagram starts a burst of losses (a receive buffer that
-    /// overflowed), and the longest such burst.
+    /// overflowed), and the longest such burst. Bursts are timed, not counted, so that a
+    /// sender's sparse loss probes at the end of a transfer are not all swallowed.
     pub burst: f64,
-    pub max_burst: u32,
+    pub max_burst: Duration,
     /// Probability that a datagram is held back for 1 ms to `max_delay`, letting later ones
     /// pass it (netem's "delay with jitter" reordering).
     pub reorder: f64,
@@ -308,7 +309,8 @@ impl LossyRelay {
         let task = tokio::spawn(async move {
             let mut random = fastrand::Rng::with_seed(0x004c_004d);
             let mut client: Option<SocketAddr> = None;
-            let mut burst_left = 0u32;
+            let mut burst_until: Option<tokio::time::Instant> = None;
+            let max_burst_micros = faults.max_burst.as_micros().max(1) as u64;
             let mut from_client = vec![0u8; 65_536];
             let mut from_server = vec![0u8; 65_536];
             loop {
@@ -324,15 +326,15 @@ impl LossyRelay {
                     }
                 };
                 let Some(client) = client else { continue };
-                if to_server && burst_left == 0 && random.f64() < faults.burst {
-                    burst_left = random.u32(1..=faults.max_burst.max(1));
+                let now = tokio::time::Instant::now();
+                if burst_until.is_some_and(|until| now >= until) {
+                    burst_until = None;
                 }
-                let lost = if to_server && burst_left > 0 {
-                    burst_left -= 1;
-                    true
-                } else {
-                    random.f64() < faults.loss
-                };
+                if to_server && burst_until.is_none() && random.f64() < faults.burst {
+                    let length = Duration::from_micros(random.u64(1..=max_burst_micros));
+                    burst_until = Some(now + length);
+                }
+                let lost = (to_server && burst_until.is_some()) || random.f64() < faults.loss;
                 if lost {
                     counters
                         .0
