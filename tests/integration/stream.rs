@@ -789,7 +789,7 @@ async fn small_messages_back_to_back_over_a_lossy_path_all_arrive() {
             }
             send.finish()?;
             // The server ends its side only once every message was answered.
-            receive.read_to_end(0).await?;
+            tokio::time::timeout(Duration::from_secs(60), receive.read_to_end(0)).await??;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
                 connection.close_reason(),
                 connection.stats(),
