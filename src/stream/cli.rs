@@ -148,7 +148,7 @@ pub fn consume(arguments: ConsumeArgs) -> anyhow::Result<()> {
             consumer.ack(header.message_id).await?;
             received += 1;
         }
-        consumer.close();
+        consumer.shutdown().await;
         Ok(())
     })
 }

@@ -85,7 +85,7 @@ fn client_limits() -> WireLimits {
 /// An open Loom stream: its connection, and the two directions.
 struct Session {
     /// Held for the session's life: the endpoint owns the UDP socket the connection uses.
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     reader: FrameReader,
     writer: StreamWriter,
@@ -166,7 +166,7 @@ async fn open(options: &ClientOptions, role: Role) -> Result<Session, ClientErro
             let mut writer = StreamWriter::Quic(send);
             writer.write(encoded).await?;
             Ok(Session {
-                _endpoint: endpoint,
+                endpoint,
                 connection,
                 reader: FrameReader::new(StreamReader::Quic(receive), client_limits()),
                 writer,
@@ -210,7 +210,7 @@ async fn open(options: &ClientOptions, role: Role) -> Result<Session, ClientErro
                 h3_response_pending = false;
             }
             Ok(Session {
-                _endpoint: endpoint,
+                endpoint,
                 connection,
                 reader: FrameReader::new(StreamReader::H3Client(receive), client_limits()),
                 writer: StreamWriter::H3Client(send),
@@ -228,6 +228,17 @@ impl Session {
         if let Some(driver) = &self.h3_driver {
             driver.abort();
         }
+    }
+}
+
+impl Session {
+    /// Closes the connection and waits (a second at most) until the close has gone out, so
+    /// that a process exiting right after leaves the server a clean close rather than an
+    /// idle timeout to discover.
+    async fn close_and_flush(&self) {
+        self.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
     }
 }
 
@@ -359,7 +370,10 @@ impl Producer {
         // producers and ends its side once every message was answered.
         self.session.writer.stopped().await?;
         match self.session.reader.message_header().await {
-            Ok(None) => Ok(()),
+            Ok(None) => {
+                self.session.close_and_flush().await;
+                Ok(())
+            }
             Ok(Some(_)) => Err(ClientError::Transport(
                 "unexpected bytes on a producer stream".into(),
             )),
@@ -476,5 +490,10 @@ impl Consumer {
     /// Closes the connection at once (mid-message too).
     pub fn close(self) {
         self.session.close();
+    }
+
+    /// Closes the connection and waits until the close has been sent (a second at most).
+    pub async fn shutdown(self) {
+        self.session.close_and_flush().await;
     }
 }

@@ -276,6 +276,29 @@ async fn standalone_server_takes_the_reference_config_and_the_cli_talks_to_it() 
         text.contains("loom_bytes_out_total{room=\"back\"} 11"),
         "{text}"
     );
+    // Every client closed its connection on leaving, the exiting CLI processes included: the
+    // server sees the closes at once rather than after its 6 s idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("loom_connections{transport=\"quic\"} 0")
+            && !text.contains("loom_connection_errors_total{")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections were left to time out:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let health = http
         .get(format!("http://127.0.0.1:{}/healthz", server.admin))
         .send()
