@@ -112,10 +112,7 @@ impl StreamReader {
             // stream then lives inside the read's future), which the h3 layer can leave
             // behind at any time. Dropping the body instead makes quinn send STOP_SENDING
             // itself, with code 0, for whatever was not read.
-            StreamReader::H3Server(_) | StreamReader::H3Client(_) => {
-                let _ = code;
-                *self = StreamReader::Dropped;
-            }
+            StreamReader::H3Server(_) | StreamReader::H3Client(_) => *self = StreamReader::Dropped,
             StreamReader::Dropped => {}
         }
     }

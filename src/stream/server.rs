@@ -58,11 +58,10 @@ fn transport_config(plan: &StreamPlan) -> quinn::TransportConfig {
     transport.max_concurrent_bidi_streams(
         quinn::VarInt::from_u64(plan.max_streams_per_connection).unwrap_or(quinn::VarInt::MAX),
     );
-    // The stream window is what a producer may send beyond what the server has read. The
-    // producer side keeps reading into its own buffer of the same size while it waits on
-    // consumers (`stream::producer`), so quinn's reassembly buffer stays nearly empty and a
-    // burst of small frames with lost packets cannot pile up into the thousands of
-    // separate pieces at which quinn aborts the connection ("too many gaps").
+    // The stream window is what a producer may send beyond what the server has read, and so
+    // what can pile up in quinn's reassembly buffer, split by lost packets, towards the 1,024
+    // pieces at which quinn aborts the connection ("too many gaps"). It is kept small; the
+    // producer read-ahead (`stream::producer`) keeps the pipe full from the server's side.
     let window = |bytes: u64| quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX);
     transport.stream_receive_window(window(plan.stream_receive_window));
     transport.receive_window(window(plan.connection_receive_window));
