@@ -10,7 +10,7 @@ use loom::stream::client::{ClientError, ClientTransport, Consumer, Producer};
 use loom::stream::codes;
 
 use crate::stream_support::{
-    LossyRelay, PathFaults, StreamUnderTest, connect_raw_with, hello, raw_h3_status,
+    LossyRelay, PathFaults, StreamUnderTest, connect_raw, connect_raw_with, hello, raw_h3_status,
     raw_quic_exchange, receive_and_ack,
 };
 
@@ -841,4 +841,34 @@ async fn small_messages_back_to_back_over_a_lossy_path_all_arrive() {
         server.metric("loom_messages_in_total{room=\"lossy\"}"),
         f64::from(COUNT)
     );
+}
+
+/// A connection that ends in an error is counted by reason (transport errors are also logged
+/// at WARN with the peer and its rooms): here its path goes dead and it times out.
+#[tokio::test]
+async fn a_connection_whose_path_dies_is_counted_when_it_times_out() {
+    let server =
+        StreamUnderTest::start_with("  keep_alive: 100ms\n  idle_timeout: 500ms\n", "").await;
+    let clean_path = PathFaults {
+        loss: 0.0,
+        burst: 0.0,
+        max_burst: Duration::ZERO,
+        reorder: 0.0,
+        max_delay: Duration::ZERO,
+    };
+    let relay = LossyRelay::start(server.address, clean_path).await;
+    let connection = connect_raw(relay.address, loom::stream::tls::ALPN_LOOM).await;
+    let (mut send, _receive) = connection.open_bi().await.unwrap();
+    send.write_all(&hello(b'C', "silent", "")).await.unwrap();
+    server
+        .wait_for("silent", |status| status.consumers == 1)
+        .await;
+    assert!(!server.metrics().contains("loom_connection_errors_total{"));
+    drop(relay);
+    server
+        .wait_metric(
+            "loom_connection_errors_total{reason=\"timed_out\",transport=\"quic\"}",
+            1.0,
+        )
+        .await;
 }
