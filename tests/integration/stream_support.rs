@@ -26,6 +26,37 @@ pub fn hello(role: u8, room: &str, token: &str) -> Vec<u8> {
     out
 }
 
+/// Producer streams that break the protocol, by name: four bad hellos (the server answers
+/// before reading on) and two bad first messages after a valid hello. Every one gets 400
+/// over HTTP/3 and FIN + STOP_SENDING over raw QUIC.
+pub fn malformed_producer_streams(room: &str, token: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let valid = hello(b'P', room, token);
+    let mut bad_magic = valid.clone();
+    bad_magic[3] = b'X';
+    let mut bad_version = valid.clone();
+    bad_version[4] = 3;
+    let mut bad_role = valid.clone();
+    bad_role[5] = b'X';
+    let mut long_name = b"LOOM\x04P\x81\x01".to_vec();
+    long_name.extend_from_slice(&[b'n'; 129]);
+    for field in [room, token] {
+        long_name.push(field.len() as u8);
+        long_name.extend_from_slice(field.as_bytes());
+    }
+    let mut empty_key = valid.clone();
+    empty_key.push(0);
+    let mut big_chunk = valid;
+    big_chunk.extend_from_slice(b"\x01k\x00\x00\x81\x80\x08");
+    vec![
+        ("bad magic", bad_magic),
+        ("bad version", bad_version),
+        ("role X", bad_role),
+        ("name of 129 bytes", long_name),
+        ("empty key", empty_key),
+        ("chunk of 131073 bytes", big_chunk),
+    ]
+}
+
 pub struct StreamUnderTest {
     pub address: SocketAddr,
     pub shared: Arc<StreamShared>,
