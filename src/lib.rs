@@ -18,6 +18,7 @@ pub mod echo;
 pub mod gateway;
 pub mod observe;
 pub mod plugin;
+pub mod policy;
 pub mod router;
 pub mod stream;
 pub mod upstream;

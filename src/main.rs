@@ -8,7 +8,6 @@ use clap::{Args, Parser, Subcommand};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::Opt;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -20,6 +19,7 @@ use loom::config::{self, LoadedConfig};
 use loom::control::ControlService;
 use loom::control::readiness::ListenerReadiness;
 use loom::gateway::Gateway;
+use loom::gateway::edge::EdgeApp;
 use loom::gateway::snapshot::GatewayState;
 use loom::plugin::registry::PluginSet;
 use loom::stream::service::StreamService;
@@ -240,10 +240,14 @@ fn run(
     for (name, address, protocol, tls) in listeners {
         let mut options = HttpServerOptions::default();
         options.h2c = protocol == ListenerProtocol::Http2;
-        let mut service = ProxyServiceBuilder::new(&server_conf, gateway.clone())
-            .name(format!("listener {name}"))
-            .server_options(options)
-            .build();
+        // The proxy is built by hand, not with `ProxyServiceBuilder`, so that `EdgeApp` can
+        // put each connection behind the request-head and keep-alive deadlines first.
+        let mut proxy = pingora::proxy::http_proxy(&server_conf, gateway.clone());
+        proxy.server_options = Some(options);
+        let mut service = Service::new(
+            format!("listener {name}"),
+            EdgeApp::new(Arc::new(proxy), Arc::clone(&state)),
+        );
         service.threads = Some(threads);
         match tls {
             Some((cert, key)) => {

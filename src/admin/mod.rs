@@ -11,6 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 pub mod plugins;
+pub mod routes;
 pub mod upstreams;
 
 use crate::gateway::snapshot::GatewayState;
@@ -76,6 +77,14 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         if let Some(rest) = path.strip_prefix("/upstreams") {
             let (status, document) = upstreams::handle(&self.state, &method, rest);
+            return build(
+                status,
+                "application/json",
+                serde_json::to_vec(&document).unwrap_or_default(),
+            );
+        }
+        if let Some(rest) = path.strip_prefix("/routes") {
+            let (status, document) = routes::handle(&self.state, &method, rest);
             return build(
                 status,
                 "application/json",

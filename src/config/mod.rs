@@ -96,6 +96,11 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "reload",
     "stream",
+    "cors",
+    "access_log",
+    "rate_limit",
+    "tracing",
+    "cache",
 ];
 
 /// Where each parsed list entry stood in the file. Entries that failed to deserialize are
@@ -142,6 +147,11 @@ fn read_sections(
             "plugins" => (config.plugins, indexes.plugins) = read_list(file, value, name, errors),
             "plugin_dir" => read_one(file, value, name, errors, &mut config.plugin_dir),
             "plugin_cache_dir" => read_one(file, value, name, errors, &mut config.plugin_cache_dir),
+            // Global policies: compiled by `crate::policy` during validation.
+            "cors" | "access_log" => {}
+            "rate_limit" => read_one(file, value, name, errors, &mut config.rate_limit),
+            "tracing" => read_one(file, value, name, errors, &mut config.tracing),
+            "cache" => read_one(file, value, name, errors, &mut config.cache),
             unknown => errors.push(error_at(
                 file,
                 key,

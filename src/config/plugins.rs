@@ -9,7 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::SourceIndexes;
-use super::schema::{FileConfig, PluginFailureMode};
+use std::sync::Arc;
+
+use super::schema::{FileConfig, PluginConfig, PluginFailureMode};
+use crate::policy::PolicyStep;
 use super::validate::Checker;
 use super::yaml::ConfigError;
 
@@ -78,11 +81,32 @@ impl PluginPlan {
     }
 }
 
-/// The plugin section resolved: the plans and where compiled modules are cached.
+/// The plugin section resolved: the Proxy-Wasm plans, where compiled modules are cached, and
+/// the built-in policies compiled.
 #[derive(Debug, Clone, Default)]
 pub struct PluginsPlan {
     pub plugins: Vec<PluginPlan>,
     pub cache_dir: PathBuf,
+    /// Built-in policy entries, by name.
+    pub policies: Vec<Arc<PolicyStep>>,
+}
+
+/// Keys that only mean something for a Proxy-Wasm module.
+const WASM_ONLY_KEYS: &[&str] = &[
+    "path",
+    "phase",
+    "vm_config",
+    "on_error",
+    "max_fuel",
+    "memory_limit",
+    "instances",
+    "max_buffered_body",
+    "quarantine",
+];
+
+/// Whether a `plugins:` entry is a Proxy-Wasm module (no `type`, or `type: wasm`).
+pub fn is_wasm(plugin: &PluginConfig) -> bool {
+    plugin.kind.as_deref().is_none_or(|kind| kind == "wasm")
 }
 
 pub(super) fn check_plugins(
@@ -98,12 +122,13 @@ pub(super) fn check_plugins(
     let mut plan = PluginsPlan {
         plugins: Vec::new(),
         cache_dir,
+        policies: Vec::new(),
     };
     let plugin_dir = match &config.plugin_dir {
         Some(dir) => base_dir.join(dir),
         None => base_dir.to_path_buf(),
     };
-    let plugin_dir = if config.plugins.is_empty() {
+    let plugin_dir = if !config.plugins.iter().any(is_wasm) {
         None
     } else {
         match plugin_dir.canonicalize() {
@@ -132,6 +157,20 @@ pub(super) fn check_plugins(
         if plugin.name.is_empty() {
             checker.error(format!("{key}.name"), "must not be empty");
         }
+        if !is_wasm(plugin) {
+            check_policy_entry(checker, plugin, &key, &mut plan);
+            continue;
+        }
+        let Some(path) = &plugin.path else {
+            checker.error(
+                format!("{key}.path"),
+                format!(
+                    "a Proxy-Wasm plugin needs path (the .wasm file), or give a built-in type: {}",
+                    crate::policy::TYPES.join(", ")
+                ),
+            );
+            continue;
+        };
         if let Some(phase) = &plugin.phase
             && !PHASES.contains(&phase.as_str())
         {
@@ -165,7 +204,7 @@ pub(super) fn check_plugins(
             );
         }
         let wasm_path = plugin_dir.as_deref().and_then(|dir| {
-            confine(dir, &plugin.path)
+            confine(dir, path)
                 .map_err(|message| checker.error(format!("{key}.path"), message))
                 .ok()
         });
@@ -199,6 +238,44 @@ pub(super) fn check_plugins(
         });
     }
     plan
+}
+
+/// A built-in policy entry: a known type, none of the wasm-only keys, its `config:` compiled.
+fn check_policy_entry(
+    checker: &mut Checker,
+    plugin: &PluginConfig,
+    key: &str,
+    plan: &mut PluginsPlan,
+) {
+    let kind = plugin.kind.as_deref().unwrap_or_default();
+    let known = crate::policy::TYPES.contains(&kind) || kind == "body_limit";
+    if !known {
+        checker.error(
+            format!("{key}.type"),
+            format!(
+                "unknown plugin type \"{kind}\" (expected wasm or one of: {})",
+                crate::policy::TYPES.join(", ")
+            ),
+        );
+        return;
+    }
+    for field in WASM_ONLY_KEYS {
+        let field_key = format!("{key}.{field}");
+        if !checker.is_absent_or_null(&field_key) {
+            checker.error(
+                field_key,
+                format!("only Proxy-Wasm plugins take {field}; a {kind} policy does not"),
+            );
+        }
+    }
+    if let Some(policy) = crate::policy::compile(checker, kind, &format!("{key}.config")) {
+        plan.policies.push(Arc::new(PolicyStep {
+            name: plugin.name.clone(),
+            priority: plugin.priority,
+            global: false,
+            policy,
+        }));
+    }
 }
 
 /// Resolves `path` under `plugin_dir` and refuses anything that lands outside it, through

@@ -32,6 +32,19 @@ pub struct ServerSection {
     pub ca_file: Option<String>,
     /// Largest request header block accepted; beyond it the request gets 431.
     pub max_request_header_size: Option<SizeValue>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding the client address
+    /// (`ip_restriction`, `${client_ip}`, the access log).
+    pub trusted_proxies: Vec<String>,
+    /// How long an HTTP/1 client has to send a whole request head (request line and headers),
+    /// counted from the accepted connection for its first request and from the first byte of
+    /// each later one; the connection is closed when it runs out. Default: 30s. Read when a
+    /// connection is accepted, so a reload applies to new connections.
+    pub request_header_timeout: Option<DurationValue>,
+    /// How long an HTTP/1 keep-alive connection may wait for the next request with no byte
+    /// arriving before it is closed. Default: 60s. Pingora closes a connection on its own
+    /// after 60 s without a byte, so longer values do not keep connections longer. Read when
+    /// a connection is accepted, so a reload applies to new connections.
+    pub keepalive_timeout: Option<DurationValue>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -139,6 +152,9 @@ pub struct RouteConfig {
     pub retry: Option<RetryConfig>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Global policies (top-level `cors:`, `access_log:`) switched off on this route, by type.
+    #[serde(default)]
+    pub disable: Vec<String>,
 }
 
 /// An endpoint is `"host:port"` or `{address, weight}`.
@@ -332,12 +348,17 @@ pub struct UpstreamConfig {
     pub queue_timeout: Option<DurationValue>,
 }
 
-/// A Proxy-Wasm plugin. Routes list plugins by name; see `crate::plugin`.
+/// One entry of the `plugins:` section: a Proxy-Wasm module (`path:`, see `crate::plugin`) or
+/// a built-in policy (`type: cors`, ..., see `crate::policy`). Routes list entries by name.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PluginConfig {
     pub name: String,
+    /// `wasm` (the default when `path` is given) or a built-in policy type.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
     /// The `.wasm` file, relative to `plugin_dir` (and never outside it).
-    pub path: String,
+    #[serde(default)]
+    pub path: Option<String>,
     /// Accepted for the seed's format. A Proxy-Wasm module receives every callback it
     /// exports, so this only documents the plugin's main phase; it is checked, not used.
     #[serde(default)]
@@ -345,7 +366,8 @@ pub struct PluginConfig {
     /// Request phases run higher priorities first; ties keep the route's order.
     #[serde(default)]
     pub priority: i32,
-    /// Handed to `on_configure`: a string as is, anything else as JSON.
+    /// Handed to `on_configure`: a string as is, anything else as JSON. For a built-in
+    /// policy, its settings (validated by the policy's own schema).
     #[serde(default)]
     pub config: Option<serde_json::Value>,
     /// Handed to `on_vm_start`, in the same way as `config`.
@@ -433,6 +455,8 @@ impl Default for PrometheusConfig {
 #[serde(default)]
 pub struct MetricsConfig {
     pub prometheus: PrometheusConfig,
+    /// Go Loom's OTLP metrics export: not built yet, accepted only switched off.
+    pub opentelemetry: Option<OpenTelemetryMetricsSection>,
 }
 
 /// How the gateway notices config changes.
@@ -473,6 +497,53 @@ pub struct FileConfig {
     pub reload: ReloadConfig,
     /// Loom message streaming over QUIC and HTTP/3 (the reference server's schema).
     pub stream: Option<super::stream::StreamSection>,
+    /// Go Loom sections whose feature is not built yet: accepted only switched off.
+    pub rate_limit: Option<RateLimitSection>,
+    pub tracing: Option<TracingSection>,
+    pub cache: Option<CacheSection>,
+}
+
+/// Go Loom's `rate_limit:` (its keys, so that a typo is still an error).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RateLimitSection {
+    pub enabled: bool,
+    pub rate: Option<f64>,
+    pub burst: Option<u64>,
+    pub cleanup_interval: Option<DurationValue>,
+}
+
+/// Go Loom's `tracing:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TracingSection {
+    pub enabled: bool,
+    pub endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_rate: Option<f64>,
+    pub batch_timeout: Option<DurationValue>,
+}
+
+/// Go Loom's `cache:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct CacheSection {
+    pub enabled: bool,
+    pub max_size: Option<SizeValue>,
+    pub default_ttl: Option<DurationValue>,
+    pub cleanup_interval: Option<DurationValue>,
+    pub stale_while_revalidate: Option<DurationValue>,
+    pub excluded_paths: Vec<String>,
+    pub included_paths: Vec<String>,
+    pub bypass_header: Option<String>,
+}
+
+/// Go Loom's `metrics.opentelemetry:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct OpenTelemetryMetricsSection {
+    pub enabled: bool,
+    pub endpoint: Option<String>,
 }
 
 fn default_true() -> bool {

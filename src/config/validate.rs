@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::SourceIndexes;
@@ -16,6 +17,8 @@ use super::schema::{
     UpstreamConfig,
 };
 use super::yaml::{ConfigError, Node};
+use crate::policy::PolicyStep;
+use crate::policy::client_ip::Cidr;
 use crate::router::{RouteSpec, Router};
 use crate::upstream::retry::RetryPolicy;
 
@@ -47,6 +50,16 @@ pub struct ValidatedConfig {
     pub plugins: super::plugins::PluginsPlan,
     /// The `stream:` section: Loom message streaming runs when it is present.
     pub stream: Option<super::stream::StreamPlan>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// One step of a route's chain, in the order it runs.
+#[derive(Debug, Clone)]
+pub enum ChainEntry {
+    Policy(Arc<PolicyStep>),
+    /// A Proxy-Wasm plugin, by name; the snapshot resolves it to its runtime.
+    Wasm(String),
 }
 
 pub struct ListenerPlan {
@@ -119,12 +132,16 @@ pub struct RoutePlan {
     pub timeouts: EffectiveTimeouts,
     /// The route's own retry policy, replacing the upstream's.
     pub retry: Option<RetryPolicy>,
+    /// Global policies first, then the route's plugins by priority (ties keep its order).
+    pub chain: Vec<ChainEntry>,
 }
 
 pub(crate) struct Checker<'a> {
     pub(crate) file: &'a Path,
     root: &'a Node,
     errors: &'a mut Vec<ConfigError>,
+    /// The config file's directory, where relative paths in it are resolved.
+    base_dir: PathBuf,
 }
 
 impl<'a> Checker<'a> {
@@ -133,7 +150,32 @@ impl<'a> Checker<'a> {
         root: &'a Node,
         errors: &'a mut Vec<ConfigError>,
     ) -> Checker<'a> {
-        Checker { file, root, errors }
+        Checker {
+            file,
+            root,
+            errors,
+            base_dir: config_directory(file),
+        }
+    }
+
+    pub(crate) fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    /// Whether `key_path` is missing from the file or written without a value.
+    pub(crate) fn is_absent_or_null(&self, key_path: &str) -> bool {
+        self.root
+            .find(key_path)
+            .is_none_or(|node| matches!(node.value, super::yaml::NodeValue::Null))
+    }
+
+    /// Deserializes the node at `key_path` into `T`, recording errors with their positions.
+    pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key_path: &str,
+    ) -> Option<T> {
+        let node = self.root.find(key_path)?;
+        super::yaml::deserialize_node(self.file, node, key_path, self.errors)
     }
 
     /// Position of `key_path`, or of its nearest enclosing key that exists.
@@ -176,20 +218,26 @@ pub fn validate(
     indexes: &SourceIndexes,
     errors: &mut Vec<ConfigError>,
 ) -> ValidatedConfig {
-    let base_dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut checker = Checker {
-        file: path,
-        root,
-        errors,
-    };
+    let mut checker = Checker::new(path, root, errors);
+    let base_dir = checker.base_dir().to_path_buf();
     let listeners = check_listeners(&mut checker, &file_config, indexes, &base_dir);
     let ca_file = check_ca_file(&mut checker, &file_config, &base_dir);
     let upstreams = check_upstreams(&mut checker, &file_config, indexes, &ca_file);
     let plugins = super::plugins::check_plugins(&mut checker, &file_config, indexes, &base_dir);
-    let (routes, router) = check_routes(&mut checker, &file_config, indexes, &upstreams);
+    let global_policies = check_global_policies(&mut checker);
+    check_unbuilt_features(&mut checker, &file_config);
+    let trusted_proxies = crate::policy::client_ip::parse_list(
+        &file_config.server.trusted_proxies,
+        &mut |index, message| checker.error(format!("server.trusted_proxies[{index}]"), message),
+    );
+    let (routes, router) = check_routes(
+        &mut checker,
+        &file_config,
+        indexes,
+        &upstreams,
+        &plugins,
+        &global_policies,
+    );
     let admin_address = if file_config.admin.enabled {
         match parse_listen_address(&file_config.admin.address) {
             Ok(address) => address.parse().ok(),
@@ -213,6 +261,21 @@ pub fn validate(
     if file_config.server.threads == Some(0) {
         checker.error("server.threads".into(), "must be at least 1");
     }
+    // Zero would close every connection before its first byte could be read.
+    for (key_path, timeout) in [
+        (
+            "server.request_header_timeout",
+            file_config.server.request_header_timeout,
+        ),
+        (
+            "server.keepalive_timeout",
+            file_config.server.keepalive_timeout,
+        ),
+    ] {
+        if timeout.is_some_and(|timeout| timeout.0.is_zero()) {
+            checker.error(key_path.into(), "must be greater than zero");
+        }
+    }
     let stream = file_config
         .stream
         .as_ref()
@@ -233,7 +296,135 @@ pub fn validate(
         ca_file,
         plugins,
         stream,
+        trusted_proxies,
     }
+}
+
+/// The top-level policy sections (`cors:`, `access_log:`), applied to every route.
+fn check_global_policies(checker: &mut Checker) -> Vec<Arc<PolicyStep>> {
+    let mut policies = Vec::new();
+    for kind in ["cors", "access_log"] {
+        if checker.is_absent_or_null(kind) {
+            continue;
+        }
+        if let Some(policy) = crate::policy::compile(checker, kind, kind) {
+            policies.push(Arc::new(PolicyStep {
+                name: kind.to_string(),
+                priority: 0,
+                global: true,
+                policy,
+            }));
+        }
+    }
+    policies
+}
+
+/// Go Loom sections whose feature Loom does not have yet: a switched-off section loads (it
+/// means what it means in Go Loom: nothing runs), a switched-on one is an error rather than a
+/// setting silently ignored.
+fn check_unbuilt_features(checker: &mut Checker, config: &FileConfig) {
+    let not_built = |feature: &str| {
+        format!(
+            "{feature} is not built into Loom yet; set enabled: false or remove the section \
+             (see the README's status table)"
+        )
+    };
+    if config.rate_limit.as_ref().is_some_and(|section| section.enabled) {
+        checker.error("rate_limit.enabled".into(), not_built("rate limiting"));
+    }
+    if config.tracing.as_ref().is_some_and(|section| section.enabled) {
+        checker.error("tracing.enabled".into(), not_built("OpenTelemetry tracing"));
+    }
+    if config.cache.as_ref().is_some_and(|section| section.enabled) {
+        checker.error("cache.enabled".into(), not_built("the response cache"));
+    }
+    if config
+        .metrics
+        .opentelemetry
+        .as_ref()
+        .is_some_and(|section| section.enabled)
+    {
+        checker.error(
+            "metrics.opentelemetry.enabled".into(),
+            not_built("OpenTelemetry metrics export"),
+        );
+    }
+}
+
+/// Builds a route's chain: the global policies it does not switch off (nor replace with its
+/// own policy of the same type), then its `plugins:` by priority, higher first; equal
+/// priorities keep the order the route lists them in.
+fn route_chain(
+    checker: &mut Checker,
+    key: &str,
+    route: &RouteConfig,
+    config: &FileConfig,
+    plugins: &super::plugins::PluginsPlan,
+    global_policies: &[Arc<PolicyStep>],
+) -> Vec<ChainEntry> {
+    for (index, disabled) in route.disable.iter().enumerate() {
+        if !global_policies.iter().any(|step| step.policy.kind() == disabled) {
+            checker.error(
+                format!("{key}.disable[{index}]"),
+                format!(
+                    "\"{disabled}\" is not a global policy of this config (global policies: {})",
+                    if global_policies.is_empty() {
+                        "none".to_string()
+                    } else {
+                        global_policies
+                            .iter()
+                            .map(|step| step.policy.kind())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            );
+        }
+    }
+    let mut own: Vec<(i32, ChainEntry)> = Vec::new();
+    for name in &route.plugins {
+        if let Some(step) = plugins.policies.iter().find(|step| &step.name == name) {
+            own.push((step.priority, ChainEntry::Policy(Arc::clone(step))));
+        } else if let Some(entry) = config
+            .plugins
+            .iter()
+            .find(|entry| &entry.name == name && super::plugins::is_wasm(entry))
+        {
+            own.push((entry.priority, ChainEntry::Wasm(name.clone())));
+        }
+    }
+    own.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+    let own_kinds: Vec<&str> = own
+        .iter()
+        .filter_map(|(_, entry)| match entry {
+            ChainEntry::Policy(step) => Some(step.policy.kind()),
+            ChainEntry::Wasm(_) => None,
+        })
+        .collect();
+    let mut chain: Vec<ChainEntry> = global_policies
+        .iter()
+        .filter(|step| {
+            let kind = step.policy.kind();
+            !route.disable.iter().any(|disabled| disabled == kind) && !own_kinds.contains(&kind)
+        })
+        .map(|step| ChainEntry::Policy(Arc::clone(step)))
+        .collect();
+    chain.extend(own.into_iter().map(|(_, entry)| entry));
+    chain
+}
+
+/// The directory relative paths in the config are resolved against: the file's directory,
+/// made absolute, so that `loom -c my.yaml` in the current folder works as `-c ./my.yaml` does.
+/// (The directory is resolved, not the file: a symlinked config file, as Kubernetes mounts
+/// them, keeps its paths relative to where it is mounted.)
+pub fn config_directory(file: &Path) -> PathBuf {
+    let directory = file
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    directory
+        .canonicalize()
+        .unwrap_or_else(|_| directory.to_path_buf())
 }
 
 /// Accepts `host:port` and Go's `:port` (every interface).
@@ -574,6 +765,8 @@ fn check_routes(
     config: &FileConfig,
     indexes: &SourceIndexes,
     upstreams: &[UpstreamPlan],
+    plugins: &super::plugins::PluginsPlan,
+    global_policies: &[Arc<PolicyStep>],
 ) -> (Vec<RoutePlan>, Router<usize>) {
     let upstream_by_name: HashMap<&str, usize> = upstreams
         .iter()
@@ -648,6 +841,7 @@ fn check_routes(
                 );
             }
         }
+        let chain = route_chain(checker, &key, route, config, plugins, global_policies);
         let retry = route.retry.as_ref().map(|config| {
             let mut problems = Vec::new();
             let policy = resilience::retry_policy(config, "retry", &mut problems);
@@ -684,6 +878,7 @@ fn check_routes(
                 upstream_index: upstream_index.unwrap_or(0),
                 timeouts,
                 retry,
+                chain,
             },
         ));
     }

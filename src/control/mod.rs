@@ -1,5 +1,6 @@
-//! The control service: a Pingora background service that runs active health checks and
-//! reloads the config on SIGHUP or when the file changes.
+//! The control service: a Pingora background service that runs active health checks,
+//! reloads the config on SIGHUP or when the file changes, and reopens the access log files
+//! on SIGHUP or SIGUSR1 (logrotate).
 //!
 //! A reload reads and validates the file off the async threads, builds the next snapshot
 //! (reusing unchanged upstream pools), runs the first health round of new pools, and only
@@ -23,7 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config;
 use crate::gateway::snapshot::{GatewayState, Snapshot};
-use crate::observe::metrics;
+use crate::observe::{access_log, metrics};
 use crate::plugin;
 use crate::plugin::registry::PluginSet;
 use crate::plugin::runtime::PluginRuntime;
@@ -172,6 +173,16 @@ impl BackgroundService for ControlService {
                 None
             }
         };
+        // logrotate's postrotate signal when only the logs should move: no config reload.
+        let mut user_signal = match signal(SignalKind::user_defined1()) {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                log::error!(
+                    "cannot listen for SIGUSR1, access log reopen on SIGUSR1 disabled: {error}"
+                );
+                None
+            }
+        };
         let snapshot = self.state.current();
         first_health_rounds(&snapshot.upstreams).await;
         for pool in &snapshot.upstreams {
@@ -198,8 +209,14 @@ impl BackgroundService for ControlService {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match hangup.as_mut() { Some(stream) => stream.recv().await, None => std::future::pending().await } } => {
+                    // Before the reload, which can take seconds: the writers reopen meanwhile.
+                    access_log::reopen_all();
                     watch.refresh();
                     self.reload("SIGHUP", true, &mut watch).await;
+                }
+                Some(()) = async { match user_signal.as_mut() { Some(stream) => stream.recv().await, None => std::future::pending().await } } => {
+                    access_log::reopen_all();
+                    log::info!("access logs reopened (SIGUSR1)");
                 }
                 () = watch.changed(), if watching => {
                     self.reload("file changed", false, &mut watch).await;

@@ -53,6 +53,13 @@ pub struct RequestContext {
     /// A plugin's answer that must be written by `fail_to_proxy` (the upstream was
     /// already connected when the plugin answered).
     pub local_response: Option<LocalResponse>,
+    /// The client as the policies see it (see `crate::policy::client_ip`); set when the
+    /// route has a chain.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// Request body bytes counted by the route's size limits.
+    pub request_body_bytes: u64,
+    /// How long the last upstream attempt took, for the access log.
+    pub upstream_elapsed: Option<std::time::Duration>,
 }
 
 impl RequestContext {
@@ -80,6 +87,9 @@ impl RequestContext {
             status_retry: false,
             plugins: None,
             local_response: None,
+            client_ip: None,
+            request_body_bytes: 0,
+            upstream_elapsed: None,
         }
     }
 

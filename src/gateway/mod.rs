@@ -7,14 +7,17 @@
 //! 4. `upstream_request_filter`: rewritten path, X-Forwarded-*, hop-by-hop removal ([`headers`]).
 //! 5. `response_filter`: X-Request-ID on the response.
 //!
-//! Proxy-Wasm plugins ([`plugins`]) run in `request_filter` (request headers),
-//! `request_body_filter`, `response_filter`, `response_body_filter`,
-//! `response_trailer_filter` and `logging`.
+//! The route's chain ([`chain`]: built-in policies from `crate::policy` and Proxy-Wasm plugins,
+//! [`plugins`]) runs in `request_filter` (request headers, in chain order),
+//! `request_body_filter` (size limits, then plugins), `response_filter` (in reverse order),
+//! `response_body_filter`, `response_trailer_filter` and `logging` (access log, `on_log`).
 //! 6. `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retries and JSON errors ([`errors`]).
 //! 7. `logging`: metrics.
 
 pub mod attempts;
+pub mod chain;
 pub mod context;
+pub mod edge;
 pub mod errors;
 pub mod headers;
 pub mod plugins;
@@ -109,7 +112,7 @@ impl ProxyHttp for Gateway {
         let outcome = routing::route_request(&snapshot, session, ctx);
         ctx.snapshot = Some(snapshot);
         match outcome {
-            Ok(()) => plugins::request_headers(session, ctx).await,
+            Ok(()) => chain::request_headers(session, ctx).await,
             Err(error) => {
                 errors::respond(session, &error, &ctx.request_id, true).await;
                 ctx.failure = Some(error);
@@ -231,6 +234,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        chain::request_body(body, ctx)?;
         plugins::request_body(session, body, end_of_stream, ctx).await
     }
 
@@ -240,7 +244,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        plugins::response_headers(session, upstream_response, ctx).await?;
+        chain::response_headers(session, upstream_response, ctx).await?;
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
     }
@@ -397,6 +401,7 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.lease = None;
+        chain::log(session, ctx, status);
         plugins::finish(session, ctx);
     }
 }
@@ -440,9 +445,9 @@ impl Gateway {
             .upstream_requests_total
             .with_label_values(&[&route.upstream.name, endpoint, status_text(status)])
             .inc();
-        route
-            .upstream_duration
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        route.upstream_duration.observe(elapsed.as_secs_f64());
+        ctx.upstream_elapsed = Some(elapsed);
         ctx.upstream_started = None;
     }
 }

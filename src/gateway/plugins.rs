@@ -13,50 +13,7 @@ use super::context::RequestContext;
 use super::errors::{self, GatewayError};
 use super::headers;
 use crate::plugin::host::{LocalResponse, RequestFacts};
-use crate::plugin::pipeline::{Flow, RequestPlugins};
-
-/// Starts the route's plugins for this request and runs `on_request_headers`. Returns
-/// `Ok(true)` when the request was answered here.
-pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
-    let Some(route) = ctx.route() else {
-        return Ok(false);
-    };
-    if route.plugins.is_empty() {
-        return Ok(false);
-    }
-    let chain = Arc::clone(&route.plugins);
-    let facts = facts(session, ctx);
-    let snapshot = ctx.snapshot.clone();
-    let upstreams = snapshot
-        .as_ref()
-        .map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
-    let mut plugins = Box::new(RequestPlugins::new(chain, facts));
-    let end_of_stream = session.is_body_empty();
-    let path_before = session.req_header().uri.clone();
-    let flow = plugins
-        .request_headers(session.req_header_mut(), end_of_stream, upstreams)
-        .await;
-    if session.req_header().uri != path_before {
-        // A plugin rewrote `:path`: it is sent as the plugin left it, instead of the
-        // route's prefix-stripped path.
-        ctx.upstream_uri = None;
-    }
-    ctx.plugins = Some(plugins);
-    match flow {
-        Flow::Continue => Ok(false),
-        Flow::Respond(local) => {
-            write_local_response(session, &local, &ctx.request_id).await;
-            ctx.local_response = Some(local);
-            Ok(true)
-        }
-        Flow::Fail(error) => {
-            errors::respond(session, &error, &ctx.request_id, true).await;
-            ctx.failure = Some(error);
-            Ok(true)
-        }
-        Flow::Close => Err(close(ctx)),
-    }
-}
+use crate::plugin::pipeline::Flow;
 
 /// `on_request_body` for one chunk.
 pub async fn request_body(
@@ -76,34 +33,6 @@ pub async fn request_body(
         .request_body(body, end_of_stream, session.req_header_mut(), upstreams)
         .await;
     into_result(flow, ctx)
-}
-
-/// `on_response_headers`; a local response replaces the upstream's headers here and its
-/// body in [`response_body`].
-pub async fn response_headers(
-    session: &mut Session,
-    response: &mut ResponseHeader,
-    ctx: &mut RequestContext,
-) -> Result<()> {
-    let Some(plugins) = ctx.plugins.as_mut() else {
-        return Ok(());
-    };
-    let snapshot = ctx.snapshot.clone();
-    let upstreams = snapshot
-        .as_ref()
-        .map_or(&[][..], |snapshot| &snapshot.upstreams[..]);
-    plugins.facts.response_code = response.status.as_u16();
-    match plugins
-        .response_headers(session.req_header_mut(), response, upstreams)
-        .await
-    {
-        Flow::Respond(local) => {
-            replace_response(response, &local, &ctx.request_id)?;
-            plugins.replace_body(local.body);
-            Ok(())
-        }
-        flow => into_result(flow, ctx),
-    }
 }
 
 pub fn response_body(
@@ -140,7 +69,7 @@ pub fn finish(session: &Session, ctx: &mut RequestContext) {
 
 /// Hooks past `request_filter` cannot write a response themselves: they record the answer
 /// and raise an error, and `fail_to_proxy` writes it.
-fn into_result(flow: Flow, ctx: &mut RequestContext) -> Result<()> {
+pub(super) fn into_result(flow: Flow, ctx: &mut RequestContext) -> Result<()> {
     match flow {
         Flow::Continue => Ok(()),
         Flow::Respond(local) => {
@@ -157,7 +86,7 @@ fn into_result(flow: Flow, ctx: &mut RequestContext) -> Result<()> {
     }
 }
 
-fn close(ctx: &mut RequestContext) -> Box<Error> {
+pub(super) fn close(ctx: &mut RequestContext) -> Box<Error> {
     ctx.failure = Some(GatewayError::new(
         0,
         "plugin_closed",
@@ -219,7 +148,7 @@ pub async fn write_local_response(
     reusable
 }
 
-fn replace_response(
+pub(super) fn replace_response(
     response: &mut ResponseHeader,
     local: &LocalResponse,
     request_id: &http::HeaderValue,
@@ -228,7 +157,7 @@ fn replace_response(
     Ok(())
 }
 
-fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
+pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
     let socket = |address: Option<&pingora::protocols::l4::socket::SocketAddr>| {
         address.and_then(|address| address.as_inet()).copied()
     };

@@ -25,6 +25,7 @@ pub fn route_request(
             "the request headers are larger than the gateway accepts",
         ));
     }
+    check_host(session, request)?;
     let raw_path = request.uri.path();
     let path = normalize_path(raw_path).map_err(|error| {
         GatewayError::new(
@@ -88,6 +89,28 @@ pub fn route_request(
         ctx.upstream_uri = Some(uri);
     }
     Ok(())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one `Host` (HTTP/2 has `:authority`,
+/// HTTP/1.0 may omit it).
+fn check_host(session: &Session, request: &RequestHeader) -> Result<(), GatewayError> {
+    if session.is_http2() || request.version != http::Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = request.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => Ok(()),
+        (None, _) => Err(GatewayError::new(
+            400,
+            "missing_host",
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        (Some(_), Some(_)) => Err(GatewayError::new(
+            400,
+            "duplicate_host",
+            "the request has more than one Host header",
+        )),
+    }
 }
 
 /// Bytes of the header block as the client sent it (names, values and separators).

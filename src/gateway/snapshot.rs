@@ -11,11 +11,12 @@ use arc_swap::ArcSwap;
 use prometheus::Histogram;
 
 use crate::config::LoadedConfig;
-use crate::config::schema::PrometheusConfig;
+use crate::config::schema::{PrometheusConfig, RouteConfig};
 use crate::config::validate::{EffectiveTimeouts, ListenerPlan};
 use crate::observe::metrics;
 use crate::plugin::registry::PluginSet;
-use crate::plugin::runtime::PluginRuntime;
+use super::chain::RouteChain;
+use crate::policy::client_ip::Cidr;
 use crate::router::Router;
 use crate::upstream::UpstreamPool;
 use crate::upstream::retry::RetryPolicy;
@@ -33,8 +34,10 @@ pub struct RouteRuntime {
     pub duration: Histogram,
     /// Pre-resolved `loom_upstream_duration_seconds{upstream}`.
     pub upstream_duration: Histogram,
-    /// The route's plugins in request order (priority, then the route's order).
-    pub plugins: Arc<[Arc<PluginRuntime>]>,
+    /// The route's built-in policies and plugins, in request order.
+    pub chain: RouteChain,
+    /// The route as configured, for the admin API.
+    pub config: RouteConfig,
 }
 
 pub struct Snapshot {
@@ -54,6 +57,8 @@ pub struct Snapshot {
     pub reload_interval: std::time::Duration,
     /// The process settings this snapshot was loaded with (changes need a restart).
     pub server: crate::config::schema::ServerSection,
+    /// `server.trusted_proxies`: whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Snapshot {
@@ -98,7 +103,8 @@ impl Snapshot {
                     strip_prefix: plan.config.strip_prefix,
                     preserve_host: plan.config.preserve_host,
                     timeouts: plan.timeouts,
-                    plugins: plugins.chain(&plan.config.plugins),
+                    chain: RouteChain::build(&plan.chain, &plugins),
+                    config: plan.config.clone(),
                 }
             })
             .collect();
@@ -118,6 +124,7 @@ impl Snapshot {
             reload_watch: validated.file.reload.watch,
             reload_interval: validated.file.reload.interval.0,
             server: validated.file.server,
+            trusted_proxies: validated.trusted_proxies,
         }
     }
 

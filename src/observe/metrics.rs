@@ -7,7 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Latency buckets from 0.5 ms to 30 s: gateway overhead sits at the bottom, slow upstreams
@@ -29,6 +30,9 @@ pub struct Metrics {
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
     pub upstream_ejections_total: IntCounterVec,
+    pub downstream_timeouts_total: IntCounterVec,
+    pub access_log_dropped_total: IntCounter,
+    pub access_log_lines_total: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -50,6 +54,11 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
         labels,
     )
     .unwrap_or_else(|error| unreachable!("static metric definition {name}: {error}"))
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help)
+        .unwrap_or_else(|error| unreachable!("static metric definition {name}: {error}"))
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -160,6 +169,28 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 &["upstream", "endpoint"],
             ),
         ),
+        downstream_timeouts_total: register(
+            registry,
+            counter_vec(
+                "loom_downstream_timeouts_total",
+                "Downstream connections closed for a request head that came too slowly (request_header) or an idle keep-alive (keepalive_idle).",
+                &["phase"],
+            ),
+        ),
+        access_log_dropped_total: register(
+            registry,
+            counter(
+                "loom_access_log_dropped_total",
+                "Access log lines dropped: the writer's queue was full or its file could not be written.",
+            ),
+        ),
+        access_log_lines_total: register(
+            registry,
+            counter(
+                "loom_access_log_lines_total",
+                "Access log lines written and flushed to their destination.",
+            ),
+        ),
     }
 });
 
@@ -199,6 +230,15 @@ pub fn count_ejection(upstream: &str, endpoint: &str) {
     metrics()
         .upstream_ejections_total
         .with_label_values(&[upstream, endpoint])
+        .inc();
+}
+
+/// Counts a downstream connection closed by [`crate::gateway::edge`]; `phase` is
+/// `request_header` or `keepalive_idle`.
+pub fn count_downstream_timeout(phase: &str) {
+    metrics()
+        .downstream_timeouts_total
+        .with_label_values(&[phase])
         .inc();
 }
 

@@ -1,3 +1,4 @@
-//! Observability: Prometheus metrics (served by the admin listener).
+//! Observability: Prometheus metrics (served by the admin listener) and the JSON access log.
 
+pub mod access_log;
 pub mod metrics;

@@ -227,50 +227,44 @@ impl RequestPlugins {
         }
     }
 
-    /// `on_request_headers` through the chain. A Pause with http_calls outstanding holds the
+    /// `on_request_headers` of plugin `index` (the gateway walks the route's chain, where
+    /// plugins sit between built-in policies). A Pause with http_calls outstanding holds the
     /// request until they are answered; a Pause with nothing outstanding continues (Loom
-    /// forwards headers once every plugin has run; see the README).
-    pub async fn request_headers(
+    /// forwards headers once every plugin has run; see the README). `None`: go on.
+    pub async fn request_headers_at(
         &mut self,
+        index: usize,
         request: &mut RequestHeader,
         end_of_stream: bool,
         upstreams: &[Arc<UpstreamPool>],
-    ) -> Flow {
-        for index in 0..self.chain.len() {
-            match self.ensure_open(index) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(flow) => return flow,
-            }
-            let count = request.headers.len() as i32 + 4;
-            let end = i32::from(end_of_stream);
-            let loans = Loans {
-                request: Some(Lent::Writable(&mut *request)),
-                ..Loans::default()
-            };
-            let result = self.call(
-                index,
-                Phase::RequestHeaders,
-                loans,
-                |store, callbacks, context| match &callbacks.on_request_headers {
-                    Some(function) => function.call(store, context, count, end),
-                    None => Ok(0),
-                },
-            );
-            if let Err(failure) = result {
-                match self.fail(index, failure) {
-                    Some(flow) => return flow,
-                    None => continue,
-                }
-            }
-            if let Some(flow) = self.requested_end(index) {
-                return flow;
-            }
-            if let Some(flow) = self.answer_calls(index, request, None, upstreams).await {
-                return flow;
-            }
+    ) -> Option<Flow> {
+        match self.ensure_open(index) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(flow) => return Some(flow),
         }
-        Flow::Continue
+        let count = request.headers.len() as i32 + 4;
+        let end = i32::from(end_of_stream);
+        let loans = Loans {
+            request: Some(Lent::Writable(&mut *request)),
+            ..Loans::default()
+        };
+        let result = self.call(
+            index,
+            Phase::RequestHeaders,
+            loans,
+            |store, callbacks, context| match &callbacks.on_request_headers {
+                Some(function) => function.call(store, context, count, end),
+                None => Ok(0),
+            },
+        );
+        if let Err(failure) = result {
+            return self.fail(index, failure);
+        }
+        if let Some(flow) = self.requested_end(index) {
+            return Some(flow);
+        }
+        self.answer_calls(index, request, None, upstreams).await
     }
 
     /// `on_request_body` through the chain, per chunk. A plugin that pauses gets the body
@@ -348,49 +342,41 @@ impl RequestPlugins {
         Flow::Continue
     }
 
-    /// `on_response_headers` through the chain, in reverse.
-    pub async fn response_headers(
+    /// `on_response_headers` of plugin `index` (the gateway walks the chain in reverse).
+    /// `None`: go on.
+    pub async fn response_headers_at(
         &mut self,
+        index: usize,
         request: &mut RequestHeader,
         response: &mut ResponseHeader,
         upstreams: &[Arc<UpstreamPool>],
-    ) -> Flow {
-        for index in (0..self.chain.len()).rev() {
-            if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
-                continue;
-            }
-            let count = response.headers.len() as i32 + 1;
-            let loans = Loans {
-                request: Some(Lent::Writable(&mut *request)),
-                response: Some(Lent::Writable(&mut *response)),
-                ..Loans::default()
-            };
-            let result = self.call(
-                index,
-                Phase::ResponseHeaders,
-                loans,
-                |store, callbacks, context| match &callbacks.on_response_headers {
-                    Some(function) => function.call(store, context, count, 0),
-                    None => Ok(0),
-                },
-            );
-            if let Err(failure) = result {
-                match self.fail(index, failure) {
-                    Some(flow) => return flow,
-                    None => continue,
-                }
-            }
-            if let Some(flow) = self.requested_end(index) {
-                return flow;
-            }
-            if let Some(flow) = self
-                .answer_calls(index, request, Some(&mut *response), upstreams)
-                .await
-            {
-                return flow;
-            }
+    ) -> Option<Flow> {
+        if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+            return None;
         }
-        Flow::Continue
+        let count = response.headers.len() as i32 + 1;
+        let loans = Loans {
+            request: Some(Lent::Writable(&mut *request)),
+            response: Some(Lent::Writable(&mut *response)),
+            ..Loans::default()
+        };
+        let result = self.call(
+            index,
+            Phase::ResponseHeaders,
+            loans,
+            |store, callbacks, context| match &callbacks.on_response_headers {
+                Some(function) => function.call(store, context, count, 0),
+                None => Ok(0),
+            },
+        );
+        if let Err(failure) = result {
+            return self.fail(index, failure);
+        }
+        if let Some(flow) = self.requested_end(index) {
+            return Some(flow);
+        }
+        self.answer_calls(index, request, Some(&mut *response), upstreams)
+            .await
     }
 
     /// After a local response replaced the upstream's headers, its body replaces the

@@ -134,19 +134,6 @@ impl PluginSet {
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }
-
-    /// A route's plugin chain in request order: higher priority first, then the route's own
-    /// order. Names were checked by validation; unknown ones are skipped.
-    pub fn chain(&self, names: &[String]) -> Arc<[Arc<PluginRuntime>]> {
-        let mut chain: Vec<&(Arc<PluginRuntime>, i32)> =
-            names.iter().filter_map(|name| self.entry(name)).collect();
-        // Stable: equal priorities keep the route's order.
-        chain.sort_by_key(|(_, priority)| std::cmp::Reverse(*priority));
-        chain
-            .into_iter()
-            .map(|(plugin, _)| Arc::clone(plugin))
-            .collect()
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,0 +1,376 @@
+//! A route's chain of steps (built-in policies and Proxy-Wasm plugins) and the walk through it
+//! in each phase:
+//!
+//! - request headers (`request_filter`): in chain order; a step may answer (end the request)
+//!   or refuse it;
+//! - request body: the size limits count each chunk before it is forwarded, then the plugins
+//!   see it (`crate::gateway::plugins`);
+//! - response headers (`response_filter`): in reverse chain order;
+//! - logging: the access logs write their line.
+//!
+//! A route with an empty chain returns from every walk at its first check.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::prelude::*;
+
+use super::context::RequestContext;
+use super::errors;
+use super::plugins;
+use crate::config::validate::ChainEntry;
+use crate::observe::access_log::AccessLogRecord;
+use crate::plugin::pipeline::{Flow, RequestPlugins};
+use crate::plugin::registry::PluginSet;
+use crate::plugin::runtime::PluginRuntime;
+use crate::policy::{Policy, PolicyStep, RequestInput, ResponseInput, Verdict};
+
+/// One step, in the order the request meets it.
+pub enum ChainStep {
+    Policy(Arc<PolicyStep>),
+    /// Index into [`RouteChain::wasm`].
+    Wasm(usize),
+}
+
+/// A route's chain, resolved for one snapshot.
+#[derive(Default)]
+pub struct RouteChain {
+    pub steps: Box<[ChainStep]>,
+    /// The chain's Proxy-Wasm plugins, in chain order (the pipeline's body phases walk these).
+    pub wasm: Arc<[Arc<PluginRuntime>]>,
+    /// The steps each later phase needs, picked out once so those phases skip the rest.
+    body_limits: Box<[Arc<PolicyStep>]>,
+    access_logs: Box<[Arc<PolicyStep>]>,
+    has_response_steps: bool,
+}
+
+impl RouteChain {
+    pub fn build(entries: &[ChainEntry], plugin_set: &PluginSet) -> RouteChain {
+        let mut steps = Vec::with_capacity(entries.len());
+        let mut wasm: Vec<Arc<PluginRuntime>> = Vec::new();
+        for entry in entries {
+            match entry {
+                ChainEntry::Policy(step) => {
+                    if let Policy::AccessLog(log) = &step.policy {
+                        log.open();
+                    }
+                    steps.push(ChainStep::Policy(Arc::clone(step)));
+                }
+                ChainEntry::Wasm(name) => {
+                    // Validation checked the name; a module that failed to load is not in the set.
+                    if let Some(plugin) = plugin_set.get(name) {
+                        steps.push(ChainStep::Wasm(wasm.len()));
+                        wasm.push(Arc::clone(plugin));
+                    }
+                }
+            }
+        }
+        let policies = || {
+            steps.iter().filter_map(|step| match step {
+                ChainStep::Policy(policy) => Some(policy),
+                ChainStep::Wasm(_) => None,
+            })
+        };
+        let body_limits = policies()
+            .filter(|step| matches!(step.policy, Policy::RequestSizeLimit(_)))
+            .cloned()
+            .collect();
+        let access_logs = policies()
+            .filter(|step| matches!(&step.policy, Policy::AccessLog(log) if log.is_enabled()))
+            .cloned()
+            .collect();
+        let has_response_steps = !wasm.is_empty()
+            || policies().any(|step| step.policy.acts_on_response());
+        RouteChain {
+            steps: steps.into_boxed_slice(),
+            wasm: wasm.into(),
+            body_limits,
+            access_logs,
+            has_response_steps,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The chain as the admin API shows it.
+    pub fn describe(&self) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .steps
+            .iter()
+            .map(|step| match step {
+                ChainStep::Policy(step) => serde_json::json!({
+                    "name": step.name,
+                    "kind": "builtin",
+                    "type": step.policy.kind(),
+                    "priority": step.priority,
+                    "global": step.global,
+                    "config": step.policy.describe(),
+                }),
+                ChainStep::Wasm(index) => {
+                    let plugin = &self.wasm[*index];
+                    serde_json::json!({
+                        "name": plugin.name(),
+                        "kind": "wasm",
+                        "type": "wasm",
+                        "priority": plugin.plan.priority,
+                        "global": false,
+                        "path": plugin.plan.wasm_path.display().to_string(),
+                    })
+                }
+            })
+            .collect();
+        serde_json::Value::Array(steps)
+    }
+}
+
+/// The request-headers phase. Returns `Ok(true)` when the request was answered here.
+pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+    let Some(snapshot) = ctx.snapshot.clone() else {
+        return Ok(false);
+    };
+    let Some(route) = ctx.route_index.and_then(|index| snapshot.routes.get(index)) else {
+        return Ok(false);
+    };
+    let chain = &route.chain;
+    if chain.is_empty() {
+        return Ok(false);
+    }
+    ctx.client_ip = crate::policy::client_ip::resolve(
+        session
+            .client_addr()
+            .and_then(|address| address.as_inet())
+            .map(|address| address.ip()),
+        session.req_header(),
+        &snapshot.trusted_proxies,
+    );
+    for step in chain.steps.iter() {
+        match step {
+            ChainStep::Policy(step) => {
+                if !step.policy.acts_on_request() {
+                    continue;
+                }
+                let verdict = {
+                    let mut input = RequestInput {
+                        client_ip: ctx.client_ip,
+                        request_id: ctx.request_id.to_str().unwrap_or_default(),
+                        route_id: &route.id,
+                        path_parameters: &ctx.path_parameters,
+                        upstream_uri: &mut ctx.upstream_uri,
+                    };
+                    step.policy.on_request(session, &mut input)
+                };
+                match verdict {
+                    Verdict::Continue => {}
+                    Verdict::Respond(local) => {
+                        plugins::write_local_response(session, &local, &ctx.request_id).await;
+                        ctx.local_response = Some(local);
+                        return Ok(true);
+                    }
+                    Verdict::Fail(error) => {
+                        errors::respond(session, &error, &ctx.request_id, true).await;
+                        ctx.failure = Some(error);
+                        return Ok(true);
+                    }
+                }
+            }
+            ChainStep::Wasm(index) => {
+                if ctx.plugins.is_none() {
+                    let facts = plugins::facts(session, ctx);
+                    ctx.plugins = Some(Box::new(RequestPlugins::new(
+                        Arc::clone(&chain.wasm),
+                        facts,
+                    )));
+                }
+                let Some(request_plugins) = ctx.plugins.as_mut() else {
+                    continue;
+                };
+                let end_of_stream = session.is_body_empty();
+                let path_before = session.req_header().uri.clone();
+                let flow = request_plugins
+                    .request_headers_at(
+                        *index,
+                        session.req_header_mut(),
+                        end_of_stream,
+                        &snapshot.upstreams,
+                    )
+                    .await;
+                if session.req_header().uri != path_before {
+                    // A plugin rewrote `:path`: it is sent as the plugin left it, instead of
+                    // the route's prefix-stripped path.
+                    ctx.upstream_uri = None;
+                }
+                match flow {
+                    None | Some(Flow::Continue) => {}
+                    Some(Flow::Respond(local)) => {
+                        plugins::write_local_response(session, &local, &ctx.request_id).await;
+                        ctx.local_response = Some(local);
+                        return Ok(true);
+                    }
+                    Some(Flow::Fail(error)) => {
+                        errors::respond(session, &error, &ctx.request_id, true).await;
+                        ctx.failure = Some(error);
+                        return Ok(true);
+                    }
+                    Some(Flow::Close) => return Err(plugins::close(ctx)),
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Counts a request body chunk against the route's size limits.
+pub fn request_body(body: &Option<Bytes>, ctx: &mut RequestContext) -> Result<()> {
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    if route.chain.body_limits.is_empty() {
+        return Ok(());
+    }
+    let chunk = body.as_ref().map_or(0, Bytes::len);
+    let mut failure = None;
+    let mut received = ctx.request_body_bytes;
+    for step in route.chain.body_limits.iter() {
+        if let Policy::RequestSizeLimit(limit) = &step.policy {
+            let mut counted = ctx.request_body_bytes;
+            if let Verdict::Fail(error) = limit.on_request_body(chunk, &mut counted) {
+                failure = Some(error);
+                break;
+            }
+            received = counted;
+        }
+    }
+    ctx.request_body_bytes = received;
+    match failure {
+        None => Ok(()),
+        Some(error) => {
+            let pingora_error = error.to_pingora();
+            ctx.failure = Some(error);
+            Err(pingora_error)
+        }
+    }
+}
+
+/// The response-headers phase, in reverse chain order.
+pub async fn response_headers(
+    session: &mut Session,
+    response: &mut ResponseHeader,
+    ctx: &mut RequestContext,
+) -> Result<()> {
+    let Some(snapshot) = ctx.snapshot.clone() else {
+        return Ok(());
+    };
+    let Some(route) = ctx.route_index.and_then(|index| snapshot.routes.get(index)) else {
+        return Ok(());
+    };
+    let chain = &route.chain;
+    if !chain.has_response_steps {
+        return Ok(());
+    }
+    if let Some(request_plugins) = ctx.plugins.as_mut() {
+        request_plugins.facts.response_code = response.status.as_u16();
+    }
+    for step in chain.steps.iter().rev() {
+        match step {
+            ChainStep::Policy(step) => {
+                if !step.policy.acts_on_response() {
+                    continue;
+                }
+                let input = ResponseInput {
+                    client_ip: ctx.client_ip,
+                    request_id: ctx.request_id.to_str().unwrap_or_default(),
+                    route_id: &route.id,
+                    path_parameters: &ctx.path_parameters,
+                };
+                step.policy.on_response(session, response, &input);
+            }
+            ChainStep::Wasm(index) => {
+                let Some(request_plugins) = ctx.plugins.as_mut() else {
+                    continue;
+                };
+                let flow = request_plugins
+                    .response_headers_at(
+                        *index,
+                        session.req_header_mut(),
+                        response,
+                        &snapshot.upstreams,
+                    )
+                    .await;
+                match flow {
+                    None | Some(Flow::Continue) => {}
+                    Some(Flow::Respond(local)) => {
+                        plugins::replace_response(response, &local, &ctx.request_id)?;
+                        request_plugins.replace_body(local.body);
+                        return Ok(());
+                    }
+                    Some(flow) => return plugins::into_result(flow, ctx),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the access-log lines of the route's chain.
+pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
+    let Some(route) = ctx.route() else {
+        return;
+    };
+    if route.chain.access_logs.is_empty() {
+        return;
+    }
+    let request = session.req_header();
+    let endpoint = ctx
+        .endpoint_index
+        .and_then(|index| route.upstream.endpoints().get(index))
+        .map(|endpoint| endpoint.address.as_str());
+    let client_ip = ctx.client_ip.or_else(|| {
+        session
+            .client_addr()
+            .and_then(|address| address.as_inet())
+            .map(|address| address.ip())
+    });
+    let path = request
+        .uri
+        .path_and_query()
+        .map_or("/", |path| path.as_str());
+    let header = |name: http::header::HeaderName| {
+        request
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let record = AccessLogRecord {
+        time: std::time::SystemTime::now(),
+        request_id: ctx.request_id.to_str().unwrap_or_default(),
+        route: &route.id,
+        method: request.method.as_str(),
+        path,
+        status,
+        bytes_received: session.body_bytes_read() as u64,
+        bytes_sent: session.body_bytes_sent() as u64,
+        upstream: endpoint,
+        attempts: ctx.attempts,
+        duration_micros: ctx.started.elapsed().as_micros() as u64,
+        upstream_duration_micros: ctx.upstream_elapsed.map(|elapsed| elapsed.as_micros() as u64),
+        client_ip,
+        user_agent: header(http::header::USER_AGENT),
+        host: super::headers::request_host(request),
+        protocol: if session.is_http2() {
+            "HTTP/2"
+        } else {
+            match request.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            }
+        },
+        trace_id: None,
+    };
+    for step in route.chain.access_logs.iter() {
+        if let Policy::AccessLog(access_log) = &step.policy {
+            access_log.write(&record);
+        }
+    }
+}

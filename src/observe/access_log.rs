@@ -1,0 +1,787 @@
+//! The JSON access log: one line per request, written off the request path.
+//!
+//! The request path builds a line with [`AccessLogRecord::to_json_line`] and hands it to an
+//! [`AccessLogSink`], which queues it on a bounded channel and returns at once. One writer
+//! thread per destination drains the channel through a buffer and flushes whenever the
+//! channel runs empty, so lines reach the file promptly without one write per line under
+//! load. A request never waits for the disk: when the queue is full, or the file cannot be
+//! written, the line is dropped and counted in `loom_access_log_dropped_total`.
+//!
+//! Sinks are shared process-wide by destination ([`sink`]), so a config reload that keeps
+//! the same destination keeps the same writer thread and its queued lines.
+//!
+//! # Rotation
+//!
+//! logrotate renames the file and then signals the gateway (SIGUSR1, or SIGHUP which also
+//! reloads the config). [`reopen_all`] bumps a generation; each writer compares it before
+//! each batch (and while idle) and, when it changed, flushes into the old file and opens the
+//! configured path again, which creates the new file. Stdout is never reopened.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::observe::metrics;
+
+/// Lines queued per destination before new ones are dropped: at ~300 bytes a line about
+/// 5 MB, several seconds of a busy gateway's traffic while the disk stalls.
+const CHANNEL_CAPACITY: usize = 16_384;
+
+/// The writer's buffer: large enough that a burst becomes a few large writes.
+const BUFFER_BYTES: usize = 64 * 1024;
+
+/// At most this many lines between two flushes, so that under a steady stream (the channel
+/// never empty) lines still reach the file and reopen requests are still noticed.
+const MAX_BATCH_LINES: usize = 1024;
+
+/// How long an idle writer sleeps before looking for a reopen request or retrying a file
+/// that could not be opened.
+const IDLE_WAKE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A file that cannot be opened or written is retried at most this often, so that a full or
+/// read-only disk costs one failed open per second, not one per line.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bumped by [`reopen_all`]; each writer remembers the value it opened its file with.
+static REOPEN_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Every sink started so far, by destination. Locked only when a config snapshot is built.
+static SINKS: LazyLock<Mutex<HashMap<AccessLogDestination, Arc<AccessLogSink>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AccessLogDestination {
+    Stdout,
+    /// Opened for appending and created (mode 0640, less the umask) when missing. The
+    /// parent directory must exist: creating directories is the deployment's job.
+    File(PathBuf),
+}
+
+impl fmt::Display for AccessLogDestination {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessLogDestination::Stdout => formatter.write_str("stdout"),
+            AccessLogDestination::File(path) => write!(formatter, "{}", path.display()),
+        }
+    }
+}
+
+/// The sink for `destination`, starting its writer thread on first use. Later calls with an
+/// equal destination return the same sink, so reloads keep the writer and its queue.
+///
+/// When the thread cannot be started the error is logged and a sink that drops (and
+/// counts) every line is returned; it is not remembered, so the next reload tries again.
+pub fn sink(destination: &AccessLogDestination) -> Arc<AccessLogSink> {
+    // The map stays consistent even if a holder panicked: entries are inserted whole.
+    let mut sinks = SINKS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(existing) = sinks.get(destination) {
+        return Arc::clone(existing);
+    }
+    match AccessLogSink::with_capacity(destination.clone(), CHANNEL_CAPACITY) {
+        Ok(started) => {
+            let started = Arc::new(started);
+            sinks.insert(destination.clone(), Arc::clone(&started));
+            started
+        }
+        Err(error) => {
+            log::error!(
+                "access log {destination}: cannot start the writer thread, its lines are dropped: {error}"
+            );
+            let (disconnected, _receiver) = AccessLogSink::unstarted(destination.clone(), 0);
+            Arc::new(disconnected)
+        }
+    }
+}
+
+/// Asks every file writer to reopen its path before its next batch (logrotate's
+/// `postrotate`). Returns at once; the reopen happens on the writer threads.
+pub fn reopen_all() {
+    // Only the change of value matters; no other memory is published through it.
+    REOPEN_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The queue into one destination's writer thread. Dropping the last handle lets the
+/// writer drain what is queued, flush and exit.
+#[derive(Debug)]
+pub struct AccessLogSink {
+    destination: AccessLogDestination,
+    sender: SyncSender<Vec<u8>>,
+    counters: Arc<SinkCounters>,
+}
+
+/// This sink's own counts, besides the process-wide Prometheus counters, so that one
+/// destination's losses can be told apart (and tested) without global state.
+#[derive(Debug, Default)]
+struct SinkCounters {
+    dropped: AtomicU64,
+    written: AtomicU64,
+}
+
+impl SinkCounters {
+    fn count_dropped(&self, lines: u64) {
+        if lines == 0 {
+            return;
+        }
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        metrics::metrics().access_log_dropped_total.inc_by(lines);
+    }
+
+    fn count_written(&self, lines: u64) {
+        if lines == 0 {
+            return;
+        }
+        self.written.fetch_add(lines, Ordering::Relaxed);
+        metrics::metrics().access_log_lines_total.inc_by(lines);
+    }
+}
+
+impl AccessLogSink {
+    /// Queues `line` for the writer. Never blocks: a full queue, or a writer that is gone,
+    /// drops the line and counts it.
+    pub fn send(&self, line: Vec<u8>) {
+        // Full or disconnected alike: the request must not wait, so the line is lost.
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.sender.try_send(line)
+        {
+            self.counters.count_dropped(1);
+        }
+    }
+
+    pub fn destination(&self) -> &AccessLogDestination {
+        &self.destination
+    }
+
+    /// Lines this sink has dropped: queue full, writer gone, or file not writable.
+    pub fn dropped_lines(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Lines this sink's writer has flushed to its destination.
+    pub fn written_lines(&self) -> u64 {
+        self.counters.written.load(Ordering::Relaxed)
+    }
+
+    /// A sink with its own writer thread, not shared through [`sink`].
+    pub(crate) fn with_capacity(
+        destination: AccessLogDestination,
+        capacity: usize,
+    ) -> io::Result<AccessLogSink> {
+        let (started, receiver) = AccessLogSink::unstarted(destination, capacity);
+        let writer_destination = started.destination.clone();
+        let writer_counters = Arc::clone(&started.counters);
+        std::thread::Builder::new()
+            .name("loom-access-log".to_owned())
+            .spawn(move || run_writer(writer_destination, receiver, writer_counters))?;
+        Ok(started)
+    }
+
+    /// The sink and the receiving end of its queue, with nobody draining it yet. Dropping
+    /// the receiver makes the sink drop every line.
+    fn unstarted(
+        destination: AccessLogDestination,
+        capacity: usize,
+    ) -> (AccessLogSink, Receiver<Vec<u8>>) {
+        let (sender, receiver) = mpsc::sync_channel(capacity);
+        let unstarted = AccessLogSink {
+            destination,
+            sender,
+            counters: Arc::new(SinkCounters::default()),
+        };
+        (unstarted, receiver)
+    }
+}
+
+/// The writer thread's body: returns once every sender is gone and the queue is drained.
+fn run_writer(
+    destination: AccessLogDestination,
+    receiver: Receiver<Vec<u8>>,
+    counters: Arc<SinkCounters>,
+) {
+    let mut writer = Writer::new(destination, counters);
+    writer.open();
+    loop {
+        match receiver.recv_timeout(IDLE_WAKE_INTERVAL) {
+            Ok(line) => {
+                writer.reopen_if_requested();
+                writer.write_line(&line);
+                // Take what else is queued without blocking: one flush per batch, not per line.
+                for line in receiver.try_iter().take(MAX_BATCH_LINES) {
+                    writer.write_line(&line);
+                }
+                writer.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => writer.reopen_if_requested(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    writer.flush();
+}
+
+/// One destination's open output and its failure state, owned by the writer thread.
+struct Writer {
+    destination: AccessLogDestination,
+    counters: Arc<SinkCounters>,
+    /// None while the destination cannot be opened or after a write failed.
+    output: Option<BufWriter<Box<dyn Write>>>,
+    /// Lines in `output`'s buffer since the last successful flush: counted as written once
+    /// flushed, as dropped if the flush fails.
+    unflushed_lines: u64,
+    /// The [`REOPEN_GENERATION`] seen when the output was last opened (or tried).
+    opened_generation: u64,
+    last_open_attempt: Option<Instant>,
+    /// Set once a failure is logged and cleared when writing works again, so that a failing
+    /// disk logs one error per episode rather than one per line.
+    failing: bool,
+}
+
+impl Writer {
+    fn new(destination: AccessLogDestination, counters: Arc<SinkCounters>) -> Writer {
+        Writer {
+            destination,
+            counters,
+            output: None,
+            unflushed_lines: 0,
+            opened_generation: REOPEN_GENERATION.load(Ordering::Relaxed),
+            last_open_attempt: None,
+            failing: false,
+        }
+    }
+
+    fn open(&mut self) {
+        // Read before opening: a request that arrives during the open is seen next time.
+        self.opened_generation = REOPEN_GENERATION.load(Ordering::Relaxed);
+        self.last_open_attempt = Some(Instant::now());
+        match open_output(&self.destination) {
+            Ok(output) => {
+                if self.failing {
+                    log::info!("access log {}: writing again", self.destination);
+                    self.failing = false;
+                }
+                self.output = Some(BufWriter::with_capacity(BUFFER_BYTES, output));
+            }
+            Err(error) => self.report_failure("cannot open", &error),
+        }
+    }
+
+    /// Reopens on a reopen request, or retries a failed destination once the retry
+    /// interval has passed.
+    fn reopen_if_requested(&mut self) {
+        let generation = REOPEN_GENERATION.load(Ordering::Relaxed);
+        let requested = generation != self.opened_generation;
+        if self.output.is_some() {
+            if !requested {
+                return;
+            }
+            if self.destination == AccessLogDestination::Stdout {
+                // Nothing to rotate: the same descriptor stays.
+                self.opened_generation = generation;
+                return;
+            }
+            // What is buffered belongs to the old (renamed) file.
+            self.flush();
+            self.output = None;
+            self.open();
+        } else if requested
+            || self
+                .last_open_attempt
+                .is_none_or(|attempt| attempt.elapsed() >= RETRY_INTERVAL)
+        {
+            self.open();
+        }
+    }
+
+    fn write_line(&mut self, line: &[u8]) {
+        // A blank line would break line-by-line JSON readers.
+        if line.is_empty() {
+            return;
+        }
+        let Some(output) = self.output.as_mut() else {
+            self.counters.count_dropped(1);
+            return;
+        };
+        let mut result = output.write_all(line);
+        if result.is_ok() && !line.ends_with(b"\n") {
+            result = output.write_all(b"\n");
+        }
+        self.unflushed_lines += 1;
+        if let Err(error) = result {
+            self.discard_output("cannot write", &error);
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(output) = self.output.as_mut() else {
+            return;
+        };
+        match output.flush() {
+            Ok(()) => {
+                self.counters.count_written(self.unflushed_lines);
+                self.unflushed_lines = 0;
+            }
+            Err(error) => self.discard_output("cannot write", &error),
+        }
+    }
+
+    /// Gives up the output after an I/O error; the next open is tried after the retry
+    /// interval. The buffered lines are counted as dropped. Some of them may have reached
+    /// the file before the error: a drop may be over-counted, never hidden.
+    fn discard_output(&mut self, what: &str, error: &io::Error) {
+        self.counters.count_dropped(self.unflushed_lines);
+        self.unflushed_lines = 0;
+        if let Some(output) = self.output.take() {
+            // into_parts rather than drop: dropping a BufWriter writes its buffer once more,
+            // and those lines are already counted as dropped.
+            let (_inner, _buffer) = output.into_parts();
+        }
+        self.last_open_attempt = Some(Instant::now());
+        self.report_failure(what, error);
+    }
+
+    fn report_failure(&mut self, what: &str, error: &io::Error) {
+        if !self.failing {
+            log::error!(
+                "access log {}: {what}: {error}; lines are dropped until it can be written again",
+                self.destination
+            );
+            self.failing = true;
+        }
+    }
+}
+
+fn open_output(destination: &AccessLogDestination) -> io::Result<Box<dyn Write>> {
+    match destination {
+        AccessLogDestination::Stdout => Ok(Box::new(io::stdout())),
+        AccessLogDestination::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)?;
+            Ok(Box::new(file))
+        }
+    }
+}
+
+/// One request's access log entry, borrowed from the request context so that building it
+/// copies nothing until the line itself is written.
+#[derive(Debug, Clone)]
+pub struct AccessLogRecord<'a> {
+    /// When the request started.
+    pub time: SystemTime,
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub method: &'a str,
+    /// Path and query as received.
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// The endpoint address of the last attempt.
+    pub upstream: Option<&'a str>,
+    pub attempts: u32,
+    pub duration_micros: u64,
+    pub upstream_duration_micros: Option<u64>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub protocol: &'a str,
+    pub trace_id: Option<&'a str>,
+}
+
+impl AccessLogRecord<'_> {
+    /// The record as one JSON object followed by `'\n'`. Written by hand into one buffer:
+    /// this runs once per request, and a `serde_json::Value` would allocate per field.
+    pub fn to_json_line(&self) -> Vec<u8> {
+        // The fixed keys and numbers fit in 320 bytes; the client's strings come on top, so
+        // that a long path does not make the buffer grow twice.
+        let client_strings = self.path.len()
+            + self.user_agent.map_or(0, str::len)
+            + self.host.map_or(0, str::len);
+        let mut line = Vec::with_capacity(320 + client_strings);
+        line.extend_from_slice(b"{\"time\":\"");
+        push_rfc3339_millis(&mut line, self.time);
+        line.extend_from_slice(b"\",\"request_id\":");
+        push_json_string(&mut line, self.request_id);
+        line.extend_from_slice(b",\"route\":");
+        push_json_string(&mut line, self.route);
+        line.extend_from_slice(b",\"method\":");
+        push_json_string(&mut line, self.method);
+        line.extend_from_slice(b",\"path\":");
+        push_json_string(&mut line, self.path);
+        line.extend_from_slice(b",\"status\":");
+        push_padded_decimal(&mut line, u64::from(self.status), 1);
+        line.extend_from_slice(b",\"bytes_in\":");
+        push_padded_decimal(&mut line, self.bytes_received, 1);
+        line.extend_from_slice(b",\"bytes_out\":");
+        push_padded_decimal(&mut line, self.bytes_sent, 1);
+        line.extend_from_slice(b",\"upstream\":");
+        push_optional_json_string(&mut line, self.upstream);
+        line.extend_from_slice(b",\"attempts\":");
+        push_padded_decimal(&mut line, u64::from(self.attempts), 1);
+        line.extend_from_slice(b",\"duration_ms\":");
+        push_milliseconds(&mut line, self.duration_micros);
+        line.extend_from_slice(b",\"upstream_ms\":");
+        match self.upstream_duration_micros {
+            Some(micros) => push_milliseconds(&mut line, micros),
+            None => line.extend_from_slice(b"null"),
+        }
+        line.extend_from_slice(b",\"client_ip\":");
+        match self.client_ip {
+            Some(address) => {
+                line.push(b'"');
+                // Writing into a Vec cannot fail, and an address's text needs no escaping.
+                let _ = write!(line, "{address}");
+                line.push(b'"');
+            }
+            None => line.extend_from_slice(b"null"),
+        }
+        line.extend_from_slice(b",\"user_agent\":");
+        push_optional_json_string(&mut line, self.user_agent);
+        line.extend_from_slice(b",\"host\":");
+        push_optional_json_string(&mut line, self.host);
+        line.extend_from_slice(b",\"protocol\":");
+        push_json_string(&mut line, self.protocol);
+        if let Some(trace_id) = self.trace_id {
+            line.extend_from_slice(b",\"trace_id\":");
+            push_json_string(&mut line, trace_id);
+        }
+        line.extend_from_slice(b"}\n");
+        line
+    }
+}
+
+fn push_optional_json_string(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(value) => push_json_string(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `value` as a quoted JSON string. Scans bytes: every byte of a multi-byte UTF-8
+/// character is 0x80 or above, so only ASCII can match, and runs of plain bytes are copied
+/// whole.
+fn push_json_string(out: &mut Vec<u8>, value: &str) {
+    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let bytes = value.as_bytes();
+    out.push(b'"');
+    let mut plain_from = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        // DEL is legal in JSON, but escaped so that a client cannot put terminal control
+        // bytes into a log someone reads with `tail`.
+        let needs_escape = byte == b'"' || byte == b'\\' || byte < 0x20 || byte == 0x7f;
+        if !needs_escape {
+            continue;
+        }
+        out.extend_from_slice(&bytes[plain_from..index]);
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX_DIGITS[usize::from(byte >> 4)]);
+                out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
+            }
+        }
+        plain_from = index + 1;
+    }
+    out.extend_from_slice(&bytes[plain_from..]);
+    out.push(b'"');
+}
+
+/// `micros` as milliseconds with exactly three decimals, in integer arithmetic so that
+/// 1500 µs is always `1.500` and never `1.4999999`.
+fn push_milliseconds(out: &mut Vec<u8>, micros: u64) {
+    push_padded_decimal(out, micros / 1000, 1);
+    out.push(b'.');
+    push_padded_decimal(out, micros % 1000, 3);
+}
+
+/// `value` in decimal, left-padded with zeros to at least `width` digits (at most 20).
+fn push_padded_decimal(out: &mut Vec<u8>, value: u64, width: usize) {
+    // u64::MAX has 20 digits; the array starts as zeros so that padding is only a wider slice.
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let start = start.min(digits.len().saturating_sub(width));
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds, e.g. `2025-12-01T15:04:05.123Z`.
+fn push_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
+    // A clock set before 1970 is a broken host; the epoch keeps the line parseable.
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let seconds = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let second_of_day = seconds % 86_400;
+    push_padded_decimal(out, year, 4);
+    out.push(b'-');
+    push_padded_decimal(out, month, 2);
+    out.push(b'-');
+    push_padded_decimal(out, day, 2);
+    out.push(b'T');
+    push_padded_decimal(out, second_of_day / 3_600, 2);
+    out.push(b':');
+    push_padded_decimal(out, second_of_day % 3_600 / 60, 2);
+    out.push(b':');
+    push_padded_decimal(out, second_of_day % 60, 2);
+    out.push(b'.');
+    push_padded_decimal(out, u64::from(since_epoch.subsec_millis()), 3);
+    out.push(b'Z');
+}
+
+/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01: Howard
+/// Hinnant's `civil_from_days`, for non-negative days only.
+fn civil_from_days(days_since_epoch: u64) -> (u64, u64, u64) {
+    // Counted from 0000-03-01 instead, the leap day is the last day of its year, and the
+    // calendar repeats every 400-year era of 146,097 days.
+    let days = days_since_epoch + 719_468;
+    let era = days / 146_097;
+    let day_of_era = days % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months from March: 0 is March, 11 is February.
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    // January and February belong to the next calendar year.
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::*;
+
+    /// Waits until `path` holds at least `count` lines, polling against a deadline.
+    fn wait_for_lines(path: &Path, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = std::fs::read_to_string(path)
+                .map(|text| text.lines().map(str::to_owned).collect())
+                .unwrap_or_default();
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {count} lines in {}, found {lines:?}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn format_time(time: SystemTime) -> String {
+        let mut out = Vec::new();
+        push_rfc3339_millis(&mut out, time);
+        String::from_utf8(out).expect("the timestamp is ASCII")
+    }
+
+    fn sample_record() -> AccessLogRecord<'static> {
+        AccessLogRecord {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_601_445_123),
+            request_id: "req-1",
+            route: "users",
+            method: "GET",
+            path: "/a\"b\\c\nd\u{1}e/ü/日本?q=\"x\"&tab=\t&del=\u{7f}",
+            status: 502,
+            bytes_received: 17,
+            bytes_sent: 1234,
+            upstream: Some("10.0.0.7:8080"),
+            attempts: 2,
+            duration_micros: 12_345,
+            upstream_duration_micros: Some(7),
+            client_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            user_agent: Some("Mozilla \"quoted\" \\ back\r\n\u{0}"),
+            host: Some("exämple.com"),
+            protocol: "HTTP/1.1",
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c"),
+        }
+    }
+
+    #[test]
+    fn hostile_strings_round_trip_through_a_json_parser() {
+        let record = sample_record();
+        let line = record.to_json_line();
+        assert_eq!(line.last(), Some(&b'\n'));
+        let body = &line[..line.len() - 1];
+        assert!(
+            body.iter().all(|&byte| byte >= 0x20 && byte != 0x7f),
+            "raw control bytes in {:?}",
+            String::from_utf8_lossy(&line)
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&line).expect("the line is JSON");
+        assert_eq!(parsed["time"], "2025-12-01T15:04:05.123Z");
+        assert_eq!(parsed["request_id"], record.request_id);
+        assert_eq!(parsed["route"], record.route);
+        assert_eq!(parsed["method"], record.method);
+        assert_eq!(parsed["path"], record.path);
+        assert_eq!(parsed["status"], 502);
+        assert_eq!(parsed["bytes_in"], 17);
+        assert_eq!(parsed["bytes_out"], 1234);
+        assert_eq!(parsed["upstream"], "10.0.0.7:8080");
+        assert_eq!(parsed["attempts"], 2);
+        assert_eq!(parsed["duration_ms"].as_f64(), Some(12.345));
+        assert_eq!(parsed["upstream_ms"].as_f64(), Some(0.007));
+        assert_eq!(parsed["client_ip"], "::1");
+        assert_eq!(parsed["user_agent"], "Mozilla \"quoted\" \\ back\r\n\u{0}");
+        assert_eq!(parsed["host"], "exämple.com");
+        assert_eq!(parsed["protocol"], "HTTP/1.1");
+        assert_eq!(parsed["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        let text = String::from_utf8(line).expect("the line is UTF-8");
+        assert!(text.contains("\"duration_ms\":12.345,"), "{text}");
+        assert!(text.contains("\"upstream_ms\":0.007,"), "{text}");
+    }
+
+    #[test]
+    fn missing_values_are_null_and_a_missing_trace_id_is_omitted() {
+        let record = AccessLogRecord {
+            upstream: None,
+            upstream_duration_micros: None,
+            client_ip: None,
+            user_agent: None,
+            host: None,
+            trace_id: None,
+            duration_micros: 1_500,
+            ..sample_record()
+        };
+        let line = record.to_json_line();
+        let parsed: serde_json::Value = serde_json::from_slice(&line).expect("the line is JSON");
+        let object = parsed.as_object().expect("the line is an object");
+        for key in ["upstream", "upstream_ms", "client_ip", "user_agent", "host"] {
+            assert_eq!(object.get(key), Some(&serde_json::Value::Null), "{key}");
+        }
+        assert!(!object.contains_key("trace_id"));
+        let text = String::from_utf8(line).expect("the line is UTF-8");
+        assert!(text.contains("\"duration_ms\":1.500,"), "{text}");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let at = |seconds: u64, millis: u64| {
+            UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_millis(millis)
+        };
+        assert_eq!(format_time(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_time(at(1_764_601_445, 123)),
+            "2025-12-01T15:04:05.123Z"
+        );
+        // Leap days of a year divisible by 4, and of one divisible by 400.
+        assert_eq!(format_time(at(1_709_164_800, 0)), "2024-02-29T00:00:00.000Z");
+        assert_eq!(format_time(at(951_868_800 - 1, 999)), "2000-02-29T23:59:59.999Z");
+        assert_eq!(format_time(at(951_868_800, 0)), "2000-03-01T00:00:00.000Z");
+        assert_eq!(
+            format_time(at(253_402_300_799, 5)),
+            "9999-12-31T23:59:59.005Z"
+        );
+        // Before the epoch: clamped rather than wrapped.
+        assert_eq!(
+            format_time(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn lines_sent_to_a_file_sink_arrive() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("access.log");
+        let destination = AccessLogDestination::File(path.clone());
+        let shared = sink(&destination);
+        assert!(Arc::ptr_eq(&shared, &sink(&destination)));
+        shared.send(b"{\"n\":1}\n".to_vec());
+        // A line without its newline gets one.
+        shared.send(b"{\"n\":2}".to_vec());
+        shared.send(b"{\"n\":3}\n".to_vec());
+        let lines = wait_for_lines(&path, 3);
+        assert_eq!(lines, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+        wait_until("the written count", || shared.written_lines() == 3);
+        assert_eq!(shared.dropped_lines(), 0);
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o007, 0, "others may not read the log: {mode:o}");
+    }
+
+    #[test]
+    fn a_reopen_after_rename_writes_a_new_file_at_the_original_path() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("access.log");
+        let rotated = directory.path().join("access.log.1");
+        let file_sink = AccessLogSink::with_capacity(AccessLogDestination::File(path.clone()), 64)
+            .expect("writer thread");
+        file_sink.send(b"before-1\n".to_vec());
+        file_sink.send(b"before-2\n".to_vec());
+        wait_for_lines(&path, 2);
+
+        std::fs::rename(&path, &rotated).expect("rename");
+        reopen_all();
+        file_sink.send(b"after-1\n".to_vec());
+        file_sink.send(b"after-2\n".to_vec());
+
+        assert_eq!(wait_for_lines(&path, 2), ["after-1", "after-2"]);
+        assert_eq!(wait_for_lines(&rotated, 2), ["before-1", "before-2"]);
+        assert_eq!(file_sink.dropped_lines(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (full_sink, receiver) = AccessLogSink::unstarted(AccessLogDestination::Stdout, 4);
+        for number in 0..10 {
+            full_sink.send(format!("line {number}\n").into_bytes());
+        }
+        assert_eq!(full_sink.dropped_lines(), 6);
+        // A writer that is gone drops too.
+        drop(receiver);
+        full_sink.send(b"late\n".to_vec());
+        assert_eq!(full_sink.dropped_lines(), 7);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_drops_and_counts() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("missing-directory").join("access.log");
+        let failing_sink = AccessLogSink::with_capacity(AccessLogDestination::File(path), 64)
+            .expect("writer thread");
+        for _ in 0..3 {
+            failing_sink.send(b"lost\n".to_vec());
+        }
+        wait_until("three dropped lines", || failing_sink.dropped_lines() == 3);
+        assert_eq!(failing_sink.written_lines(), 0);
+    }
+}

@@ -1,0 +1,269 @@
+//! Built-in request policies: plain Rust steps of a route's chain, next to Proxy-Wasm plugins.
+//!
+//! A `plugins:` entry with `type: cors` (or another built-in type) becomes a [`PolicyStep`]: its
+//! `config:` is deserialized into that policy's own schema when the config loads (so mistakes
+//! are reported with file, line and key like any other), compiled once (origins, CIDRs, header
+//! values, path templates), and shared by every request of the snapshot. The gateway walks a
+//! route's chain in `crate::gateway::chain`; each step answers with a [`Verdict`].
+//!
+//! A route without policies pays nothing for them: its chain is empty and the walker returns
+//! at once.
+
+pub mod access_log;
+pub mod body_limit;
+pub mod client_ip;
+pub mod compression;
+pub mod cors;
+pub mod ip_restriction;
+pub mod security_headers;
+pub mod transform;
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde::de::DeserializeOwned;
+
+use crate::config::validate::Checker;
+use crate::gateway::errors::GatewayError;
+use crate::plugin::host::LocalResponse;
+
+/// What a step decided about the request.
+#[derive(Debug)]
+pub enum Verdict {
+    Continue,
+    /// A local answer that ends the request (a CORS preflight, for example).
+    Respond(LocalResponse),
+    /// The request is refused with the gateway's JSON error.
+    Fail(GatewayError),
+}
+
+/// The built-in types, as written after `type:`.
+pub const TYPES: &[&str] = &[
+    "cors",
+    "security_headers",
+    "compression",
+    "request_size_limit",
+    "transform",
+    "ip_restriction",
+    "access_log",
+];
+
+/// One compiled built-in policy.
+#[derive(Debug)]
+pub enum Policy {
+    Cors(cors::Cors),
+    SecurityHeaders(security_headers::SecurityHeaders),
+    Compression(compression::Compression),
+    RequestSizeLimit(body_limit::RequestSizeLimit),
+    Transform(transform::Transform),
+    IpRestriction(ip_restriction::IpRestriction),
+    AccessLog(access_log::AccessLog),
+}
+
+/// A policy as it sits in a chain: its entry's name and priority.
+#[derive(Debug)]
+pub struct PolicyStep {
+    pub name: String,
+    pub priority: i32,
+    /// Set for the top-level sections (`cors:`, `access_log:`), which apply to every route.
+    pub global: bool,
+    pub policy: Policy,
+}
+
+/// What a request step may read besides the request itself; built by the chain walker from
+/// the request's context.
+pub struct RequestInput<'a> {
+    /// The client: the peer, or the address `X-Forwarded-For` names when the peer is a
+    /// trusted proxy (see [`client_ip`]).
+    pub client_ip: Option<IpAddr>,
+    pub request_id: &'a str,
+    pub route_id: &'a str,
+    pub path_parameters: &'a [(String, String)],
+    /// The path (and query) sent upstream when it differs from the client's.
+    pub upstream_uri: &'a mut Option<http::Uri>,
+}
+
+/// What a response step may read.
+pub struct ResponseInput<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub request_id: &'a str,
+    pub route_id: &'a str,
+    pub path_parameters: &'a [(String, String)],
+}
+
+impl Policy {
+    /// The type name, as in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Policy::Cors(_) => "cors",
+            Policy::SecurityHeaders(_) => "security_headers",
+            Policy::Compression(_) => "compression",
+            Policy::RequestSizeLimit(_) => "request_size_limit",
+            Policy::Transform(_) => "transform",
+            Policy::IpRestriction(_) => "ip_restriction",
+            Policy::AccessLog(_) => "access_log",
+        }
+    }
+
+    /// Whether the step has anything to do in the request-headers phase.
+    pub fn acts_on_request(&self) -> bool {
+        !matches!(self, Policy::SecurityHeaders(_) | Policy::AccessLog(_))
+    }
+
+    /// Whether the step has anything to do in the response-headers phase.
+    pub fn acts_on_response(&self) -> bool {
+        matches!(
+            self,
+            Policy::Cors(_)
+                | Policy::SecurityHeaders(_)
+                | Policy::Compression(_)
+                | Policy::Transform(_)
+        )
+    }
+
+    pub fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {
+        match self {
+            Policy::Cors(cors) => cors.on_request(session.req_header()),
+            Policy::Compression(compression) => {
+                compression.on_request(session);
+                Verdict::Continue
+            }
+            Policy::RequestSizeLimit(limit) => limit.on_request(session.req_header()),
+            Policy::Transform(transform) => transform.on_request(session.req_header_mut(), input),
+            Policy::IpRestriction(restriction) => restriction.on_request(input.client_ip),
+            Policy::SecurityHeaders(_) | Policy::AccessLog(_) => Verdict::Continue,
+        }
+    }
+
+    pub fn on_response(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        input: &ResponseInput<'_>,
+    ) {
+        match self {
+            Policy::Cors(cors) => cors.on_response(session.req_header(), response),
+            Policy::SecurityHeaders(headers) => headers.on_response(response),
+            Policy::Compression(compression) => compression.on_response(session, response),
+            Policy::Transform(transform) => {
+                transform.on_response(session.req_header(), response, input)
+            }
+            Policy::RequestSizeLimit(_) | Policy::IpRestriction(_) | Policy::AccessLog(_) => {}
+        }
+    }
+
+    /// The settings as the admin API shows them.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            Policy::Cors(cors) => cors.describe(),
+            Policy::SecurityHeaders(headers) => headers.describe(),
+            Policy::Compression(compression) => compression.describe(),
+            Policy::RequestSizeLimit(limit) => limit.describe(),
+            Policy::Transform(transform) => transform.describe(),
+            Policy::IpRestriction(restriction) => restriction.describe(),
+            Policy::AccessLog(log) => log.describe(),
+        }
+    }
+}
+
+/// Compiles the built-in policy `kind` from the `config:` node at `key_path` (absent: the
+/// policy's defaults). Errors are recorded in `checker`; `None` when there were any.
+pub(crate) fn compile(checker: &mut Checker, kind: &str, key_path: &str) -> Option<Policy> {
+    let before = checker.error_count();
+    let policy = match kind {
+        "cors" => read(checker, key_path).and_then(|config| {
+            cors::Cors::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::Cors)
+        }),
+        "security_headers" => read(checker, key_path).and_then(|config| {
+            security_headers::SecurityHeaders::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::SecurityHeaders)
+        }),
+        "compression" => read(checker, key_path).and_then(|config| {
+            compression::Compression::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::Compression)
+        }),
+        "request_size_limit" | "body_limit" => read(checker, key_path).and_then(|config| {
+            body_limit::RequestSizeLimit::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::RequestSizeLimit)
+        }),
+        "transform" => read(checker, key_path).and_then(|config| {
+            transform::Transform::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::Transform)
+        }),
+        "ip_restriction" => read(checker, key_path).and_then(|config| {
+            ip_restriction::IpRestriction::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::IpRestriction)
+        }),
+        "access_log" => read(checker, key_path).and_then(|config| {
+            let base_dir = checker.base_dir().to_path_buf();
+            access_log::AccessLog::compile(config, &base_dir, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::AccessLog)
+        }),
+        _ => None,
+    };
+    if checker.error_count() > before {
+        None
+    } else {
+        policy
+    }
+}
+
+/// The policy's config at `key_path`, or its defaults when the key is absent or empty.
+fn read<T: DeserializeOwned + Default>(checker: &mut Checker, key_path: &str) -> Option<T> {
+    if checker.is_absent_or_null(key_path) {
+        return Some(T::default());
+    }
+    checker.deserialize(key_path)
+}
+
+/// A JSON error answer built by a policy, in the gateway's one error shape.
+pub fn local_answer(status: u16, headers: Vec<(String, Bytes)>, body: Bytes) -> LocalResponse {
+    LocalResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Parses a header value written in the config; the message names what was wrong.
+pub(crate) fn header_value(text: &str) -> Result<http::HeaderValue, String> {
+    http::HeaderValue::from_str(text)
+        .map_err(|_| format!("\"{text}\" is not a valid header value"))
+}
+
+/// Parses a header name written in the config.
+pub(crate) fn header_name(text: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("\"{text}\" is not a valid header name"))
+}
+
+/// Request headers of a request, for unit tests of single policies.
+#[cfg(test)]
+pub(crate) fn test_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> pingora::http::RequestHeader {
+    let mut request = pingora::http::RequestHeader::build(method, path.as_bytes(), None).unwrap();
+    for (name, value) in headers {
+        request.append_header(name.to_string(), *value).unwrap();
+    }
+    request
+}
