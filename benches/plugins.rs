@@ -62,6 +62,7 @@ fn load(count: usize) -> (PluginSet, Vec<String>) {
             .map(|(index, name)| plan(name, index + 1))
             .collect(),
         cache_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"),
+        policies: Vec::new(),
     };
     let set = PluginSet::load(&plans, None).unwrap_or_else(|errors| panic!("{errors:?}"));
     (set, names)
@@ -118,24 +119,38 @@ fn request_pass(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("request_pass");
     for count in [1usize, 5] {
         let (set, names) = load(count);
-        let chain = set.chain(&names);
-        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |bencher, _| {
-            bencher.iter(|| {
-                let mut request = template.clone();
-                let mut response = ResponseHeader::build(200, Some(4)).unwrap();
-                let mut plugins = RequestPlugins::new(Arc::clone(&chain), RequestFacts::default());
-                runtime.block_on(async {
-                    let flow = plugins.request_headers(&mut request, true, &[]).await;
-                    assert!(matches!(flow, Flow::Continue));
-                    let flow = plugins
-                        .response_headers(&mut request, &mut response, &[])
-                        .await;
-                    assert!(matches!(flow, Flow::Continue));
-                });
-                plugins.finish(Some(&request), Some(&response));
-                response
-            })
-        });
+        let chain: Arc<[Arc<_>]> = names
+            .iter()
+            .map(|name| Arc::clone(set.get(name).unwrap()))
+            .collect();
+        group.bench_with_input(
+            BenchmarkId::from_parameter(count),
+            &count,
+            |bencher, &count| {
+                bencher.iter(|| {
+                    let mut request = template.clone();
+                    let mut response = ResponseHeader::build(200, Some(4)).unwrap();
+                    let mut plugins =
+                        RequestPlugins::new(Arc::clone(&chain), RequestFacts::default());
+                    runtime.block_on(async {
+                        for index in 0..count {
+                            let flow = plugins
+                                .request_headers_at(index, &mut request, true, &[])
+                                .await;
+                            assert!(flow.is_none_or(|flow| matches!(flow, Flow::Continue)));
+                        }
+                        for index in (0..count).rev() {
+                            let flow = plugins
+                                .response_headers_at(index, &mut request, &mut response, &[])
+                                .await;
+                            assert!(flow.is_none_or(|flow| matches!(flow, Flow::Continue)));
+                        }
+                    });
+                    plugins.finish(Some(&request), Some(&response));
+                    response
+                })
+            },
+        );
     }
     group.finish();
 }

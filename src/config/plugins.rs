@@ -12,9 +12,9 @@ use super::SourceIndexes;
 use std::sync::Arc;
 
 use super::schema::{FileConfig, PluginConfig, PluginFailureMode};
-use crate::policy::PolicyStep;
 use super::validate::Checker;
 use super::yaml::ConfigError;
+use crate::policy::PolicyStep;
 
 /// Metering points per callback: about 0.1–0.3 s of wasm on one core.
 pub const DEFAULT_MAX_FUEL: u64 = 100_000_000;

@@ -329,10 +329,18 @@ fn check_unbuilt_features(checker: &mut Checker, config: &FileConfig) {
              (see the README's status table)"
         )
     };
-    if config.rate_limit.as_ref().is_some_and(|section| section.enabled) {
+    if config
+        .rate_limit
+        .as_ref()
+        .is_some_and(|section| section.enabled)
+    {
         checker.error("rate_limit.enabled".into(), not_built("rate limiting"));
     }
-    if config.tracing.as_ref().is_some_and(|section| section.enabled) {
+    if config
+        .tracing
+        .as_ref()
+        .is_some_and(|section| section.enabled)
+    {
         checker.error("tracing.enabled".into(), not_built("OpenTelemetry tracing"));
     }
     if config.cache.as_ref().is_some_and(|section| section.enabled) {
@@ -363,7 +371,10 @@ fn route_chain(
     global_policies: &[Arc<PolicyStep>],
 ) -> Vec<ChainEntry> {
     for (index, disabled) in route.disable.iter().enumerate() {
-        if !global_policies.iter().any(|step| step.policy.kind() == disabled) {
+        if !global_policies
+            .iter()
+            .any(|step| step.policy.kind() == disabled)
+        {
             checker.error(
                 format!("{key}.disable[{index}]"),
                 format!(

@@ -135,6 +135,17 @@ pub fn classify(error: &Error) -> Option<RetryCondition> {
 /// After a failed attempt: records the failure on the endpoint, decides whether to retry
 /// (marking `error` accordingly) and remembers the error the client gets if nothing follows.
 pub fn after_failure(session: &Session, ctx: &mut RequestContext, error: &mut Error) {
+    // Our own hooks (a size limit, a plugin) refused the request mid-proxy: they recorded
+    // the answer already, and it is not the endpoint's failure.
+    if let pingora_error::ErrorType::HTTPStatus(status) = error.etype()
+        && ctx
+            .failure
+            .as_ref()
+            .is_some_and(|failure| failure.status == *status)
+    {
+        error.set_retry(false);
+        return;
+    }
     let retry = match classify(error) {
         Some(condition) => {
             finish(ctx, Outcome::Failed(condition));

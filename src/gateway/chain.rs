@@ -79,8 +79,8 @@ impl RouteChain {
             .filter(|step| matches!(&step.policy, Policy::AccessLog(log) if log.is_enabled()))
             .cloned()
             .collect();
-        let has_response_steps = !wasm.is_empty()
-            || policies().any(|step| step.policy.acts_on_response());
+        let has_response_steps =
+            !wasm.is_empty() || policies().any(|step| step.policy.acts_on_response());
         RouteChain {
             steps: steps.into_boxed_slice(),
             wasm: wasm.into(),
@@ -354,7 +354,9 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
         upstream: endpoint,
         attempts: ctx.attempts,
         duration_micros: ctx.started.elapsed().as_micros() as u64,
-        upstream_duration_micros: ctx.upstream_elapsed.map(|elapsed| elapsed.as_micros() as u64),
+        upstream_duration_micros: ctx
+            .upstream_elapsed
+            .map(|elapsed| elapsed.as_micros() as u64),
         client_ip,
         user_agent: header(http::header::USER_AGENT),
         host: super::headers::request_host(request),

@@ -23,7 +23,8 @@
 //! What this does not cover:
 //! - HTTP/2. A connection whose first bytes are the HTTP/2 preface becomes a tunnel with no
 //!   deadline: its streams are multiplexed, so no single request head stands for the
-//!   connection, and Pingora's HTTP/2 server has its own idle handling (`h2_idle_timeout`).
+//!   connection. Pingora's HTTP/2 server has its own idle limit for that
+//!   (`HttpServerOptions::h2_idle_timeout`, which Loom does not set today).
 //! - The TLS handshake, which Pingora completes (within its own 60 s) before the connection
 //!   reaches [`EdgeApp`]; the first head's clock starts after it.
 //! - Pingora's own limits stay in force underneath: its 60 s per-read keep-alive timeout still
@@ -335,8 +336,8 @@ impl AsyncRead for HeadDeadlineStream {
             }
             ConnectionPhase::AwaitingHead => Wait::RequestHead,
             ConnectionPhase::BetweenRequests => {
-                // The idle clock starts at the first read after the request, not when the
-                // hook ran: Pingora may still be finishing the response in between.
+                // The hook could only flip the phase (it holds a shared reference), so the
+                // idle clock starts here, at the first read after the request.
                 this.deadline = deadline_after(Instant::now(), this.keepalive_timeout);
                 this.store_phase(ConnectionPhase::KeepaliveIdle);
                 Wait::KeepaliveIdle
@@ -610,9 +611,9 @@ mod tests {
         tokio::spawn(async move {
             // The head comes after a pause, so the head's timer is armed while it waits.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            client.write_all(HEAD).await.ok();
+            let _ = client.write_all(HEAD).await;
             tokio::time::sleep(HEADER_TIMEOUT * 3).await;
-            client.write_all(b"body").await.ok();
+            let _ = client.write_all(b"body").await;
             // Keeps the connection open until the reader is done.
             tokio::time::sleep(HEADER_TIMEOUT * 3).await;
         });
@@ -679,7 +680,7 @@ mod tests {
 
         tokio::spawn(async move {
             tokio::time::sleep(HEADER_TIMEOUT * 3).await;
-            client.write_all(b"frame").await.ok();
+            let _ = client.write_all(b"frame").await;
             tokio::time::sleep(HEADER_TIMEOUT * 3).await;
         });
         assert_eq!(read_exactly(&mut stream, 5).await, b"frame");

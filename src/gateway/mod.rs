@@ -67,6 +67,14 @@ impl ProxyHttp for Gateway {
         RequestContext::new()
     }
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora's default: response compression, switched on per route by the
+        // `compression` policy; and the byte its brotli encoder forgets to write.
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        modules.add_module(Box::new(crate::policy::compression::BrotliFinisherBuilder));
+    }
+
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
@@ -93,6 +101,8 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        // The request head is in: the connection's head deadline no longer applies.
+        edge::request_started(session);
         ctx.in_flight = Some(InFlightGuard::enter());
         // HTTP/2 streams share a connection that Pingora does not expose to us; only
         // HTTP/1 connections are counted (see README).
@@ -403,6 +413,8 @@ impl ProxyHttp for Gateway {
         ctx.lease = None;
         chain::log(session, ctx, status);
         plugins::finish(session, ctx);
+        // From here the connection waits for its next request: the idle limit applies.
+        edge::request_finished(session);
     }
 }
 

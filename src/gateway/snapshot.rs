@@ -10,12 +10,12 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use prometheus::Histogram;
 
+use super::chain::RouteChain;
 use crate::config::LoadedConfig;
 use crate::config::schema::{PrometheusConfig, RouteConfig};
 use crate::config::validate::{EffectiveTimeouts, ListenerPlan};
 use crate::observe::metrics;
 use crate::plugin::registry::PluginSet;
-use super::chain::RouteChain;
 use crate::policy::client_ip::Cidr;
 use crate::router::Router;
 use crate::upstream::UpstreamPool;

@@ -402,9 +402,8 @@ impl AccessLogRecord<'_> {
     pub fn to_json_line(&self) -> Vec<u8> {
         // The fixed keys and numbers fit in 320 bytes; the client's strings come on top, so
         // that a long path does not make the buffer grow twice.
-        let client_strings = self.path.len()
-            + self.user_agent.map_or(0, str::len)
-            + self.host.map_or(0, str::len);
+        let client_strings =
+            self.path.len() + self.user_agent.map_or(0, str::len) + self.host.map_or(0, str::len);
         let mut line = Vec::with_capacity(320 + client_strings);
         line.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_millis(&mut line, self.time);
@@ -705,8 +704,14 @@ mod tests {
             "2025-12-01T15:04:05.123Z"
         );
         // Leap days of a year divisible by 4, and of one divisible by 400.
-        assert_eq!(format_time(at(1_709_164_800, 0)), "2024-02-29T00:00:00.000Z");
-        assert_eq!(format_time(at(951_868_800 - 1, 999)), "2000-02-29T23:59:59.999Z");
+        assert_eq!(
+            format_time(at(1_709_164_800, 0)),
+            "2024-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            format_time(at(951_868_800 - 1, 999)),
+            "2000-02-29T23:59:59.999Z"
+        );
         assert_eq!(format_time(at(951_868_800, 0)), "2000-03-01T00:00:00.000Z");
         assert_eq!(
             format_time(at(253_402_300_799, 5)),
@@ -734,7 +739,10 @@ mod tests {
         assert_eq!(lines, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
         wait_until("the written count", || shared.written_lines() == 3);
         assert_eq!(shared.dropped_lines(), 0);
-        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o007, 0, "others may not read the log: {mode:o}");
     }
 
@@ -775,7 +783,10 @@ mod tests {
     #[test]
     fn a_file_that_cannot_be_opened_drops_and_counts() {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory.path().join("missing-directory").join("access.log");
+        let path = directory
+            .path()
+            .join("missing-directory")
+            .join("access.log");
         let failing_sink = AccessLogSink::with_capacity(AccessLogDestination::File(path), 64)
             .expect("writer thread");
         for _ in 0..3 {

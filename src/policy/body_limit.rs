@@ -97,8 +97,17 @@ mod tests {
         assert!(matches!(declared("10"), Verdict::Continue));
         assert!(matches!(declared("11"), Verdict::Fail(error) if error.status == 413));
         let mut received = 0;
-        assert!(matches!(limit.on_request_body(6, &mut received), Verdict::Continue));
-        assert!(matches!(limit.on_request_body(4, &mut received), Verdict::Continue));
-        assert!(matches!(limit.on_request_body(1, &mut received), Verdict::Fail(_)));
+        assert!(matches!(
+            limit.on_request_body(6, &mut received),
+            Verdict::Continue
+        ));
+        assert!(matches!(
+            limit.on_request_body(4, &mut received),
+            Verdict::Continue
+        ));
+        assert!(matches!(
+            limit.on_request_body(1, &mut received),
+            Verdict::Fail(_)
+        ));
     }
 }

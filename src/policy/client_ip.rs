@@ -56,9 +56,7 @@ impl std::fmt::Display for Cidr {
 /// compared as the IPv4 address they carry.
 fn canonical(address: IpAddr) -> IpAddr {
     match address {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -147,27 +145,57 @@ mod tests {
         assert!(!block.contains(ip("10.2.0.1")));
         assert!(block.contains(ip("::ffff:10.1.0.9")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
-        assert!(Cidr::parse("2001:db8::/32").unwrap().contains(ip("2001:db8:1::1")));
-        assert!(!Cidr::parse("2001:db8::/32").unwrap().contains(ip("10.0.0.1")));
-        assert!(Cidr::parse("192.168.1.7").unwrap().contains(ip("192.168.1.7")));
+        assert!(
+            Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains(ip("2001:db8:1::1"))
+        );
+        assert!(
+            !Cidr::parse("2001:db8::/32")
+                .unwrap()
+                .contains(ip("10.0.0.1"))
+        );
+        assert!(
+            Cidr::parse("192.168.1.7")
+                .unwrap()
+                .contains(ip("192.168.1.7"))
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("ten").is_err());
     }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let trusted = [Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("10.0.0.0/8").unwrap()];
+        let trusted = [
+            Cidr::parse("127.0.0.0/8").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap(),
+        ];
         let request = test_request(
             "GET",
             "/",
-            &[("x-forwarded-for", "6.6.6.6, 203.0.113.9"), ("x-forwarded-for", "10.0.0.5")],
+            &[
+                ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
+                ("x-forwarded-for", "10.0.0.5"),
+            ],
         );
         // Through two trusted hops: the first untrusted address from the right.
-        assert_eq!(resolve(Some(ip("127.0.0.1")), &request, &trusted), Some(ip("203.0.113.9")));
+        assert_eq!(
+            resolve(Some(ip("127.0.0.1")), &request, &trusted),
+            Some(ip("203.0.113.9"))
+        );
         // An untrusted peer's header is ignored.
-        assert_eq!(resolve(Some(ip("198.51.100.1")), &request, &trusted), Some(ip("198.51.100.1")));
-        assert_eq!(resolve(Some(ip("127.0.0.1")), &request, &[]), Some(ip("127.0.0.1")));
+        assert_eq!(
+            resolve(Some(ip("198.51.100.1")), &request, &trusted),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(
+            resolve(Some(ip("127.0.0.1")), &request, &[]),
+            Some(ip("127.0.0.1"))
+        );
         let garbled = test_request("GET", "/", &[("x-forwarded-for", "1.2.3.4, junk")]);
-        assert_eq!(resolve(Some(ip("127.0.0.1")), &garbled, &trusted), Some(ip("127.0.0.1")));
+        assert_eq!(
+            resolve(Some(ip("127.0.0.1")), &garbled, &trusted),
+            Some(ip("127.0.0.1"))
+        );
     }
 }

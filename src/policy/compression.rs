@@ -7,9 +7,11 @@
 //! type. Pingora itself never compresses an answer that already has a `Content-Encoding` the
 //! client accepts, sets `Vary: Accept-Encoding`, and drops `Content-Length`.
 
-use pingora::modules::http::compression::ResponseCompression;
-use pingora::protocols::http::compression::Algorithm;
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::modules::http::compression::ResponseCompression;
+use pingora::modules::http::{HttpModule, HttpModuleBuilder, Module};
+use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
@@ -63,7 +65,10 @@ enum MediaPattern {
     /// `text/*`: the top-level type.
     AnySubtype(String),
     /// `application/*+json`: the structured-syntax suffix.
-    Suffix { top: String, suffix: String },
+    Suffix {
+        top: String,
+        suffix: String,
+    },
 }
 
 impl MediaPattern {
@@ -173,6 +178,14 @@ impl Compression {
     /// Switches the module off again for answers that should go out as they are.
     pub fn on_response(&self, session: &mut Session, response: &ResponseHeader) {
         if self.should_compress(response) {
+            if response
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_none()
+                && let Some(finisher) = session.downstream_modules_ctx.get_mut::<BrotliFinisher>()
+            {
+                finisher.armed = true;
+            }
             return;
         }
         if let Some(module) = session
@@ -220,6 +233,84 @@ impl Compression {
             "min_size": self.min_size,
             "content_types": self.config.content_types,
         })
+    }
+}
+
+/// Ends the brotli streams Pingora's compression module leaves open.
+///
+/// Pingora 0.9.1's brotli encoder only flushes at the end of the body and never writes the
+/// final (ISLAST) meta-block, so strict decoders (Python's `brotli.decompress`, for one) refuse
+/// the answer while lenient ones (curl, browsers) accept it. After a flush the stream is
+/// byte-aligned, so one byte, `0x03` (ISLAST = 1, ISLASTEMPTY = 1), ends it properly. This
+/// module runs after the compression module (lower order) and appends that byte to the last
+/// chunk of a body that module compressed with brotli: `armed` is set by the compression
+/// policy only when the upstream's answer had no `Content-Encoding` of its own, so an
+/// upstream's finished brotli stream is never touched.
+#[derive(Default)]
+pub struct BrotliFinisher {
+    armed: bool,
+    active: bool,
+    finished: bool,
+}
+
+/// Adds [`BrotliFinisher`] to every session.
+pub struct BrotliFinisherBuilder;
+
+impl HttpModuleBuilder for BrotliFinisherBuilder {
+    fn order(&self) -> i16 {
+        // Later than Pingora's compression module (`i16::MIN / 2`). Not `i16::MIN`: Pingora
+        // sorts by the negated order, which would overflow.
+        i16::MIN + 1
+    }
+
+    fn init(&self) -> Module {
+        Box::new(BrotliFinisher::default())
+    }
+}
+
+/// The meta-block header that ends a brotli stream after a flush.
+const BROTLI_LAST_EMPTY_METABLOCK: u8 = 0x03;
+
+#[async_trait::async_trait]
+impl HttpModule for BrotliFinisher {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    async fn response_header_filter(
+        &mut self,
+        response: &mut ResponseHeader,
+        end_of_stream: bool,
+    ) -> pingora::Result<()> {
+        self.active = self.armed
+            && !end_of_stream
+            && response
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|encoding| encoding.as_bytes().eq_ignore_ascii_case(b"br"));
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> pingora::Result<()> {
+        if !self.active || self.finished || !end_of_stream {
+            return Ok(());
+        }
+        self.finished = true;
+        let mut last = Vec::with_capacity(body.as_ref().map_or(0, Bytes::len) + 1);
+        if let Some(chunk) = body.as_ref() {
+            last.extend_from_slice(chunk);
+        }
+        last.push(BROTLI_LAST_EMPTY_METABLOCK);
+        *body = Some(Bytes::from(last));
+        Ok(())
     }
 }
 

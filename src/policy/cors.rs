@@ -221,7 +221,7 @@ impl Cors {
 
     /// Whether the answer depends on the request's origin (it does unless every origin gets `*`).
     fn varies_by_origin(&self) -> bool {
-        !(self.any_origin && !self.allow_credentials)
+        !self.any_origin || self.allow_credentials
     }
 
     pub fn on_request(&self, request: &RequestHeader) -> Verdict {
@@ -245,7 +245,10 @@ impl Cors {
         if let Some(allowed) = self.allowed_origin(origin) {
             push(&ACCESS_CONTROL_ALLOW_ORIGIN, &allowed);
             push(&ACCESS_CONTROL_ALLOW_METHODS, &self.allow_methods);
-            match (&self.allow_headers, request.headers.get(ACCESS_CONTROL_REQUEST_HEADERS)) {
+            match (
+                &self.allow_headers,
+                request.headers.get(ACCESS_CONTROL_REQUEST_HEADERS),
+            ) {
                 (Some(allowed), _) => push(&ACCESS_CONTROL_ALLOW_HEADERS, allowed),
                 (None, Some(requested)) => push(&ACCESS_CONTROL_ALLOW_HEADERS, requested),
                 (None, None) => {}
@@ -371,7 +374,10 @@ mod tests {
         let mut config = origins(&["*"]);
         config.allow_credentials = true;
         let problems = compile(config).unwrap_err();
-        assert!(problems[0].starts_with("allow_credentials:"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("allow_credentials:"),
+            "{problems:?}"
+        );
         assert!(compile(origins(&["https://a.*.com"])).is_err());
         assert!(compile(origins(&["app.example.com"])).is_err());
     }
@@ -408,9 +414,15 @@ mod tests {
             header("access-control-allow-origin").as_deref(),
             Some("https://app.example.com")
         );
-        assert_eq!(header("access-control-allow-headers").as_deref(), Some("x-token"));
+        assert_eq!(
+            header("access-control-allow-headers").as_deref(),
+            Some("x-token")
+        );
         assert_eq!(header("access-control-max-age").as_deref(), Some("600"));
-        assert_eq!(header("access-control-allow-credentials").as_deref(), Some("true"));
+        assert_eq!(
+            header("access-control-allow-credentials").as_deref(),
+            Some("true")
+        );
 
         let refused = test_request(
             "OPTIONS",
@@ -423,7 +435,12 @@ mod tests {
         let Verdict::Respond(answer) = cors.on_request(&refused) else {
             panic!("a refused preflight is still answered here");
         };
-        assert!(answer.headers.iter().all(|(key, _)| !key.starts_with("access-control")));
+        assert!(
+            answer
+                .headers
+                .iter()
+                .all(|(key, _)| !key.starts_with("access-control"))
+        );
 
         let plain_options = test_request("OPTIONS", "/x", &[("origin", "https://app.example.com")]);
         assert!(matches!(cors.on_request(&plain_options), Verdict::Continue));
@@ -444,7 +461,12 @@ mod tests {
             &test_request("GET", "/", &[("origin", "https://other.example")]),
             &mut response,
         );
-        assert!(response.headers.get("access-control-allow-origin").is_none());
+        assert!(
+            response
+                .headers
+                .get("access-control-allow-origin")
+                .is_none()
+        );
         assert_eq!(response.headers.get("vary").unwrap(), "Origin");
 
         let mut response = ResponseHeader::build(200, None).unwrap();
@@ -457,7 +479,10 @@ mod tests {
             "https://app.example.com"
         );
         assert_eq!(
-            response.headers.get("access-control-expose-headers").unwrap(),
+            response
+                .headers
+                .get("access-control-expose-headers")
+                .unwrap(),
             "X-Total"
         );
     }

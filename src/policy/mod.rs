@@ -244,8 +244,7 @@ pub fn local_answer(status: u16, headers: Vec<(String, Bytes)>, body: Bytes) -> 
 
 /// Parses a header value written in the config; the message names what was wrong.
 pub(crate) fn header_value(text: &str) -> Result<http::HeaderValue, String> {
-    http::HeaderValue::from_str(text)
-        .map_err(|_| format!("\"{text}\" is not a valid header value"))
+    http::HeaderValue::from_str(text).map_err(|_| format!("\"{text}\" is not a valid header value"))
 }
 
 /// Parses a header name written in the config.

@@ -144,23 +144,32 @@ mod tests {
             hide_server: true,
             ..SecurityHeadersConfig::default()
         };
-        let policy = SecurityHeaders::compile(config, &mut |field, message| {
-            panic!("{field}: {message}")
-        })
-        .unwrap();
+        let policy =
+            SecurityHeaders::compile(config, &mut |field, message| panic!("{field}: {message}"))
+                .unwrap();
         let mut response = ResponseHeader::build(200, None).unwrap();
         response.insert_header("server", "nginx/1.2").unwrap();
         response.insert_header("x-powered-by", "PHP").unwrap();
-        response.insert_header("x-frame-options", "ALLOWALL").unwrap();
+        response
+            .insert_header("x-frame-options", "ALLOWALL")
+            .unwrap();
         policy.on_response(&mut response);
-        let header = |name: &str| response.headers.get(name).map(|value| value.to_str().unwrap());
+        let header = |name: &str| {
+            response
+                .headers
+                .get(name)
+                .map(|value| value.to_str().unwrap())
+        };
         assert_eq!(header("x-frame-options"), Some("SAMEORIGIN"));
         assert_eq!(header("x-content-type-options"), Some("nosniff"));
         assert_eq!(
             header("strict-transport-security"),
             Some("max-age=31536000; includeSubDomains")
         );
-        assert_eq!(header("content-security-policy"), Some("default-src 'self'"));
+        assert_eq!(
+            header("content-security-policy"),
+            Some("default-src 'self'")
+        );
         assert_eq!(header("referrer-policy"), None);
         assert_eq!(header("server"), None);
         assert_eq!(header("x-powered-by"), None);

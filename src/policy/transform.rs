@@ -99,7 +99,10 @@ impl Template {
                 if end == 0 {
                     return Err(format!("\"{text}\": an empty parameter name"));
                 }
-                (Variable::Parameter(inner[..end].to_string()), &inner[end + 1..])
+                (
+                    Variable::Parameter(inner[..end].to_string()),
+                    &inner[end + 1..],
+                )
             } else {
                 literal.push_str(&from[..1]);
                 rest = &from[1..];
@@ -546,11 +549,7 @@ impl Transform {
             }
         }
         http::Uri::try_from(target).map(Some).map_err(|_| {
-            GatewayError::new(
-                400,
-                "invalid_path",
-                "the rewritten path is not a valid URI",
-            )
+            GatewayError::new(400, "invalid_path", "the rewritten path is not a valid URI")
         })
     }
 
@@ -633,7 +632,10 @@ mod tests {
             path_parameters: &parameters,
             upstream_uri: &mut upstream_uri,
         };
-        assert!(matches!(transform.on_request(request, &mut input), Verdict::Continue));
+        assert!(matches!(
+            transform.on_request(request, &mut input),
+            Verdict::Continue
+        ));
         upstream_uri
     }
 
@@ -644,13 +646,16 @@ mod tests {
             .request
             .set_headers
             .insert("X-Client".into(), "${client_ip}/${route_id}".into());
-        config
-            .request
-            .add_headers
-            .insert("X-User".into(), "user-{id} ${param.id} ${header.x-tenant}".into());
+        config.request.add_headers.insert(
+            "X-User".into(),
+            "user-{id} ${param.id} ${header.x-tenant}".into(),
+        );
         config.request.remove_headers.push("X-Debug".into());
         config.request.path = Some("/v2/users/{id}".into());
-        config.request.add_query.insert("via".into(), "${request_id}".into());
+        config
+            .request
+            .add_query
+            .insert("via".into(), "${request_id}".into());
         config.request.remove_query.push("debug".into());
         let transform = compile(config);
         assert_eq!(transform.parameters(), ["id", "id"]);
@@ -676,13 +681,19 @@ mod tests {
         });
         let transform = compile(config);
         let mut request = test_request("GET", "/api/a/b?x=1", &[]);
-        assert_eq!(run(&transform, &mut request).unwrap().to_string(), "/internal/a/b?x=1");
+        assert_eq!(
+            run(&transform, &mut request).unwrap().to_string(),
+            "/internal/a/b?x=1"
+        );
     }
 
     #[test]
     fn unknown_variables_and_bad_regexes_are_config_errors() {
         let mut config = TransformConfig::default();
-        config.request.set_headers.insert("X-A".into(), "${nope}".into());
+        config
+            .request
+            .set_headers
+            .insert("X-A".into(), "${nope}".into());
         config.request.rewrite = Some(RegexRewrite {
             regex: "(".into(),
             replacement: String::new(),

@@ -112,3 +112,104 @@ fn a_missing_file_is_an_error() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
 }
+
+#[test]
+fn a_config_named_without_a_directory_resolves_paths_next_to_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let plugins = directory.path().join("wasm");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(
+        crate::support::plugin_dist().join("loom_headers.wasm"),
+        plugins.join("headers.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        directory.path().join("my.yaml"),
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:8080"
+plugin_dir: wasm
+plugins:
+  - name: headers
+    path: headers.wasm
+routes:
+  - id: all
+    path: /*
+    upstream: pool
+    plugins: [headers]
+upstreams:
+  - name: pool
+    endpoints: ["127.0.0.1:9"]
+"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .args(["-t", "-c", "my.yaml"])
+        .current_dir(directory.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn policy_entries_are_validated_with_positions() {
+    let config = r#"listeners:
+  - name: http
+    address: ":8080"
+cors:
+  allow_origins: ["*"]
+  allow_credentials: true
+plugins:
+  - name: bad-cors
+    type: cors
+    config:
+      allow_origins: ["app.example.com"]
+      alow_methods: [GET]
+  - name: mystery
+    type: firewall
+  - name: wasm-keys
+    type: security_headers
+    max_fuel: 10
+  - name: limits
+    type: request_size_limit
+    config:
+      max_body_size: lots
+routes:
+  - id: all
+    path: /*
+    upstream: pool
+    plugins: [bad-cors, limits]
+    disable: [compression]
+upstreams:
+  - name: pool
+    endpoints: ["127.0.0.1:9"]
+rate_limit:
+  enabled: true
+  rate: 10
+tracing:
+  enabled: false
+  service_name: loom
+"#;
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        "FILE:6:22: cors.allow_credentials: credentials cannot be allowed for every origin",
+        "FILE:11:23: plugins[0].config.allow_origins[0]: \"app.example.com\" needs a scheme",
+        "FILE:12:7: plugins[0].config.alow_methods: unknown key",
+        "FILE:14:11: plugins[1].type: unknown plugin type \"firewall\"",
+        "FILE:17:15: plugins[2].max_fuel: only Proxy-Wasm plugins take max_fuel",
+        "FILE:21:22: plugins[3].config.max_body_size:",
+        "FILE:27:15: routes[0].disable[0]: \"compression\" is not a global policy",
+        "FILE:32:12: rate_limit.enabled: rate limiting is not built into Loom yet",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("tracing"), "{stderr}");
+}

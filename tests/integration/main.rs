@@ -5,6 +5,7 @@ mod cli;
 mod fault;
 mod malformed;
 mod plugins;
+mod policies;
 mod proxying;
 mod reload;
 mod resilience;

@@ -107,8 +107,13 @@ pub fn render(template: &str, http: u16, admin: u16, extra: &[u16], directory: &
 
 /// The `server:` and `admin:` sections every test gateway gets.
 pub fn preamble(directory: &Path, admin: u16) -> String {
+    preamble_with(directory, admin, "")
+}
+
+/// [`preamble`] with more `server:` keys (lines indented by two spaces).
+pub fn preamble_with(directory: &Path, admin: u16, server_keys: &str) -> String {
     format!(
-        "server:\n  threads: 2\n  pid_file: {dir}/loom.pid\n  upgrade_sock: {dir}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nadmin:\n  address: \"127.0.0.1:{admin}\"\n",
+        "server:\n  threads: 2\n  pid_file: {dir}/loom.pid\n  upgrade_sock: {dir}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{server_keys}admin:\n  address: \"127.0.0.1:{admin}\"\n",
         dir = directory.display()
     )
 }
@@ -119,8 +124,13 @@ impl GatewayProcess {
     /// test before loom binds them; loom then refuses to start with "cannot bind", and the
     /// start is repeated with new ports.
     pub async fn start(template: &str) -> GatewayProcess {
+        Self::start_with_server(template, "").await
+    }
+
+    /// [`GatewayProcess::start`] with more `server:` keys (lines indented by two spaces).
+    pub async fn start_with_server(template: &str, server_keys: &str) -> GatewayProcess {
         for _ in 0..4 {
-            let mut gateway = Self::spawn(template);
+            let mut gateway = Self::spawn(template, server_keys);
             match gateway.wait_ready().await {
                 Ok(()) => return gateway,
                 Err(log) if log.contains("cannot bind") => continue,
@@ -130,7 +140,7 @@ impl GatewayProcess {
         panic!("loom could not bind its ports in 4 tries");
     }
 
-    fn spawn(template: &str) -> GatewayProcess {
+    fn spawn(template: &str, server_keys: &str) -> GatewayProcess {
         let directory = tempfile::tempdir().unwrap();
         let http_port = free_port();
         let admin_port = free_port();
@@ -150,7 +160,11 @@ impl GatewayProcess {
         let config_path = directory.path().join("loom.yaml");
         std::fs::write(
             &config_path,
-            format!("{}{}", preamble(directory.path(), admin_port), body),
+            format!(
+                "{}{}",
+                preamble_with(directory.path(), admin_port, server_keys),
+                body
+            ),
         )
         .unwrap();
         let log_path = directory.path().join("loom.log");
