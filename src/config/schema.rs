@@ -41,9 +41,8 @@ pub struct ServerSection {
     /// connection is accepted, so a reload applies to new connections.
     pub request_header_timeout: Option<DurationValue>,
     /// How long an HTTP/1 keep-alive connection may wait for the next request with no byte
-    /// arriving before it is closed. Default: 60s. Pingora closes a connection on its own
-    /// after 60 s without a byte, so longer values do not keep connections longer. Read when
-    /// a connection is accepted, so a reload applies to new connections.
+    /// arriving before it is closed. Default: 60s. Read when a connection is accepted and at
+    /// each request, so a reload applies to new connections.
     pub keepalive_timeout: Option<DurationValue>,
 }
 

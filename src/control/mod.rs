@@ -322,7 +322,16 @@ fn log_restart_required(current: &Snapshot, next: &config::LoadedConfig) {
     if current.admin_address != next.validated.admin_address {
         log::warn!("admin address change needs a restart to take effect");
     }
-    if current.server != next.validated.file.server {
+    // These server keys are read per connection or per request, so a reload applies them.
+    let process_settings = |server: &crate::config::schema::ServerSection| {
+        let mut server = server.clone();
+        server.request_header_timeout = None;
+        server.keepalive_timeout = None;
+        server.trusted_proxies.clear();
+        server.max_request_header_size = None;
+        server
+    };
+    if process_settings(&current.server) != process_settings(&next.validated.file.server) {
         log::warn!("server section changes need a restart to take effect");
     }
     if current.reload_watch != next.validated.file.reload.watch {

@@ -27,9 +27,8 @@
 //!   (`HttpServerOptions::h2_idle_timeout`, which Loom does not set today).
 //! - The TLS handshake, which Pingora completes (within its own 60 s) before the connection
 //!   reaches [`EdgeApp`]; the first head's clock starts after it.
-//! - Pingora's own limits stay in force underneath: its 60 s per-read keep-alive timeout still
-//!   closes a connection that sends nothing for 60 s, so a `keepalive_timeout` above 60 s does
-//!   not keep idle connections longer.
+//! - Pingora's own per-read keep-alive timeout (60 s by default) is set to the same
+//!   `keepalive_timeout` by the gateway's `early_request_filter`, so a longer limit is honoured.
 //!
 //! A request body that the gateway did not read (say, an early error response) is drained by
 //! Pingora after the request finished. Those bytes start the next head's clock, so the drain

@@ -1,8 +1,9 @@
 //! The gateway's one `ProxyHttp` implementation. Each hook is a few lines that hand the work
 //! to a module; read top to bottom it is the life of a request:
 //!
-//! 1. `early_request_filter`: connection and in-flight accounting.
-//! 2. `request_filter`: load the config snapshot, request id, route match ([`routing`]).
+//! 1. `early_request_filter`: connection and in-flight accounting, the config snapshot, the
+//!    keep-alive limit, the end of the head deadline ([`edge`]).
+//! 2. `request_filter`: request id, route match ([`routing`]), the route chain ([`chain`]).
 //! 3. `upstream_peer`: pick an endpoint of the route's upstream (hash key, retries, deadline).
 //! 4. `upstream_request_filter`: rewritten path, X-Forwarded-*, hop-by-hop removal ([`headers`]).
 //! 5. `response_filter`: X-Request-ID on the response.
@@ -104,6 +105,15 @@ impl ProxyHttp for Gateway {
         // The request head is in: the connection's head deadline no longer applies.
         edge::request_started(session);
         ctx.in_flight = Some(InFlightGuard::enter());
+        let snapshot = self.state.current();
+        // Pingora's own per-read keep-alive limit (60 s) follows `server.keepalive_timeout`;
+        // a connection Pingora already decided to close (`Connection: close`) stays closed.
+        if let Some(seconds) = snapshot.keepalive_seconds
+            && session.get_keepalive().is_some()
+        {
+            session.set_keepalive(Some(seconds));
+        }
+        ctx.snapshot = Some(snapshot);
         // HTTP/2 streams share a connection that Pingora does not expose to us; only
         // HTTP/1 connections are counted (see README).
         if ctx.connection.is_none() && !session.is_http2() {
@@ -117,7 +127,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
-        let snapshot = self.state.current();
+        let snapshot = ctx.snapshot.take().unwrap_or_else(|| self.state.current());
         ctx.request_id = headers::request_id(session);
         let outcome = routing::route_request(&snapshot, session, ctx);
         ctx.snapshot = Some(snapshot);

@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub server: crate::config::schema::ServerSection,
     /// `server.trusted_proxies`: whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
+    /// `server.keepalive_timeout` in whole seconds (at least 1), when it is set.
+    pub keepalive_seconds: Option<u64>,
 }
 
 impl Snapshot {
@@ -123,6 +125,11 @@ impl Snapshot {
             max_request_header_size: validated.max_request_header_size,
             reload_watch: validated.file.reload.watch,
             reload_interval: validated.file.reload.interval.0,
+            keepalive_seconds: validated
+                .file
+                .server
+                .keepalive_timeout
+                .map(|timeout| timeout.0.as_secs().max(1)),
             server: validated.file.server,
             trusted_proxies: validated.trusted_proxies,
         }
