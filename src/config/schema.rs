@@ -57,14 +57,57 @@ pub enum ListenerProtocol {
     Https,
     /// HTTP/2 cleartext (h2c prior knowledge) alongside HTTP/1.1; TLS with ALPN when `tls` is set.
     Http2,
+    /// Go Loom's name for `http2`.
+    H2c,
+    /// Go Loom's gRPC listener. gRPC is HTTP/2, so this is `http2`: h2c prior knowledge
+    /// alongside HTTP/1.1 (gRPC clients in cleartext use prior knowledge).
+    Grpc,
+    /// Go Loom's gRPC over TLS: HTTP/2 over TLS, which is what `https` serves (ALPN h2 and
+    /// http/1.1); like `https` it needs `tls`.
+    Grpcs,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+impl ListenerProtocol {
+    /// Whether cleartext connections may open with the HTTP/2 preface (h2c prior knowledge).
+    pub fn accepts_h2c(self) -> bool {
+        matches!(
+            self,
+            ListenerProtocol::Http2 | ListenerProtocol::H2c | ListenerProtocol::Grpc
+        )
+    }
+
+    /// Whether the listener cannot run without `tls`.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Https | ListenerProtocol::Grpcs)
+    }
+
+    /// The config spelling, for error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+            ListenerProtocol::Http2 => "http2",
+            ListenerProtocol::H2c => "h2c",
+            ListenerProtocol::Grpc => "grpc",
+            ListenerProtocol::Grpcs => "grpcs",
+        }
+    }
+}
+
+/// A listener's certificate and key. Loom spells the keys `cert` and `key`, Go Loom
+/// `cert_file` and `key_file`; each file is given under exactly one of its two names
+/// (validation resolves them, see `validate::check_listeners`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct ListenerTls {
     /// PEM certificate chain file.
-    pub cert: String,
+    pub cert: Option<String>,
+    /// Go Loom's spelling of `cert`.
+    pub cert_file: Option<String>,
     /// PEM private key file.
-    pub key: String,
+    pub key: Option<String>,
+    /// Go Loom's spelling of `key`.
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::SourceIndexes;
 use super::resilience::{self, ResiliencePlan};
 use super::schema::{
-    FileConfig, HealthCheckConfig, ListenerProtocol, LoadBalancerAlgorithm, RouteConfig,
-    UpstreamConfig,
+    FileConfig, HealthCheckConfig, ListenerProtocol, ListenerTls, LoadBalancerAlgorithm,
+    RouteConfig, UpstreamConfig,
 };
 use super::yaml::{ConfigError, Node};
 use crate::policy::PolicyStep;
@@ -473,29 +473,21 @@ fn check_listeners(
                 format!("address {address} is used by another listener"),
             );
         }
-        let tls = match (&listener.tls, listener.protocol) {
-            (None, ListenerProtocol::Https) => {
-                checker.error(
-                    format!("{key}.tls"),
-                    "protocol https needs tls.cert and tls.key",
-                );
-                None
-            }
-            (None, _) => None,
-            (Some(tls), _) => {
-                let cert = resolve_file(base_dir, &tls.cert);
-                let key_file = resolve_file(base_dir, &tls.key);
-                match pingora::tls::load_certs_and_key_files(&cert, &key_file) {
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => checker.error(
+        let tls = match &listener.tls {
+            None => {
+                if listener.protocol.requires_tls() {
+                    checker.error(
                         format!("{key}.tls"),
                         format!(
-                            "cannot load certificate \"{cert}\" and key \"{key_file}\" (PEM files expected)"
+                            "protocol {} needs tls with cert and key (cert_file and key_file in \
+                             Go Loom's spelling)",
+                            listener.protocol.as_str()
                         ),
-                    ),
+                    );
                 }
-                Some((cert, key_file))
+                None
             }
+            Some(tls) => listener_tls_files(checker, &key, tls, base_dir),
         };
         plans.push(ListenerPlan {
             name: listener.name.clone(),
@@ -505,6 +497,62 @@ fn check_listeners(
         });
     }
     plans
+}
+
+/// Resolves a listener's certificate and key, each given under Loom's name (`cert`, `key`) or
+/// Go Loom's (`cert_file`, `key_file`), and checks that they load. `None` after an error.
+fn listener_tls_files(
+    checker: &mut Checker,
+    key: &str,
+    tls: &ListenerTls,
+    base_dir: &Path,
+) -> Option<(String, String)> {
+    let mut resolve_spelling =
+        |loom_name: &str, loom_value: &Option<String>, go_name: &str, go_value: &Option<String>| {
+            match either_spelling(loom_name, loom_value.as_ref(), go_name, go_value.as_ref()) {
+                Ok(Some(file)) => Some(resolve_file(base_dir, file)),
+                Ok(None) => {
+                    checker.error(
+                        format!("{key}.tls.{loom_name}"),
+                        format!("tls needs {loom_name} (or {go_name}, Go Loom's spelling)"),
+                    );
+                    None
+                }
+                Err(message) => {
+                    checker.error(format!("{key}.tls.{go_name}"), message);
+                    None
+                }
+            }
+        };
+    let cert = resolve_spelling("cert", &tls.cert, "cert_file", &tls.cert_file);
+    let key_file = resolve_spelling("key", &tls.key, "key_file", &tls.key_file);
+    let (cert, key_file) = (cert?, key_file?);
+    match pingora::tls::load_certs_and_key_files(&cert, &key_file) {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(_) => checker.error(
+            format!("{key}.tls"),
+            format!(
+                "cannot load certificate \"{cert}\" and key \"{key_file}\" (PEM files expected)"
+            ),
+        ),
+    }
+    Some((cert, key_file))
+}
+
+/// The value of a setting that Loom and Go Loom spell differently: whichever of the two keys
+/// was given. Both given is an error naming both, since nothing says which one was meant.
+pub(crate) fn either_spelling<T>(
+    loom_key: &str,
+    loom_value: Option<T>,
+    go_key: &str,
+    go_value: Option<T>,
+) -> Result<Option<T>, String> {
+    match (loom_value, go_value) {
+        (Some(_), Some(_)) => Err(format!(
+            "give either {loom_key} or {go_key} (Go Loom's spelling), not both"
+        )),
+        (loom_value, go_value) => Ok(loom_value.or(go_value)),
+    }
 }
 
 fn resolve_file(base_dir: &Path, file: &str) -> String {
