@@ -2,8 +2,10 @@
 //! there, and a setting given under both its Loom and its Go Loom name is an error naming both.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::validate::ValidatedConfig;
+use crate::upstream::retry::RetryCondition;
 
 const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.crt");
 const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.key");
@@ -35,6 +37,14 @@ fn errors_of(text: &str) -> Vec<String> {
         Ok(_) => panic!("config accepted where errors were expected:\n{text}"),
         Err(errors) => errors,
     }
+}
+
+/// A listener and one upstream, `backend`, with `keys` added (indented as its keys).
+fn with_upstream(keys: &str) -> String {
+    format!(
+        "listeners:\n  - name: http\n    address: \"127.0.0.1:18080\"\nupstreams:\n  \
+         - name: backend\n    endpoints: [\"127.0.0.1:3001\"]\n{keys}"
+    )
 }
 
 #[test]
@@ -102,6 +112,71 @@ listeners:
             "listeners[1].tls.key: tls needs key (or key_file, Go Loom's spelling)",
             "listeners[2].tls: protocol grpcs needs tls with cert and key (cert_file and key_file \
              in Go Loom's spelling)",
+        ]
+    );
+}
+
+#[test]
+fn go_loom_retry_keys_set_the_backoff_and_the_statuses_retried_on_top_of_connection_failures() {
+    let config = load_ok(&with_upstream(
+        "    retry:\n      max_retries: 2\n      backoff_base: 200ms\n      backoff_max: 2s\n      \
+         retryable_codes: [500, 503]\n",
+    ));
+    let retry = &config.upstreams[0].resilience.retry;
+    assert_eq!(retry.max_retries, 2);
+    assert_eq!(retry.backoff_base, Duration::from_millis(200));
+    assert_eq!(retry.backoff_max, Duration::from_secs(2));
+    assert_eq!(
+        retry.retry_on,
+        [
+            RetryCondition::ConnectError,
+            RetryCondition::Timeout,
+            RetryCondition::Reset,
+            RetryCondition::Status(500),
+            RetryCondition::Status(503),
+        ]
+    );
+}
+
+#[test]
+fn a_go_loom_backoff_bound_left_out_takes_go_looms_default() {
+    let config = load_ok(&with_upstream(
+        "    retry:\n      backoff_base: 1s\n      retryable_codes: []\n",
+    ));
+    let retry = &config.upstreams[0].resilience.retry;
+    assert_eq!(retry.backoff_base, Duration::from_secs(1));
+    assert_eq!(retry.backoff_max, Duration::from_secs(10));
+    // An empty list is Go Loom's default: 502, 503, 504 and the connection failures.
+    assert_eq!(
+        retry.retry_on,
+        crate::upstream::retry::RetryPolicy::default().retry_on
+    );
+}
+
+#[test]
+fn retry_settings_under_both_spellings_or_bad_statuses_are_errors() {
+    let errors = errors_of(&with_upstream(
+        "    retry:\n      retry_on: [\"502\"]\n      retryable_codes: [502]\n      \
+         backoff: {base: 10ms}\n      backoff_base: 20ms\n",
+    ));
+    assert_eq!(
+        errors,
+        [
+            "upstreams[0].retry.retryable_codes: give either retry_on or retryable_codes \
+             (Go Loom's spelling), not both",
+            "upstreams[0].retry.backoff_base: give either backoff.base or backoff_base \
+             (Go Loom's spelling), not both",
+        ]
+    );
+    let errors = errors_of(&with_upstream(
+        "    retry:\n      retryable_codes: [503, 700]\n      backoff_base: 2s\n      \
+         backoff_max: 1s\n",
+    ));
+    assert_eq!(
+        errors,
+        [
+            "upstreams[0].retry.retryable_codes[1]: 700 is not an HTTP status (100 to 599)",
+            "upstreams[0].retry.backoff_max: must not be smaller than backoff_base",
         ]
     );
 }

@@ -289,14 +289,29 @@ pub struct BackoffConfig {
     pub jitter: Option<String>,
 }
 
-/// Retry policy, per upstream and overridable per route.
+/// Retry policy, per upstream and overridable per route. Go Loom's flat keys
+/// (`backoff_base`, `backoff_max`, `retryable_codes`) are other spellings of `backoff.base`,
+/// `backoff.max` and the statuses in `retry_on`; a setting may be given under one of its
+/// names only.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct RetryConfig {
+    /// Retries after the first attempt. (Go Loom counts attempts with this key: its
+    /// `max_retries: 3` makes three attempts in all, Loom's makes four.)
     pub max_retries: Option<u32>,
     /// connect_error, timeout, reset and status codes.
     pub retry_on: Option<Vec<String>>,
     pub backoff: Option<BackoffConfig>,
+    /// Go Loom's spelling of `backoff.base`. When `backoff_base` or `backoff_max` is given,
+    /// the bound left out takes Go Loom's default (100ms base, 10s max) instead of Loom's
+    /// (25ms, 250ms).
+    pub backoff_base: Option<DurationValue>,
+    /// Go Loom's spelling of `backoff.max`.
+    pub backoff_max: Option<DurationValue>,
+    /// Go Loom's statuses worth a retry. Go Loom also retries every attempt whose round trip
+    /// failed, so `[500, 503]` means `retry_on: [connect_error, timeout, reset, "500", "503"]`;
+    /// an empty list is Go Loom's default (502, 503, 504), which is Loom's default too.
+    pub retryable_codes: Option<Vec<u16>>,
     pub per_try_timeout: Option<DurationValue>,
     /// Retry POST/PATCH and other non-idempotent methods too.
     pub retry_non_idempotent: Option<bool>,
