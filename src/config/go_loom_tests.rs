@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::validate::ValidatedConfig;
+use super::validate::{HashKeySource, ValidatedConfig};
 use crate::upstream::retry::RetryCondition;
 
 const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.crt");
@@ -177,6 +177,81 @@ fn retry_settings_under_both_spellings_or_bad_statuses_are_errors() {
         [
             "upstreams[0].retry.retryable_codes[1]: 700 is not an HTTP status (100 to 599)",
             "upstreams[0].retry.backoff_max: must not be smaller than backoff_base",
+        ]
+    );
+}
+
+#[test]
+fn go_loom_consistent_hash_sets_the_key_source_and_the_points_per_endpoint() {
+    let config = load_ok(
+        r#"
+listeners:
+  - {name: http, address: "127.0.0.1:18080"}
+upstreams:
+  - name: by-header
+    endpoints: ["127.0.0.1:3001", "127.0.0.1:3002"]
+    load_balancer: consistent_hash
+    consistent_hash: {hash_key: X-User-ID, replicas: 500}
+  - name: by-cookie
+    endpoints: ["127.0.0.1:3001"]
+    load_balancer: consistent_hash
+    consistent_hash: {hash_key: "Cookie:session"}
+  - name: by-client
+    endpoints: ["127.0.0.1:3001"]
+    load_balancer: consistent_hash
+    consistent_hash: {hash_key: "", replicas: 150}
+"#,
+    );
+    let settings: Vec<(Option<HashKeySource>, u32)> = config
+        .upstreams
+        .iter()
+        .map(|upstream| (upstream.hash_key.clone(), upstream.ring_weight_multiplier))
+        .collect();
+    // 500 replicas: 3 x 160 = 480 points per endpoint; 150: one unit of weight, 160 points.
+    assert_eq!(
+        settings,
+        [
+            (Some(HashKeySource::Header("x-user-id".to_string())), 3),
+            (Some(HashKeySource::Cookie("session".to_string())), 1),
+            (Some(HashKeySource::ClientIp), 1),
+        ]
+    );
+}
+
+#[test]
+fn go_loom_consistent_hash_with_another_algorithm_or_hash_on_is_an_error() {
+    let errors = errors_of(
+        r#"
+listeners:
+  - {name: http, address: "127.0.0.1:18080"}
+upstreams:
+  - name: round-robin
+    endpoints: ["127.0.0.1:3001"]
+    consistent_hash: {hash_key: X-User-ID}
+  - name: both
+    endpoints: ["127.0.0.1:3001"]
+    load_balancer: consistent_hash
+    hash_on: header:x-user-id
+    consistent_hash: {hash_key: X-User-ID}
+  - name: too-many
+    endpoints: ["127.0.0.1:3001"]
+    load_balancer: consistent_hash
+    consistent_hash: {replicas: 20000}
+  - name: no-cookie-name
+    endpoints: ["127.0.0.1:3001"]
+    load_balancer: consistent_hash
+    consistent_hash: {hash_key: "Cookie:"}
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "upstreams[0].consistent_hash: consistent_hash only applies to load_balancer: \
+             consistent_hash",
+            "upstreams[1].consistent_hash.hash_key: give either hash_on or \
+             consistent_hash.hash_key (Go Loom's spelling), not both",
+            "upstreams[2].consistent_hash.replicas: must be at most 16000",
+            "upstreams[3].consistent_hash.hash_key: \"Cookie:\" names no cookie; use Cookie:<name>",
         ]
     );
 }

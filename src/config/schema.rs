@@ -376,6 +376,9 @@ pub struct UpstreamConfig {
     /// Key source for `consistent_hash`: `client_ip`, `path`, `header:<name>` or `cookie:<name>`.
     #[serde(default)]
     pub hash_on: Option<String>,
+    /// Go Loom's consistent-hash settings (`hash_key` is another spelling of `hash_on`).
+    #[serde(default)]
+    pub consistent_hash: Option<ConsistentHashConfig>,
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
@@ -404,6 +407,22 @@ pub struct UpstreamConfig {
     pub max_concurrent_requests_per_endpoint: Option<u32>,
     #[serde(default)]
     pub queue_timeout: Option<DurationValue>,
+}
+
+/// Go Loom's `consistent_hash:`; it applies to `load_balancer: consistent_hash` only. Go
+/// Loom's zero values (`""`, `0`) mean "not set".
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ConsistentHashConfig {
+    /// The request header whose value is hashed (`X-User-ID`), or `Cookie:<name>` for a
+    /// cookie; empty or absent: the client IP. The same as `hash_on: header:<name>` or
+    /// `hash_on: cookie:<name>`, so the two may not both be given.
+    pub hash_key: Option<String>,
+    /// Points per endpoint on the hash ring (Go Loom's default: 150). Pingora's ring places 160
+    /// points per unit of weight, so each endpoint's weight is multiplied by `replicas / 160`
+    /// rounded to the nearest whole number, at least 1: up to 239 replicas give 160 points per
+    /// unit of weight, 240 to 399 give 320, 400 to 559 give 480, and so on (at most 16000).
+    pub replicas: Option<u32>,
 }
 
 /// One entry of the `plugins:` section: a Proxy-Wasm module (`path:`, see `crate::plugin`) or

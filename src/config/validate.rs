@@ -32,6 +32,12 @@ const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
 /// Retries track tried endpoints in a 64-bit set.
 const MAX_ENDPOINTS: usize = 64;
+/// Points Pingora's ketama ring (version 1, the one built into Loom) places per unit of weight.
+const KETAMA_POINTS_PER_WEIGHT: u32 = 160;
+/// Go Loom's `consistent_hash.replicas` above this would build needlessly large rings.
+const MAX_HASH_REPLICAS: u32 = 16_000;
+/// Points on one upstream's hash ring (8 bytes each) that `replicas` may ask for.
+const MAX_HASH_RING_POINTS: u64 = 1 << 22;
 const MAX_THRESHOLD: usize = 100;
 const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -108,6 +114,10 @@ pub struct UpstreamPlan {
     pub config: UpstreamConfig,
     pub endpoints: Vec<ResolvedEndpoint>,
     pub hash_key: Option<HashKeySource>,
+    /// Each endpoint's weight on Pingora's ketama ring is multiplied by this: 1, unless Go
+    /// Loom's `consistent_hash.replicas` asks for more points per endpoint (see
+    /// [`super::schema::ConsistentHashConfig::replicas`]).
+    pub ring_weight_multiplier: u32,
     pub health: Option<HealthPlan>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -670,17 +680,28 @@ fn check_upstreams(
                 checker.error(format!("{key}.{field}"), "must be greater than zero");
             }
         }
-        let hash_key = match (&upstream.hash_on, upstream.load_balancer) {
-            (_, LoadBalancerAlgorithm::IpHash) => Some(HashKeySource::ClientIp),
-            (Some(text), _) => match parse_hash_key(text) {
+        let (go_hash_key, ring_weight_multiplier) =
+            check_go_consistent_hash(checker, &key, upstream);
+        let hash_key = match (&upstream.hash_on, go_hash_key, upstream.load_balancer) {
+            (_, _, LoadBalancerAlgorithm::IpHash) => Some(HashKeySource::ClientIp),
+            (Some(text), _, _) => match parse_hash_key(text) {
                 Ok(source) => Some(source),
                 Err(message) => {
                     checker.error(format!("{key}.hash_on"), message);
                     None
                 }
             },
-            (None, LoadBalancerAlgorithm::ConsistentHash) => Some(HashKeySource::ClientIp),
-            (None, _) => None,
+            (None, Some(text), LoadBalancerAlgorithm::ConsistentHash) => {
+                match parse_go_hash_key(text) {
+                    Ok(source) => Some(source),
+                    Err(message) => {
+                        checker.error(format!("{key}.consistent_hash.hash_key"), message);
+                        None
+                    }
+                }
+            }
+            (None, _, LoadBalancerAlgorithm::ConsistentHash) => Some(HashKeySource::ClientIp),
+            (None, _, _) => None,
         };
         let health = upstream
             .health_check
@@ -690,6 +711,7 @@ fn check_upstreams(
             config: upstream.clone(),
             endpoints,
             hash_key,
+            ring_weight_multiplier,
             health,
             connect_timeout: upstream
                 .connect_timeout
@@ -751,6 +773,82 @@ fn parse_hash_key(text: &str) -> Result<HashKeySource, String> {
             )),
         },
     }
+}
+
+/// Go Loom's `consistent_hash:` section: its `hash_key` (turned into a key source with the
+/// rest of the hash settings) and the ring weight multiplier that stands for `replicas`.
+fn check_go_consistent_hash<'config>(
+    checker: &mut Checker,
+    key: &str,
+    upstream: &'config UpstreamConfig,
+) -> (Option<&'config str>, u32) {
+    let section = upstream.consistent_hash.as_ref();
+    let hash_key = section
+        .and_then(|section| section.hash_key.as_deref())
+        .filter(|text| !text.is_empty());
+    let replicas = section
+        .and_then(|section| section.replicas)
+        .filter(|replicas| *replicas > 0);
+    if (hash_key.is_some() || replicas.is_some())
+        && upstream.load_balancer != LoadBalancerAlgorithm::ConsistentHash
+    {
+        checker.error(
+            format!("{key}.consistent_hash"),
+            "consistent_hash only applies to load_balancer: consistent_hash",
+        );
+    }
+    if hash_key.is_some() && upstream.hash_on.is_some() {
+        checker.error(
+            format!("{key}.consistent_hash.hash_key"),
+            "give either hash_on or consistent_hash.hash_key (Go Loom's spelling), not both",
+        );
+    }
+    let Some(replicas) = replicas else {
+        return (hash_key, 1);
+    };
+    if replicas > MAX_HASH_REPLICAS {
+        checker.error(
+            format!("{key}.consistent_hash.replicas"),
+            format!("must be at most {MAX_HASH_REPLICAS}"),
+        );
+        return (hash_key, 1);
+    }
+    let multiplier = ((replicas + KETAMA_POINTS_PER_WEIGHT / 2) / KETAMA_POINTS_PER_WEIGHT).max(1);
+    let total_weight: u64 = upstream
+        .endpoints
+        .iter()
+        .map(|endpoint| u64::from(endpoint.weight()))
+        .sum();
+    let points = total_weight
+        .saturating_mul(u64::from(multiplier))
+        .saturating_mul(u64::from(KETAMA_POINTS_PER_WEIGHT));
+    if points > MAX_HASH_RING_POINTS {
+        checker.error(
+            format!("{key}.consistent_hash.replicas"),
+            format!(
+                "with these endpoint weights the hash ring would hold {points} points \
+                 (at most {MAX_HASH_RING_POINTS}); lower replicas or the weights"
+            ),
+        );
+    }
+    (hash_key, multiplier)
+}
+
+/// Go Loom's `consistent_hash.hash_key`: `Cookie:<name>` hashes that cookie (the prefix in any
+/// case), anything else is a header name.
+fn parse_go_hash_key(text: &str) -> Result<HashKeySource, String> {
+    if let Some((prefix, name)) = text.split_once(':')
+        && prefix.eq_ignore_ascii_case("cookie")
+    {
+        return if name.is_empty() {
+            Err(format!("\"{text}\" names no cookie; use Cookie:<name>"))
+        } else {
+            Ok(HashKeySource::Cookie(name.to_string()))
+        };
+    }
+    http::HeaderName::from_bytes(text.as_bytes())
+        .map(|name| HashKeySource::Header(name.as_str().to_string()))
+        .map_err(|_| format!("\"{text}\" is neither a header name nor Cookie:<name>"))
 }
 
 fn check_health(checker: &mut Checker, key: &str, health: &HealthCheckConfig) -> HealthPlan {
