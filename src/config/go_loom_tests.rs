@@ -255,3 +255,61 @@ upstreams:
         ]
     );
 }
+
+#[test]
+fn go_loom_bulkhead_sets_the_limit_the_queue_bound_and_the_wait() {
+    let config = load_ok(
+        r#"
+listeners:
+  - {name: http, address: "127.0.0.1:18080"}
+upstreams:
+  - name: full
+    endpoints: ["127.0.0.1:3001"]
+    bulkhead: {enabled: true, max_concurrent: 10, queue_size: 5, timeout: 2s}
+  - name: defaults
+    endpoints: ["127.0.0.1:3001"]
+    bulkhead: {enabled: true}
+  - name: waits-until-free
+    endpoints: ["127.0.0.1:3001"]
+    bulkhead: {enabled: true, queue_size: 3}
+  - name: switched-off
+    endpoints: ["127.0.0.1:3001"]
+    bulkhead: {enabled: false, max_concurrent: 10}
+"#,
+    );
+    let plans: Vec<(Option<u32>, Duration, Option<u32>)> = config
+        .upstreams
+        .iter()
+        .map(|upstream| {
+            let bulkhead = &upstream.resilience.bulkhead;
+            (
+                bulkhead.max_concurrent_requests,
+                bulkhead.queue_timeout,
+                bulkhead.max_waiting,
+            )
+        })
+        .collect();
+    assert_eq!(
+        plans,
+        [
+            (Some(10), Duration::from_secs(2), Some(5)),
+            (Some(100), Duration::ZERO, Some(0)),
+            (Some(100), Duration::MAX, Some(3)),
+            (None, Duration::ZERO, None),
+        ]
+    );
+}
+
+#[test]
+fn a_bulkhead_under_both_spellings_is_an_error() {
+    let errors = errors_of(&with_upstream(
+        "    max_concurrent_requests: 5\n    bulkhead: {enabled: true, max_concurrent: 5}\n",
+    ));
+    assert_eq!(
+        errors,
+        [
+            "upstreams[0].bulkhead: give either max_concurrent_requests or bulkhead \
+             (Go Loom's spelling), not both"
+        ]
+    );
+}

@@ -18,6 +18,8 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
 const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::ZERO;
+/// Go Loom's bulkhead size when `bulkhead.max_concurrent` is left out.
+const GO_DEFAULT_MAX_CONCURRENT: u32 = 100;
 /// Go Loom's backoff bounds, for the one a block in Go Loom's spelling leaves out.
 const GO_DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 const GO_DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -47,7 +49,11 @@ impl Default for FailurePolicy {
 pub struct BulkheadPlan {
     pub max_concurrent_requests: Option<u32>,
     pub max_concurrent_requests_per_endpoint: Option<u32>,
+    /// How long a request waits for a slot; `Duration::MAX` waits until one frees.
     pub queue_timeout: Duration,
+    /// Go Loom's `queue_size`: requests that may wait at once; `None` bounds the queue only
+    /// by the timeout (Loom's own keys).
+    pub max_waiting: Option<u32>,
 }
 
 /// Resilience plan of one upstream.
@@ -84,6 +90,18 @@ pub fn upstream_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> Resi
         .outlier_detection
         .as_ref()
         .map(|config| outlier_settings(config, problems));
+    let bulkhead = bulkhead_plan(upstream, problems);
+    ResiliencePlan {
+        breaker,
+        retry,
+        budget_percent,
+        min_retry_concurrency,
+        outlier,
+        bulkhead,
+    }
+}
+
+fn bulkhead_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> BulkheadPlan {
     for (field, value) in [
         ("max_concurrent_requests", upstream.max_concurrent_requests),
         (
@@ -95,19 +113,60 @@ pub fn upstream_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> Resi
             problems.push((field.to_string(), "must be at least 1".to_string()));
         }
     }
-    ResiliencePlan {
-        breaker,
-        retry,
-        budget_percent,
-        min_retry_concurrency,
-        outlier,
-        bulkhead: BulkheadPlan {
+    let per_endpoint = upstream.max_concurrent_requests_per_endpoint;
+    let Some(section) = &upstream.bulkhead else {
+        return BulkheadPlan {
             max_concurrent_requests: upstream.max_concurrent_requests,
-            max_concurrent_requests_per_endpoint: upstream.max_concurrent_requests_per_endpoint,
+            max_concurrent_requests_per_endpoint: per_endpoint,
             queue_timeout: upstream
                 .queue_timeout
                 .map_or(DEFAULT_QUEUE_TIMEOUT, |value| value.0),
-        },
+            max_waiting: None,
+        };
+    };
+    for (field, given) in [
+        (
+            "max_concurrent_requests",
+            upstream.max_concurrent_requests.is_some(),
+        ),
+        ("queue_timeout", upstream.queue_timeout.is_some()),
+    ] {
+        if given {
+            problems.push((
+                "bulkhead".to_string(),
+                format!("give either {field} or bulkhead (Go Loom's spelling), not both"),
+            ));
+        }
+    }
+    if !section.enabled {
+        return BulkheadPlan {
+            max_concurrent_requests: None,
+            max_concurrent_requests_per_endpoint: per_endpoint,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_waiting: None,
+        };
+    }
+    // Go Loom's zero values mean its defaults: 100 in flight, no queue, no time limit.
+    let queue_size = section.queue_size.unwrap_or(0);
+    let queue_timeout = if queue_size == 0 {
+        Duration::ZERO
+    } else {
+        section
+            .timeout
+            .map(|value| value.0)
+            .filter(|timeout| !timeout.is_zero())
+            .unwrap_or(Duration::MAX)
+    };
+    BulkheadPlan {
+        max_concurrent_requests: Some(
+            section
+                .max_concurrent
+                .filter(|limit| *limit > 0)
+                .unwrap_or(GO_DEFAULT_MAX_CONCURRENT),
+        ),
+        max_concurrent_requests_per_endpoint: per_endpoint,
+        queue_timeout,
+        max_waiting: Some(queue_size),
     }
 }
 

@@ -400,13 +400,36 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetectionConfig>,
     /// Bulkhead: requests in flight to this upstream; beyond it requests queue for
-    /// `queue_timeout`, then get 503 `upstream_saturated`.
+    /// `queue_timeout`, then get 503 `upstream_saturated`. Go Loom spells the two keys as the
+    /// `bulkhead:` section; a config gives one spelling or the other.
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
     pub max_concurrent_requests_per_endpoint: Option<u32>,
     #[serde(default)]
     pub queue_timeout: Option<DurationValue>,
+    /// Go Loom's bulkhead.
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConfig>,
+}
+
+/// Go Loom's `bulkhead:`: another spelling of `max_concurrent_requests` and `queue_timeout`,
+/// with a bound on how many requests may queue.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BulkheadConfig {
+    /// `false` (Go Loom's default): no bulkhead; the other keys are then not used.
+    pub enabled: bool,
+    /// Requests in flight to the upstream (`max_concurrent_requests`); absent or 0: Go Loom's
+    /// default, 100.
+    pub max_concurrent: Option<u32>,
+    /// Requests that may wait for a slot at once; one more is refused at once with the same
+    /// 503 `upstream_saturated`. Absent or 0: nothing waits, a full bulkhead refuses at once.
+    pub queue_size: Option<u32>,
+    /// How long a queued request waits for a slot (`queue_timeout`); absent or 0: until a slot
+    /// frees, as in Go Loom. (A waiting request is not dropped when its client goes away:
+    /// Pingora does not watch the client connection before the request goes upstream.)
+    pub timeout: Option<DurationValue>,
 }
 
 /// Go Loom's `consistent_hash:`; it applies to `load_balancer: consistent_hash` only. Go

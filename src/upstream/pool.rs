@@ -182,6 +182,7 @@ impl UpstreamPool {
             &plan.config.name,
             resilience.bulkhead.max_concurrent_requests,
             resilience.bulkhead.queue_timeout,
+            resilience.bulkhead.max_waiting,
         );
         if resilience.breaker.is_some() {
             for endpoint in &plan.endpoints {
