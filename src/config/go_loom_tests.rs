@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::validate::{HashKeySource, ValidatedConfig};
+use super::validate::{DiscoveredService, DiscoveryPlan, HashKeySource, ValidatedConfig};
 use crate::upstream::retry::RetryCondition;
 
 const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.crt");
@@ -311,5 +311,120 @@ fn a_bulkhead_under_both_spellings_is_an_error() {
             "upstreams[0].bulkhead: give either max_concurrent_requests or bulkhead \
              (Go Loom's spelling), not both"
         ]
+    );
+}
+
+#[test]
+fn go_loom_dns_discovery_records_its_interval_and_takes_service_name_addresses_as_endpoints() {
+    let config = load_ok(
+        r#"
+listeners:
+  - {name: http, address: "127.0.0.1:18080"}
+upstreams:
+  - name: by-endpoint
+    endpoints: ["localhost:3001"]
+    service_discovery: {enabled: true, provider: dns, refresh_interval: 5s}
+  - name: by-service
+    # Only the port of the listed endpoint is used: the name is never resolved.
+    endpoints: ["placeholder.invalid:3002"]
+    service_discovery: {enabled: true, provider: dns, service_name: localhost}
+  - name: switched-off
+    endpoints: ["127.0.0.1:3003"]
+    service_discovery: {enabled: false, provider: consul}
+"#,
+    );
+    let upstreams = &config.upstreams;
+    assert_eq!(
+        upstreams[0].discovery,
+        Some(DiscoveryPlan {
+            refresh_interval: Duration::from_secs(5),
+            service: None,
+        })
+    );
+    assert_eq!(
+        upstreams[1].discovery,
+        Some(DiscoveryPlan {
+            refresh_interval: Duration::from_secs(30),
+            service: Some(DiscoveredService {
+                name: "localhost".to_string(),
+                port: 3002,
+            }),
+        })
+    );
+    let endpoints: Vec<(&str, String, u32, &str)> = upstreams[1]
+        .endpoints
+        .iter()
+        .map(|endpoint| {
+            (
+                endpoint.address.as_str(),
+                endpoint.socket.to_string(),
+                endpoint.weight,
+                endpoint.host.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        endpoints,
+        [(
+            "127.0.0.1:3002",
+            "127.0.0.1:3002".to_string(),
+            1,
+            "localhost"
+        )]
+    );
+    assert_eq!(upstreams[2].discovery, None);
+}
+
+#[test]
+fn discovery_providers_other_than_dns_are_refused() {
+    let errors = errors_of(
+        r#"
+listeners:
+  - {name: http, address: "127.0.0.1:18080"}
+upstreams:
+  - name: consul
+    endpoints: ["127.0.0.1:3001"]
+    service_discovery: {enabled: true, provider: consul}
+  - name: kubernetes
+    endpoints: ["127.0.0.1:3001"]
+    service_discovery: {enabled: true, provider: kubernetes}
+  - name: never
+    endpoints: ["127.0.0.1:3001"]
+    service_discovery: {enabled: true, provider: dns, refresh_interval: 0s}
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "upstreams[0].service_discovery.provider: service discovery provider \"consul\" is \
+             not supported yet (dns is)",
+            "upstreams[1].service_discovery.provider: service discovery provider \"kubernetes\" \
+             is not supported yet (dns is)",
+            "upstreams[2].service_discovery.refresh_interval: must be greater than zero",
+        ]
+    );
+}
+
+#[test]
+fn resolved_addresses_keep_ipv4_when_there_is_any_sorted_and_once_each() {
+    let parse = |text: &str| -> std::net::SocketAddr {
+        match text.parse() {
+            Ok(address) => address,
+            Err(error) => panic!("{text}: {error}"),
+        }
+    };
+    let answer = [
+        parse("10.0.0.2:80"),
+        parse("[::1]:80"),
+        parse("10.0.0.1:80"),
+        parse("10.0.0.2:80"),
+    ];
+    assert_eq!(
+        super::validate::preferred_addresses(answer),
+        [parse("10.0.0.1:80"), parse("10.0.0.2:80")]
+    );
+    assert_eq!(
+        super::validate::preferred_addresses([parse("[::2]:80"), parse("[::1]:80")]),
+        [parse("[::1]:80"), parse("[::2]:80")]
     );
 }

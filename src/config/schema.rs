@@ -411,6 +411,27 @@ pub struct UpstreamConfig {
     /// Go Loom's bulkhead.
     #[serde(default)]
     pub bulkhead: Option<BulkheadConfig>,
+    /// Go Loom's service discovery (DNS only).
+    #[serde(default)]
+    pub service_discovery: Option<ServiceDiscoveryConfig>,
+}
+
+/// Go Loom's `service_discovery:`. With the `dns` provider, the names behind the upstream's
+/// endpoints are resolved again every `refresh_interval`, and a changed answer reloads the
+/// config (as SIGHUP does), which moves the upstream to the new addresses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ServiceDiscoveryConfig {
+    /// `false` (Go Loom's default): the section loads and nothing runs.
+    pub enabled: bool,
+    /// `dns`. Go Loom's `consul` and `kubernetes` are not built yet and are refused.
+    pub provider: Option<String>,
+    /// A DNS name whose addresses are the upstream's endpoints, each on the port of the first
+    /// listed endpoint (the listed endpoints give only that port then). Absent: each listed
+    /// endpoint's own host name is what is resolved again.
+    pub service_name: Option<String>,
+    /// How often the names are resolved again; default 30s.
+    pub refresh_interval: Option<DurationValue>,
 }
 
 /// Go Loom's `bulkhead:`: another spelling of `max_concurrent_requests` and `queue_timeout`,

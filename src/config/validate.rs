@@ -40,6 +40,7 @@ const MAX_HASH_REPLICAS: u32 = 16_000;
 const MAX_HASH_RING_POINTS: u64 = 1 << 22;
 const MAX_THRESHOLD: usize = 100;
 const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(30);
 
 /// Everything the runtime needs, checked and resolved.
 pub struct ValidatedConfig {
@@ -109,6 +110,22 @@ pub struct HealthPlan {
     pub host: Option<String>,
 }
 
+/// Go Loom's DNS service discovery for one upstream (run by `crate::control::discovery`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoveryPlan {
+    pub refresh_interval: Duration,
+    /// Go Loom's `service_name`; `None`: each endpoint's own host name is resolved again.
+    pub service: Option<DiscoveredService>,
+}
+
+/// A DNS name whose addresses are an upstream's endpoints, all on one port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoveredService {
+    pub name: String,
+    /// The port of the first listed endpoint.
+    pub port: u16,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamPlan {
     pub config: UpstreamConfig,
@@ -125,6 +142,8 @@ pub struct UpstreamPlan {
     pub resilience: ResiliencePlan,
     /// `server.ca_file`, resolved: the CA bundle HTTPS upstreams and their probes trust.
     pub ca_file: Option<String>,
+    /// Go Loom's `service_discovery` when it is switched on.
+    pub discovery: Option<DiscoveryPlan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -638,31 +657,15 @@ fn check_upstreams(
                 format!("at most {MAX_ENDPOINTS} endpoints per upstream are supported"),
             );
         }
-        let mut endpoints: Vec<ResolvedEndpoint> = Vec::new();
-        for (index, endpoint) in upstream.endpoints.iter().enumerate() {
-            let endpoint_key = format!("{key}.endpoints[{index}]");
-            if endpoint.weight() == 0 {
-                checker.error(
-                    format!("{endpoint_key}.weight"),
-                    "weight must be at least 1",
-                );
-            }
-            match resolve_endpoint(endpoint.address()) {
-                Ok((socket, _)) if endpoints.iter().any(|seen| seen.socket == socket) => {
-                    checker.error(
-                        endpoint_key,
-                        format!("endpoint {socket} is listed twice in this upstream"),
-                    );
-                }
-                Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
-                    address: endpoint.address().to_string(),
-                    socket,
-                    weight: endpoint.weight().max(1),
-                    host,
-                }),
-                Err(message) => checker.error(endpoint_key, message),
-            }
-        }
+        let discovery = check_discovery(checker, &key, upstream);
+        let endpoints = match discovery.as_ref().and_then(|plan| plan.service.as_ref()) {
+            Some(service) => resolve_service(
+                checker,
+                &format!("{key}.service_discovery.service_name"),
+                service,
+            ),
+            None => resolve_listed_endpoints(checker, &key, upstream),
+        };
         if upstream.hash_on.is_some()
             && upstream.load_balancer != LoadBalancerAlgorithm::ConsistentHash
         {
@@ -724,9 +727,173 @@ fn check_upstreams(
                 .map_or(DEFAULT_WRITE_TIMEOUT, |value| value.0),
             resilience,
             ca_file: ca_file.clone(),
+            discovery,
         });
     }
     plans
+}
+
+fn resolve_listed_endpoints(
+    checker: &mut Checker,
+    key: &str,
+    upstream: &UpstreamConfig,
+) -> Vec<ResolvedEndpoint> {
+    let mut endpoints: Vec<ResolvedEndpoint> = Vec::new();
+    for (index, endpoint) in upstream.endpoints.iter().enumerate() {
+        let endpoint_key = format!("{key}.endpoints[{index}]");
+        if endpoint.weight() == 0 {
+            checker.error(
+                format!("{endpoint_key}.weight"),
+                "weight must be at least 1",
+            );
+        }
+        match resolve_endpoint(endpoint.address()) {
+            Ok((socket, _)) if endpoints.iter().any(|seen| seen.socket == socket) => {
+                checker.error(
+                    endpoint_key,
+                    format!("endpoint {socket} is listed twice in this upstream"),
+                );
+            }
+            Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
+                address: endpoint.address().to_string(),
+                socket,
+                weight: endpoint.weight().max(1),
+                host,
+            }),
+            Err(message) => checker.error(endpoint_key, message),
+        }
+    }
+    endpoints
+}
+
+/// Go Loom's `service_discovery` when switched on: only the `dns` provider is built.
+fn check_discovery(
+    checker: &mut Checker,
+    key: &str,
+    upstream: &UpstreamConfig,
+) -> Option<DiscoveryPlan> {
+    let section = upstream
+        .service_discovery
+        .as_ref()
+        .filter(|section| section.enabled)?;
+    let section_key = format!("{key}.service_discovery");
+    let mut usable = true;
+    match section.provider.as_deref() {
+        Some("dns") => {}
+        Some(other) => {
+            checker.error(
+                format!("{section_key}.provider"),
+                format!("service discovery provider \"{other}\" is not supported yet (dns is)"),
+            );
+            usable = false;
+        }
+        None => {
+            checker.error(
+                format!("{section_key}.provider"),
+                "service discovery needs a provider: dns (the one supported yet)",
+            );
+            usable = false;
+        }
+    }
+    let refresh_interval = section
+        .refresh_interval
+        .map_or(DEFAULT_DISCOVERY_REFRESH, |value| value.0);
+    if refresh_interval.is_zero() {
+        checker.error(
+            format!("{section_key}.refresh_interval"),
+            "must be greater than zero",
+        );
+        usable = false;
+    }
+    let service_name = section
+        .service_name
+        .as_deref()
+        .filter(|name| !name.is_empty());
+    let service = match service_name {
+        None => None,
+        Some(name) => {
+            // A first endpoint without a valid port is reported when the listed endpoints are
+            // resolved, which is what happens without a usable plan.
+            let port = upstream
+                .endpoints
+                .first()
+                .and_then(|endpoint| endpoint.address().rsplit_once(':'))
+                .and_then(|(_, port)| port.parse::<u16>().ok());
+            match port {
+                Some(port) => Some(DiscoveredService {
+                    name: name.to_string(),
+                    port,
+                }),
+                None => {
+                    usable = false;
+                    None
+                }
+            }
+        }
+    };
+    usable.then_some(DiscoveryPlan {
+        refresh_interval,
+        service,
+    })
+}
+
+/// Go Loom's `service_name`: every address the name resolves to, each an endpoint of weight 1
+/// (as in Go Loom) on the service's port, named by its address in metrics and the admin API.
+fn resolve_service(
+    checker: &mut Checker,
+    key: &str,
+    service: &DiscoveredService,
+) -> Vec<ResolvedEndpoint> {
+    let target = format!("{}:{}", service.name, service.port);
+    let addresses = match target.to_socket_addrs() {
+        Ok(addresses) => preferred_addresses(addresses),
+        Err(error) => {
+            checker.error(
+                key.to_string(),
+                format!("cannot resolve \"{}\": {error}", service.name),
+            );
+            return Vec::new();
+        }
+    };
+    if addresses.is_empty() {
+        checker.error(
+            key.to_string(),
+            format!("\"{}\" resolved to no address", service.name),
+        );
+    }
+    if addresses.len() > MAX_ENDPOINTS {
+        checker.error(
+            key.to_string(),
+            format!(
+                "\"{}\" resolves to {} addresses; at most {MAX_ENDPOINTS} endpoints per \
+                 upstream are supported",
+                service.name,
+                addresses.len()
+            ),
+        );
+    }
+    addresses
+        .into_iter()
+        .map(|socket| ResolvedEndpoint {
+            address: socket.to_string(),
+            socket,
+            weight: 1,
+            host: service.name.clone(),
+        })
+        .collect()
+}
+
+/// The addresses of a resolved name that Loom uses: the IPv4 ones when there are any (so that
+/// `localhost` reaches servers bound to 127.0.0.1), all of them otherwise; sorted and without
+/// repeats, so that one answer in another order gives the same endpoints.
+pub fn preferred_addresses(addresses: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let mut addresses: Vec<SocketAddr> = addresses.into_iter().collect();
+    if addresses.iter().any(SocketAddr::is_ipv4) {
+        addresses.retain(SocketAddr::is_ipv4);
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 /// Resolves `host:port`, preferring IPv4 so that `localhost` reaches servers bound to
