@@ -17,7 +17,12 @@ fn config_path() -> PathBuf {
 
 /// The validated config, or its errors as `key_path: message`.
 fn load(text: &str) -> Result<ValidatedConfig, Vec<String>> {
-    super::load_text(&config_path(), text).map_err(|errors| {
+    load_at(&config_path(), text)
+}
+
+/// [`load`] for a config file at `path` (relative files resolve from its directory).
+fn load_at(path: &Path, text: &str) -> Result<ValidatedConfig, Vec<String>> {
+    super::load_text(path, text).map_err(|errors| {
         errors
             .iter()
             .map(|error| format!("{}: {}", error.key_path, error.message))
@@ -427,4 +432,41 @@ fn resolved_addresses_keep_ipv4_when_there_is_any_sorted_and_once_each() {
         super::validate::preferred_addresses([parse("[::2]:80"), parse("[::1]:80")]),
         [parse("[::1]:80"), parse("[::2]:80")]
     );
+}
+
+#[test]
+fn go_loom_plugin_timeout_and_memory_limit_become_plan_limits() {
+    let directory = match tempfile::tempdir() {
+        Ok(directory) => directory,
+        Err(error) => panic!("no temporary directory: {error}"),
+    };
+    // Validation only checks that the module file is there; compiling it is the registry's job.
+    if let Err(error) = std::fs::write(directory.path().join("plugin.wasm"), b"\0asm") {
+        panic!("cannot write the module: {error}");
+    }
+    let config_file = directory.path().join("loom.yaml");
+    let text = r#"
+listeners:
+  - {name: http, address: "127.0.0.1:18080"}
+plugins:
+  - name: slow
+    path: plugin.wasm
+    phase: on_request_headers
+    priority: 10
+    config: {header: x-api-key}
+    memory_limit: 16MB
+    timeout: 50ms
+"#;
+    let config = match load_at(&config_file, text) {
+        Ok(config) => config,
+        Err(errors) => panic!("config refused:\n{}", errors.join("\n")),
+    };
+    let plan = &config.plugins.plugins[0];
+    assert_eq!(plan.timeout, Some(Duration::from_millis(50)));
+    assert_eq!(plan.memory_limit_pages, 256);
+    let errors = match load_at(&config_file, &text.replace("50ms", "0s")) {
+        Ok(_) => panic!("a zero timeout was accepted"),
+        Err(errors) => errors,
+    };
+    assert_eq!(errors, ["plugins[0].timeout: must be greater than zero"]);
 }

@@ -502,6 +502,13 @@ pub struct PluginConfig {
     /// Linear-memory cap per instance.
     #[serde(default)]
     pub memory_limit: Option<SizeValue>,
+    /// Wall-clock limit for one callback (Go Loom's `timeout`), on top of `max_fuel`. It is
+    /// checked when the callback returns: fuel is what stops a runaway loop, this catches a
+    /// callback that stays within its fuel and is still too slow. A callback over the limit
+    /// fails with kind `timeout`, handled as running out of fuel is (`on_error`, a fresh
+    /// instance, quarantine counting). Absent: no limit but fuel.
+    #[serde(default)]
+    pub timeout: Option<DurationValue>,
     /// Instances in the plugin's pool; default: one per worker thread.
     #[serde(default)]
     pub instances: Option<usize>,
