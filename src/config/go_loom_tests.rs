@@ -470,3 +470,66 @@ plugins:
     };
     assert_eq!(errors, ["plugins[0].timeout: must be greater than zero"]);
 }
+
+/// SHA-256 of "secret" in hex, as Go Loom's `admin.auth.users` holds passwords.
+const SECRET_DIGEST: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+#[test]
+fn go_loom_admin_auth_loads_its_users_and_refuses_other_hashes() {
+    let config = load_ok(&format!(
+        r#"
+listeners:
+  - {{name: http, address: "127.0.0.1:18080"}}
+admin:
+  address: "127.0.0.1:19091"
+  enabled: true
+  auth:
+    enabled: true
+    realm: Loom
+    users:
+      admin: {SECRET_DIGEST}
+"#
+    ));
+    let auth = match &config.admin_auth {
+        Some(auth) => auth,
+        None => panic!("admin.auth did not make a plan"),
+    };
+    assert_eq!(auth.challenge(), "Basic realm=\"Loom\"");
+    // admin:secret
+    let credentials = http::HeaderValue::from_static("Basic YWRtaW46c2VjcmV0");
+    assert!(auth.admits(Some(&credentials)));
+
+    let errors = errors_of(
+        r#"
+listeners:
+  - {name: http, address: "127.0.0.1:18080"}
+admin:
+  auth:
+    enabled: true
+    users:
+      admin: "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "admin.auth.users.admin: must be the SHA-256 digest of the password as 64 \
+             hexadecimal characters (printf %s PASSWORD | sha256sum); bcrypt and other hashes \
+             are not supported"
+        ]
+    );
+    let errors = errors_of(
+        "listeners:\n  - {name: http, address: \"127.0.0.1:18080\"}\nadmin:\n  auth: \
+         {enabled: true}\n",
+    );
+    assert_eq!(
+        errors,
+        ["admin.auth.users: at least one user is needed when auth is enabled"]
+    );
+    // Switched off, the section loads and the admin API stays open.
+    let config = load_ok(
+        "listeners:\n  - {name: http, address: \"127.0.0.1:18080\"}\nadmin:\n  auth: \
+         {enabled: false, users: {admin: not-a-digest}}\n",
+    );
+    assert!(config.admin_auth.is_none());
+}

@@ -552,6 +552,8 @@ impl Default for PluginQuarantineConfig {
 pub struct AdminConfig {
     pub address: String,
     pub enabled: bool,
+    /// Go Loom's HTTP Basic authentication of the admin API.
+    pub auth: Option<AdminAuthConfig>,
 }
 
 impl Default for AdminConfig {
@@ -559,8 +561,24 @@ impl Default for AdminConfig {
         AdminConfig {
             address: "127.0.0.1:9091".to_string(),
             enabled: true,
+            auth: None,
         }
     }
+}
+
+/// Go Loom's `admin.auth:`. When enabled, every admin path (`/metrics` and `/health`
+/// included) answers 401 with a Basic challenge unless the request carries a user's
+/// credentials (see `crate::admin::auth`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AdminAuthConfig {
+    /// `false` (Go Loom's default): the admin API is open.
+    pub enabled: bool,
+    /// User name -> SHA-256 digest of the password as 64 hexadecimal characters
+    /// (`printf %s PASSWORD | sha256sum`).
+    pub users: BTreeMap<String, String>,
+    /// The realm of the `WWW-Authenticate: Basic` challenge; default `loom admin`.
+    pub realm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

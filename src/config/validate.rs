@@ -17,6 +17,7 @@ use super::schema::{
     RouteConfig, UpstreamConfig,
 };
 use super::yaml::{ConfigError, Node};
+use crate::admin::auth::AdminAuthPlan;
 use crate::policy::PolicyStep;
 use crate::policy::client_ip::Cidr;
 use crate::router::{RouteSpec, Router};
@@ -59,6 +60,8 @@ pub struct ValidatedConfig {
     pub stream: Option<super::stream::StreamPlan>,
     /// `server.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Go Loom's `admin.auth` when it is switched on.
+    pub admin_auth: Option<AdminAuthPlan>,
 }
 
 /// One step of a route's chain, in the order it runs.
@@ -278,6 +281,15 @@ pub fn validate(
     } else {
         None
     };
+    let admin_auth = match file_config.admin.auth.as_ref() {
+        None => None,
+        Some(auth) => AdminAuthPlan::from_config(auth).unwrap_or_else(|problems| {
+            for (path, message) in problems {
+                checker.error(format!("admin.auth.{path}"), message);
+            }
+            None
+        }),
+    };
     if !file_config.metrics.prometheus.path.starts_with('/') {
         checker.error(
             "metrics.prometheus.path".into(),
@@ -326,6 +338,7 @@ pub fn validate(
         plugins,
         stream,
         trusted_proxies,
+        admin_auth,
     }
 }
 

@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub server: crate::config::schema::ServerSection,
     /// `server.trusted_proxies`: whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
+    /// Who may use the admin API, when Go Loom's `admin.auth` is on; a reload applies it to
+    /// the next admin request.
+    pub admin_auth: Option<crate::admin::auth::AdminAuthPlan>,
 }
 
 impl Snapshot {
@@ -125,6 +128,7 @@ impl Snapshot {
             reload_interval: validated.file.reload.interval.0,
             server: validated.file.server,
             trusted_proxies: validated.trusted_proxies,
+            admin_auth: validated.admin_auth,
         }
     }
 
