@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::validate::{DiscoveredService, DiscoveryPlan, HashKeySource, ValidatedConfig};
-use crate::upstream::retry::RetryCondition;
+use super::validate::{
+    ChainEntry, DiscoveredService, DiscoveryPlan, HashKeySource, ValidatedConfig,
+};
+use crate::upstream::retry::{RetryCondition, RetryPolicy};
 
 const CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.crt");
 const KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.key");
@@ -152,10 +154,7 @@ fn a_go_loom_backoff_bound_left_out_takes_go_looms_default() {
     assert_eq!(retry.backoff_base, Duration::from_secs(1));
     assert_eq!(retry.backoff_max, Duration::from_secs(10));
     // An empty list is Go Loom's default: 502, 503, 504 and the connection failures.
-    assert_eq!(
-        retry.retry_on,
-        crate::upstream::retry::RetryPolicy::default().retry_on
-    );
+    assert_eq!(retry.retry_on, RetryPolicy::default().retry_on);
 }
 
 #[test]
@@ -532,4 +531,152 @@ admin:
          {enabled: false, users: {admin: not-a-digest}}\n",
     );
     assert!(config.admin_auth.is_none());
+}
+
+/// `tests/fixtures/go-loom.yaml` uses every Go Loom key Loom gives a meaning to. Its plugin
+/// comes from plugins/dist, which only exists after plugins/build.sh, so `plugin_dir` is
+/// pointed at a stand-in module here (validation does not compile it; `loom -t` on the
+/// fixture, in the CLI tests, does).
+#[test]
+fn the_go_loom_fixture_loads_with_each_key_meaning_what_it_means_in_go_loom() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go-loom.yaml");
+    let plugin_dir = match tempfile::tempdir() {
+        Ok(directory) => directory,
+        Err(error) => panic!("no temporary directory: {error}"),
+    };
+    if let Err(error) = std::fs::write(plugin_dir.path().join("loom_headers.wasm"), b"\0asm") {
+        panic!("cannot write the stand-in module: {error}");
+    }
+    let original = include_str!("../../tests/fixtures/go-loom.yaml");
+    let text = original.replace(
+        "plugin_dir: ../../plugins/dist",
+        &format!("plugin_dir: \"{}\"", plugin_dir.path().display()),
+    );
+    assert_ne!(
+        text, original,
+        "the fixture no longer takes its plugin from plugins/dist"
+    );
+    let config = match load_at(&fixture, &text) {
+        Ok(config) => config,
+        Err(errors) => panic!("the fixture was refused:\n{}", errors.join("\n")),
+    };
+
+    let listeners: Vec<(&str, &str, bool)> = config
+        .listeners
+        .iter()
+        .map(|listener| {
+            (
+                listener.name.as_str(),
+                listener.protocol.as_str(),
+                listener.protocol.accepts_h2c(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listeners,
+        [
+            ("http", "http", false),
+            ("h2c", "h2c", true),
+            ("grpc", "grpc", true),
+            ("grpcs", "grpcs", false),
+        ]
+    );
+    let (cert, key) = config.listeners[3].tls.clone().unwrap_or_default();
+    assert!(
+        cert.ends_with("tests/fixtures/localhost.crt")
+            && key.ends_with("tests/fixtures/localhost.key"),
+        "{cert} {key}"
+    );
+
+    let users = &config.upstreams[0];
+    assert_eq!(
+        users.hash_key,
+        Some(HashKeySource::Header("x-user-id".to_string()))
+    );
+    // 150 replicas: one unit of weight, 160 points per endpoint.
+    assert_eq!(users.ring_weight_multiplier, 1);
+    let retry = &users.resilience.retry;
+    assert_eq!(
+        (retry.max_retries, retry.backoff_base, retry.backoff_max),
+        (3, Duration::from_millis(100), Duration::from_secs(2))
+    );
+    // 502, 503 and 504 on top of the connection failures: Loom's default list.
+    assert_eq!(retry.retry_on, RetryPolicy::default().retry_on);
+    let bulkhead = &users.resilience.bulkhead;
+    assert_eq!(
+        (
+            bulkhead.max_concurrent_requests,
+            bulkhead.queue_timeout,
+            bulkhead.max_waiting
+        ),
+        (Some(100), Duration::from_secs(5), Some(10))
+    );
+    assert_eq!(
+        users.discovery,
+        Some(DiscoveryPlan {
+            refresh_interval: Duration::from_secs(30),
+            service: None,
+        })
+    );
+    let breaker = users.resilience.breaker.as_ref().map(|(settings, _)| {
+        (
+            settings.failure_threshold,
+            settings.success_threshold,
+            settings.open_timeout,
+        )
+    });
+    assert_eq!(breaker, Some((5, 2, Duration::from_secs(30))));
+    assert!(users.health.is_some());
+    let sessions = &config.upstreams[1];
+    assert_eq!(
+        sessions.hash_key,
+        Some(HashKeySource::Cookie("session".to_string()))
+    );
+    assert_eq!(sessions.ring_weight_multiplier, 3);
+    assert_eq!(sessions.discovery, None);
+
+    let plugin = &config.plugins.plugins[0];
+    assert_eq!(
+        (plugin.timeout, plugin.memory_limit_pages),
+        (Some(Duration::from_millis(50)), 256)
+    );
+    // The top-level cors section applies to every route, before the route's own plugins.
+    let chain: Vec<String> = config.routes[0]
+        .chain
+        .iter()
+        .map(|entry| match entry {
+            ChainEntry::Policy(step) => step.policy.kind().to_string(),
+            ChainEntry::Wasm(name) => format!("wasm {name}"),
+        })
+        .collect();
+    assert_eq!(chain, ["cors", "wasm headers"]);
+
+    let auth = match &config.admin_auth {
+        Some(auth) => auth,
+        None => panic!("admin.auth did not make a plan"),
+    };
+    assert_eq!(auth.challenge(), "Basic realm=\"Loom Admin\"");
+    // admin:secret
+    let credentials = http::HeaderValue::from_static("Basic YWRtaW46c2VjcmV0");
+    assert!(auth.admits(Some(&credentials)));
+
+    // Go Loom features Loom has not built load switched off.
+    let file = &config.file;
+    assert!(
+        file.rate_limit
+            .as_ref()
+            .is_some_and(|section| !section.enabled)
+    );
+    assert!(
+        file.tracing
+            .as_ref()
+            .is_some_and(|section| !section.enabled)
+    );
+    assert!(file.cache.as_ref().is_some_and(|section| !section.enabled));
+    assert!(
+        file.metrics
+            .opentelemetry
+            .as_ref()
+            .is_some_and(|section| !section.enabled)
+    );
 }
