@@ -180,7 +180,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
     }
     let mut decoded = Vec::with_capacity(unpadded.len() / 4 * 3 + 2);
     let mut buffer: u32 = 0;
-    let mut buffered_bits = 0;
+    let mut buffered_bits: u32 = 0;
     for &character in unpadded {
         let value = match character {
             b'A'..=b'Z' => character - b'A',
@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn only_a_configured_user_with_the_right_password_is_admitted() {
         let digest = hex(&sha256(b"open sesame"));
-        let plan = plan(&[("Aladdin", &digest)]);
+        let plan = plan(&[("Aladdin", digest.as_str())]);
         assert!(plan.admits(Some(&basic("Aladdin:open sesame"))));
         assert!(!plan.admits(Some(&basic("Aladdin:wrong"))));
         assert!(!plan.admits(Some(&basic("Mallory:open sesame"))));
@@ -282,7 +282,8 @@ mod tests {
         // The scheme name is case-insensitive, and the digest may be written in capitals.
         let lowercase_scheme = HeaderValue::from_static("basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
         assert!(plan.admits(Some(&lowercase_scheme)));
-        let plan = self::plan(&[("Aladdin", &digest.to_ascii_uppercase())]);
+        let uppercase = digest.to_ascii_uppercase();
+        let plan = self::plan(&[("Aladdin", uppercase.as_str())]);
         assert!(plan.admits(Some(&basic("Aladdin:open sesame"))));
         assert_eq!(plan.challenge(), "Basic realm=\"loom admin\"");
     }
@@ -299,10 +300,10 @@ mod tests {
         assert_eq!(problems(&[("admin", bcrypt)], None), ["users.admin"]);
         assert_eq!(problems(&[("admin", "abc")], None), ["users.admin"]);
         let digest = hex(&sha256(b"secret"));
-        assert_eq!(problems(&[("a:b", &digest)], None), ["users.a:b"]);
+        assert_eq!(problems(&[("a:b", digest.as_str())], None), ["users.a:b"]);
         assert_eq!(problems(&[], None), ["users"]);
         assert_eq!(
-            problems(&[("admin", &digest)], Some("say \"hi\"")),
+            problems(&[("admin", digest.as_str())], Some("say \"hi\"")),
             ["realm"]
         );
         let switched_off = AdminAuthConfig {
