@@ -40,6 +40,7 @@ fn plan(name: &str, index: usize) -> PluginPlan {
         on_error: PluginFailureMode::FailClosed,
         max_fuel: 100_000_000,
         memory_limit_pages: 512,
+        timeout: None,
         instances: 1,
         max_buffered_body: 1 << 20,
         quarantine_after: 5,

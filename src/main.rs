@@ -14,7 +14,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use loom::admin::AdminApp;
-use loom::config::schema::{ListenerProtocol, ServerSection};
+use loom::config::schema::ServerSection;
 use loom::config::{self, LoadedConfig};
 use loom::control::ControlService;
 use loom::control::readiness::ListenerReadiness;
@@ -239,7 +239,9 @@ fn run(
     let server_conf = Arc::clone(&server.configuration);
     for (name, address, protocol, tls) in listeners {
         let mut options = HttpServerOptions::default();
-        options.h2c = protocol == ListenerProtocol::Http2;
+        // http2 and Go Loom's h2c and grpc: HTTP/2 prior knowledge next to HTTP/1.1. TLS
+        // listeners (https, Go Loom's grpcs, or any protocol with `tls`) offer h2 by ALPN below.
+        options.h2c = protocol.accepts_h2c();
         // The proxy is built by hand, not with `ProxyServiceBuilder`, so that `EdgeApp` can
         // put each connection behind the request-head and keep-alive deadlines first.
         let mut proxy = pingora::proxy::http_proxy(&server_conf, gateway.clone());

@@ -1,7 +1,8 @@
 //! The admin listener: `/health`, `/ready`, `/info` and Prometheus `/metrics`.
 //!
 //! It runs as its own Pingora service so that it answers (and `/ready` can say "not yet")
-//! while the proxy listeners wait for the first health-check round.
+//! while the proxy listeners wait for the first health-check round. With Go Loom's
+//! `admin.auth` on, every path asks for HTTP Basic credentials first ([`auth`]).
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+pub mod auth;
 pub mod plugins;
 pub mod routes;
 pub mod upstreams;
@@ -73,6 +75,16 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let snapshot = self.state.current();
+        if let Some(auth) = &snapshot.admin_auth {
+            let authorization = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION);
+            if !auth.admits(authorization) {
+                return unauthorized(auth);
+            }
+        }
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
         if let Some(rest) = path.strip_prefix("/upstreams") {
@@ -99,7 +111,6 @@ impl ServeHttp for AdminApp {
                 serde_json::to_vec(&document).unwrap_or_default(),
             );
         }
-        let snapshot = self.state.current();
         if snapshot.prometheus.enabled && path == snapshot.prometheus.path {
             return build(
                 StatusCode::OK,
@@ -131,6 +142,24 @@ impl ServeHttp for AdminApp {
             serde_json::to_vec(&document).unwrap_or_default(),
         )
     }
+}
+
+/// 401 with the Basic challenge, for a request without a configured user's credentials.
+fn unauthorized(auth: &auth::AdminAuthPlan) -> Response<Vec<u8>> {
+    let document = serde_json::json!({"error": {
+        "status": 401,
+        "code": "unauthorized",
+        "message": "the admin API needs a user name and password (HTTP Basic)"
+    }});
+    let mut response = build(
+        StatusCode::UNAUTHORIZED,
+        "application/json",
+        serde_json::to_vec(&document).unwrap_or_default(),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, auth.challenge().clone());
+    response
 }
 
 fn build(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {

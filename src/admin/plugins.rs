@@ -58,6 +58,7 @@ fn describe(plugin: &PluginRuntime) -> Value {
         "instances_replaced": plugin.stats.instances_replaced.load(Ordering::Relaxed),
         "fuel_used": plugin.stats.fuel_used.load(Ordering::Relaxed),
         "max_fuel_per_callback": plugin.plan.max_fuel,
+        "timeout_ms_per_callback": plugin.plan.timeout.map(|timeout| timeout.as_millis() as u64),
         "memory_pages": plugin.memory_pages(),
         "memory_limit_pages_per_instance": plugin.plan.memory_limit_pages,
         "quarantined_for_ms": plugin.quarantined_for().map(|left| left.as_millis() as u64),

@@ -90,6 +90,7 @@ fn describe(pool: &UpstreamPool) -> Value {
         "load_balancer": pool.plan.config.load_balancer.as_str(),
         "health_check": pool.plan.health.is_some(),
         "max_concurrent_requests": pool.bulkhead.limit(),
+        "bulkhead_waiting": pool.bulkhead.waiting(),
         "retry_budget": {
             "requests_in_flight": pool.budget.requests_in_flight(),
             "retries_in_flight": pool.budget.retries_in_flight(),

@@ -15,6 +15,9 @@ pub mod units;
 pub mod validate;
 pub mod yaml;
 
+#[cfg(test)]
+mod go_loom_tests;
+
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 

@@ -46,6 +46,8 @@ pub struct PluginPlan {
     pub on_error: PluginFailureMode,
     pub max_fuel: u64,
     pub memory_limit_pages: u32,
+    /// Go Loom's per-callback wall-clock limit (see `PluginConfig::timeout`).
+    pub timeout: Option<Duration>,
     pub instances: usize,
     pub max_buffered_body: usize,
     pub quarantine_after: u32,
@@ -65,6 +67,7 @@ impl PluginPlan {
             && self.vm_configuration == other.vm_configuration
             && self.max_fuel == other.max_fuel
             && self.memory_limit_pages == other.memory_limit_pages
+            && self.timeout == other.timeout
             && self.instances == other.instances
             && self.on_error == other.on_error
             && self.max_buffered_body == other.max_buffered_body
@@ -99,6 +102,7 @@ const WASM_ONLY_KEYS: &[&str] = &[
     "on_error",
     "max_fuel",
     "memory_limit",
+    "timeout",
     "instances",
     "max_buffered_body",
     "quarantine",
@@ -197,6 +201,9 @@ pub(super) fn check_plugins(
         if plugin.instances == Some(0) {
             checker.error(format!("{key}.instances"), "must be at least 1");
         }
+        if plugin.timeout.is_some_and(|timeout| timeout.0.is_zero()) {
+            checker.error(format!("{key}.timeout"), "must be greater than zero");
+        }
         if plugin.quarantine.after_failures == 0 {
             checker.error(
                 format!("{key}.quarantine.after_failures"),
@@ -227,6 +234,7 @@ pub(super) fn check_plugins(
             on_error: plugin.on_error,
             max_fuel: plugin.max_fuel.unwrap_or(DEFAULT_MAX_FUEL),
             memory_limit_pages: (memory_limit / WASM_PAGE).min(u64::from(u32::MAX)) as u32,
+            timeout: plugin.timeout.map(|timeout| timeout.0),
             instances: plugin.instances.unwrap_or(threads),
             max_buffered_body: plugin
                 .max_buffered_body

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::schema::{
     CircuitBreakerConfig, OutlierDetectionConfig, RetryBudgetConfig, RetryConfig, UpstreamConfig,
 };
+use super::validate::either_spelling;
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::outlier::OutlierSettings;
 use crate::upstream::retry::{Jitter, RetryCondition, RetryPolicy};
@@ -17,6 +18,11 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
 const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::ZERO;
+/// Go Loom's bulkhead size when `bulkhead.max_concurrent` is left out.
+const GO_DEFAULT_MAX_CONCURRENT: u32 = 100;
+/// Go Loom's backoff bounds, for the one a block in Go Loom's spelling leaves out.
+const GO_DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+const GO_DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What the breaker counts as a failure.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +49,11 @@ impl Default for FailurePolicy {
 pub struct BulkheadPlan {
     pub max_concurrent_requests: Option<u32>,
     pub max_concurrent_requests_per_endpoint: Option<u32>,
+    /// How long a request waits for a slot; `Duration::MAX` waits until one frees.
     pub queue_timeout: Duration,
+    /// Go Loom's `queue_size`: requests that may wait at once; `None` bounds the queue only
+    /// by the timeout (Loom's own keys).
+    pub max_waiting: Option<u32>,
 }
 
 /// Resilience plan of one upstream.
@@ -80,6 +90,18 @@ pub fn upstream_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> Resi
         .outlier_detection
         .as_ref()
         .map(|config| outlier_settings(config, problems));
+    let bulkhead = bulkhead_plan(upstream, problems);
+    ResiliencePlan {
+        breaker,
+        retry,
+        budget_percent,
+        min_retry_concurrency,
+        outlier,
+        bulkhead,
+    }
+}
+
+fn bulkhead_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> BulkheadPlan {
     for (field, value) in [
         ("max_concurrent_requests", upstream.max_concurrent_requests),
         (
@@ -91,19 +113,60 @@ pub fn upstream_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> Resi
             problems.push((field.to_string(), "must be at least 1".to_string()));
         }
     }
-    ResiliencePlan {
-        breaker,
-        retry,
-        budget_percent,
-        min_retry_concurrency,
-        outlier,
-        bulkhead: BulkheadPlan {
+    let per_endpoint = upstream.max_concurrent_requests_per_endpoint;
+    let Some(section) = &upstream.bulkhead else {
+        return BulkheadPlan {
             max_concurrent_requests: upstream.max_concurrent_requests,
-            max_concurrent_requests_per_endpoint: upstream.max_concurrent_requests_per_endpoint,
+            max_concurrent_requests_per_endpoint: per_endpoint,
             queue_timeout: upstream
                 .queue_timeout
                 .map_or(DEFAULT_QUEUE_TIMEOUT, |value| value.0),
-        },
+            max_waiting: None,
+        };
+    };
+    for (field, given) in [
+        (
+            "max_concurrent_requests",
+            upstream.max_concurrent_requests.is_some(),
+        ),
+        ("queue_timeout", upstream.queue_timeout.is_some()),
+    ] {
+        if given {
+            problems.push((
+                "bulkhead".to_string(),
+                format!("give either {field} or bulkhead (Go Loom's spelling), not both"),
+            ));
+        }
+    }
+    if !section.enabled {
+        return BulkheadPlan {
+            max_concurrent_requests: None,
+            max_concurrent_requests_per_endpoint: per_endpoint,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_waiting: None,
+        };
+    }
+    // Go Loom's zero values mean its defaults: 100 in flight, no queue, no time limit.
+    let queue_size = section.queue_size.unwrap_or(0);
+    let queue_timeout = if queue_size == 0 {
+        Duration::ZERO
+    } else {
+        section
+            .timeout
+            .map(|value| value.0)
+            .filter(|timeout| !timeout.is_zero())
+            .unwrap_or(Duration::MAX)
+    };
+    BulkheadPlan {
+        max_concurrent_requests: Some(
+            section
+                .max_concurrent
+                .filter(|limit| *limit > 0)
+                .unwrap_or(GO_DEFAULT_MAX_CONCURRENT),
+        ),
+        max_concurrent_requests_per_endpoint: per_endpoint,
+        queue_timeout,
+        max_waiting: Some(queue_size),
     }
 }
 
@@ -201,9 +264,20 @@ pub fn retry_policy(config: &RetryConfig, key: &str, problems: &mut Problems) ->
             format!("must be at most {MAX_RETRIES}"),
         ));
     }
-    let retry_on = match &config.retry_on {
-        Some(texts) => conditions(texts, &format!("{key}.retry_on"), problems),
-        None => defaults.retry_on.clone(),
+    let retry_on = match (&config.retry_on, &config.retryable_codes) {
+        (Some(_), Some(_)) => {
+            problems.push((
+                format!("{key}.retryable_codes"),
+                "give either retry_on or retryable_codes (Go Loom's spelling), not both"
+                    .to_string(),
+            ));
+            defaults.retry_on.clone()
+        }
+        (Some(texts), None) => conditions(texts, &format!("{key}.retry_on"), problems),
+        (None, Some(codes)) => {
+            go_retry_conditions(codes, &format!("{key}.retryable_codes"), problems)
+        }
+        (None, None) => defaults.retry_on.clone(),
     };
     let backoff = config.backoff.clone().unwrap_or_default();
     let jitter = match backoff.jitter.as_deref() {
@@ -219,12 +293,37 @@ pub fn retry_policy(config: &RetryConfig, key: &str, problems: &mut Problems) ->
             defaults.jitter
         }
     };
-    let backoff_base = backoff.base.map_or(defaults.backoff_base, |value| value.0);
-    let backoff_max = backoff.max.map_or(defaults.backoff_max, |value| value.0);
+    // Go Loom's defaults for a bound left out go with its spelling: `backoff_base: 1s` alone
+    // would otherwise meet Loom's 250ms maximum and be refused.
+    let go_spelling = config.backoff_base.is_some() || config.backoff_max.is_some();
+    let (default_base, default_max) = if go_spelling {
+        (GO_DEFAULT_BACKOFF_BASE, GO_DEFAULT_BACKOFF_MAX)
+    } else {
+        (defaults.backoff_base, defaults.backoff_max)
+    };
+    let base = one_spelling(
+        problems,
+        key,
+        ("backoff.base", backoff.base),
+        ("backoff_base", config.backoff_base),
+    );
+    let max = one_spelling(
+        problems,
+        key,
+        ("backoff.max", backoff.max),
+        ("backoff_max", config.backoff_max),
+    );
+    let backoff_base = base.map_or(default_base, |value| value.0);
+    let backoff_max = max.map_or(default_max, |value| value.0);
     if backoff_max < backoff_base {
+        let (max_key, base_key) = if go_spelling {
+            ("backoff_max", "backoff_base")
+        } else {
+            ("backoff.max", "backoff.base")
+        };
         problems.push((
-            format!("{key}.backoff.max"),
-            "must not be smaller than backoff.base".to_string(),
+            format!("{key}.{max_key}"),
+            format!("must not be smaller than {base_key}"),
         ));
     }
     let max_replay_body = config
@@ -257,6 +356,50 @@ pub fn retry_policy(config: &RetryConfig, key: &str, problems: &mut Problems) ->
             .unwrap_or(defaults.retry_non_idempotent),
         max_replay_body_bytes: max_replay_body.min(MAX_REPLAY_BODY) as usize,
     }
+}
+
+/// A setting that Loom and Go Loom spell differently (`(name, value)` each): the value given,
+/// or a problem at the Go Loom key when both are.
+fn one_spelling<T>(
+    problems: &mut Problems,
+    key: &str,
+    loom: (&str, Option<T>),
+    go: (&str, Option<T>),
+) -> Option<T> {
+    either_spelling(loom.0, loom.1, go.0, go.1).unwrap_or_else(|message| {
+        problems.push((format!("{key}.{}", go.0), message));
+        None
+    })
+}
+
+/// Go Loom's `retryable_codes` as retry conditions. Go Loom retries every attempt whose round
+/// trip failed (its HTTP transport returns an error for a refused connection, a timeout and a
+/// reset alike) and every answer with a listed status, so the statuses come on top of Loom's
+/// three connection-failure conditions. An empty list is Go Loom's default, 502, 503 and 504:
+/// with the connection failures, that is Loom's default policy.
+fn go_retry_conditions(codes: &[u16], key: &str, problems: &mut Problems) -> Vec<RetryCondition> {
+    if codes.is_empty() {
+        return RetryPolicy::default().retry_on;
+    }
+    let mut conditions = vec![
+        RetryCondition::ConnectError,
+        RetryCondition::Timeout,
+        RetryCondition::Reset,
+    ];
+    for (index, code) in codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            problems.push((
+                format!("{key}[{index}]"),
+                format!("{code} is not an HTTP status (100 to 599)"),
+            ));
+            continue;
+        }
+        let condition = RetryCondition::Status(*code);
+        if !conditions.contains(&condition) {
+            conditions.push(condition);
+        }
+    }
+    conditions
 }
 
 fn budget_values(config: &RetryBudgetConfig, problems: &mut Problems) -> (f64, u32) {

@@ -56,14 +56,57 @@ pub enum ListenerProtocol {
     Https,
     /// HTTP/2 cleartext (h2c prior knowledge) alongside HTTP/1.1; TLS with ALPN when `tls` is set.
     Http2,
+    /// Go Loom's name for `http2`.
+    H2c,
+    /// Go Loom's gRPC listener. gRPC is HTTP/2, so this is `http2`: h2c prior knowledge
+    /// alongside HTTP/1.1 (gRPC clients in cleartext use prior knowledge).
+    Grpc,
+    /// Go Loom's gRPC over TLS: HTTP/2 over TLS, which is what `https` serves (ALPN h2 and
+    /// http/1.1); like `https` it needs `tls`.
+    Grpcs,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+impl ListenerProtocol {
+    /// Whether cleartext connections may open with the HTTP/2 preface (h2c prior knowledge).
+    pub fn accepts_h2c(self) -> bool {
+        matches!(
+            self,
+            ListenerProtocol::Http2 | ListenerProtocol::H2c | ListenerProtocol::Grpc
+        )
+    }
+
+    /// Whether the listener cannot run without `tls`.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Https | ListenerProtocol::Grpcs)
+    }
+
+    /// The config spelling, for error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+            ListenerProtocol::Http2 => "http2",
+            ListenerProtocol::H2c => "h2c",
+            ListenerProtocol::Grpc => "grpc",
+            ListenerProtocol::Grpcs => "grpcs",
+        }
+    }
+}
+
+/// A listener's certificate and key. Loom spells the keys `cert` and `key`, Go Loom
+/// `cert_file` and `key_file`; each file is given under exactly one of its two names
+/// (validation resolves them, see `validate::check_listeners`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct ListenerTls {
     /// PEM certificate chain file.
-    pub cert: String,
+    pub cert: Option<String>,
+    /// Go Loom's spelling of `cert`.
+    pub cert_file: Option<String>,
     /// PEM private key file.
-    pub key: String,
+    pub key: Option<String>,
+    /// Go Loom's spelling of `key`.
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -245,14 +288,29 @@ pub struct BackoffConfig {
     pub jitter: Option<String>,
 }
 
-/// Retry policy, per upstream and overridable per route.
+/// Retry policy, per upstream and overridable per route. Go Loom's flat keys
+/// (`backoff_base`, `backoff_max`, `retryable_codes`) are other spellings of `backoff.base`,
+/// `backoff.max` and the statuses in `retry_on`; a setting may be given under one of its
+/// names only.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct RetryConfig {
+    /// Retries after the first attempt. (Go Loom counts attempts with this key: its
+    /// `max_retries: 3` makes three attempts in all, Loom's makes four.)
     pub max_retries: Option<u32>,
     /// connect_error, timeout, reset and status codes.
     pub retry_on: Option<Vec<String>>,
     pub backoff: Option<BackoffConfig>,
+    /// Go Loom's spelling of `backoff.base`. When `backoff_base` or `backoff_max` is given,
+    /// the bound left out takes Go Loom's default (100ms base, 10s max) instead of Loom's
+    /// (25ms, 250ms).
+    pub backoff_base: Option<DurationValue>,
+    /// Go Loom's spelling of `backoff.max`.
+    pub backoff_max: Option<DurationValue>,
+    /// Go Loom's statuses worth a retry. Go Loom also retries every attempt whose round trip
+    /// failed, so `[500, 503]` means `retry_on: [connect_error, timeout, reset, "500", "503"]`;
+    /// an empty list is Go Loom's default (502, 503, 504), which is Loom's default too.
+    pub retryable_codes: Option<Vec<u16>>,
     pub per_try_timeout: Option<DurationValue>,
     /// Retry POST/PATCH and other non-idempotent methods too.
     pub retry_non_idempotent: Option<bool>,
@@ -317,6 +375,9 @@ pub struct UpstreamConfig {
     /// Key source for `consistent_hash`: `client_ip`, `path`, `header:<name>` or `cookie:<name>`.
     #[serde(default)]
     pub hash_on: Option<String>,
+    /// Go Loom's consistent-hash settings (`hash_key` is another spelling of `hash_on`).
+    #[serde(default)]
+    pub consistent_hash: Option<ConsistentHashConfig>,
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
@@ -338,13 +399,73 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetectionConfig>,
     /// Bulkhead: requests in flight to this upstream; beyond it requests queue for
-    /// `queue_timeout`, then get 503 `upstream_saturated`.
+    /// `queue_timeout`, then get 503 `upstream_saturated`. Go Loom spells the two keys as the
+    /// `bulkhead:` section; a config gives one spelling or the other.
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
     pub max_concurrent_requests_per_endpoint: Option<u32>,
     #[serde(default)]
     pub queue_timeout: Option<DurationValue>,
+    /// Go Loom's bulkhead.
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConfig>,
+    /// Go Loom's service discovery (DNS only).
+    #[serde(default)]
+    pub service_discovery: Option<ServiceDiscoveryConfig>,
+}
+
+/// Go Loom's `service_discovery:`. With the `dns` provider, the names behind the upstream's
+/// endpoints are resolved again every `refresh_interval`, and a changed answer reloads the
+/// config (as SIGHUP does), which moves the upstream to the new addresses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ServiceDiscoveryConfig {
+    /// `false` (Go Loom's default): the section loads and nothing runs.
+    pub enabled: bool,
+    /// `dns`. Go Loom's `consul` and `kubernetes` are not built yet and are refused.
+    pub provider: Option<String>,
+    /// A DNS name whose addresses are the upstream's endpoints, each on the port of the first
+    /// listed endpoint (the listed endpoints give only that port then). Absent: each listed
+    /// endpoint's own host name is what is resolved again.
+    pub service_name: Option<String>,
+    /// How often the names are resolved again; default 30s.
+    pub refresh_interval: Option<DurationValue>,
+}
+
+/// Go Loom's `bulkhead:`: another spelling of `max_concurrent_requests` and `queue_timeout`,
+/// with a bound on how many requests may queue.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BulkheadConfig {
+    /// `false` (Go Loom's default): no bulkhead; the other keys are then not used.
+    pub enabled: bool,
+    /// Requests in flight to the upstream (`max_concurrent_requests`); absent or 0: Go Loom's
+    /// default, 100.
+    pub max_concurrent: Option<u32>,
+    /// Requests that may wait for a slot at once; one more is refused at once with the same
+    /// 503 `upstream_saturated`. Absent or 0: nothing waits, a full bulkhead refuses at once.
+    pub queue_size: Option<u32>,
+    /// How long a queued request waits for a slot (`queue_timeout`); absent or 0: until a slot
+    /// frees, as in Go Loom. (A waiting request is not dropped when its client goes away:
+    /// Pingora does not watch the client connection before the request goes upstream.)
+    pub timeout: Option<DurationValue>,
+}
+
+/// Go Loom's `consistent_hash:`; it applies to `load_balancer: consistent_hash` only. Go
+/// Loom's zero values (`""`, `0`) mean "not set".
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ConsistentHashConfig {
+    /// The request header whose value is hashed (`X-User-ID`), or `Cookie:<name>` for a
+    /// cookie; empty or absent: the client IP. The same as `hash_on: header:<name>` or
+    /// `hash_on: cookie:<name>`, so the two may not both be given.
+    pub hash_key: Option<String>,
+    /// Points per endpoint on the hash ring (Go Loom's default: 150). Pingora's ring places 160
+    /// points per unit of weight, so each endpoint's weight is multiplied by `replicas / 160`
+    /// rounded to the nearest whole number, at least 1: up to 239 replicas give 160 points per
+    /// unit of weight, 240 to 399 give 320, 400 to 559 give 480, and so on (at most 16000).
+    pub replicas: Option<u32>,
 }
 
 /// One entry of the `plugins:` section: a Proxy-Wasm module (`path:`, see `crate::plugin`) or
@@ -380,6 +501,13 @@ pub struct PluginConfig {
     /// Linear-memory cap per instance.
     #[serde(default)]
     pub memory_limit: Option<SizeValue>,
+    /// Wall-clock limit for one callback (Go Loom's `timeout`), on top of `max_fuel`. It is
+    /// checked when the callback returns: fuel is what stops a runaway loop, this catches a
+    /// callback that stays within its fuel and is still too slow. A callback over the limit
+    /// fails with kind `timeout`, handled as running out of fuel is (`on_error`, a fresh
+    /// instance, quarantine counting). Absent: no limit but fuel.
+    #[serde(default)]
+    pub timeout: Option<DurationValue>,
     /// Instances in the plugin's pool; default: one per worker thread.
     #[serde(default)]
     pub instances: Option<usize>,
@@ -423,6 +551,8 @@ impl Default for PluginQuarantineConfig {
 pub struct AdminConfig {
     pub address: String,
     pub enabled: bool,
+    /// Go Loom's HTTP Basic authentication of the admin API.
+    pub auth: Option<AdminAuthConfig>,
 }
 
 impl Default for AdminConfig {
@@ -430,8 +560,24 @@ impl Default for AdminConfig {
         AdminConfig {
             address: "127.0.0.1:9091".to_string(),
             enabled: true,
+            auth: None,
         }
     }
+}
+
+/// Go Loom's `admin.auth:`. When enabled, every admin path (`/metrics` and `/health`
+/// included) answers 401 with a Basic challenge unless the request carries a user's
+/// credentials (see `crate::admin::auth`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AdminAuthConfig {
+    /// `false` (Go Loom's default): the admin API is open.
+    pub enabled: bool,
+    /// User name -> SHA-256 digest of the password as 64 hexadecimal characters
+    /// (`printf %s PASSWORD | sha256sum`).
+    pub users: BTreeMap<String, String>,
+    /// The realm of the `WWW-Authenticate: Basic` challenge; default `loom admin`.
+    pub realm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

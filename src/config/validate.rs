@@ -13,10 +13,11 @@ use std::time::Duration;
 use super::SourceIndexes;
 use super::resilience::{self, ResiliencePlan};
 use super::schema::{
-    FileConfig, HealthCheckConfig, ListenerProtocol, LoadBalancerAlgorithm, RouteConfig,
-    UpstreamConfig,
+    FileConfig, HealthCheckConfig, ListenerProtocol, ListenerTls, LoadBalancerAlgorithm,
+    RouteConfig, UpstreamConfig,
 };
 use super::yaml::{ConfigError, Node};
+use crate::admin::auth::AdminAuthPlan;
 use crate::policy::PolicyStep;
 use crate::policy::client_ip::Cidr;
 use crate::router::{RouteSpec, Router};
@@ -32,8 +33,15 @@ const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
 /// Retries track tried endpoints in a 64-bit set.
 const MAX_ENDPOINTS: usize = 64;
+/// Points Pingora's ketama ring (version 1, the one built into Loom) places per unit of weight.
+const KETAMA_POINTS_PER_WEIGHT: u32 = 160;
+/// Go Loom's `consistent_hash.replicas` above this would build needlessly large rings.
+const MAX_HASH_REPLICAS: u32 = 16_000;
+/// Points on one upstream's hash ring (8 bytes each) that `replicas` may ask for.
+const MAX_HASH_RING_POINTS: u64 = 1 << 22;
 const MAX_THRESHOLD: usize = 100;
 const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(30);
 
 /// Everything the runtime needs, checked and resolved.
 pub struct ValidatedConfig {
@@ -52,6 +60,8 @@ pub struct ValidatedConfig {
     pub stream: Option<super::stream::StreamPlan>,
     /// `server.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Go Loom's `admin.auth` when it is switched on.
+    pub admin_auth: Option<AdminAuthPlan>,
 }
 
 /// One step of a route's chain, in the order it runs.
@@ -103,11 +113,31 @@ pub struct HealthPlan {
     pub host: Option<String>,
 }
 
+/// Go Loom's DNS service discovery for one upstream (run by `crate::control::discovery`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoveryPlan {
+    pub refresh_interval: Duration,
+    /// Go Loom's `service_name`; `None`: each endpoint's own host name is resolved again.
+    pub service: Option<DiscoveredService>,
+}
+
+/// A DNS name whose addresses are an upstream's endpoints, all on one port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoveredService {
+    pub name: String,
+    /// The port of the first listed endpoint.
+    pub port: u16,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamPlan {
     pub config: UpstreamConfig,
     pub endpoints: Vec<ResolvedEndpoint>,
     pub hash_key: Option<HashKeySource>,
+    /// Each endpoint's weight on Pingora's ketama ring is multiplied by this: 1, unless Go
+    /// Loom's `consistent_hash.replicas` asks for more points per endpoint (see
+    /// [`super::schema::ConsistentHashConfig::replicas`]).
+    pub ring_weight_multiplier: u32,
     pub health: Option<HealthPlan>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -115,6 +145,8 @@ pub struct UpstreamPlan {
     pub resilience: ResiliencePlan,
     /// `server.ca_file`, resolved: the CA bundle HTTPS upstreams and their probes trust.
     pub ca_file: Option<String>,
+    /// Go Loom's `service_discovery` when it is switched on.
+    pub discovery: Option<DiscoveryPlan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +281,15 @@ pub fn validate(
     } else {
         None
     };
+    let admin_auth = match file_config.admin.auth.as_ref() {
+        None => None,
+        Some(auth) => AdminAuthPlan::from_config(auth).unwrap_or_else(|problems| {
+            for (path, message) in problems {
+                checker.error(format!("admin.auth.{path}"), message);
+            }
+            None
+        }),
+    };
     if !file_config.metrics.prometheus.path.starts_with('/') {
         checker.error(
             "metrics.prometheus.path".into(),
@@ -297,6 +338,7 @@ pub fn validate(
         plugins,
         stream,
         trusted_proxies,
+        admin_auth,
     }
 }
 
@@ -484,29 +526,21 @@ fn check_listeners(
                 format!("address {address} is used by another listener"),
             );
         }
-        let tls = match (&listener.tls, listener.protocol) {
-            (None, ListenerProtocol::Https) => {
-                checker.error(
-                    format!("{key}.tls"),
-                    "protocol https needs tls.cert and tls.key",
-                );
-                None
-            }
-            (None, _) => None,
-            (Some(tls), _) => {
-                let cert = resolve_file(base_dir, &tls.cert);
-                let key_file = resolve_file(base_dir, &tls.key);
-                match pingora::tls::load_certs_and_key_files(&cert, &key_file) {
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => checker.error(
+        let tls = match &listener.tls {
+            None => {
+                if listener.protocol.requires_tls() {
+                    checker.error(
                         format!("{key}.tls"),
                         format!(
-                            "cannot load certificate \"{cert}\" and key \"{key_file}\" (PEM files expected)"
+                            "protocol {} needs tls with cert and key (cert_file and key_file in \
+                             Go Loom's spelling)",
+                            listener.protocol.as_str()
                         ),
-                    ),
+                    );
                 }
-                Some((cert, key_file))
+                None
             }
+            Some(tls) => listener_tls_files(checker, &key, tls, base_dir),
         };
         plans.push(ListenerPlan {
             name: listener.name.clone(),
@@ -516,6 +550,62 @@ fn check_listeners(
         });
     }
     plans
+}
+
+/// Resolves a listener's certificate and key, each given under Loom's name (`cert`, `key`) or
+/// Go Loom's (`cert_file`, `key_file`), and checks that they load. `None` after an error.
+fn listener_tls_files(
+    checker: &mut Checker,
+    key: &str,
+    tls: &ListenerTls,
+    base_dir: &Path,
+) -> Option<(String, String)> {
+    let mut resolve_spelling =
+        |loom_name: &str, loom_value: &Option<String>, go_name: &str, go_value: &Option<String>| {
+            match either_spelling(loom_name, loom_value.as_ref(), go_name, go_value.as_ref()) {
+                Ok(Some(file)) => Some(resolve_file(base_dir, file)),
+                Ok(None) => {
+                    checker.error(
+                        format!("{key}.tls.{loom_name}"),
+                        format!("tls needs {loom_name} (or {go_name}, Go Loom's spelling)"),
+                    );
+                    None
+                }
+                Err(message) => {
+                    checker.error(format!("{key}.tls.{go_name}"), message);
+                    None
+                }
+            }
+        };
+    let cert = resolve_spelling("cert", &tls.cert, "cert_file", &tls.cert_file);
+    let key_file = resolve_spelling("key", &tls.key, "key_file", &tls.key_file);
+    let (cert, key_file) = (cert?, key_file?);
+    match pingora::tls::load_certs_and_key_files(&cert, &key_file) {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(_) => checker.error(
+            format!("{key}.tls"),
+            format!(
+                "cannot load certificate \"{cert}\" and key \"{key_file}\" (PEM files expected)"
+            ),
+        ),
+    }
+    Some((cert, key_file))
+}
+
+/// The value of a setting that Loom and Go Loom spell differently: whichever of the two keys
+/// was given. Both given is an error naming both, since nothing says which one was meant.
+pub(crate) fn either_spelling<T>(
+    loom_key: &str,
+    loom_value: Option<T>,
+    go_key: &str,
+    go_value: Option<T>,
+) -> Result<Option<T>, String> {
+    match (loom_value, go_value) {
+        (Some(_), Some(_)) => Err(format!(
+            "give either {loom_key} or {go_key} (Go Loom's spelling), not both"
+        )),
+        (loom_value, go_value) => Ok(loom_value.or(go_value)),
+    }
 }
 
 fn resolve_file(base_dir: &Path, file: &str) -> String {
@@ -591,31 +681,15 @@ fn check_upstreams(
                 format!("at most {MAX_ENDPOINTS} endpoints per upstream are supported"),
             );
         }
-        let mut endpoints: Vec<ResolvedEndpoint> = Vec::new();
-        for (index, endpoint) in upstream.endpoints.iter().enumerate() {
-            let endpoint_key = format!("{key}.endpoints[{index}]");
-            if endpoint.weight() == 0 {
-                checker.error(
-                    format!("{endpoint_key}.weight"),
-                    "weight must be at least 1",
-                );
-            }
-            match resolve_endpoint(endpoint.address()) {
-                Ok((socket, _)) if endpoints.iter().any(|seen| seen.socket == socket) => {
-                    checker.error(
-                        endpoint_key,
-                        format!("endpoint {socket} is listed twice in this upstream"),
-                    );
-                }
-                Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
-                    address: endpoint.address().to_string(),
-                    socket,
-                    weight: endpoint.weight().max(1),
-                    host,
-                }),
-                Err(message) => checker.error(endpoint_key, message),
-            }
-        }
+        let discovery = check_discovery(checker, &key, upstream);
+        let endpoints = match discovery.as_ref().and_then(|plan| plan.service.as_ref()) {
+            Some(service) => resolve_service(
+                checker,
+                &format!("{key}.service_discovery.service_name"),
+                service,
+            ),
+            None => resolve_listed_endpoints(checker, &key, upstream),
+        };
         if upstream.hash_on.is_some()
             && upstream.load_balancer != LoadBalancerAlgorithm::ConsistentHash
         {
@@ -633,17 +707,28 @@ fn check_upstreams(
                 checker.error(format!("{key}.{field}"), "must be greater than zero");
             }
         }
-        let hash_key = match (&upstream.hash_on, upstream.load_balancer) {
-            (_, LoadBalancerAlgorithm::IpHash) => Some(HashKeySource::ClientIp),
-            (Some(text), _) => match parse_hash_key(text) {
+        let (go_hash_key, ring_weight_multiplier) =
+            check_go_consistent_hash(checker, &key, upstream);
+        let hash_key = match (&upstream.hash_on, go_hash_key, upstream.load_balancer) {
+            (_, _, LoadBalancerAlgorithm::IpHash) => Some(HashKeySource::ClientIp),
+            (Some(text), _, _) => match parse_hash_key(text) {
                 Ok(source) => Some(source),
                 Err(message) => {
                     checker.error(format!("{key}.hash_on"), message);
                     None
                 }
             },
-            (None, LoadBalancerAlgorithm::ConsistentHash) => Some(HashKeySource::ClientIp),
-            (None, _) => None,
+            (None, Some(text), LoadBalancerAlgorithm::ConsistentHash) => {
+                match parse_go_hash_key(text) {
+                    Ok(source) => Some(source),
+                    Err(message) => {
+                        checker.error(format!("{key}.consistent_hash.hash_key"), message);
+                        None
+                    }
+                }
+            }
+            (None, _, LoadBalancerAlgorithm::ConsistentHash) => Some(HashKeySource::ClientIp),
+            (None, _, _) => None,
         };
         let health = upstream
             .health_check
@@ -653,6 +738,7 @@ fn check_upstreams(
             config: upstream.clone(),
             endpoints,
             hash_key,
+            ring_weight_multiplier,
             health,
             connect_timeout: upstream
                 .connect_timeout
@@ -665,9 +751,173 @@ fn check_upstreams(
                 .map_or(DEFAULT_WRITE_TIMEOUT, |value| value.0),
             resilience,
             ca_file: ca_file.clone(),
+            discovery,
         });
     }
     plans
+}
+
+fn resolve_listed_endpoints(
+    checker: &mut Checker,
+    key: &str,
+    upstream: &UpstreamConfig,
+) -> Vec<ResolvedEndpoint> {
+    let mut endpoints: Vec<ResolvedEndpoint> = Vec::new();
+    for (index, endpoint) in upstream.endpoints.iter().enumerate() {
+        let endpoint_key = format!("{key}.endpoints[{index}]");
+        if endpoint.weight() == 0 {
+            checker.error(
+                format!("{endpoint_key}.weight"),
+                "weight must be at least 1",
+            );
+        }
+        match resolve_endpoint(endpoint.address()) {
+            Ok((socket, _)) if endpoints.iter().any(|seen| seen.socket == socket) => {
+                checker.error(
+                    endpoint_key,
+                    format!("endpoint {socket} is listed twice in this upstream"),
+                );
+            }
+            Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
+                address: endpoint.address().to_string(),
+                socket,
+                weight: endpoint.weight().max(1),
+                host,
+            }),
+            Err(message) => checker.error(endpoint_key, message),
+        }
+    }
+    endpoints
+}
+
+/// Go Loom's `service_discovery` when switched on: only the `dns` provider is built.
+fn check_discovery(
+    checker: &mut Checker,
+    key: &str,
+    upstream: &UpstreamConfig,
+) -> Option<DiscoveryPlan> {
+    let section = upstream
+        .service_discovery
+        .as_ref()
+        .filter(|section| section.enabled)?;
+    let section_key = format!("{key}.service_discovery");
+    let mut usable = true;
+    match section.provider.as_deref() {
+        Some("dns") => {}
+        Some(other) => {
+            checker.error(
+                format!("{section_key}.provider"),
+                format!("service discovery provider \"{other}\" is not supported yet (dns is)"),
+            );
+            usable = false;
+        }
+        None => {
+            checker.error(
+                format!("{section_key}.provider"),
+                "service discovery needs a provider: dns (the one supported yet)",
+            );
+            usable = false;
+        }
+    }
+    let refresh_interval = section
+        .refresh_interval
+        .map_or(DEFAULT_DISCOVERY_REFRESH, |value| value.0);
+    if refresh_interval.is_zero() {
+        checker.error(
+            format!("{section_key}.refresh_interval"),
+            "must be greater than zero",
+        );
+        usable = false;
+    }
+    let service_name = section
+        .service_name
+        .as_deref()
+        .filter(|name| !name.is_empty());
+    let service = match service_name {
+        None => None,
+        Some(name) => {
+            // A first endpoint without a valid port is reported when the listed endpoints are
+            // resolved, which is what happens without a usable plan.
+            let port = upstream
+                .endpoints
+                .first()
+                .and_then(|endpoint| endpoint.address().rsplit_once(':'))
+                .and_then(|(_, port)| port.parse::<u16>().ok());
+            match port {
+                Some(port) => Some(DiscoveredService {
+                    name: name.to_string(),
+                    port,
+                }),
+                None => {
+                    usable = false;
+                    None
+                }
+            }
+        }
+    };
+    usable.then_some(DiscoveryPlan {
+        refresh_interval,
+        service,
+    })
+}
+
+/// Go Loom's `service_name`: every address the name resolves to, each an endpoint of weight 1
+/// (as in Go Loom) on the service's port, named by its address in metrics and the admin API.
+fn resolve_service(
+    checker: &mut Checker,
+    key: &str,
+    service: &DiscoveredService,
+) -> Vec<ResolvedEndpoint> {
+    let target = format!("{}:{}", service.name, service.port);
+    let addresses = match target.to_socket_addrs() {
+        Ok(addresses) => preferred_addresses(addresses),
+        Err(error) => {
+            checker.error(
+                key.to_string(),
+                format!("cannot resolve \"{}\": {error}", service.name),
+            );
+            return Vec::new();
+        }
+    };
+    if addresses.is_empty() {
+        checker.error(
+            key.to_string(),
+            format!("\"{}\" resolved to no address", service.name),
+        );
+    }
+    if addresses.len() > MAX_ENDPOINTS {
+        checker.error(
+            key.to_string(),
+            format!(
+                "\"{}\" resolves to {} addresses; at most {MAX_ENDPOINTS} endpoints per \
+                 upstream are supported",
+                service.name,
+                addresses.len()
+            ),
+        );
+    }
+    addresses
+        .into_iter()
+        .map(|socket| ResolvedEndpoint {
+            address: socket.to_string(),
+            socket,
+            weight: 1,
+            host: service.name.clone(),
+        })
+        .collect()
+}
+
+/// The addresses of a resolved name that Loom uses: the IPv4 ones when there are any (so that
+/// `localhost` reaches servers bound to 127.0.0.1), all of them otherwise; sorted and without
+/// repeats, so that one answer in another order gives the same endpoints.
+pub fn preferred_addresses(addresses: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let mut addresses: Vec<SocketAddr> = addresses.into_iter().collect();
+    if addresses.iter().any(SocketAddr::is_ipv4) {
+        addresses.retain(SocketAddr::is_ipv4);
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 /// Resolves `host:port`, preferring IPv4 so that `localhost` reaches servers bound to
@@ -714,6 +964,82 @@ fn parse_hash_key(text: &str) -> Result<HashKeySource, String> {
             )),
         },
     }
+}
+
+/// Go Loom's `consistent_hash:` section: its `hash_key` (turned into a key source with the
+/// rest of the hash settings) and the ring weight multiplier that stands for `replicas`.
+fn check_go_consistent_hash<'config>(
+    checker: &mut Checker,
+    key: &str,
+    upstream: &'config UpstreamConfig,
+) -> (Option<&'config str>, u32) {
+    let section = upstream.consistent_hash.as_ref();
+    let hash_key = section
+        .and_then(|section| section.hash_key.as_deref())
+        .filter(|text| !text.is_empty());
+    let replicas = section
+        .and_then(|section| section.replicas)
+        .filter(|replicas| *replicas > 0);
+    if (hash_key.is_some() || replicas.is_some())
+        && upstream.load_balancer != LoadBalancerAlgorithm::ConsistentHash
+    {
+        checker.error(
+            format!("{key}.consistent_hash"),
+            "consistent_hash only applies to load_balancer: consistent_hash",
+        );
+    }
+    if hash_key.is_some() && upstream.hash_on.is_some() {
+        checker.error(
+            format!("{key}.consistent_hash.hash_key"),
+            "give either hash_on or consistent_hash.hash_key (Go Loom's spelling), not both",
+        );
+    }
+    let Some(replicas) = replicas else {
+        return (hash_key, 1);
+    };
+    if replicas > MAX_HASH_REPLICAS {
+        checker.error(
+            format!("{key}.consistent_hash.replicas"),
+            format!("must be at most {MAX_HASH_REPLICAS}"),
+        );
+        return (hash_key, 1);
+    }
+    let multiplier = ((replicas + KETAMA_POINTS_PER_WEIGHT / 2) / KETAMA_POINTS_PER_WEIGHT).max(1);
+    let total_weight: u64 = upstream
+        .endpoints
+        .iter()
+        .map(|endpoint| u64::from(endpoint.weight()))
+        .sum();
+    let points = total_weight
+        .saturating_mul(u64::from(multiplier))
+        .saturating_mul(u64::from(KETAMA_POINTS_PER_WEIGHT));
+    if points > MAX_HASH_RING_POINTS {
+        checker.error(
+            format!("{key}.consistent_hash.replicas"),
+            format!(
+                "with these endpoint weights the hash ring would hold {points} points \
+                 (at most {MAX_HASH_RING_POINTS}); lower replicas or the weights"
+            ),
+        );
+    }
+    (hash_key, multiplier)
+}
+
+/// Go Loom's `consistent_hash.hash_key`: `Cookie:<name>` hashes that cookie (the prefix in any
+/// case), anything else is a header name.
+fn parse_go_hash_key(text: &str) -> Result<HashKeySource, String> {
+    if let Some((prefix, name)) = text.split_once(':')
+        && prefix.eq_ignore_ascii_case("cookie")
+    {
+        return if name.is_empty() {
+            Err(format!("\"{text}\" names no cookie; use Cookie:<name>"))
+        } else {
+            Ok(HashKeySource::Cookie(name.to_string()))
+        };
+    }
+    http::HeaderName::from_bytes(text.as_bytes())
+        .map(|name| HashKeySource::Header(name.as_str().to_string()))
+        .map_err(|_| format!("\"{text}\" is neither a header name nor Cookie:<name>"))
 }
 
 fn check_health(checker: &mut Checker, key: &str, health: &HealthCheckConfig) -> HealthPlan {

@@ -1,6 +1,7 @@
 //! The control service: a Pingora background service that runs active health checks,
-//! reloads the config on SIGHUP or when the file changes, and reopens the access log files
-//! on SIGHUP or SIGUSR1 (logrotate).
+//! reloads the config on SIGHUP, when the file changes or when DNS service discovery sees an
+//! upstream's addresses move, and reopens the access log files on SIGHUP or SIGUSR1
+//! (logrotate).
 //!
 //! A reload reads and validates the file off the async threads, builds the next snapshot
 //! (reusing unchanged upstream pools), runs the first health round of new pools, and only
@@ -8,6 +9,7 @@
 //! nothing. Listener and admin addresses cannot change without a restart: such changes are
 //! logged and the old sockets keep serving.
 
+pub mod discovery;
 pub mod readiness;
 pub mod watch;
 
@@ -21,6 +23,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::ServiceReadyNotifier;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 
 use crate::config;
 use crate::gateway::snapshot::{GatewayState, Snapshot};
@@ -38,6 +41,8 @@ pub struct ControlService {
     loaded_fingerprint: Option<watch::Fingerprint>,
     /// The streaming service's state, when the config has a `stream:` section.
     stream: Option<crate::stream::service::SharedSlot>,
+    /// Woken by the DNS service discovery loops when an upstream's addresses moved.
+    discovery_changed: Arc<Notify>,
 }
 
 impl ControlService {
@@ -52,6 +57,7 @@ impl ControlService {
             config_path,
             loaded_fingerprint,
             stream,
+            discovery_changed: Arc::new(Notify::new()),
         }
     }
 
@@ -122,6 +128,7 @@ impl ControlService {
         self.state.publish(Arc::clone(&next));
         for pool in &new_pools {
             spawn_health_loop(pool);
+            discovery::spawn_loop(pool, &self.discovery_changed);
         }
         for plugin in next.plugins.iter() {
             if current
@@ -187,6 +194,7 @@ impl BackgroundService for ControlService {
         first_health_rounds(&snapshot.upstreams).await;
         for pool in &snapshot.upstreams {
             spawn_health_loop(pool);
+            discovery::spawn_loop(pool, &self.discovery_changed);
         }
         for plugin in snapshot.plugins.iter() {
             self.spawn_plugin_task(plugin);
@@ -220,6 +228,10 @@ impl BackgroundService for ControlService {
                 }
                 () = watch.changed(), if watching => {
                     self.reload("file changed", false, &mut watch).await;
+                }
+                // Forced: the file may be unchanged while the names in it resolve elsewhere.
+                () = self.discovery_changed.notified() => {
+                    self.reload("service discovery", true, &mut watch).await;
                 }
             }
         }

@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<Cidr>,
     /// `server.keepalive_timeout` in whole seconds (at least 1), when it is set.
     pub keepalive_seconds: Option<u64>,
+    /// Who may use the admin API, when Go Loom's `admin.auth` is on; a reload applies it to
+    /// the next admin request.
+    pub admin_auth: Option<crate::admin::auth::AdminAuthPlan>,
 }
 
 impl Snapshot {
@@ -132,6 +135,7 @@ impl Snapshot {
                 .map(|timeout| timeout.0.as_secs().max(1)),
             server: validated.file.server,
             trusted_proxies: validated.trusted_proxies,
+            admin_auth: validated.admin_auth,
         }
     }
 

@@ -52,6 +52,8 @@ pub enum FailureKind {
     Trap,
     FuelExhausted,
     MemoryLimit,
+    /// The callback returned after the plugin's `timeout` (wall clock).
+    Timeout,
     /// The instance holding this request's context was replaced after another failure.
     InstanceLost,
     Quarantined,
@@ -63,6 +65,7 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::FuelExhausted => "fuel_exhausted",
             FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::Timeout => "timeout",
             FailureKind::InstanceLost => "instance_lost",
             FailureKind::Quarantined => "quarantined",
         }

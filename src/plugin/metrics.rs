@@ -44,7 +44,7 @@ pub static RUNTIME_METRICS: LazyLock<RuntimeMetrics> = LazyLock::new(|| {
     let errors_total = IntCounterVec::new(
         Opts::new(
             "loom_plugin_errors_total",
-            "Plugin failures by kind: trap, fuel_exhausted, memory_limit, instance_lost, quarantined, load",
+            "Plugin failures by kind: trap, fuel_exhausted, memory_limit, timeout, instance_lost, quarantined, load",
         ),
         &["plugin", "kind"],
     )

@@ -3,9 +3,10 @@
 //! its context lives inside that instance. A shard's lock is held only for one synchronous
 //! callback, never across an `.await`.
 //!
-//! A callback that traps, runs out of fuel or hits the memory cap gets its instance
-//! replaced by a fresh one; requests whose contexts lived in the old instance fail with
-//! `instance_lost`. A plugin that keeps failing is quarantined for a while.
+//! A callback that traps, runs out of fuel, hits the memory cap or returns after the plugin's
+//! `timeout` gets its instance replaced by a fresh one; requests whose contexts lived in the
+//! old instance fail with `instance_lost`. A plugin that keeps failing is quarantined for a
+//! while.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -348,8 +349,29 @@ impl PluginRuntime {
         started: Instant,
         result: Result<(R, u64), Failure>,
     ) -> Result<R, Failure> {
-        self.phase_durations[phase.index()].observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        self.phase_durations[phase.index()].observe(elapsed.as_secs_f64());
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        // `timeout` is judged once the callback has returned. wasmer 7.4 can stop running
+        // guest code only through its experimental, signal-based host interrupt, which Loom
+        // does not build; fuel is what stops a runaway loop. A slow callback is then failed
+        // as one out of fuel is, instance replaced included: the pipeline calls no more
+        // callbacks of a failed context (not even on_delete), so keeping the instance would
+        // leave that context's state in it.
+        let result = match (result, self.plan.timeout) {
+            (Ok((_, fuel)), Some(limit)) if elapsed > limit => {
+                self.stats.fuel_used.fetch_add(fuel, Ordering::Relaxed);
+                Err(Failure {
+                    kind: FailureKind::Timeout,
+                    message: format!(
+                        "took {} ms in one callback, over its timeout of {} ms",
+                        elapsed.as_millis(),
+                        limit.as_millis()
+                    ),
+                })
+            }
+            (result, _) => result,
+        };
         match result {
             Ok((value, fuel)) => {
                 self.stats.fuel_used.fetch_add(fuel, Ordering::Relaxed);
@@ -495,5 +517,85 @@ impl PluginRuntime {
 
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::ConfigError;
+    use crate::config::schema::PluginFailureMode;
+    use crate::plugin::engine::{EngineSettings, compile};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// The least a module needs to load as a Proxy-Wasm plugin.
+    const MINIMAL_PLUGIN: &str = r#"
+        (module
+          (memory (export "memory") 1)
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32)))
+    "#;
+
+    fn start(
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<PluginRuntime, Box<dyn std::error::Error>> {
+        let settings = EngineSettings {
+            max_fuel: 1_000_000,
+            memory_limit_pages: 16,
+        };
+        let compiled = compile(MINIMAL_PLUGIN.as_bytes(), &settings, None)?;
+        let plan = PluginPlan {
+            name: name.to_string(),
+            wasm_path: PathBuf::from("minimal.wat"),
+            configuration: Bytes::new(),
+            vm_configuration: Bytes::new(),
+            priority: 0,
+            on_error: PluginFailureMode::FailClosed,
+            max_fuel: settings.max_fuel,
+            memory_limit_pages: settings.memory_limit_pages,
+            timeout,
+            instances: 1,
+            max_buffered_body: 1 << 20,
+            quarantine_after: 2,
+            quarantine_for: Duration::from_secs(60),
+            origin: ConfigError {
+                file: PathBuf::from("test"),
+                mark: None,
+                key_path: String::new(),
+                message: String::new(),
+            },
+        };
+        Ok(PluginRuntime::start(plan, compiled)?)
+    }
+
+    #[test]
+    fn a_callback_over_its_timeout_fails_as_one_out_of_fuel_does() -> TestResult {
+        // Every callback takes longer than a nanosecond.
+        let runtime = start("timeout-exceeded", Some(Duration::from_nanos(1)))?;
+        let failure = runtime
+            .open_context()
+            .err()
+            .ok_or("the context opened within a nanosecond")?;
+        assert_eq!(failure.kind, FailureKind::Timeout);
+        assert_eq!(runtime.stats.instances_replaced.load(Ordering::Relaxed), 1);
+        assert_eq!(runtime.stats.errors.load(Ordering::Relaxed), 1);
+        // It counts towards quarantine: the second failure in a row quarantines the plugin.
+        assert!(runtime.open_context().is_err());
+        assert!(runtime.quarantined_for().is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn callbacks_within_their_timeout_or_without_one_succeed() -> TestResult {
+        let runtime = start("timeout-met", Some(Duration::from_secs(60)))?;
+        assert!(runtime.open_context().is_ok());
+        let runtime = start("timeout-absent", None)?;
+        assert!(runtime.open_context().is_ok());
+        Ok(())
     }
 }

@@ -8,8 +8,13 @@
 //! so a collision can only make the bulkhead stricter. It is a soft cap: the sketch bumps its
 //! rows one by one, so two requests racing for the last slot can both get in. The
 //! per-endpoint limit (`EndpointLease::try_new`) is exact.
+//!
+//! The queue can also be bounded in length (Go Loom's `queue_size`): a request that finds
+//! the slots taken and that many requests already waiting is refused at once. The count of
+//! waiters is this pool's own, so a reload that rebuilds the pool starts a new queue.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use pingora_limits::inflight::{Guard, Inflight};
@@ -35,16 +40,38 @@ impl Drop for BulkheadPermit {
     }
 }
 
+/// A request's place in the queue; dropping it (a slot was found, the wait timed out, or
+/// the request was abandoned) gives the place back.
+struct QueuePlace<'bulkhead> {
+    waiting: &'bulkhead AtomicU32,
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub struct Bulkhead {
     /// Hash of the upstream name: the sketch hashes this u64 rather than the string.
     key: u64,
     limit: Option<u32>,
+    /// How long a request waits for a slot; a duration too long to add to the clock (such as
+    /// `Duration::MAX`) waits until one frees.
     queue_timeout: Duration,
+    /// Requests that may wait at once; `None`: as many as come.
+    max_waiting: Option<u32>,
+    waiting: AtomicU32,
     released: std::sync::Arc<Notify>,
 }
 
 impl Bulkhead {
-    pub fn new(name: &str, limit: Option<u32>, queue_timeout: Duration) -> Bulkhead {
+    pub fn new(
+        name: &str,
+        limit: Option<u32>,
+        queue_timeout: Duration,
+        max_waiting: Option<u32>,
+    ) -> Bulkhead {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         name.hash(&mut hasher);
@@ -52,12 +79,34 @@ impl Bulkhead {
             key: hasher.finish(),
             limit,
             queue_timeout,
+            max_waiting,
+            waiting: AtomicU32::new(0),
             released: std::sync::Arc::new(Notify::new()),
         }
     }
 
     pub fn limit(&self) -> Option<u32> {
         self.limit
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Takes a place in the queue, unless `max_waiting` requests already hold one.
+    fn join_queue(&self) -> Option<QueuePlace<'_>> {
+        let admitted = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                match self.max_waiting {
+                    Some(max_waiting) if waiting >= max_waiting => None,
+                    _ => Some(waiting.saturating_add(1)),
+                }
+            });
+        admitted.ok().map(|_| QueuePlace {
+            waiting: &self.waiting,
+        })
     }
 
     /// Requests in flight as the sketch counts them.
@@ -67,24 +116,34 @@ impl Bulkhead {
         count
     }
 
-    /// Takes a slot, waiting up to the queue timeout. `None` means saturated. Without a limit
-    /// there is nothing to take and `Some(None)` is returned at once.
+    /// Takes a slot, waiting up to the queue timeout. `None` means saturated: no slot in
+    /// time, or the queue already full. Without a limit there is nothing to take and
+    /// `Some(None)` is returned at once.
     pub async fn acquire(&self) -> Option<Option<BulkheadPermit>> {
         let Some(limit) = self.limit else {
             return Some(None);
         };
-        let now = Instant::now();
-        let deadline = now.checked_add(self.queue_timeout).unwrap_or(now);
+        // A free slot needs no place in the queue.
+        if let Some(permit) = self.try_acquire(limit) {
+            return Some(Some(permit));
+        }
+        if self.queue_timeout.is_zero() {
+            return None;
+        }
+        // `None`: no deadline (Go Loom's bulkhead without a timeout).
+        let deadline = Instant::now().checked_add(self.queue_timeout);
+        let _place = self.join_queue()?;
         loop {
             let notified = self.released.notified();
             if let Some(permit) = self.try_acquire(limit) {
                 return Some(Some(permit));
             }
             let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            let wait = (deadline - now).min(RECHECK_INTERVAL);
+            let wait = match deadline {
+                Some(deadline) if now >= deadline => return None,
+                Some(deadline) => (deadline - now).min(RECHECK_INTERVAL),
+                None => RECHECK_INTERVAL,
+            };
             let _ = tokio::time::timeout(wait, notified).await;
         }
     }
@@ -100,5 +159,47 @@ impl Bulkhead {
             guard: Some(guard),
             released: std::sync::Arc::clone(&self.released),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_finding_the_queue_full_is_refused_at_once() {
+        let bulkhead = Arc::new(Bulkhead::new(
+            "bulkhead-test-queue-bound",
+            Some(1),
+            Duration::from_secs(30),
+            Some(1),
+        ));
+        let held = bulkhead.acquire().await.flatten();
+        assert!(held.is_some());
+        let waiter = tokio::spawn({
+            let bulkhead = Arc::clone(&bulkhead);
+            async move { bulkhead.acquire().await.flatten().is_some() }
+        });
+        while bulkhead.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        assert!(bulkhead.acquire().await.is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The slot freed goes to the request that waited.
+        drop(held);
+        assert!(waiter.await.unwrap_or(false));
+        assert_eq!(bulkhead.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_a_queue_timeout_nothing_waits() {
+        let bulkhead = Bulkhead::new("bulkhead-test-no-wait", Some(1), Duration::ZERO, None);
+        let held = bulkhead.acquire().await.flatten();
+        assert!(held.is_some());
+        assert!(bulkhead.acquire().await.is_none());
+        assert_eq!(bulkhead.waiting(), 0);
     }
 }

@@ -101,7 +101,9 @@ impl UpstreamPool {
                 backend.weight = if ignore_weights {
                     1
                 } else {
-                    endpoint.weight as usize
+                    // More points per endpoint on the hash ring when Go Loom's `replicas` asks
+                    // for them; the shares of the endpoints stay the same.
+                    (endpoint.weight as usize).saturating_mul(plan.ring_weight_multiplier as usize)
                 };
                 backend
             })
@@ -180,6 +182,7 @@ impl UpstreamPool {
             &plan.config.name,
             resilience.bulkhead.max_concurrent_requests,
             resilience.bulkhead.queue_timeout,
+            resilience.bulkhead.max_waiting,
         );
         if resilience.breaker.is_some() {
             for endpoint in &plan.endpoints {

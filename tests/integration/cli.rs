@@ -21,11 +21,13 @@ fn check(config: &str) -> (i32, String, String) {
 
 #[test]
 fn shipped_configs_are_valid() {
-    // conf/plugins.yaml also loads (compiles) every shipped plugin.
+    // conf/plugins.yaml also loads (compiles) every shipped plugin; the Go Loom fixture is a
+    // config in the Go gateway's schema, loaded unchanged.
     for config in [
         "conf/loom.yaml",
         "conf/resilience.yaml",
         "conf/plugins.yaml",
+        "tests/fixtures/go-loom.yaml",
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_loom"))
             .args(["-t", "-c", config])
