@@ -175,7 +175,8 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
     };
     // Padding, when present, completes the last group of four; one character alone in a
     // group cannot encode a byte.
-    if (unpadded.len() != bytes.len() && !bytes.len().is_multiple_of(4)) || unpadded.len() % 4 == 1 {
+    if (unpadded.len() != bytes.len() && !bytes.len().is_multiple_of(4)) || unpadded.len() % 4 == 1
+    {
         return None;
     }
     let mut decoded = Vec::with_capacity(unpadded.len() / 4 * 3 + 2);

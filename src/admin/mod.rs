@@ -76,7 +76,15 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let snapshot = self.state.current();
-        if let Some(auth) = &snapshot.admin_auth {
+        // Liveness and readiness stay open, as in Go Loom: load balancers and orchestrators
+        // probe them without credentials, and they reveal nothing but up or down.
+        let probe = matches!(
+            session.req_header().uri.path(),
+            "/health" | "/ready" | "/healthz" | "/readyz"
+        );
+        if let Some(auth) = &snapshot.admin_auth
+            && !probe
+        {
             let authorization = session
                 .req_header()
                 .headers

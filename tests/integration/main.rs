@@ -3,6 +3,7 @@
 mod balancing;
 mod cli;
 mod fault;
+mod go_loom;
 mod malformed;
 mod plugins;
 mod policies;

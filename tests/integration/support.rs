@@ -107,13 +107,13 @@ pub fn render(template: &str, http: u16, admin: u16, extra: &[u16], directory: &
 
 /// The `server:` and `admin:` sections every test gateway gets.
 pub fn preamble(directory: &Path, admin: u16) -> String {
-    preamble_with(directory, admin, "")
+    preamble_with(directory, admin, "", "")
 }
 
-/// [`preamble`] with more `server:` keys (lines indented by two spaces).
-pub fn preamble_with(directory: &Path, admin: u16, server_keys: &str) -> String {
+/// [`preamble`] with more `server:` and `admin:` keys (lines indented by two spaces).
+pub fn preamble_with(directory: &Path, admin: u16, server_keys: &str, admin_keys: &str) -> String {
     format!(
-        "server:\n  threads: 2\n  pid_file: {dir}/loom.pid\n  upgrade_sock: {dir}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{server_keys}admin:\n  address: \"127.0.0.1:{admin}\"\n",
+        "server:\n  threads: 2\n  pid_file: {dir}/loom.pid\n  upgrade_sock: {dir}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{server_keys}admin:\n  address: \"127.0.0.1:{admin}\"\n{admin_keys}",
         dir = directory.display()
     )
 }
@@ -129,8 +129,14 @@ impl GatewayProcess {
 
     /// [`GatewayProcess::start`] with more `server:` keys (lines indented by two spaces).
     pub async fn start_with_server(template: &str, server_keys: &str) -> GatewayProcess {
+        Self::start_with(template, server_keys, "").await
+    }
+
+    /// [`GatewayProcess::start`] with more `server:` and `admin:` keys (lines indented by two
+    /// spaces).
+    pub async fn start_with(template: &str, server_keys: &str, admin_keys: &str) -> GatewayProcess {
         for _ in 0..4 {
-            let mut gateway = Self::spawn(template, server_keys);
+            let mut gateway = Self::spawn(template, server_keys, admin_keys);
             match gateway.wait_ready().await {
                 Ok(()) => return gateway,
                 Err(log) if log.contains("cannot bind") => continue,
@@ -140,7 +146,7 @@ impl GatewayProcess {
         panic!("loom could not bind its ports in 4 tries");
     }
 
-    fn spawn(template: &str, server_keys: &str) -> GatewayProcess {
+    fn spawn(template: &str, server_keys: &str, admin_keys: &str) -> GatewayProcess {
         let directory = tempfile::tempdir().unwrap();
         let http_port = free_port();
         let admin_port = free_port();
@@ -162,7 +168,7 @@ impl GatewayProcess {
             &config_path,
             format!(
                 "{}{}",
-                preamble_with(directory.path(), admin_port, server_keys),
+                preamble_with(directory.path(), admin_port, server_keys, admin_keys),
                 body
             ),
         )
