@@ -680,3 +680,29 @@ fn the_go_loom_fixture_loads_with_each_key_meaning_what_it_means_in_go_loom() {
             .is_some_and(|section| !section.enabled)
     );
 }
+
+#[test]
+fn settings_that_would_be_ignored_are_errors() {
+    // A wait bound without a queue bounds nothing.
+    let errors = errors_of(&with_upstream(
+        "    bulkhead: {enabled: true, max_concurrent: 2, timeout: 5s}\n",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.starts_with("upstreams[0].bulkhead.timeout:")),
+        "{errors:?}"
+    );
+    // With service_name the name's addresses replace the endpoints: a second one, or a
+    // weight, would be ignored.
+    let text = "listeners:\n  - name: http\n    address: \"127.0.0.1:18080\"\nupstreams:\n  \
+                - name: backend\n    endpoints: [\"127.0.0.1:3001\", \"127.0.0.1:3002\"]\n    \
+                service_discovery: {enabled: true, provider: dns, service_name: localhost}\n";
+    let errors = errors_of(text);
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.starts_with("upstreams[0].service_discovery.service_name:")),
+        "{errors:?}"
+    );
+}

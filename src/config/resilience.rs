@@ -148,6 +148,14 @@ fn bulkhead_plan(upstream: &UpstreamConfig, problems: &mut Problems) -> Bulkhead
     }
     // Go Loom's zero values mean its defaults: 100 in flight, no queue, no time limit.
     let queue_size = section.queue_size.unwrap_or(0);
+    if queue_size == 0 && section.timeout.is_some_and(|timeout| !timeout.0.is_zero()) {
+        problems.push((
+            "bulkhead.timeout".to_string(),
+            "bounds the wait in the queue, and queue_size is 0 (nothing waits): \
+             give a queue_size or remove the timeout"
+                .to_string(),
+        ));
+    }
     let queue_timeout = if queue_size == 0 {
         Duration::ZERO
     } else {

@@ -62,6 +62,9 @@ pub struct ValidatedConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Go Loom's `admin.auth` when it is switched on.
     pub admin_auth: Option<AdminAuthPlan>,
+    /// The top-level policies (`cors:`, `access_log:`), also used for requests no route
+    /// matched (the access log still records them).
+    pub global_policies: Vec<Arc<PolicyStep>>,
 }
 
 /// One step of a route's chain, in the order it runs.
@@ -339,6 +342,7 @@ pub fn validate(
         stream,
         trusted_proxies,
         admin_auth,
+        global_policies,
     }
 }
 
@@ -444,6 +448,37 @@ fn route_chain(
             .find(|entry| &entry.name == name && super::plugins::is_wasm(entry))
         {
             own.push((entry.priority, ChainEntry::Wasm(name.clone())));
+        }
+    }
+    // A transform that names a path parameter the route does not capture would send an
+    // empty segment upstream: refuse it here.
+    let captured: Vec<&str> = route
+        .path
+        .split('/')
+        .filter_map(|segment| {
+            segment
+                .strip_prefix(':')
+                .or_else(|| segment.strip_prefix('*'))
+        })
+        .filter(|name| !name.is_empty())
+        .collect();
+    for (index, name) in route.plugins.iter().enumerate() {
+        let Some(step) = plugins.policies.iter().find(|step| &step.name == name) else {
+            continue;
+        };
+        if let crate::policy::Policy::Transform(transform) = &step.policy {
+            for parameter in transform.parameters() {
+                if !captured.contains(&parameter.as_str()) {
+                    checker.error(
+                        format!("{key}.plugins[{index}]"),
+                        format!(
+                            "transform \"{name}\" uses the path parameter \"{parameter}\", \
+                             which path \"{}\" does not capture",
+                            route.path
+                        ),
+                    );
+                }
+            }
         }
     }
     own.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
@@ -833,6 +868,22 @@ fn check_discovery(
         .service_name
         .as_deref()
         .filter(|name| !name.is_empty());
+    if service_name.is_some()
+        && (upstream.endpoints.len() != 1
+            || matches!(
+                upstream.endpoints.first(),
+                Some(crate::config::schema::EndpointConfig::Weighted { .. })
+            ))
+    {
+        // The service's addresses replace the endpoints: more endpoints, a weight or the
+        // first endpoint's host would be ignored.
+        checker.error(
+            format!("{section_key}.service_name"),
+            "with service_name, list exactly one endpoint (\"host:port\", no weight): its port \
+             is the service's port and the name's addresses become the endpoints",
+        );
+        usable = false;
+    }
     let service = match service_name {
         None => None,
         Some(name) => {
@@ -936,14 +987,13 @@ fn resolve_endpoint(address: &str) -> Result<(SocketAddr, String), String> {
     if let Ok(socket) = address.parse::<SocketAddr>() {
         return Ok((socket, host));
     }
-    let resolved: Vec<SocketAddr> = address
+    let resolved = address
         .to_socket_addrs()
-        .map_err(|error| format!("cannot resolve endpoint \"{address}\": {error}"))?
-        .collect();
-    resolved
-        .iter()
-        .find(|candidate| candidate.is_ipv4())
-        .or_else(|| resolved.first())
+        .map_err(|error| format!("cannot resolve endpoint \"{address}\": {error}"))?;
+    // The lowest address, not the first: round-robin DNS changes the order of its answers,
+    // and a reload should not move an endpoint (and rebuild its pool) for that alone.
+    preferred_addresses(resolved)
+        .first()
         .map(|socket| (*socket, host))
         .ok_or_else(|| format!("endpoint \"{address}\" resolved to no address"))
 }

@@ -8,8 +8,9 @@
 //! moved. Going through the reload keeps a single way for endpoints to change.
 //!
 //! An endpoint whose name still resolves to its address among others is left alone, so DNS
-//! servers that rotate the order of their answers do not cause reloads. A lookup that fails
-//! keeps the current addresses, as Go Loom does, and is logged.
+//! servers that rotate the order of their answers do not cause reloads, and a change must be
+//! seen by two lookups in a row. A lookup that fails keeps the current addresses, as Go Loom
+//! does, and is logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,17 +34,27 @@ pub fn spawn_loop(pool: &Arc<UpstreamPool>, changed: &Arc<Notify>) {
     let weak = Arc::downgrade(pool);
     let changed = Arc::clone(changed);
     tokio::spawn(async move {
+        // A change is followed only when two lookups in a row report the same one: a DNS
+        // server that answers with a random subset of its addresses (Consul, Route 53
+        // multivalue) would otherwise rebuild the pool, and lose its health and breaker
+        // state, at every interval.
+        let mut unconfirmed: Option<String> = None;
         loop {
             tokio::time::sleep(interval).await;
             let Some(pool) = weak.upgrade().filter(|pool| !pool.is_retired()) else {
                 break;
             };
-            if let Some(change) = find_change(&pool.plan).await {
-                log::info!(
-                    "upstream {}: {change}; reloading the config to follow it",
-                    pool.name
-                );
-                changed.notify_one();
+            let change = find_change(&pool.plan).await;
+            match (&change, &unconfirmed) {
+                (Some(now), Some(before)) if now == before => {
+                    log::info!(
+                        "upstream {}: {now}; reloading the config to follow it",
+                        pool.name
+                    );
+                    changed.notify_one();
+                    unconfirmed = None;
+                }
+                _ => unconfirmed = change,
             }
         }
     });
@@ -69,7 +80,7 @@ async fn find_change(plan: &UpstreamPlan) -> Option<String> {
         if endpoint.address.parse::<SocketAddr>().is_ok() {
             continue;
         }
-        let Some(resolved) = lookup(&endpoint.address).await else {
+        let Some(resolved) = lookup(&endpoint.address).await.map(preferred_addresses) else {
             continue;
         };
         if !resolved.is_empty() && !resolved.contains(&endpoint.socket) {

@@ -127,6 +127,10 @@ impl RouteChain {
 
 /// The request-headers phase. Returns `Ok(true)` when the request was answered here.
 pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+    if ctx.route().is_none_or(|route| route.chain.is_empty()) {
+        return Ok(false);
+    }
+    // Held for the walk: the steps borrow from it while `ctx` is changed.
     let Some(snapshot) = ctx.snapshot.clone() else {
         return Ok(false);
     };
@@ -134,9 +138,6 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
         return Ok(false);
     };
     let chain = &route.chain;
-    if chain.is_empty() {
-        return Ok(false);
-    }
     ctx.client_ip = crate::policy::client_ip::resolve(
         session
             .client_addr()
@@ -259,6 +260,12 @@ pub async fn response_headers(
     response: &mut ResponseHeader,
     ctx: &mut RequestContext,
 ) -> Result<()> {
+    if ctx
+        .route()
+        .is_none_or(|route| !route.chain.has_response_steps)
+    {
+        return Ok(());
+    }
     let Some(snapshot) = ctx.snapshot.clone() else {
         return Ok(());
     };
@@ -266,9 +273,6 @@ pub async fn response_headers(
         return Ok(());
     };
     let chain = &route.chain;
-    if !chain.has_response_steps {
-        return Ok(());
-    }
     if let Some(request_plugins) = ctx.plugins.as_mut() {
         request_plugins.facts.response_code = response.status.as_u16();
     }
@@ -313,19 +317,26 @@ pub async fn response_headers(
     Ok(())
 }
 
-/// Writes the access-log lines of the route's chain.
+/// Writes the access-log lines of the route's chain; a request no route matched is written
+/// to the global access logs.
 pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
-    let Some(route) = ctx.route() else {
+    let Some(snapshot) = ctx.snapshot.as_ref() else {
         return;
     };
-    if route.chain.access_logs.is_empty() {
+    let route = ctx.route();
+    let access_logs = match route {
+        Some(route) => &route.chain.access_logs[..],
+        None => &snapshot.global_access_logs[..],
+    };
+    if access_logs.is_empty() {
         return;
     }
     let request = session.req_header();
-    let endpoint = ctx
-        .endpoint_index
-        .and_then(|index| route.upstream.endpoints().get(index))
-        .map(|endpoint| endpoint.address.as_str());
+    let endpoint = route.and_then(|route| {
+        ctx.endpoint_index
+            .and_then(|index| route.upstream.endpoints().get(index))
+            .map(|endpoint| endpoint.address.as_str())
+    });
     let client_ip = ctx.client_ip.or_else(|| {
         session
             .client_addr()
@@ -342,10 +353,14 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
+    let elapsed = ctx.started.elapsed();
     let record = AccessLogRecord {
-        time: std::time::SystemTime::now(),
+        // When the request started, as access logs usually stamp it.
+        time: std::time::SystemTime::now()
+            .checked_sub(elapsed)
+            .unwrap_or(std::time::UNIX_EPOCH),
         request_id: ctx.request_id.to_str().unwrap_or_default(),
-        route: &route.id,
+        route: route.map_or("none", |route| &route.id),
         method: request.method.as_str(),
         path,
         status,
@@ -353,7 +368,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
         bytes_sent: session.body_bytes_sent() as u64,
         upstream: endpoint,
         attempts: ctx.attempts,
-        duration_micros: ctx.started.elapsed().as_micros() as u64,
+        duration_micros: elapsed.as_micros() as u64,
         upstream_duration_micros: ctx
             .upstream_elapsed
             .map(|elapsed| elapsed.as_micros() as u64),
@@ -370,7 +385,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
         },
         trace_id: None,
     };
-    for step in route.chain.access_logs.iter() {
+    for step in access_logs {
         if let Policy::AccessLog(access_log) = &step.policy {
             access_log.write(&record);
         }

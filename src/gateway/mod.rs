@@ -155,6 +155,9 @@ impl ProxyHttp for Gateway {
         let pool = Arc::clone(&route.upstream);
         let timeouts = route.timeouts;
         let per_try_timeout = route.retry.per_try_timeout;
+        // A retry replays the body through `request_body_filter`: the size limits count it
+        // afresh.
+        ctx.request_body_bytes = 0;
         if let Err(error) = attempts::admit(ctx, &pool).await {
             return Err(self.fail(ctx, error));
         }

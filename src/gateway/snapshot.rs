@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<Cidr>,
     /// `server.keepalive_timeout` in whole seconds (at least 1), when it is set.
     pub keepalive_seconds: Option<u64>,
+    /// The global access logs, which also record requests no route matched.
+    pub global_access_logs: Vec<Arc<crate::policy::PolicyStep>>,
     /// Who may use the admin API, when Go Loom's `admin.auth` is on; a reload applies it to
     /// the next admin request.
     pub admin_auth: Option<crate::admin::auth::AdminAuthPlan>,
@@ -133,6 +135,19 @@ impl Snapshot {
                 .server
                 .keepalive_timeout
                 .map(|timeout| timeout.0.as_secs().max(1)),
+            global_access_logs: validated
+                .global_policies
+                .iter()
+                .filter(|step| {
+                    matches!(&step.policy, crate::policy::Policy::AccessLog(log) if log.is_enabled())
+                })
+                .inspect(|step| {
+                    if let crate::policy::Policy::AccessLog(log) = &step.policy {
+                        log.open();
+                    }
+                })
+                .cloned()
+                .collect(),
             server: validated.file.server,
             trusted_proxies: validated.trusted_proxies,
             admin_auth: validated.admin_auth,

@@ -25,7 +25,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::observe::metrics;
@@ -52,8 +52,10 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Bumped by [`reopen_all`]; each writer remembers the value it opened its file with.
 static REOPEN_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// Every sink started so far, by destination. Locked only when a config snapshot is built.
-static SINKS: LazyLock<Mutex<HashMap<AccessLogDestination, Arc<AccessLogSink>>>> =
+/// The sinks in use, by destination. Locked only when a config snapshot is built. Held
+/// weakly: when no snapshot uses a destination any more its sink drops, its queue
+/// disconnects and its writer thread ends (closing the file).
+static SINKS: LazyLock<Mutex<HashMap<AccessLogDestination, Weak<AccessLogSink>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Where access log lines go.
@@ -82,13 +84,14 @@ impl fmt::Display for AccessLogDestination {
 pub fn sink(destination: &AccessLogDestination) -> Arc<AccessLogSink> {
     // The map stays consistent even if a holder panicked: entries are inserted whole.
     let mut sinks = SINKS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(existing) = sinks.get(destination) {
-        return Arc::clone(existing);
+    if let Some(existing) = sinks.get(destination).and_then(Weak::upgrade) {
+        return existing;
     }
+    sinks.retain(|_, sink| sink.strong_count() > 0);
     match AccessLogSink::with_capacity(destination.clone(), CHANNEL_CAPACITY) {
         Ok(started) => {
             let started = Arc::new(started);
-            sinks.insert(destination.clone(), Arc::clone(&started));
+            sinks.insert(destination.clone(), Arc::downgrade(&started));
             started
         }
         Err(error) => {
@@ -402,8 +405,12 @@ impl AccessLogRecord<'_> {
     pub fn to_json_line(&self) -> Vec<u8> {
         // The fixed keys and numbers fit in 320 bytes; the client's strings come on top, so
         // that a long path does not make the buffer grow twice.
-        let client_strings =
-            self.path.len() + self.user_agent.map_or(0, str::len) + self.host.map_or(0, str::len);
+        // The client's strings are clipped: a queue of 16,384 lines must stay a few MiB even
+        // when every request carries a 64 KiB path.
+        let path = clip(self.path, MAX_PATH_BYTES);
+        let user_agent = self.user_agent.map(|text| clip(text, MAX_HEADER_BYTES));
+        let host = self.host.map(|text| clip(text, MAX_HEADER_BYTES));
+        let client_strings = path.len() + user_agent.map_or(0, str::len) + host.map_or(0, str::len);
         let mut line = Vec::with_capacity(320 + client_strings);
         line.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_millis(&mut line, self.time);
@@ -414,7 +421,7 @@ impl AccessLogRecord<'_> {
         line.extend_from_slice(b",\"method\":");
         push_json_string(&mut line, self.method);
         line.extend_from_slice(b",\"path\":");
-        push_json_string(&mut line, self.path);
+        push_json_string(&mut line, path);
         line.extend_from_slice(b",\"status\":");
         push_padded_decimal(&mut line, u64::from(self.status), 1);
         line.extend_from_slice(b",\"bytes_in\":");
@@ -443,9 +450,9 @@ impl AccessLogRecord<'_> {
             None => line.extend_from_slice(b"null"),
         }
         line.extend_from_slice(b",\"user_agent\":");
-        push_optional_json_string(&mut line, self.user_agent);
+        push_optional_json_string(&mut line, user_agent);
         line.extend_from_slice(b",\"host\":");
-        push_optional_json_string(&mut line, self.host);
+        push_optional_json_string(&mut line, host);
         line.extend_from_slice(b",\"protocol\":");
         push_json_string(&mut line, self.protocol);
         if let Some(trace_id) = self.trace_id {
@@ -455,6 +462,22 @@ impl AccessLogRecord<'_> {
         line.extend_from_slice(b"}\n");
         line
     }
+}
+
+/// Longest path, and longest user agent or host, written to a line.
+const MAX_PATH_BYTES: usize = 4096;
+const MAX_HEADER_BYTES: usize = 512;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn push_optional_json_string(out: &mut Vec<u8>, value: Option<&str>) {

@@ -37,6 +37,8 @@ struct PluginContext {
     stream: StreamState,
     /// Failed with `fail_open` (or never opened): left out for the rest of the request.
     skipped: bool,
+    /// Skipped, but its instance was kept (a callback over `timeout`): `on_delete` still runs.
+    teardown_pending: bool,
     request_body: BytesMut,
     response_body: BytesMut,
 }
@@ -80,6 +82,7 @@ impl RequestPlugins {
                 handle: None,
                 stream: StreamState::default(),
                 skipped: false,
+                teardown_pending: false,
                 request_body: BytesMut::new(),
                 response_body: BytesMut::new(),
             })
@@ -98,6 +101,8 @@ impl RequestPlugins {
     fn fail(&mut self, index: usize, failure: Failure) -> Option<Flow> {
         let plugin = &self.chain[index];
         self.contexts[index].skipped = true;
+        // Only a slow callback leaves its instance (and the context in it) in place.
+        self.contexts[index].teardown_pending = failure.kind == FailureKind::Timeout;
         match plugin.plan.on_error {
             PluginFailureMode::FailOpen => {
                 log::debug!(
@@ -506,8 +511,10 @@ impl RequestPlugins {
             return;
         }
         for index in 0..self.chain.len() {
-            // A context that failed was already torn down with its instance.
-            if self.contexts[index].handle.is_none() || self.contexts[index].skipped {
+            // A context that failed was already torn down with its instance, unless the
+            // instance was kept.
+            let context = &self.contexts[index];
+            if context.handle.is_none() || (context.skipped && !context.teardown_pending) {
                 continue;
             }
             let loans = Loans {

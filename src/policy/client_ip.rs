@@ -34,6 +34,19 @@ impl Cidr {
         if prefix > max {
             return Err(format!("\"{text}\": the prefix length is at most {max}"));
         }
+        // An IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 block it maps, since
+        // addresses are compared in their IPv4 form.
+        let (address, prefix) = match address {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                if prefix < 96 {
+                    return Err(format!(
+                        "\"{text}\": an IPv4-mapped block needs a prefix of at least 96"
+                    ));
+                }
+                (canonical(address), prefix - 96)
+            }
+            _ => (address, prefix),
+        };
         Ok(Cidr {
             network: mask(address, prefix),
             prefix,
@@ -161,6 +174,15 @@ mod tests {
                 .contains(ip("192.168.1.7"))
         );
         assert!(Cidr::parse("10.0.0.0/33").is_err());
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains(ip("10.9.9.9")));
+        assert!(!mapped.contains(ip("11.0.0.1")));
+        assert!(
+            Cidr::parse("::ffff:10.0.0.1")
+                .unwrap()
+                .contains(ip("10.0.0.1"))
+        );
+        assert!(Cidr::parse("::ffff:10.0.0.0/95").is_err());
         assert!(Cidr::parse("ten").is_err());
     }
 

@@ -142,7 +142,31 @@ impl Template {
             }
         }
     }
+
+    /// Renders a path: variable values are percent-encoded as one segment each, so a value
+    /// such as `../admin` or `a?b=1` (from a header or a parameter) cannot change which path
+    /// or query the upstream sees.
+    fn render_path(&self, context: &Variables<'_>, output: &mut String) {
+        let mut value = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => output.push_str(text),
+                Piece::Variable(variable) => {
+                    value.clear();
+                    context.write(variable, &mut value);
+                    output.extend(percent_encoding::utf8_percent_encode(&value, PATH_SEGMENT));
+                }
+            }
+        }
+    }
 }
+
+/// Bytes escaped in a path segment built from a variable: everything but RFC 3986's
+/// unreserved characters, and `.`, so that `..` cannot climb out of the template.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
 
 fn parse_variable(name: &str) -> Result<Variable, String> {
     Ok(match name {
@@ -504,7 +528,7 @@ impl Transform {
             None => current.path().to_string(),
             Some(PathRewrite::Template(template)) => {
                 let mut path = String::new();
-                template.render(&variables, &mut path);
+                template.render_path(&variables, &mut path);
                 path
             }
             Some(PathRewrite::Regex { regex, replacement }) => regex
@@ -514,15 +538,16 @@ impl Transform {
         if !path.starts_with('/') {
             path.insert(0, '/');
         }
-        let mut pairs: Vec<(String, String)> = current
+        // Pairs as the client wrote them (a bare `flag` stays bare); added ones are encoded.
+        let mut pairs: Vec<(String, Option<String>)> = current
             .query()
             .map(|query| {
                 query
                     .split('&')
                     .filter(|pair| !pair.is_empty())
                     .map(|pair| match pair.split_once('=') {
-                        Some((name, value)) => (name.to_string(), value.to_string()),
-                        None => (pair.to_string(), String::new()),
+                        Some((name, value)) => (name.to_string(), Some(value.to_string())),
+                        None => (pair.to_string(), None),
                     })
                     .collect()
             })
@@ -536,14 +561,14 @@ impl Transform {
             for (name, template) in &query.add {
                 let mut value = String::new();
                 template.render(&variables, &mut value);
-                pairs.push((encode(name), encode(&value)));
+                pairs.push((encode(name), Some(encode(&value))));
             }
         }
         let mut target = path;
         for (index, (name, value)) in pairs.iter().enumerate() {
             target.push(if index == 0 { '?' } else { '&' });
             target.push_str(name);
-            if !value.is_empty() || current.query().is_some_and(|query| query.contains('=')) {
+            if let Some(value) = value {
                 target.push('=');
                 target.push_str(value);
             }
@@ -670,6 +695,17 @@ mod tests {
         // Braces are literal in header values: only `${...}` is a variable there.
         assert_eq!(request.headers.get("x-user").unwrap(), "user-{id} 42 acme");
         assert!(request.headers.get("x-debug").is_none());
+    }
+
+    #[test]
+    fn variables_cannot_escape_their_path_segment_and_bare_flags_stay_bare() {
+        let mut config = TransformConfig::default();
+        config.request.path = Some("/v2/${header.x-tenant}/{id}".into());
+        let transform = compile(config);
+        let mut request =
+            test_request("GET", "/users/42?a=1&flag", &[("x-tenant", "../admin?x=1")]);
+        let uri = run(&transform, &mut request).unwrap();
+        assert_eq!(uri.to_string(), "/v2/%2E%2E%2Fadmin%3Fx%3D1/42?a=1&flag");
     }
 
     #[test]

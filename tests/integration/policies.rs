@@ -547,6 +547,17 @@ async fn access_log_lines_are_json_and_reopen_on_sigusr1() {
         .send()
         .await
         .unwrap();
+    // A request with no Host matches no route: the global access log still records it.
+    let unrouted = raw_request(
+        setup.gateway.http_port,
+        b"GET /nowhere HTTP/1.1\r\nX-Request-ID: log-unrouted\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(unrouted.starts_with("HTTP/1.1 400"), "{unrouted}");
+    let line = wait_for_line(&setup.log_path, "log-unrouted").await;
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["route"], "none");
+    assert_eq!(record["status"], 400);
     let line = wait_for_line(&setup.log_path, "log-1").await;
     let record: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(record["request_id"], "log-1");
