@@ -11,8 +11,10 @@
 //! - the request head has not fully arrived `server.request_header_timeout` (default 30 s) after
 //!   the connection was accepted (first request) or after the first byte of the next request
 //!   (keep-alive);
-//! - a keep-alive connection has received no byte for `server.keepalive_timeout` (default 60 s)
-//!   since its previous request finished.
+//! - (with Pingora) a keep-alive connection has received no byte for
+//!   `server.keepalive_timeout` (default 60 s) since its previous request finished: the
+//!   gateway sets Pingora's own keep-alive read timeout to it, and this stream arms no second
+//!   timer for idle waits.
 //!
 //! Both are read from the config when a connection is accepted, so a reload applies to new
 //! connections. The gateway's hooks mark where a request begins ([`request_started`], once its
@@ -27,8 +29,6 @@
 //!   (`HttpServerOptions::h2_idle_timeout`, which Loom does not set today).
 //! - The TLS handshake, which Pingora completes (within its own 60 s) before the connection
 //!   reaches [`EdgeApp`]; the first head's clock starts after it.
-//! - Pingora's own per-read keep-alive timeout (60 s by default) is set to the same
-//!   `keepalive_timeout` by the gateway's `early_request_filter`, so a longer limit is honoured.
 //!
 //! A request body that the gateway did not read (say, an early error response) is drained by
 //! Pingora after the request finished. Those bytes start the next head's clock, so the drain
@@ -196,8 +196,7 @@ pub struct HeadDeadlineStream {
     /// connection's task, so `Relaxed` is enough.
     phase: AtomicU8,
     request_header_timeout: Duration,
-    keepalive_timeout: Duration,
-    /// When the current wait (`AwaitingHead` or `KeepaliveIdle`) runs out.
+    /// When the current request head is due.
     deadline: Instant,
     /// Made by the first read that has to wait, then moved with `reset`: a head that is
     /// already buffered when read, the usual case on keep-alive, never touches the timer.
@@ -213,16 +212,11 @@ pub struct HeadDeadlineStream {
 impl HeadDeadlineStream {
     /// Wraps a just-accepted connection: the first request's head is due within
     /// `request_header_timeout` from now.
-    pub fn new(
-        inner: Stream,
-        request_header_timeout: Duration,
-        keepalive_timeout: Duration,
-    ) -> HeadDeadlineStream {
+    pub fn new(inner: Stream, request_header_timeout: Duration) -> HeadDeadlineStream {
         HeadDeadlineStream {
             inner,
             phase: AtomicU8::new(ConnectionPhase::AwaitingHead as u8),
             request_header_timeout,
-            keepalive_timeout,
             deadline: deadline_after(Instant::now(), request_header_timeout),
             timer: None,
             preface_bytes_matched: Some(0),
@@ -306,14 +300,11 @@ impl HeadDeadlineStream {
     fn expire(&mut self, wait: Wait) -> io::Error {
         self.expired = Some(wait);
         metrics::count_downstream_timeout(wait.metric_label());
-        let timeout = match wait {
-            Wait::RequestHead => self.request_header_timeout,
-            Wait::KeepaliveIdle => self.keepalive_timeout,
-        };
         log::debug!(
-            "closing downstream connection {}: {} ({timeout:?})",
+            "closing downstream connection {}: {} ({:?})",
             UniqueID::id(&*self.inner),
-            wait.message()
+            wait.message(),
+            self.request_header_timeout
         );
         wait.error()
     }
@@ -335,9 +326,6 @@ impl AsyncRead for HeadDeadlineStream {
             }
             ConnectionPhase::AwaitingHead => Wait::RequestHead,
             ConnectionPhase::BetweenRequests => {
-                // The hook could only flip the phase (it holds a shared reference), so the
-                // idle clock starts here, at the first read after the request.
-                this.deadline = deadline_after(Instant::now(), this.keepalive_timeout);
                 this.store_phase(ConnectionPhase::KeepaliveIdle);
                 Wait::KeepaliveIdle
             }
@@ -355,7 +343,13 @@ impl AsyncRead for HeadDeadlineStream {
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
             // Only a read that would block looks at the clock, so buffered data is never
             // refused and the timer costs nothing while bytes keep coming.
-            Poll::Pending => this.poll_deadline(context, wait),
+            Poll::Pending => match wait {
+                Wait::RequestHead => this.poll_deadline(context, wait),
+                // An idle keep-alive connection is closed by Pingora's own keep-alive read
+                // timeout, which the gateway sets from `server.keepalive_timeout`: a second
+                // timer here would be armed and cancelled on every keep-alive wait.
+                Wait::KeepaliveIdle => Poll::Pending,
+            },
         }
     }
 }
@@ -498,20 +492,10 @@ impl ServerApp for EdgeApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // Only the two durations are kept: holding the snapshot for the connection's life
-        // would keep an old config alive after reloads.
-        let (header_timeout, idle_timeout) = {
-            let snapshot = self.state.current();
-            (
-                request_header_timeout(&snapshot.server),
-                keepalive_timeout(&snapshot.server),
-            )
-        };
-        let stream: Stream = Box::new(HeadDeadlineStream::new(
-            stream,
-            header_timeout,
-            idle_timeout,
-        ));
+        // Only the duration is kept: holding the snapshot for the connection's life would
+        // keep an old config alive after reloads.
+        let header_timeout = request_header_timeout(&self.state.current().server);
+        let stream: Stream = Box::new(HeadDeadlineStream::new(stream, header_timeout));
         // For HTTP/1 Pingora serves every keep-alive request of the connection inside this
         // call, on this same stream, so the wrapper sees the whole connection.
         <HttpProxy<Gateway> as ServerApp>::process_new(&self.proxy, stream, shutdown).await
@@ -531,13 +515,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-    const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
     const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n";
     const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
     fn wrapped() -> (DuplexStream, HeadDeadlineStream) {
         let (client, server) = tokio::io::duplex(4096);
-        let stream = HeadDeadlineStream::new(Box::new(server), HEADER_TIMEOUT, IDLE_TIMEOUT);
+        let stream = HeadDeadlineStream::new(Box::new(server), HEADER_TIMEOUT);
         (client, stream)
     }
 
@@ -626,23 +609,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout() {
+    async fn an_idle_keepalive_wait_arms_no_timer_here() {
         let (mut client, mut stream) = wrapped();
         client.write_all(HEAD).await.unwrap();
         read_exactly(&mut stream, HEAD.len()).await;
         stream.start_request();
-        // A long request must not eat into the idle time that follows it.
-        tokio::time::sleep(IDLE_TIMEOUT * 2).await;
         stream.finish_request();
         assert_eq!(stream.phase(), ConnectionPhase::BetweenRequests);
-
-        let finished = Instant::now();
-        let error = read_until_error(&mut stream).await;
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(error.to_string(), "keep-alive idle timeout");
-        assert_between(finished.elapsed(), IDLE_TIMEOUT);
+        // Pingora's keep-alive read timeout closes an idle connection; the stream itself
+        // waits without a deadline and arms no timer.
+        let mut byte = [0u8; 1];
+        let idle = tokio::time::timeout(HEADER_TIMEOUT * 10, stream.read(&mut byte)).await;
+        assert!(idle.is_err(), "the idle read ended: {idle:?}");
         assert_eq!(stream.phase(), ConnectionPhase::KeepaliveIdle);
-        // Held open until here, so the reads above see silence rather than the end.
+        assert!(stream.timer.is_none());
         drop(client);
     }
 
@@ -702,11 +682,7 @@ mod tests {
     #[tokio::test]
     async fn the_hooks_find_the_wrapper_behind_a_boxed_stream() {
         let (_client, server) = tokio::io::duplex(64);
-        let wrapped: Stream = Box::new(HeadDeadlineStream::new(
-            Box::new(server),
-            HEADER_TIMEOUT,
-            IDLE_TIMEOUT,
-        ));
+        let wrapped: Stream = Box::new(HeadDeadlineStream::new(Box::new(server), HEADER_TIMEOUT));
         assert!(as_deadline_stream(&wrapped).is_some());
 
         let (_client, plain) = tokio::io::duplex(64);

@@ -69,11 +69,9 @@ impl ProxyHttp for Gateway {
     }
 
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
-        // Pingora's default: response compression, switched on per route by the
-        // `compression` policy; and the byte its brotli encoder forgets to write.
-        modules
-            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
-        modules.add_module(Box::new(crate::policy::compression::BrotliFinisherBuilder));
+        // Pingora's default response compression, switched on per route by the `compression`
+        // policy, with the end its brotli encoder forgets to write.
+        modules.add_module(Box::new(crate::policy::compression::LoomCompressionBuilder));
     }
 
     fn on_connection_reuse(

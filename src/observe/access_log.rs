@@ -24,7 +24,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,9 +41,9 @@ const BUFFER_BYTES: usize = 64 * 1024;
 /// never empty) lines still reach the file and reopen requests are still noticed.
 const MAX_BATCH_LINES: usize = 1024;
 
-/// How long an idle writer sleeps before looking for a reopen request or retrying a file
-/// that could not be opened.
-const IDLE_WAKE_INTERVAL: Duration = Duration::from_millis(200);
+/// How long an idle writer sleeps before looking for new lines, a reopen request, or
+/// retrying a file that could not be opened: the most a line waits before it is written.
+const IDLE_WAKE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A file that cannot be opened or written is retried at most this often, so that a full or
 /// read-only disk costs one failed open per second, not one per line.
@@ -211,18 +211,24 @@ fn run_writer(
     let mut writer = Writer::new(destination, counters);
     writer.open();
     loop {
-        match receiver.recv_timeout(IDLE_WAKE_INTERVAL) {
+        // The writer polls rather than blocking in `recv`: a receiver parked in `recv`
+        // makes every `try_send` take the channel's waker lock and wake this thread (a
+        // futex call per request); a polling one costs a request one atomic load.
+        match receiver.try_recv() {
             Ok(line) => {
                 writer.reopen_if_requested();
                 writer.write_line(&line);
-                // Take what else is queued without blocking: one flush per batch, not per line.
+                // Take what else is queued: one flush per batch, not per line.
                 for line in receiver.try_iter().take(MAX_BATCH_LINES) {
                     writer.write_line(&line);
                 }
                 writer.flush();
             }
-            Err(RecvTimeoutError::Timeout) => writer.reopen_if_requested(),
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                writer.reopen_if_requested();
+                std::thread::sleep(IDLE_WAKE_INTERVAL);
+            }
+            Err(TryRecvError::Disconnected) => break,
         }
     }
     writer.flush();
@@ -441,6 +447,16 @@ impl AccessLogRecord<'_> {
         }
         line.extend_from_slice(b",\"client_ip\":");
         match self.client_ip {
+            Some(std::net::IpAddr::V4(address)) => {
+                line.push(b'"');
+                for (index, octet) in address.octets().into_iter().enumerate() {
+                    if index > 0 {
+                        line.push(b'.');
+                    }
+                    push_padded_decimal(&mut line, u64::from(octet), 1);
+                }
+                line.push(b'"');
+            }
             Some(address) => {
                 line.push(b'"');
                 // Writing into a Vec cannot fail, and an address's text needs no escaping.
@@ -496,10 +512,7 @@ fn push_json_string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     let mut plain_from = 0;
     for (index, &byte) in bytes.iter().enumerate() {
-        // DEL is legal in JSON, but escaped so that a client cannot put terminal control
-        // bytes into a log someone reads with `tail`.
-        let needs_escape = byte == b'"' || byte == b'\\' || byte < 0x20 || byte == 0x7f;
-        if !needs_escape {
+        if !NEEDS_ESCAPE[usize::from(byte)] {
             continue;
         }
         out.extend_from_slice(&bytes[plain_from..index]);
@@ -523,6 +536,22 @@ fn push_json_string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
+/// Bytes a JSON string cannot hold as they are: quote, backslash, control characters, and DEL
+/// (legal in JSON, but escaped so that a client cannot put terminal control bytes into a log
+/// someone reads with `tail`). A table: one load per byte on a line built per request.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[0x7f] = true;
+    table
+};
+
 /// `micros` as milliseconds with exactly three decimals, in integer arithmetic so that
 /// 1500 µs is always `1.500` and never `1.4999999`.
 fn push_milliseconds(out: &mut Vec<u8>, micros: u64) {
@@ -533,17 +562,25 @@ fn push_milliseconds(out: &mut Vec<u8>, micros: u64) {
 
 /// `value` in decimal, left-padded with zeros to at least `width` digits (at most 20).
 fn push_padded_decimal(out: &mut Vec<u8>, value: u64, width: usize) {
+    // Two digits per step from a table: half the divisions of digit-by-digit.
+    const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
     // u64::MAX has 20 digits; the array starts as zeros so that padding is only a wider slice.
     let mut digits = [b'0'; 20];
     let mut start = digits.len();
     let mut rest = value;
-    loop {
+    while rest >= 100 {
+        let pair = (rest % 100) as usize * 2;
+        rest /= 100;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if rest >= 10 {
+        let pair = rest as usize * 2;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+        digits[start] = b'0' + rest as u8;
     }
     let start = start.min(digits.len().saturating_sub(width));
     out.extend_from_slice(&digits[start..]);

@@ -1,5 +1,6 @@
-//! `compression`: gzip, brotli and zstd answers through Pingora's own `ResponseCompression`
-//! downstream module (Pingora adds it, switched off, to every session).
+//! `compression`: gzip, brotli and zstd answers through Pingora's own compression engine
+//! (`ResponseCompressionCtx`, in the downstream module [`LoomCompression`] that the gateway adds,
+//! switched off, to every session in place of Pingora's identical default).
 //!
 //! The module reads `Accept-Encoding` before `request_filter` runs, while it is still off, so the
 //! request step switches it on for this route and hands it the request headers again. The
@@ -8,10 +9,10 @@
 //! client accepts, sets `Vary: Accept-Encoding`, and drops `Content-Length`.
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
-use pingora::modules::http::compression::ResponseCompression;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::{HttpModule, HttpModuleBuilder, Module};
 use pingora::protocols::http::compression::Algorithm;
+use pingora::protocols::http::compression::ResponseCompressionCtx;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
@@ -159,10 +160,7 @@ impl Compression {
     /// Switches the module on for this request and lets it read `Accept-Encoding`.
     pub fn on_request(&self, session: &mut Session) {
         let request = session.downstream_session.req_header();
-        let Some(module) = session
-            .downstream_modules_ctx
-            .get_mut::<ResponseCompression>()
-        else {
+        let Some(module) = session.downstream_modules_ctx.get_mut::<LoomCompression>() else {
             return;
         };
         // Adjusting after the response headers went through would panic inside Pingora.
@@ -182,15 +180,13 @@ impl Compression {
                 .headers
                 .get(http::header::CONTENT_ENCODING)
                 .is_none()
-                && let Some(finisher) = session.downstream_modules_ctx.get_mut::<BrotliFinisher>()
+                && let Some(module) = session.downstream_modules_ctx.get_mut::<LoomCompression>()
             {
-                finisher.armed = true;
+                module.armed = true;
             }
             return;
         }
-        if let Some(module) = session
-            .downstream_modules_ctx
-            .get_mut::<ResponseCompression>()
+        if let Some(module) = session.downstream_modules_ctx.get_mut::<LoomCompression>()
             && module.is_header_phase()
         {
             module.adjust_level(0);
@@ -236,43 +232,79 @@ impl Compression {
     }
 }
 
-/// Ends the brotli streams Pingora's compression module leaves open.
+/// The per-request compression module: Pingora's own compression engine
+/// (`ResponseCompressionCtx`, what its `ResponseCompression` module wraps), plus the end of
+/// the brotli stream that engine leaves open.
 ///
 /// Pingora 0.9.1's brotli encoder only flushes at the end of the body and never writes the
 /// final (ISLAST) meta-block, so strict decoders (Python's `brotli.decompress`, for one) refuse
 /// the answer while lenient ones (curl, browsers) accept it. After a flush the stream is
-/// byte-aligned, so one byte, `0x03` (ISLAST = 1, ISLASTEMPTY = 1), ends it properly. This
-/// module runs after the compression module (lower order) and appends that byte to the last
-/// chunk of a body that module compressed with brotli: `armed` is set by the compression
-/// policy only when the upstream's answer had no `Content-Encoding` of its own, so an
-/// upstream's finished brotli stream is never touched.
-#[derive(Default)]
-pub struct BrotliFinisher {
+/// byte-aligned, so one byte, `0x03` (ISLAST = 1, ISLASTEMPTY = 1), ends it properly. `armed`
+/// is set by the compression policy only when the upstream's answer had no
+/// `Content-Encoding` of its own, so an upstream's finished brotli stream is never touched.
+/// One module does both, so a request costs what Pingora's default module costs.
+pub struct LoomCompression {
+    engine: ResponseCompressionCtx,
     armed: bool,
-    active: bool,
+    brotli: bool,
     finished: bool,
 }
 
-/// Adds [`BrotliFinisher`] to every session.
-pub struct BrotliFinisherBuilder;
+impl std::ops::Deref for LoomCompression {
+    type Target = ResponseCompressionCtx;
 
-impl HttpModuleBuilder for BrotliFinisherBuilder {
+    fn deref(&self) -> &ResponseCompressionCtx {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for LoomCompression {
+    fn deref_mut(&mut self) -> &mut ResponseCompressionCtx {
+        &mut self.engine
+    }
+}
+
+/// Adds [`LoomCompression`], switched off, to every session (in place of Pingora's default
+/// `ResponseCompression`).
+pub struct LoomCompressionBuilder;
+
+impl HttpModuleBuilder for LoomCompressionBuilder {
     fn order(&self) -> i16 {
-        // Later than Pingora's compression module (`i16::MIN / 2`). Not `i16::MIN`: Pingora
-        // sorts by the negated order, which would overflow.
-        i16::MIN + 1
+        // Where Pingora puts its own compression module: after most other filters.
+        i16::MIN / 2
     }
 
     fn init(&self) -> Module {
-        Box::new(BrotliFinisher::default())
+        Box::new(LoomCompression {
+            engine: ResponseCompressionCtx::new(0, false, false),
+            armed: false,
+            brotli: false,
+            finished: false,
+        })
     }
 }
 
 /// The meta-block header that ends a brotli stream after a flush.
 const BROTLI_LAST_EMPTY_METABLOCK: u8 = 0x03;
 
+impl LoomCompression {
+    /// Appends the end of the brotli stream to the last compressed bytes, once.
+    fn finish_brotli(&mut self, last: Option<Bytes>) -> Option<Bytes> {
+        if !self.brotli || self.finished {
+            return last;
+        }
+        self.finished = true;
+        let mut bytes = Vec::with_capacity(last.as_ref().map_or(0, Bytes::len) + 1);
+        if let Some(chunk) = &last {
+            bytes.extend_from_slice(chunk);
+        }
+        bytes.push(BROTLI_LAST_EMPTY_METABLOCK);
+        Some(Bytes::from(bytes))
+    }
+}
+
 #[async_trait::async_trait]
-impl HttpModule for BrotliFinisher {
+impl HttpModule for LoomCompression {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -281,12 +313,18 @@ impl HttpModule for BrotliFinisher {
         self
     }
 
+    async fn request_header_filter(&mut self, request: &mut RequestHeader) -> pingora::Result<()> {
+        self.engine.request_filter(request);
+        Ok(())
+    }
+
     async fn response_header_filter(
         &mut self,
         response: &mut ResponseHeader,
         end_of_stream: bool,
     ) -> pingora::Result<()> {
-        self.active = self.armed
+        self.engine.response_header_filter(response, end_of_stream);
+        self.brotli = self.armed
             && !end_of_stream
             && response
                 .headers
@@ -300,17 +338,28 @@ impl HttpModule for BrotliFinisher {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> pingora::Result<()> {
-        if !self.active || self.finished || !end_of_stream {
+        if !self.engine.is_enabled() {
             return Ok(());
         }
-        self.finished = true;
-        let mut last = Vec::with_capacity(body.as_ref().map_or(0, Bytes::len) + 1);
-        if let Some(chunk) = body.as_ref() {
-            last.extend_from_slice(chunk);
+        let compressed = self
+            .engine
+            .response_body_filter(body.as_ref(), end_of_stream);
+        if compressed.is_some() {
+            *body = compressed;
         }
-        last.push(BROTLI_LAST_EMPTY_METABLOCK);
-        *body = Some(Bytes::from(last));
+        if end_of_stream {
+            *body = self.finish_brotli(body.take());
+        }
         Ok(())
+    }
+
+    fn response_done_filter(&mut self) -> pingora::Result<Option<Bytes>> {
+        if !self.engine.is_enabled() {
+            return Ok(None);
+        }
+        // The body ended without an end-of-stream chunk: flush what the encoder holds.
+        let flushed = self.engine.response_body_filter(None, true);
+        Ok(self.finish_brotli(flushed))
     }
 }
 

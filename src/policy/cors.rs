@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
+    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
@@ -288,15 +288,16 @@ impl Cors {
             response.remove_header(&ACCESS_CONTROL_ALLOW_CREDENTIALS);
             return;
         };
-        let _ = response.insert_header(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        // Static title-case names: Pingora stores them as the header's case without copying.
+        let _ = response.insert_header("Access-Control-Allow-Origin", allowed);
         if self.allow_credentials {
             let _ = response.insert_header(
-                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                "Access-Control-Allow-Credentials",
                 HeaderValue::from_static("true"),
             );
         }
         if let Some(expose) = &self.expose_headers {
-            let _ = response.insert_header(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+            let _ = response.insert_header("Access-Control-Expose-Headers", expose.clone());
         }
     }
 
@@ -326,7 +327,7 @@ fn append_vary(response: &mut ResponseHeader) {
             item == "*" || item.eq_ignore_ascii_case("origin")
         });
     if !already {
-        let _ = response.append_header(VARY, HeaderValue::from_static("Origin"));
+        let _ = response.append_header("Vary", HeaderValue::from_static("Origin"));
     }
 }
 

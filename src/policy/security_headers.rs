@@ -44,7 +44,9 @@ impl Default for SecurityHeadersConfig {
 
 #[derive(Debug)]
 pub struct SecurityHeaders {
-    set: Vec<(HeaderName, HeaderValue)>,
+    /// Each header under its title-case name as a static string: Pingora keeps header names'
+    /// case for HTTP/1, and a static name is the one it stores without copying.
+    set: Vec<(&'static str, HeaderValue)>,
     remove: Vec<HeaderName>,
     config: SecurityHeadersConfig,
 }
@@ -58,32 +60,28 @@ impl SecurityHeaders {
         for (field, name, value) in [
             (
                 "strict_transport_security",
-                http::header::STRICT_TRANSPORT_SECURITY,
+                "Strict-Transport-Security",
                 &config.strict_transport_security,
             ),
             (
                 "content_type_options",
-                http::header::X_CONTENT_TYPE_OPTIONS,
+                "X-Content-Type-Options",
                 &config.content_type_options,
             ),
-            (
-                "frame_options",
-                http::header::X_FRAME_OPTIONS,
-                &config.frame_options,
-            ),
+            ("frame_options", "X-Frame-Options", &config.frame_options),
             (
                 "referrer_policy",
-                http::header::REFERRER_POLICY,
+                "Referrer-Policy",
                 &config.referrer_policy,
             ),
             (
                 "content_security_policy",
-                http::header::CONTENT_SECURITY_POLICY,
+                "Content-Security-Policy",
                 &config.content_security_policy,
             ),
             (
                 "permissions_policy",
-                HeaderName::from_static("permissions-policy"),
+                "Permissions-Policy",
                 &config.permissions_policy,
             ),
         ] {
@@ -118,13 +116,13 @@ impl SecurityHeaders {
             response.remove_header(name);
         }
         for (name, value) in &self.set {
-            let _ = response.insert_header(name.clone(), value.clone());
+            let _ = response.insert_header(*name, value.clone());
         }
     }
 
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            "set": self.set.iter().map(|(name, value)| (name.as_str().to_string(), serde_json::Value::from(value.to_str().unwrap_or_default()))).collect::<serde_json::Map<_, _>>(),
+            "set": self.set.iter().map(|(name, value)| (name.to_string(), serde_json::Value::from(value.to_str().unwrap_or_default()))).collect::<serde_json::Map<_, _>>(),
             "remove": self.remove.iter().map(HeaderName::as_str).collect::<Vec<_>>(),
             "hide_server": self.config.hide_server,
         })

@@ -242,7 +242,9 @@ impl Variables<'_> {
 
 #[derive(Debug)]
 struct HeaderEdit {
-    name: HeaderName,
+    /// The name as the config spells it: Pingora keeps that case on HTTP/1, and handing it
+    /// over ready saves it from title-casing (and copying) the name on every request.
+    case_name: bytes::Bytes,
     template: Template,
     /// Made once when the template has no variables.
     constant: Option<HeaderValue>,
@@ -268,8 +270,8 @@ impl HeaderEdits {
             |field: &str, map: &BTreeMap<String, String>, out: &mut Vec<HeaderEdit>| {
                 for (name, value) in map {
                     let key = format!("{prefix}.{field}.{name}");
-                    let name = match super::header_name(name) {
-                        Ok(name) => name,
+                    let case_name = match super::header_name(name) {
+                        Ok(_) => bytes::Bytes::copy_from_slice(name.as_bytes()),
                         Err(message) => {
                             report(&key, message);
                             continue;
@@ -294,7 +296,7 @@ impl HeaderEdits {
                         None
                     };
                     out.push(HeaderEdit {
-                        name,
+                        case_name,
                         template,
                         constant,
                     });
@@ -320,7 +322,7 @@ impl HeaderEdits {
         &self,
         variables: &Variables<'_>,
         remove: &mut dyn FnMut(&HeaderName),
-        apply: &mut dyn FnMut(&HeaderName, HeaderValue, bool),
+        apply: &mut dyn FnMut(&bytes::Bytes, HeaderValue, bool),
     ) {
         for name in &self.remove {
             remove(name);
@@ -341,7 +343,7 @@ impl HeaderEdits {
                         }
                     }
                 };
-                apply(&edit.name, value, replace);
+                apply(&edit.case_name, value, replace);
             }
         }
     }
@@ -469,7 +471,7 @@ impl Transform {
     pub fn on_request(&self, request: &mut RequestHeader, input: &mut RequestInput<'_>) -> Verdict {
         let uri = self.rewritten_uri(request, input);
         if !self.request_headers.is_empty() {
-            let mut changes: Vec<(HeaderName, HeaderValue, bool)> = Vec::new();
+            let mut changes: Vec<(bytes::Bytes, HeaderValue, bool)> = Vec::new();
             let mut removals: Vec<HeaderName> = Vec::new();
             {
                 let variables = Variables {
@@ -595,7 +597,7 @@ impl Transform {
             request,
         };
         let mut removals: Vec<HeaderName> = Vec::new();
-        let mut changes: Vec<(HeaderName, HeaderValue, bool)> = Vec::new();
+        let mut changes: Vec<(bytes::Bytes, HeaderValue, bool)> = Vec::new();
         self.response_headers.apply(
             &variables,
             &mut |name| removals.push(name.clone()),
