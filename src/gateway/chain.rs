@@ -361,7 +361,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
             .unwrap_or(std::time::UNIX_EPOCH),
         request_id: ctx.request_id.to_str().unwrap_or_default(),
         route: route.map_or("none", |route| &route.id),
-        method: request.method.as_str(),
+        method: &request.method,
         path,
         status,
         bytes_received: session.body_bytes_read() as u64,

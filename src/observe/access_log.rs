@@ -387,7 +387,8 @@ pub struct AccessLogRecord<'a> {
     pub time: SystemTime,
     pub request_id: &'a str,
     pub route: &'a str,
-    pub method: &'a str,
+    /// A parsed method, so that it needs no escaping.
+    pub method: &'a http::Method,
     /// Path and query as received.
     pub path: &'a str,
     pub status: u16,
@@ -424,8 +425,10 @@ impl AccessLogRecord<'_> {
         push_json_string(&mut line, self.request_id);
         line.extend_from_slice(b",\"route\":");
         push_json_string(&mut line, self.route);
-        line.extend_from_slice(b",\"method\":");
-        push_json_string(&mut line, self.method);
+        line.extend_from_slice(b",\"method\":\"");
+        // A parsed method is an HTTP token: nothing in it needs escaping.
+        line.extend_from_slice(self.method.as_str().as_bytes());
+        line.push(b'"');
         line.extend_from_slice(b",\"path\":");
         push_json_string(&mut line, path);
         line.extend_from_slice(b",\"status\":");
@@ -591,6 +594,36 @@ fn push_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
     // A clock set before 1970 is a broken host; the epoch keeps the line parseable.
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let seconds = since_epoch.as_secs();
+    // Every request in one second shares its date and time of day: each thread keeps the
+    // last second it formatted.
+    thread_local! {
+        static LAST_SECOND: std::cell::Cell<(u64, [u8; 19])> = const {
+            std::cell::Cell::new((u64::MAX, [0; 19]))
+        };
+    }
+    let (cached_second, mut text) = LAST_SECOND.get();
+    if cached_second != seconds {
+        let mut formatted = Vec::with_capacity(19);
+        format_date_time(&mut formatted, seconds);
+        if formatted.len() == text.len() {
+            text.copy_from_slice(&formatted);
+            LAST_SECOND.set((seconds, text));
+        } else {
+            // A year past 9999: not worth a cache.
+            out.extend_from_slice(&formatted);
+            text = [0; 19];
+        }
+    }
+    if text[0] != 0 {
+        out.extend_from_slice(&text);
+    }
+    out.push(b'.');
+    push_padded_decimal(out, u64::from(since_epoch.subsec_millis()), 3);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `seconds` since the epoch.
+fn format_date_time(out: &mut Vec<u8>, seconds: u64) {
     let (year, month, day) = civil_from_days(seconds / 86_400);
     let second_of_day = seconds % 86_400;
     push_padded_decimal(out, year, 4);
@@ -604,9 +637,6 @@ fn push_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
     push_padded_decimal(out, second_of_day % 3_600 / 60, 2);
     out.push(b':');
     push_padded_decimal(out, second_of_day % 60, 2);
-    out.push(b'.');
-    push_padded_decimal(out, u64::from(since_epoch.subsec_millis()), 3);
-    out.push(b'Z');
 }
 
 /// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01: Howard
@@ -679,7 +709,7 @@ mod tests {
             time: UNIX_EPOCH + Duration::from_millis(1_764_601_445_123),
             request_id: "req-1",
             route: "users",
-            method: "GET",
+            method: &http::Method::GET,
             path: "/a\"b\\c\nd\u{1}e/ü/日本?q=\"x\"&tab=\t&del=\u{7f}",
             status: 502,
             bytes_received: 17,
@@ -711,7 +741,7 @@ mod tests {
         assert_eq!(parsed["time"], "2025-12-01T15:04:05.123Z");
         assert_eq!(parsed["request_id"], record.request_id);
         assert_eq!(parsed["route"], record.route);
-        assert_eq!(parsed["method"], record.method);
+        assert_eq!(parsed["method"], record.method.as_str());
         assert_eq!(parsed["path"], record.path);
         assert_eq!(parsed["status"], 502);
         assert_eq!(parsed["bytes_in"], 17);
@@ -762,6 +792,20 @@ mod tests {
         assert_eq!(
             format_time(at(1_764_601_445, 123)),
             "2025-12-01T15:04:05.123Z"
+        );
+        // The same second again comes from the thread's cache, with its own milliseconds.
+        assert_eq!(
+            format_time(at(1_764_601_445, 7)),
+            "2025-12-01T15:04:05.007Z"
+        );
+        // Past year 9999 the text is longer than the cache holds, and the cache stays right.
+        assert_eq!(
+            format_time(at(253_402_300_800, 0)),
+            "10000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            format_time(at(1_764_601_445, 1)),
+            "2025-12-01T15:04:05.001Z"
         );
         // Leap days of a year divisible by 4, and of one divisible by 400.
         assert_eq!(

@@ -227,7 +227,7 @@ async fn websocket_echo_through_the_gateway() {
         let reply = socket
             .next()
             .await
-            .expect("a reply")
+            .unwrap_or_else(|| panic!("the websocket closed before replying\n{}", gateway.log()))
             .unwrap_or_else(|error| panic!("websocket error: {error}\n{}", gateway.log()));
         assert_eq!(reply.into_text().unwrap().as_str(), text);
     }
