@@ -224,11 +224,11 @@ async fn websocket_echo_through_the_gateway() {
     assert_eq!(response.status(), 101);
     for text in ["hello", "second message", &"x".repeat(70_000)] {
         socket.send(Message::text(text)).await.unwrap();
-        let reply = socket
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("the websocket closed before replying\n{}", gateway.log()))
-            .unwrap_or_else(|error| panic!("websocket error: {error}\n{}", gateway.log()));
+        let Some(reply) = socket.next().await else {
+            panic!("the websocket closed before replying\n{}", gateway.log());
+        };
+        let reply =
+            reply.unwrap_or_else(|error| panic!("websocket error: {error}\n{}", gateway.log()));
         assert_eq!(reply.into_text().unwrap().as_str(), text);
     }
     socket
