@@ -317,16 +317,10 @@ impl HeaderEdits {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Applies the edits through `apply(name, value, replace)`.
-    fn apply(
-        &self,
-        variables: &Variables<'_>,
-        remove: &mut dyn FnMut(&HeaderName),
-        apply: &mut dyn FnMut(&bytes::Bytes, HeaderValue, bool),
-    ) {
-        for name in &self.remove {
-            remove(name);
-        }
+    /// The values to set and add, rendered for this request (a `Vec` only when there are
+    /// edits): `(name, value, replace)`.
+    fn render(&self, variables: &Variables<'_>) -> Vec<(bytes::Bytes, HeaderValue, bool)> {
+        let mut rendered = Vec::with_capacity(self.set.len() + self.add.len());
         let mut buffer = String::new();
         for (edits, replace) in [(&self.set, true), (&self.add, false)] {
             for edit in edits {
@@ -343,9 +337,60 @@ impl HeaderEdits {
                         }
                     }
                 };
-                apply(&edit.case_name, value, replace);
+                rendered.push((edit.case_name.clone(), value, replace));
             }
         }
+        rendered
+    }
+
+    /// Removes, then sets and adds the `rendered` values.
+    fn apply_to(
+        &self,
+        headers: &mut impl EditableHeaders,
+        rendered: Vec<(bytes::Bytes, HeaderValue, bool)>,
+    ) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value, replace) in rendered {
+            headers.put(name, value, replace);
+        }
+    }
+}
+
+/// Request and response headers alike (Pingora gives the two no common trait).
+trait EditableHeaders {
+    fn remove(&mut self, name: &HeaderName);
+    /// Sets (`replace`) or adds a value under `name`, spelled as the config spells it.
+    fn put(&mut self, name: bytes::Bytes, value: HeaderValue, replace: bool);
+}
+
+impl EditableHeaders for RequestHeader {
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+
+    fn put(&mut self, name: bytes::Bytes, value: HeaderValue, replace: bool) {
+        // The name was validated at load, so these cannot fail.
+        let _ = if replace {
+            self.insert_header(name, value)
+        } else {
+            self.append_header(name, value).map(|_| ())
+        };
+    }
+}
+
+impl EditableHeaders for ResponseHeader {
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+
+    fn put(&mut self, name: bytes::Bytes, value: HeaderValue, replace: bool) {
+        let _ = if replace {
+            self.insert_header(name, value)
+        } else {
+            self.append_header(name, value).map(|_| ())
+        };
     }
 }
 
@@ -471,32 +516,14 @@ impl Transform {
     pub fn on_request(&self, request: &mut RequestHeader, input: &mut RequestInput<'_>) -> Verdict {
         let uri = self.rewritten_uri(request, input);
         if !self.request_headers.is_empty() {
-            let mut changes: Vec<(bytes::Bytes, HeaderValue, bool)> = Vec::new();
-            let mut removals: Vec<HeaderName> = Vec::new();
-            {
-                let variables = Variables {
-                    client_ip: input.client_ip,
-                    request_id: input.request_id,
-                    route_id: input.route_id,
-                    path_parameters: input.path_parameters,
-                    request,
-                };
-                self.request_headers.apply(
-                    &variables,
-                    &mut |name| removals.push(name.clone()),
-                    &mut |name, value, replace| changes.push((name.clone(), value, replace)),
-                );
-            }
-            for name in removals {
-                request.remove_header(&name);
-            }
-            for (name, value, replace) in changes {
-                let _ = if replace {
-                    request.insert_header(name, value)
-                } else {
-                    request.append_header(name, value).map(|_| ())
-                };
-            }
+            let rendered = self.request_headers.render(&Variables {
+                client_ip: input.client_ip,
+                request_id: input.request_id,
+                route_id: input.route_id,
+                path_parameters: input.path_parameters,
+                request,
+            });
+            self.request_headers.apply_to(request, rendered);
         }
         match uri {
             Ok(Some(uri)) => {
@@ -589,30 +616,14 @@ impl Transform {
         if self.response_headers.is_empty() {
             return;
         }
-        let variables = Variables {
+        let rendered = self.response_headers.render(&Variables {
             client_ip: input.client_ip,
             request_id: input.request_id,
             route_id: input.route_id,
             path_parameters: input.path_parameters,
             request,
-        };
-        let mut removals: Vec<HeaderName> = Vec::new();
-        let mut changes: Vec<(bytes::Bytes, HeaderValue, bool)> = Vec::new();
-        self.response_headers.apply(
-            &variables,
-            &mut |name| removals.push(name.clone()),
-            &mut |name, value, replace| changes.push((name.clone(), value, replace)),
-        );
-        for name in removals {
-            response.remove_header(&name);
-        }
-        for (name, value, replace) in changes {
-            let _ = if replace {
-                response.insert_header(name, value)
-            } else {
-                response.append_header(name, value).map(|_| ())
-            };
-        }
+        });
+        self.response_headers.apply_to(response, rendered);
     }
 
     pub fn describe(&self) -> serde_json::Value {
