@@ -556,11 +556,19 @@ mod tests {
         name: &str,
         timeout: Option<Duration>,
     ) -> Result<PluginRuntime, Box<dyn std::error::Error>> {
+        start_module(name, MINIMAL_PLUGIN, timeout)
+    }
+
+    fn start_module(
+        name: &str,
+        module: &str,
+        timeout: Option<Duration>,
+    ) -> Result<PluginRuntime, Box<dyn std::error::Error>> {
         let settings = EngineSettings {
             max_fuel: 1_000_000,
             memory_limit_pages: 16,
         };
-        let compiled = compile(MINIMAL_PLUGIN.as_bytes(), &settings, None)?;
+        let compiled = compile(module.as_bytes(), &settings, None)?;
         let plan = PluginPlan {
             name: name.to_string(),
             wasm_path: PathBuf::from("minimal.wat"),
@@ -583,6 +591,46 @@ mod tests {
             },
         };
         Ok(PluginRuntime::start(plan, compiled)?)
+    }
+
+    /// The WASI calls Go's runtime makes while it starts (`_initialize`), checked as it checks
+    /// them: the preopen scan must end with EBADF, stdout must be a character device,
+    /// `poll_oneoff` with a clock subscription must report it fired, and an unimplemented
+    /// call must answer ENOSYS rather than trap. Any other answer traps, as Go panics.
+    const GO_STARTUP_PLUGIN: &str = r#"
+        (module
+          (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fdstat (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_initialize")
+            (if (i32.ne (call $prestat (i32.const 3) (i32.const 0)) (i32.const 8)) (then unreachable))
+            (if (i32.ne (call $fdstat (i32.const 1) (i32.const 64)) (i32.const 0)) (then unreachable))
+            (if (i32.ne (i32.load8_u (i32.const 64)) (i32.const 2)) (then unreachable))
+            (if (i32.ne (call $fdstat (i32.const 7) (i32.const 64)) (i32.const 8)) (then unreachable))
+            ;; one clock subscription: userdata 42, tag 0 (clock), a one-minute timeout
+            (i64.store (i32.const 256) (i64.const 42))
+            (i32.store8 (i32.const 264) (i32.const 0))
+            (i64.store (i32.const 280) (i64.const 60000000000))
+            (if (i32.ne (call $poll (i32.const 256) (i32.const 512) (i32.const 1) (i32.const 600)) (i32.const 0)) (then unreachable))
+            (if (i32.ne (i32.load (i32.const 600)) (i32.const 1)) (then unreachable))
+            (if (i64.ne (i64.load (i32.const 512)) (i64.const 42)) (then unreachable))
+            (if (i32.ne (i32.load16_u (i32.const 520)) (i32.const 0)) (then unreachable))
+            (if (i32.ne (call $close (i32.const 3)) (i32.const 52)) (then unreachable)))
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32)))
+    "#;
+
+    #[test]
+    fn go_runtime_startup_wasi_calls_get_the_answers_go_needs_without_sleeping() -> TestResult {
+        let started = Instant::now();
+        let runtime = start_module("go-startup", GO_STARTUP_PLUGIN, None)?;
+        runtime.open_context().map_err(|failure| failure.message)?;
+        // The clock subscription asked for a minute: it must be answered at once.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        Ok(())
     }
 
     /// Calls a callback that does nothing, in the request-headers phase.

@@ -36,11 +36,16 @@ pub fn read(
         .as_ref()
         .ok_or(GuestMemoryError::OutOfBounds)?;
     let len = usize::try_from(len as u32).map_err(|_| GuestMemoryError::OutOfBounds)?;
+    let view = memory.view(env);
+    // The guest chooses `len`: check it against its memory before allocating anything, so
+    // that a bogus length cannot make the host allocate up to 4 GiB.
+    let end = u64::from(pointer as u32).saturating_add(len as u64);
+    if end > view.data_size() {
+        return Err(GuestMemoryError::OutOfBounds);
+    }
     let mut buffer = vec![0u8; len];
     if len > 0 {
-        memory
-            .view(env)
-            .read(u64::from(pointer as u32), &mut buffer)
+        view.read(u64::from(pointer as u32), &mut buffer)
             .map_err(|_| GuestMemoryError::OutOfBounds)?;
     }
     Ok(buffer)

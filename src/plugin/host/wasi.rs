@@ -1,5 +1,8 @@
-//! The WASI preview1 calls a Proxy-Wasm SDK needs: output to the log, clocks, randomness, an
-//! empty environment and argument list, and `proc_exit`. Every other preview1 import gets a
+//! The WASI preview1 calls a Proxy-Wasm SDK needs, answered as Envoy's and wasmtime's hosts
+//! answer them for a sandbox with no preopened directories: output to the log, clocks,
+//! randomness, an empty environment and argument list, `proc_exit`, no preopens (`EBADF`, which
+//! Go's runtime start-up requires: it panics on any other answer), the standard streams'
+//! `fd_fdstat_get`, and `poll_oneoff` that never sleeps. Every other preview1 import gets a
 //! stub answering ENOSYS (see `super::imports_for`), as cpp-host does; no file system or
 //! network access exists.
 
@@ -37,6 +40,10 @@ pub fn implemented(
         "environ_get" | "args_get" => typed!(empty_get),
         "proc_exit" => typed!(proc_exit),
         "sched_yield" => typed!(sched_yield),
+        "fd_prestat_get" => typed!(fd_prestat_get),
+        "fd_prestat_dir_name" => typed!(fd_prestat_dir_name),
+        "fd_fdstat_get" => typed!(fd_fdstat_get),
+        "poll_oneoff" => typed!(poll_oneoff),
         _ => None,
     }
 }
@@ -142,5 +149,83 @@ fn proc_exit(_env: Env, code: i32) -> Result<(), RuntimeError> {
 }
 
 fn sched_yield(_env: Env) -> i32 {
+    ERRNO_SUCCESS
+}
+
+/// No directory is preopened: every descriptor is "bad", which ends the scan that Go's runtime
+/// (and wasi-libc) run at start-up.
+fn fd_prestat_get(_env: Env, _fd: i32, _return_prestat: i32) -> i32 {
+    ERRNO_BADF
+}
+
+fn fd_prestat_dir_name(_env: Env, _fd: i32, _path: i32, _path_len: i32) -> i32 {
+    ERRNO_BADF
+}
+
+/// `filetype` of a character device, as the standard streams are.
+const FILETYPE_CHARACTER_DEVICE: u8 = 2;
+const RIGHT_FD_READ: u64 = 1 << 1;
+const RIGHT_FD_WRITE: u64 = 1 << 6;
+
+/// The standard streams are character devices (stdin readable and always empty, stdout and
+/// stderr writable into the log); no other descriptor exists.
+fn fd_fdstat_get(env: Env, fd: i32, return_fdstat: i32) -> i32 {
+    let rights = match fd {
+        0 => RIGHT_FD_READ,
+        1 | 2 => RIGHT_FD_WRITE,
+        _ => return ERRNO_BADF,
+    };
+    // struct fdstat: filetype u8 @0, flags u16 @2, rights_base u64 @8, inheriting u64 @16.
+    let mut fdstat = [0u8; 24];
+    fdstat[0] = FILETYPE_CHARACTER_DEVICE;
+    fdstat[8..16].copy_from_slice(&rights.to_le_bytes());
+    match write_bytes(&env, return_fdstat, &fdstat) {
+        Ok(()) => ERRNO_SUCCESS,
+        Err(_) => ERRNO_FAULT,
+    }
+}
+
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const EVENT_TYPE_CLOCK: u8 = 0;
+/// Subscriptions answered at most: a plugin polls a handful (Go's runtime one clock).
+const MAX_SUBSCRIPTIONS: i32 = 64;
+
+/// Never sleeps: a worker thread serves other requests. Every clock subscription is reported
+/// as already fired, at once (a plugin "sleeping" sees its time pass instantly, which is what
+/// Go's runtime does in its panic path and its scheduler); a descriptor subscription is
+/// reported with `EBADF`, since no descriptor can become ready.
+fn poll_oneoff(
+    env: Env,
+    subscriptions: i32,
+    events: i32,
+    count: i32,
+    return_event_count: i32,
+) -> i32 {
+    if !(0..=MAX_SUBSCRIPTIONS).contains(&count) {
+        return ERRNO_INVAL;
+    }
+    let count = count as usize;
+    let Ok(table) = read(&env, subscriptions, (count * SUBSCRIPTION_SIZE) as i32) else {
+        return ERRNO_FAULT;
+    };
+    let mut answers = Vec::with_capacity(count * EVENT_SIZE);
+    for subscription in table.chunks_exact(SUBSCRIPTION_SIZE) {
+        // struct subscription: userdata u64 @0, tag u8 @8 (0 clock, 1 fd_read, 2 fd_write).
+        // struct event: userdata u64 @0, error u16 @8, type u8 @10, fd_readwrite @16.
+        let mut event = [0u8; EVENT_SIZE];
+        event[0..8].copy_from_slice(&subscription[0..8]);
+        let tag = subscription[8];
+        if tag != EVENT_TYPE_CLOCK {
+            event[8..10].copy_from_slice(&(ERRNO_BADF as u16).to_le_bytes());
+        }
+        event[10] = tag;
+        answers.extend_from_slice(&event);
+    }
+    if write_bytes(&env, events, &answers).is_err()
+        || write_u32(&env, return_event_count, count as u32).is_err()
+    {
+        return ERRNO_FAULT;
+    }
     ERRNO_SUCCESS
 }
