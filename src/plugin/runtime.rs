@@ -159,6 +159,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Locks a shard. A poisoned lock means a host function panicked inside a callback: the
+/// instance's memory, and the frame pointer its host state may still hold, cannot be trusted,
+/// so the instance is dropped (a fresh one starts on next use) and its contexts are lost.
+fn lock_shard(mutex: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            let mut shard = poisoned.into_inner();
+            shard.instance = None;
+            shard.generation += 1;
+            shard.next_tick = None;
+            mutex.clear_poison();
+            log::error!("a plugin instance was abandoned after a panic in a host function");
+            shard
+        }
+    }
+}
+
 impl PluginRuntime {
     /// Starts every instance; any failure to start is a load error.
     pub fn start(plan: PluginPlan, compiled: CompiledModule) -> Result<PluginRuntime, String> {
@@ -267,7 +285,7 @@ impl PluginRuntime {
             });
         }
         let shard_index = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        let mut shard = lock(&self.shards[shard_index]);
+        let mut shard = lock_shard(&self.shards[shard_index]);
         self.ensure_instance(shard_index, &mut shard)?;
         let generation = shard.generation;
         let Some(instance) = shard.instance.as_mut() else {
@@ -298,7 +316,7 @@ impl PluginRuntime {
         frame: &mut Frame<'_>,
         body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<R, RuntimeError>,
     ) -> Result<R, Failure> {
-        let mut shard = lock(&self.shards[handle.shard]);
+        let mut shard = lock_shard(&self.shards[handle.shard]);
         if shard.generation != handle.generation {
             return Err(self.lost());
         }
@@ -321,7 +339,7 @@ impl PluginRuntime {
         frame: Option<&mut Frame<'_>>,
         body: impl FnOnce(&mut Store, &Callbacks) -> Result<R, RuntimeError>,
     ) -> Result<R, Failure> {
-        let mut shard = lock(&self.shards[shard_index]);
+        let mut shard = lock_shard(&self.shards[shard_index]);
         self.ensure_instance(shard_index, &mut shard)?;
         let Some(instance) = shard.instance.as_mut() else {
             return Err(self.lost());
@@ -469,7 +487,7 @@ impl PluginRuntime {
         let mut earliest: Option<Instant> = None;
         for shard_index in 0..self.shards.len() {
             let due = {
-                let mut shard = lock(&self.shards[shard_index]);
+                let mut shard = lock_shard(&self.shards[shard_index]);
                 let period = shard.instance.as_ref().map_or(0, Instance::tick_period_ms);
                 if period == 0 {
                     shard.next_tick = None;
@@ -631,6 +649,31 @@ mod tests {
         // The clock subscription asked for a minute: it must be answered at once.
         assert!(started.elapsed() < Duration::from_secs(10));
         Ok(())
+    }
+
+    #[test]
+    fn a_poisoned_shard_is_never_reused() {
+        let shard = Arc::new(Mutex::new(Shard {
+            instance: None,
+            generation: 7,
+            next_tick: Some(Instant::now()),
+        }));
+        let holder = Arc::clone(&shard);
+        let _ = std::thread::spawn(move || {
+            let _guard = holder.lock();
+            panic!("a host function panicked mid-callback");
+        })
+        .join();
+        assert!(shard.is_poisoned());
+        let guard = lock_shard(&shard);
+        assert_eq!(
+            guard.generation, 8,
+            "contexts of the old instance are recognised as lost"
+        );
+        assert!(guard.instance.is_none() && guard.next_tick.is_none());
+        drop(guard);
+        assert!(!shard.is_poisoned());
+        assert_eq!(lock_shard(&shard).generation, 8);
     }
 
     /// Calls a callback that does nothing, in the request-headers phase.

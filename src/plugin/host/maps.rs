@@ -192,6 +192,9 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
                     trailers.remove(&name);
                 }
                 Write::Add | Write::Replace => {
+                    if !within_limits(trailers.len(), value.len()) {
+                        return status::INTERNAL_FAILURE;
+                    }
                     let Ok(value) = HeaderValue::from_bytes(value) else {
                         return status::BAD_ARGUMENT;
                     };
@@ -251,6 +254,20 @@ trait HeaderTarget {
     fn append(&mut self, name: HeaderName, value: HeaderValue) -> bool;
     fn insert(&mut self, name: HeaderName, value: HeaderValue) -> bool;
     fn remove(&mut self, name: &str);
+    /// Values in the map.
+    fn count(&self) -> usize;
+}
+
+/// Most header values a plugin may leave in one map, and the longest value it may write:
+/// `http::HeaderMap` panics past 32,768 entries, and a plugin must never take the gateway's
+/// connection task down with it. Beyond either the write is refused with `INTERNAL_FAILURE`
+/// (the SDKs surface it as an error status) and nothing changes.
+pub const MAX_PLUGIN_HEADERS: usize = 1024;
+pub const MAX_PLUGIN_HEADER_VALUE: usize = 64 * 1024;
+
+/// Whether one more value of `length` bytes fits in a map that holds `count` values.
+fn within_limits(count: usize, length: usize) -> bool {
+    count < MAX_PLUGIN_HEADERS && length <= MAX_PLUGIN_HEADER_VALUE
 }
 
 impl HeaderTarget for pingora::http::RequestHeader {
@@ -262,6 +279,9 @@ impl HeaderTarget for pingora::http::RequestHeader {
     }
     fn remove(&mut self, name: &str) {
         self.remove_header(name);
+    }
+    fn count(&self) -> usize {
+        self.headers.len()
     }
 }
 
@@ -275,12 +295,18 @@ impl HeaderTarget for pingora::http::ResponseHeader {
     fn remove(&mut self, name: &str) {
         self.remove_header(name);
     }
+    fn count(&self) -> usize {
+        self.headers.len()
+    }
 }
 
 fn write_header(target: &mut impl HeaderTarget, key: &str, value: &[u8], how: Write) -> i32 {
     if how == Write::Remove {
         target.remove(key);
         return status::OK;
+    }
+    if !within_limits(target.count(), value.len()) {
+        return status::INTERNAL_FAILURE;
     }
     let (Ok(name), Ok(value)) = (
         HeaderName::from_bytes(key.as_bytes()),
@@ -400,4 +426,34 @@ pub fn serialize(pairs: &[(String, Bytes)]) -> Vec<u8> {
         })
         .collect();
     crate::plugin::abi::serialize_pairs(cleaned.iter().map(|(name, value)| (*name, &value[..])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_header_writes_stop_at_the_limits_instead_of_panicking() {
+        let mut request = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        for index in 0..MAX_PLUGIN_HEADERS {
+            let code = write_header(&mut request, &format!("x-{index}"), b"v", Write::Add);
+            assert_eq!(code, status::OK);
+        }
+        // Past http's own limit (32,768) this would panic; the gateway refuses much earlier.
+        for _ in 0..40_000 {
+            let code = write_header(&mut request, "x-more", b"v", Write::Add);
+            assert_eq!(code, status::INTERNAL_FAILURE);
+        }
+        assert_eq!(request.headers.len(), MAX_PLUGIN_HEADERS);
+        let mut response = pingora::http::ResponseHeader::build(200, None).unwrap();
+        let huge = vec![b'a'; MAX_PLUGIN_HEADER_VALUE + 1];
+        assert_eq!(
+            write_header(&mut response, "x-huge", &huge, Write::Replace),
+            status::INTERNAL_FAILURE
+        );
+        assert_eq!(
+            write_header(&mut response, "x-huge", b"ok", Write::Replace),
+            status::OK
+        );
+    }
 }
