@@ -16,6 +16,22 @@ use super::runtime::PluginShared;
 /// grow the gateway without bound.
 const QUEUE_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 
+/// Shared data limits per VM id. A plugin that keys shared data by something a client sends
+/// (a header, a path) would otherwise let any client grow the gateway's memory. A write past
+/// them is refused with `INTERNAL_FAILURE` and counted in
+/// `loom_plugin_errors_total{kind="shared_data_limit"}`; what is stored stays.
+pub const MAX_SHARED_KEYS_PER_VM: usize = 65_536;
+pub const MAX_SHARED_BYTES_PER_VM: usize = 64 * 1024 * 1024;
+pub const MAX_SHARED_KEY_BYTES: usize = 4 * 1024;
+pub const MAX_SHARED_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Keys and bytes (keys plus values) a VM holds in shared data.
+#[derive(Default)]
+struct Usage {
+    keys: usize,
+    bytes: usize,
+}
+
 struct Entry {
     value: Bytes,
     cas: u32,
@@ -38,19 +54,26 @@ struct Queues {
 
 pub struct SharedStore {
     data: DashMap<(String, Vec<u8>), Entry>,
+    /// Taken inside a `data` entry's lock, never the other way round.
+    usage: Mutex<HashMap<String, Usage>>,
     queues: Mutex<Queues>,
 }
 
-static STORE: LazyLock<SharedStore> = LazyLock::new(|| SharedStore {
-    data: DashMap::new(),
-    queues: Mutex::new(Queues::default()),
-});
+static STORE: LazyLock<SharedStore> = LazyLock::new(SharedStore::new);
 
 pub fn store() -> &'static SharedStore {
     &STORE
 }
 
 impl SharedStore {
+    fn new() -> SharedStore {
+        SharedStore {
+            data: DashMap::new(),
+            usage: Mutex::new(HashMap::new()),
+            queues: Mutex::new(Queues::default()),
+        }
+    }
+
     pub fn get(&self, vm: &str, key: &[u8]) -> Option<(Bytes, u32)> {
         self.data
             .get(&(vm.to_string(), key.to_vec()))
@@ -60,16 +83,40 @@ impl SharedStore {
     /// Stores `value`; a non-zero `cas` must match the current one (Envoy's rule: a key that
     /// does not exist yet accepts any `cas`).
     pub fn set(&self, vm: &str, key: &[u8], value: Bytes, cas: u32) -> i32 {
-        let mut entry = self
-            .data
-            .entry((vm.to_string(), key.to_vec()))
-            .or_insert(Entry {
-                value: Bytes::new(),
-                cas: 0,
-            });
-        if cas != 0 && entry.cas != 0 && entry.cas != cas {
-            return status::CAS_MISMATCH;
+        if key.len() > MAX_SHARED_KEY_BYTES || value.len() > MAX_SHARED_VALUE_BYTES {
+            return refuse(vm);
         }
+        let entry = self.data.entry((vm.to_string(), key.to_vec()));
+        let existing = match &entry {
+            dashmap::Entry::Occupied(occupied) => Some(occupied.get().value.len()),
+            dashmap::Entry::Vacant(_) => None,
+        };
+        if let dashmap::Entry::Occupied(occupied) = &entry {
+            let current = occupied.get().cas;
+            if cas != 0 && current != 0 && current != cas {
+                return status::CAS_MISMATCH;
+            }
+        }
+        {
+            let mut usage = self
+                .usage
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let usage = usage.entry(vm.to_string()).or_default();
+            let keys = usage.keys + usize::from(existing.is_none());
+            let bytes = usage.bytes.saturating_sub(existing.unwrap_or(0))
+                + value.len()
+                + if existing.is_none() { key.len() } else { 0 };
+            if keys > MAX_SHARED_KEYS_PER_VM || bytes > MAX_SHARED_BYTES_PER_VM {
+                return refuse(vm);
+            }
+            usage.keys = keys;
+            usage.bytes = bytes;
+        }
+        let mut entry = entry.or_insert(Entry {
+            value: Bytes::new(),
+            cas: 0,
+        });
         entry.value = value;
         // Zero means "unconditional" on the way in, so it is never handed out.
         entry.cas = entry.cas.wrapping_add(1).max(1);
@@ -155,6 +202,15 @@ impl SharedStore {
     }
 }
 
+/// Counts a refused shared-data write.
+fn refuse(vm: &str) -> i32 {
+    super::metrics::RUNTIME_METRICS
+        .errors_total
+        .with_label_values(&[vm, "shared_data_limit"])
+        .inc();
+    status::INTERNAL_FAILURE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +237,50 @@ mod tests {
         assert_eq!(&store.get("cas-test", b"k").unwrap().0[..], b"2");
         // Other VMs do not see it.
         assert!(store.get("cas-test-other", b"k").is_none());
+    }
+
+    #[test]
+    fn shared_data_is_capped_per_vm_in_keys_and_bytes() {
+        let store = SharedStore::new();
+        let value = Bytes::from(vec![b'v'; 1000]);
+        for index in 0..MAX_SHARED_KEYS_PER_VM {
+            let key = format!("k{index}");
+            assert_eq!(
+                store.set("caps", key.as_bytes(), value.slice(..1), 0),
+                status::OK
+            );
+        }
+        // One key too many is refused; an existing key can still change.
+        assert_eq!(
+            store.set("caps", b"one-more", Bytes::from_static(b"x"), 0),
+            status::INTERNAL_FAILURE
+        );
+        assert!(store.get("caps", b"one-more").is_none());
+        assert_eq!(store.set("caps", b"k0", value.clone(), 0), status::OK);
+        // Other VMs have their own budget.
+        assert_eq!(store.set("caps-other", b"k", value.clone(), 0), status::OK);
+        // Oversized keys and values are refused outright.
+        let huge_key = vec![b'k'; MAX_SHARED_KEY_BYTES + 1];
+        assert_eq!(
+            store.set("caps-other", &huge_key, value.clone(), 0),
+            status::INTERNAL_FAILURE
+        );
+        let huge_value = Bytes::from(vec![b'v'; MAX_SHARED_VALUE_BYTES + 1]);
+        assert_eq!(
+            store.set("caps-other", b"k", huge_value, 0),
+            status::INTERNAL_FAILURE
+        );
+        // Bytes: 64 values of 1 MiB fill the budget; the next one is refused.
+        let mebibyte = Bytes::from(vec![b'v'; MAX_SHARED_VALUE_BYTES - 16]);
+        let mut refused = false;
+        for index in 0..(MAX_SHARED_BYTES_PER_VM / mebibyte.len() + 2) {
+            let key = format!("big{index}");
+            if store.set("caps-bytes", key.as_bytes(), mebibyte.clone(), 0) != status::OK {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the byte budget was never reached");
     }
 
     #[test]
