@@ -36,6 +36,8 @@ fn plan(name: &str, index: usize) -> PluginPlan {
             r#"{{"request":{{"set":{{"x-plugin-{index}":"on"}}}},"response":{{"set":{{"x-plugin-{index}":"on"}}}}}}"#
         )),
         vm_configuration: Bytes::new(),
+        root_id: String::new(),
+        vm_id: String::new(),
         priority: 0,
         on_error: PluginFailureMode::FailClosed,
         max_fuel: 100_000_000,

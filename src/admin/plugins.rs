@@ -43,6 +43,8 @@ fn describe(plugin: &PluginRuntime) -> Value {
     json!({
         "name": plugin.name(),
         "path": plugin.plan.wasm_path.display().to_string(),
+        "root_id": plugin.plan.root_id,
+        "vm_id": plugin.plan.vm_id,
         "module_sha256": plugin.module_sha256(),
         "abi_version": plugin.abi.label(),
         "loaded_at_unix": loaded_at,

@@ -42,6 +42,9 @@ pub struct PluginPlan {
     pub configuration: Bytes,
     /// Bytes handed to `on_vm_start`.
     pub vm_configuration: Bytes,
+    /// Envoy's `root_id` and `vm_id` (both "" unless configured).
+    pub root_id: String,
+    pub vm_id: String,
     pub priority: i32,
     pub on_error: PluginFailureMode,
     pub max_fuel: u64,
@@ -65,6 +68,8 @@ impl PluginPlan {
             && self.wasm_path == other.wasm_path
             && self.configuration == other.configuration
             && self.vm_configuration == other.vm_configuration
+            && self.root_id == other.root_id
+            && self.vm_id == other.vm_id
             && self.max_fuel == other.max_fuel
             && self.memory_limit_pages == other.memory_limit_pages
             && self.timeout == other.timeout
@@ -99,6 +104,8 @@ const WASM_ONLY_KEYS: &[&str] = &[
     "path",
     "phase",
     "vm_config",
+    "root_id",
+    "vm_id",
     "on_error",
     "max_fuel",
     "memory_limit",
@@ -230,6 +237,8 @@ pub(super) fn check_plugins(
             wasm_path,
             configuration: configuration_bytes(plugin.config.as_ref()),
             vm_configuration: configuration_bytes(plugin.vm_config.as_ref()),
+            root_id: plugin.root_id.clone().unwrap_or_default(),
+            vm_id: plugin.vm_id.clone().unwrap_or_default(),
             priority: plugin.priority,
             on_error: plugin.on_error,
             max_fuel: plugin.max_fuel.unwrap_or(DEFAULT_MAX_FUEL),

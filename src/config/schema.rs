@@ -493,6 +493,14 @@ pub struct PluginConfig {
     /// Handed to `on_vm_start`, in the same way as `config`.
     #[serde(default)]
     pub vm_config: Option<serde_json::Value>,
+    /// Envoy's `root_id`: which root context of the module serves this entry (the SDKs read it
+    /// as the `plugin_root_id` property to pick their root context). Default "" as in Envoy.
+    #[serde(default)]
+    pub root_id: Option<String>,
+    /// Envoy's `vm_id`: entries with the same `vm_id` share shared data and queues. Default
+    /// "" as in Envoy (so entries that set none share them).
+    #[serde(default)]
+    pub vm_id: Option<String>,
     #[serde(default)]
     pub on_error: PluginFailureMode,
     /// Metering points (about one per wasm instruction) each callback may use.

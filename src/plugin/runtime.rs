@@ -25,7 +25,9 @@ use crate::config::plugins::PluginPlan;
 /// What every instance of one plugin shares.
 pub struct PluginShared {
     pub name: Arc<str>,
-    /// Scope of shared data and queues; the plugin's name.
+    /// Envoy's `root_id`: the `plugin_root_id` property.
+    pub root_id: Arc<str>,
+    /// Scope of shared data and queues: Envoy's `vm_id`.
     pub vm_id: Arc<str>,
     pub configuration: Bytes,
     pub vm_configuration: Bytes,
@@ -40,7 +42,8 @@ impl PluginShared {
     pub fn new(plan: &PluginPlan) -> Arc<PluginShared> {
         Arc::new_cyclic(|weak_self| PluginShared {
             name: Arc::from(plan.name.as_str()),
-            vm_id: Arc::from(plan.name.as_str()),
+            root_id: Arc::from(plan.root_id.as_str()),
+            vm_id: Arc::from(plan.vm_id.as_str()),
             configuration: plan.configuration.clone(),
             vm_configuration: plan.vm_configuration.clone(),
             metrics: PluginMetricSet::for_plugin(&plan.name),
@@ -592,6 +595,8 @@ mod tests {
             wasm_path: PathBuf::from("minimal.wat"),
             configuration: Bytes::new(),
             vm_configuration: Bytes::new(),
+            root_id: String::new(),
+            vm_id: String::new(),
             priority: 0,
             on_error: PluginFailureMode::FailClosed,
             max_fuel: settings.max_fuel,

@@ -726,3 +726,70 @@ async fn reload_with_a_broken_module_keeps_the_running_plugins() {
         "two"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_id_and_vm_id_as_envoy_configures_them() {
+    let backend = echo("e").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  # A singleton that stores a token, and two filters of the same module that read it.
+  - name: singleton
+    path: loom_test_vm_sharing.wasm
+    root_id: token_fetcher
+    vm_id: auth-vm
+    config: "secret-token"
+  - name: filter
+    path: loom_test_vm_sharing.wasm
+    root_id: add_header
+    vm_id: auth-vm
+  - name: filter-2
+    path: loom_test_vm_sharing.wasm
+    root_id: add_header_2
+    vm_id: auth-vm
+  - name: elsewhere
+    path: loom_test_vm_sharing.wasm
+    vm_id: other-vm
+  - name: defaults
+    path: loom_test_vm_sharing.wasm"#,
+        r#"  - {id: first, path: /first/*, upstream: echo, plugins: [filter]}
+  - {id: second, path: /second/*, upstream: echo, plugins: [filter-2]}
+  - {id: other, path: /other/*, upstream: echo, plugins: [elsewhere]}
+  - {id: defaults, path: /defaults/*, upstream: echo, plugins: [defaults]}"#,
+    ))
+    .await;
+    let client = client();
+    let seen = |response: &reqwest::Response| {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_string())
+        };
+        (header("x-root-id"), header("x-vm-id"), header("x-token"))
+    };
+    let text = |value: &str| Some(value.to_string());
+    let first = client.get(gateway.url("/first/x")).send().await.unwrap();
+    assert_eq!(
+        seen(&first),
+        (text("add_header"), text("auth-vm"), text("secret-token"))
+    );
+    let second = client.get(gateway.url("/second/x")).send().await.unwrap();
+    assert_eq!(
+        seen(&second),
+        (text("add_header_2"), text("auth-vm"), text("secret-token"))
+    );
+    // Another vm_id does not see the singleton's shared data.
+    let other = client.get(gateway.url("/other/x")).send().await.unwrap();
+    // An empty id reaches the SDK as an empty property, which the Rust SDK reports as absent
+    // (the test plugin then says "missing"), as with Envoy.
+    assert_eq!(
+        seen(&other),
+        (text("missing"), text("other-vm"), text("none"))
+    );
+    // Envoy's defaults: both ids empty.
+    let defaults = client.get(gateway.url("/defaults/x")).send().await.unwrap();
+    assert_eq!(
+        seen(&defaults),
+        (text("missing"), text("missing"), text("none"))
+    );
+}

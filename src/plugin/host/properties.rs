@@ -33,7 +33,9 @@ pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
     }
     let key = std::str::from_utf8(&key).ok()?.to_string();
     match key.as_str() {
-        "plugin_name" | "plugin_root_id" | "plugin_vm_id" => return text(&state.shared.name),
+        "plugin_name" => return text(&state.shared.name),
+        "plugin_root_id" => return text(&state.shared.root_id),
+        "plugin_vm_id" => return text(&state.shared.vm_id),
         _ => {}
     }
     let facts = state.facts().clone();
