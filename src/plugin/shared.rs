@@ -87,6 +87,11 @@ impl SharedStore {
             return refuse(vm);
         }
         let entry = self.data.entry((vm.to_string(), key.to_vec()));
+        if value.is_empty() {
+            // The ABI has no delete: SDKs delete by setting no value (`set_shared_data(key,
+            // None)`). The key goes, and its memory with it.
+            return self.remove(vm, key.len(), entry, cas);
+        }
         let existing = match &entry {
             dashmap::Entry::Occupied(occupied) => Some(occupied.get().value.len()),
             dashmap::Entry::Vacant(_) => None,
@@ -120,6 +125,32 @@ impl SharedStore {
         entry.value = value;
         // Zero means "unconditional" on the way in, so it is never handed out.
         entry.cas = entry.cas.wrapping_add(1).max(1);
+        status::OK
+    }
+
+    fn remove(
+        &self,
+        vm: &str,
+        key_length: usize,
+        entry: dashmap::Entry<'_, (String, Vec<u8>), Entry>,
+        cas: u32,
+    ) -> i32 {
+        let dashmap::Entry::Occupied(occupied) = entry else {
+            return status::OK;
+        };
+        let current = occupied.get().cas;
+        if cas != 0 && current != 0 && current != cas {
+            return status::CAS_MISMATCH;
+        }
+        let (_, removed) = occupied.remove_entry();
+        let mut usage = self
+            .usage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(usage) = usage.get_mut(vm) {
+            usage.keys = usage.keys.saturating_sub(1);
+            usage.bytes = usage.bytes.saturating_sub(key_length + removed.value.len());
+        }
         status::OK
     }
 
@@ -257,6 +288,13 @@ mod tests {
         );
         assert!(store.get("caps", b"one-more").is_none());
         assert_eq!(store.set("caps", b"k0", value.clone(), 0), status::OK);
+        // Deleting (an empty value) frees a key for another.
+        assert_eq!(store.set("caps", b"k1", Bytes::new(), 0), status::OK);
+        assert!(store.get("caps", b"k1").is_none());
+        assert_eq!(
+            store.set("caps", b"one-more", Bytes::from_static(b"x"), 0),
+            status::OK
+        );
         // Other VMs have their own budget.
         assert_eq!(store.set("caps-other", b"k", value.clone(), 0), status::OK);
         // Oversized keys and values are refused outright.

@@ -89,6 +89,9 @@ struct RateLimitConfig {
     client_key: ClientKey,
     /// `requests_per_window` as text, made once for the response headers.
     limit_text: String,
+    /// The plugin entry's name: its counters' prefix in shared data, which entries sharing a
+    /// `vm_id` (by default all of them, as in Envoy) share.
+    scope: String,
 }
 
 #[derive(Default)]
@@ -106,11 +109,16 @@ impl RootContext for RateLimitRoot {
         let Ok(client_key) = ClientKey::parse(&raw.key) else {
             return false;
         };
+        let scope = self
+            .get_property(vec!["plugin_name"])
+            .and_then(|name| String::from_utf8(name).ok())
+            .unwrap_or_default();
         self.config = Some(Rc::new(RateLimitConfig {
             requests_per_window: raw.requests_per_window,
             window_seconds: raw.window_seconds,
             client_key,
             limit_text: raw.requests_per_window.to_string(),
+            scope,
         }));
         true
     }
@@ -145,13 +153,14 @@ impl HttpContext for RateLimitHttp {
         };
         let now = now_unix_seconds(self);
         let window = now / config.window_seconds;
-        let shared_key = format!("rl:{window}:{}", self.client(&config.client_key));
+        let client = self.client(&config.client_key);
+        let shared_key = counter_key(&config.scope, window, &client);
         let limit = config.requests_per_window;
         match counter::update(&shared_key, |count| (count < limit).then(|| count + 1)) {
             CounterUpdate::Stored(count) => {
                 self.remaining = Some(limit - count);
                 if count == 1 {
-                    forget_previous_window(&shared_key, window);
+                    forget_previous_window(&config.scope, window, &client);
                 }
                 Action::Continue
             }
@@ -207,15 +216,17 @@ fn client_ip(address: &str) -> String {
     }
 }
 
+/// A client's counter for one window.
+fn counter_key(scope: &str, window: u64, client: &str) -> String {
+    format!("rl:{scope}:{window}:{client}")
+}
+
 /// Blanks the client's count of the window before `window`: nothing reads it again, and
 /// without this every client would leave one key per window in shared data forever. The
 /// Proxy-Wasm ABI has no delete; `set_shared_data(key, None)` stores an empty value, which
-/// hosts may treat as a deletion.
-fn forget_previous_window(shared_key: &str, window: u64) {
-    let Some(client) = shared_key.splitn(3, ':').nth(2) else {
-        return;
-    };
-    let previous = format!("rl:{}:{client}", window.wrapping_sub(1));
+/// hosts may treat as a deletion (Loom does).
+fn forget_previous_window(scope: &str, window: u64, client: &str) {
+    let previous = counter_key(scope, window.wrapping_sub(1), client);
     if let Ok((Some(value), cas)) = proxy_wasm::hostcalls::get_shared_data(&previous)
         && !value.is_empty()
     {
