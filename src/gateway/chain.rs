@@ -2,7 +2,11 @@
 //! in each phase:
 //!
 //! - request headers (`request_filter`): in chain order; a step may answer (end the request)
-//!   or refuse it;
+//!   or refuse it. When a Proxy-Wasm plugin wrote to the request headers (`:path`,
+//!   `:authority`, `:method` or any header routing may match on), the request is routed again,
+//!   as Envoy clears its route cache: on another route it goes to that route's upstream with
+//!   its timeouts and retries (a transform's path rewrite of the first route does not carry
+//!   over), while the chain that already ran stays the request's chain for the later phases;
 //! - request body: the size limits count each chunk before it is forwarded, then the plugins
 //!   see it (`crate::gateway::plugins`);
 //! - response headers (`response_filter`): in reverse chain order;
@@ -138,6 +142,9 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
         return Ok(false);
     };
     let chain = &route.chain;
+    ctx.chain_route_index = ctx.route_index;
+    // Set when a Proxy-Wasm plugin changed what routing matches on.
+    let mut routing_changed = false;
     ctx.client_ip = crate::policy::client_ip::resolve(
         session
             .client_addr()
@@ -202,6 +209,7 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
                     // the route's prefix-stripped path.
                     ctx.upstream_uri = None;
                 }
+                routing_changed |= request_plugins.take_request_headers_written(*index);
                 match flow {
                     None | Some(Flow::Continue) => {}
                     Some(Flow::Respond(local)) => {
@@ -219,12 +227,26 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
             }
         }
     }
+    if routing_changed {
+        let first_route = ctx.route_index;
+        let upstream_uri = ctx.upstream_uri.take();
+        if let Err(error) = super::routing::route_request(&snapshot, session, ctx) {
+            errors::respond(session, &error, &ctx.request_id, true).await;
+            ctx.failure = Some(error);
+            return Ok(true);
+        }
+        if ctx.route_index == first_route {
+            // Still the same route: the path goes upstream as the chain left it (a plugin's
+            // `:path` as written, a transform's rewrite).
+            ctx.upstream_uri = upstream_uri;
+        }
+    }
     Ok(false)
 }
 
 /// Counts a request body chunk against the route's size limits.
 pub fn request_body(body: &Option<Bytes>, ctx: &mut RequestContext) -> Result<()> {
-    let Some(route) = ctx.route() else {
+    let Some(route) = ctx.chain_route() else {
         return Ok(());
     };
     if route.chain.body_limits.is_empty() {
@@ -261,7 +283,7 @@ pub async fn response_headers(
     ctx: &mut RequestContext,
 ) -> Result<()> {
     if ctx
-        .route()
+        .chain_route()
         .is_none_or(|route| !route.chain.has_response_steps)
     {
         return Ok(());
@@ -269,7 +291,11 @@ pub async fn response_headers(
     let Some(snapshot) = ctx.snapshot.clone() else {
         return Ok(());
     };
-    let Some(route) = ctx.route_index.and_then(|index| snapshot.routes.get(index)) else {
+    let Some(route) = ctx
+        .chain_route_index
+        .or(ctx.route_index)
+        .and_then(|index| snapshot.routes.get(index))
+    else {
         return Ok(());
     };
     let chain = &route.chain;
@@ -324,8 +350,8 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
         return;
     };
     let route = ctx.route();
-    let access_logs = match route {
-        Some(route) => &route.chain.access_logs[..],
+    let access_logs = match ctx.chain_route() {
+        Some(chain_route) => &chain_route.chain.access_logs[..],
         None => &snapshot.global_access_logs[..],
     };
     if access_logs.is_empty() {

@@ -17,6 +17,9 @@ pub struct RequestContext {
     /// The snapshot this request runs on, loaded once in `request_filter`.
     pub snapshot: Option<Arc<Snapshot>>,
     pub route_index: Option<usize>,
+    /// The route whose chain this request runs, when plugins moved the request to another
+    /// route after that chain's request phase (see `crate::gateway::chain`).
+    pub chain_route_index: Option<usize>,
     /// Named path parameters of the matched route, for plugins and rewrites.
     pub path_parameters: Vec<(String, String)>,
     /// Path (and query) sent upstream when it differs from the client's; built once, cloned
@@ -68,6 +71,7 @@ impl RequestContext {
             started: Instant::now(),
             snapshot: None,
             route_index: None,
+            chain_route_index: None,
             path_parameters: Vec::new(),
             upstream_uri: None,
             upgraded: false,
@@ -96,6 +100,15 @@ impl RequestContext {
     pub fn route(&self) -> Option<&RouteRuntime> {
         let snapshot = self.snapshot.as_ref()?;
         snapshot.routes.get(self.route_index?)
+    }
+
+    /// The route whose chain (policies and plugins) this request runs: the route it matched
+    /// first, even when a plugin then moved it to another route's upstream.
+    pub fn chain_route(&self) -> Option<&RouteRuntime> {
+        let snapshot = self.snapshot.as_ref()?;
+        snapshot
+            .routes
+            .get(self.chain_route_index.or(self.route_index)?)
     }
 
     /// Route id for metric labels; unmatched requests count under "none".

@@ -232,6 +232,13 @@ impl RequestPlugins {
         }
     }
 
+    /// Whether plugin `index` changed the request's headers since the last call; clears it.
+    pub fn take_request_headers_written(&mut self, index: usize) -> bool {
+        self.contexts
+            .get_mut(index)
+            .is_some_and(|context| std::mem::take(&mut context.stream.request_headers_written))
+    }
+
     /// `on_request_headers` of plugin `index` (the gateway walks the route's chain, where
     /// plugins sit between built-in policies). A Pause with http_calls outstanding holds the
     /// request until they are answered; a Pause with nothing outstanding continues (Loom

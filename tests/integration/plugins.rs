@@ -296,7 +296,11 @@ async fn abi_probe_sees_properties_pseudo_headers_and_queues() {
         r#"  - id: probe
     path: /probe/*
     upstream: echo
-    plugins: [probe]"#,
+    plugins: [probe]
+  # Where the probe's `:path` rewrite lands: a changed path is routed again.
+  - id: rewritten
+    path: /rewritten
+    upstream: echo"#,
     ))
     .await;
     let client = client();
@@ -792,4 +796,54 @@ async fn root_id_and_vm_id_as_envoy_configures_them() {
         seen(&defaults),
         (text("missing"), text("missing"), text("none"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_changes_the_path_moves_the_request_to_another_route() {
+    let first = echo("first").await;
+    let second = echo("second").await;
+    let template = format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+plugin_dir: "@PLUGINS@"
+plugin_cache_dir: "@PLUGIN_CACHE@"
+plugins:
+  - name: mover
+    path: loom_headers.wasm
+    config:
+      request: {{set: {{":path": "/moved/landed?from=plugin"}}}}
+      response: {{set: {{x-mover: ran}}}}
+routes:
+  - id: moving
+    path: /moving/*
+    upstream: first
+    plugins: [mover]
+  - id: moved
+    path: /moved/*
+    strip_prefix: true
+    upstream: second
+upstreams:
+  - name: first
+    endpoints: ["127.0.0.1:{}"]
+  - name: second
+    endpoints: ["127.0.0.1:{}"]
+"#,
+        first.addresses()[0].port(),
+        second.addresses()[0].port()
+    );
+    let gateway = GatewayProcess::start(&template).await;
+    let response = client()
+        .get(gateway.url("/moving/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The new route's upstream answered, after its strip_prefix; the chain that ran (the
+    // mover's response phase) stayed with the request.
+    assert_eq!(response.headers()["x-echo-instance"], "second");
+    assert_eq!(response.headers()["x-mover"], "ran");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["path"], "/landed");
+    assert_eq!(body["query"], "from=plugin");
 }

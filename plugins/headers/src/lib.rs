@@ -1,4 +1,5 @@
-//! `loom_headers`: sets, adds and removes request and response headers.
+//! `loom_headers`: sets, adds and removes request and response headers; `request.set` may also
+//! change `:path`, `:authority` and `:method`.
 //!
 //! The configuration is read once per VM in `on_configure`; each HTTP context holds a shared
 //! reference to it, so a request costs only the header host calls themselves.
@@ -52,6 +53,14 @@ impl HeaderOperations {
         let names = names.chain(self.add.keys().map(|name| ("add", name)));
         let names = names.chain(self.remove.iter().map(|name| ("remove", name)));
         for (operation, name) in names {
+            // `set` may change the request's pseudo-headers (`:path`, `:authority`,
+            // `:method`), as Envoy plugins do to re-route a request.
+            let pseudo = operation == "set"
+                && section == "request"
+                && matches!(name.as_str(), ":path" | ":authority" | ":method");
+            if pseudo {
+                continue;
+            }
             if name.is_empty() || name.bytes().any(|byte| !is_header_name_byte(byte)) {
                 return Err(format!(
                     "{section}.{operation}: \"{name}\" is not a valid header name"

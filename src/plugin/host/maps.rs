@@ -151,10 +151,15 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
             let Some(request) = request.get_mut() else {
                 return status::BAD_ARGUMENT;
             };
-            if key.starts_with(':') {
-                return write_request_pseudo(request, &key, value, how);
+            let code = if key.starts_with(':') {
+                write_request_pseudo(request, &key, value, how)
+            } else {
+                write_header(request, &key, value, how)
+            };
+            if code == status::OK {
+                frame.stream.request_headers_written = true;
             }
-            write_header(request, &key, value, how)
+            code
         }
         MapType::ResponseHeaders => {
             let Some(response) = frame.response.as_mut() else {
