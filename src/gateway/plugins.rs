@@ -167,6 +167,7 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
         connection_id: ctx.connection.as_ref().map_or(0, |guard| guard.id),
         request_id: Bytes::copy_from_slice(ctx.request_id.as_bytes()),
         route: ctx.route().map(|route| Arc::clone(&route.id)),
+        route_metadata: ctx.route().map(|route| Arc::clone(&route.metadata)),
         started_unix_nanos: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64)

@@ -38,6 +38,8 @@ pub struct RouteRuntime {
     pub chain: RouteChain,
     /// The route as configured, for the admin API.
     pub config: RouteConfig,
+    /// `metadata:`, shared with the plugins of every request (Envoy's route metadata).
+    pub metadata: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 pub struct Snapshot {
@@ -111,6 +113,7 @@ impl Snapshot {
                     preserve_host: plan.config.preserve_host,
                     timeouts: plan.timeouts,
                     chain: RouteChain::build(&plan.chain, &plugins),
+                    metadata: Arc::new(plan.config.metadata.clone()),
                     config: plan.config.clone(),
                 }
             })

@@ -297,6 +297,7 @@ async fn abi_probe_sees_properties_pseudo_headers_and_queues() {
     path: /probe/*
     upstream: echo
     plugins: [probe]
+    metadata: {auth: route-secret}
   # Where the probe's `:path` rewrite lands: a changed path is routed again.
   - id: rewritten
     path: /rewritten
@@ -338,6 +339,11 @@ async fn abi_probe_sees_properties_pseudo_headers_and_queues() {
     );
     assert_eq!(header("x-prop-plugin_name"), "probe");
     assert_eq!(header("x-prop-route_name"), "probe");
+    // Envoy's route metadata for the Wasm filter is the route's `metadata:`.
+    assert_eq!(
+        header("x-prop-route_metadata-filter_metadata-envoy.filters.http.wasm-auth"),
+        "route-secret"
+    );
     assert_eq!(
         header("x-prop-upstream-address"),
         backend.addresses()[0].to_string()

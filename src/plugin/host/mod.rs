@@ -56,6 +56,8 @@ pub struct RequestFacts {
     pub connection_id: u64,
     pub request_id: Bytes,
     pub route: Option<Arc<str>>,
+    /// The route's `metadata:` map, read as Envoy's route metadata.
+    pub route_metadata: Option<Arc<std::collections::BTreeMap<String, String>>>,
     /// Request start, nanoseconds since the Unix epoch.
     pub started_unix_nanos: u64,
     pub scheme: &'static str,

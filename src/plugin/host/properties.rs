@@ -21,6 +21,17 @@ fn text(value: &str) -> Option<Bytes> {
     Some(Bytes::copy_from_slice(value.as_bytes()))
 }
 
+/// The entry of the route's `metadata:` that a route-metadata property names: Envoy's
+/// `route_metadata` (or `xds.route_metadata`) `.filter_metadata.envoy.filters.http.wasm.KEY`,
+/// where the Wasm filter's own metadata lives.
+fn route_metadata_key(key: &str) -> Option<&str> {
+    const FILTER: &str = "filter_metadata.envoy.filters.http.wasm.";
+    key.strip_prefix("route_metadata.")
+        .or_else(|| key.strip_prefix("xds.route_metadata."))?
+        .strip_prefix(FILTER)
+        .filter(|name| !name.is_empty())
+}
+
 pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
     let key = normalize(path);
     if let Some((_, value)) = state
@@ -72,6 +83,14 @@ pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
         }
         "connection.id" if facts.connection_id != 0 => return number(facts.connection_id),
         "route_name" | "xds.route_name" => return facts.route.as_deref().and_then(text),
+        _ if route_metadata_key(&key).is_some() => {
+            let name = route_metadata_key(&key)?;
+            return facts
+                .route_metadata
+                .as_ref()
+                .and_then(|metadata| metadata.get(name))
+                .and_then(|value| text(value));
+        }
         "upstream.address" => return facts.upstream_address.as_deref().and_then(text),
         "upstream.port" => {
             return facts

@@ -44,6 +44,15 @@ const REQUEST_PROPERTIES: &[(&[&str], Shape)] = &[
     (&["plugin_name"], Shape::Text),
     (&["plugin_root_id"], Shape::Text),
     (&["route_name"], Shape::Text),
+    (
+        &[
+            "route_metadata",
+            "filter_metadata",
+            "envoy.filters.http.wasm",
+            "auth",
+        ],
+        Shape::Text,
+    ),
 ];
 
 /// Read in `on_http_response_headers`, once the upstream has answered.
