@@ -64,9 +64,6 @@ use crate::observe::metrics;
 /// `server.request_header_timeout` when the config leaves it out.
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `server.keepalive_timeout` when the config leaves it out: Pingora's own idle limit.
-pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The start of the HTTP/2 connection preface (RFC 9113, section 3.4); no HTTP/1 request
 /// starts with it, so it is enough to tell the two apart.
 const HTTP2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
@@ -79,13 +76,6 @@ pub fn request_header_timeout(server: &ServerSection) -> Duration {
     server
         .request_header_timeout
         .map_or(DEFAULT_REQUEST_HEADER_TIMEOUT, |timeout| timeout.0)
-}
-
-/// `server.keepalive_timeout`, or [`DEFAULT_KEEPALIVE_TIMEOUT`].
-pub fn keepalive_timeout(server: &ServerSection) -> Duration {
-    server
-        .keepalive_timeout
-        .map_or(DEFAULT_KEEPALIVE_TIMEOUT, |timeout| timeout.0)
 }
 
 /// Marks the request on `session`'s connection as begun: its head has arrived, so reads carry
@@ -697,14 +687,11 @@ mod tests {
             request_header_timeout(&defaults),
             DEFAULT_REQUEST_HEADER_TIMEOUT
         );
-        assert_eq!(keepalive_timeout(&defaults), DEFAULT_KEEPALIVE_TIMEOUT);
 
         let configured = ServerSection {
             request_header_timeout: Some(DurationValue(Duration::from_secs(5))),
-            keepalive_timeout: Some(DurationValue(Duration::from_secs(7))),
             ..ServerSection::default()
         };
         assert_eq!(request_header_timeout(&configured), Duration::from_secs(5));
-        assert_eq!(keepalive_timeout(&configured), Duration::from_secs(7));
     }
 }

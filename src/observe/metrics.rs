@@ -173,7 +173,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             registry,
             counter_vec(
                 "loom_downstream_timeouts_total",
-                "Downstream connections closed for a request head that came too slowly (request_header) or an idle keep-alive (keepalive_idle).",
+                "Downstream connections closed for a request head that came too slowly (phase request_header). Idle keep-alive connections are closed by Pingora's keep-alive timeout and not counted here.",
                 &["phase"],
             ),
         ),
@@ -234,7 +234,7 @@ pub fn count_ejection(upstream: &str, endpoint: &str) {
 }
 
 /// Counts a downstream connection closed by [`crate::gateway::edge`]; `phase` is
-/// `request_header` or `keepalive_idle`.
+/// `request_header` (an idle keep-alive wait never expires there).
 pub fn count_downstream_timeout(phase: &str) {
     metrics()
         .downstream_timeouts_total
