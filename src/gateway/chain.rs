@@ -2,8 +2,9 @@
 //! in each phase:
 //!
 //! - request headers (`request_filter`): in chain order; a step may answer (end the request)
-//!   or refuse it. When a Proxy-Wasm plugin wrote to the request headers (`:path`,
-//!   `:authority`, `:method` or any header routing may match on), the request is routed again,
+//!   or refuse it. When a Proxy-Wasm plugin wrote what routing matches on (`:path`,
+//!   `:authority`, `:method`, `Host`, or any header when some route matches on headers), the
+//!   request is routed again,
 //!   as Envoy clears its route cache: on another route it goes to that route's upstream with
 //!   its timeouts and retries (a transform's path rewrite of the first route does not carry
 //!   over), while the chain that already ran stays the request's chain for the later phases;
@@ -209,7 +210,8 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
                     // the route's prefix-stripped path.
                     ctx.upstream_uri = None;
                 }
-                routing_changed |= request_plugins.take_request_headers_written(*index);
+                routing_changed |=
+                    request_plugins.take_routing_written(*index, snapshot.routes_match_headers);
                 match flow {
                     None | Some(Flow::Continue) => {}
                     Some(Flow::Respond(local)) => {

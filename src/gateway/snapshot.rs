@@ -63,6 +63,9 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<Cidr>,
     /// `server.keepalive_timeout` in whole seconds (at least 1), when it is set.
     pub keepalive_seconds: Option<u64>,
+    /// Some route matches on request headers: a plugin's header write may then change the
+    /// route (otherwise only its `:path`, `:authority`, `:method` or `Host` can).
+    pub routes_match_headers: bool,
     /// The global access logs, which also record requests no route matched.
     pub global_access_logs: Vec<Arc<crate::policy::PolicyStep>>,
     /// Who may use the admin API, when Go Loom's `admin.auth` is on; a reload applies it to
@@ -95,7 +98,7 @@ impl Snapshot {
                     .unwrap_or_else(|| Arc::new(UpstreamPool::new(plan)))
             })
             .collect();
-        let routes = validated
+        let routes: Vec<RouteRuntime> = validated
             .routes
             .into_iter()
             .map(|plan| {
@@ -118,6 +121,7 @@ impl Snapshot {
                 }
             })
             .collect();
+        let routes_match_headers = routes.iter().any(|route| !route.config.headers.is_empty());
         Snapshot {
             generation,
             config_path: loaded.path,
@@ -138,6 +142,7 @@ impl Snapshot {
                 .server
                 .keepalive_timeout
                 .map(|timeout| timeout.0.as_secs().max(1)),
+            routes_match_headers,
             global_access_logs: validated
                 .global_policies
                 .iter()

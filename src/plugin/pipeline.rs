@@ -232,11 +232,15 @@ impl RequestPlugins {
         }
     }
 
-    /// Whether plugin `index` changed the request's headers since the last call; clears it.
-    pub fn take_request_headers_written(&mut self, index: usize) -> bool {
-        self.contexts
-            .get_mut(index)
-            .is_some_and(|context| std::mem::take(&mut context.stream.request_headers_written))
+    /// Whether plugin `index` changed what routing matches on since the last call: its
+    /// target (`:path`, `:authority`, `:method`, `Host`), or any header when
+    /// `headers_matter` (some route matches on headers). Clears both marks.
+    pub fn take_routing_written(&mut self, index: usize, headers_matter: bool) -> bool {
+        self.contexts.get_mut(index).is_some_and(|context| {
+            let headers = std::mem::take(&mut context.stream.request_headers_written);
+            let target = std::mem::take(&mut context.stream.request_target_written);
+            target || (headers && headers_matter)
+        })
     }
 
     /// `on_request_headers` of plugin `index` (the gateway walks the route's chain, where

@@ -158,6 +158,7 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
             };
             if code == status::OK {
                 frame.stream.request_headers_written = true;
+                frame.stream.request_target_written |= key.starts_with(':') || key == "host";
             }
             code
         }

@@ -103,9 +103,11 @@ pub struct StreamState {
     pub pending_calls: Vec<PendingCall>,
     /// `proxy_continue_stream(HTTP_REQUEST)` was called.
     pub resume_request: bool,
-    /// The plugin changed the request's headers (pseudo-headers included): what routing
-    /// matched on may have changed. The gateway takes it after each request-headers step.
+    /// The plugin changed the request's headers: what routing matches on may have changed.
+    /// The gateway takes it after each request-headers step.
     pub request_headers_written: bool,
+    /// Of those, `:path`, `:authority`, `:method` or `Host`, which every route matches on.
+    pub request_target_written: bool,
     pub resume_response: bool,
     /// `proxy_close_stream`: reset the stream without a response.
     pub close: bool,
