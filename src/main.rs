@@ -188,6 +188,7 @@ fn run(
                 listener.address.clone(),
                 listener.protocol,
                 listener.tls.clone(),
+                listener.client_auth.clone(),
             )
         })
         .collect();
@@ -230,14 +231,14 @@ fn run(
             Arc::clone(&state),
             listeners
                 .iter()
-                .filter_map(|(_, address, _, _)| address.parse().ok())
+                .filter_map(|(_, address, ..)| address.parse().ok())
                 .collect(),
         ),
     );
     let mut listener_handles = Vec::new();
     let gateway = Gateway::new(Arc::clone(&state));
     let server_conf = Arc::clone(&server.configuration);
-    for (name, address, protocol, tls) in listeners {
+    for (name, address, protocol, tls, client_auth) in listeners {
         let mut options = HttpServerOptions::default();
         // http2 and Go Loom's h2c and grpc: HTTP/2 prior knowledge next to HTTP/1.1. TLS
         // listeners (https, Go Loom's grpcs, or any protocol with `tls`) offer h2 by ALPN below.
@@ -255,6 +256,14 @@ fn run(
             Some((cert, key)) => {
                 let mut settings = TlsSettings::intermediate(&cert, &key)?;
                 settings.enable_h2();
+                if let Some(client_auth) = client_auth {
+                    let verifier = loom::gateway::client_cert::RecordingVerifier::from_ca_file(
+                        &client_auth.ca_file,
+                        client_auth.required,
+                    )
+                    .map_err(anyhow::Error::msg)?;
+                    settings.set_client_cert_verifier(verifier);
+                }
                 service.add_tls_with_settings(&address, None, settings);
             }
             None => service.add_tcp(&address),

@@ -285,7 +285,9 @@ fn check_policy_entry(
             );
         }
     }
-    if let Some(policy) = crate::policy::compile(checker, kind, &format!("{key}.config")) {
+    if let Some(policy) =
+        crate::policy::compile(checker, &plugin.name, kind, &format!("{key}.config"))
+    {
         plan.policies.push(Arc::new(PolicyStep {
             name: plugin.name.clone(),
             priority: plugin.priority,

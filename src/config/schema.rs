@@ -107,6 +107,11 @@ pub struct ListenerTls {
     pub key: Option<String>,
     /// Go Loom's spelling of `key`.
     pub key_file: Option<String>,
+    /// PEM CA certificates that client certificates must chain to (mTLS).
+    pub client_ca: Option<String>,
+    /// `required` (the default with `client_ca`: no certificate, no connection) or
+    /// `optional` (clients without one get in; `mtls_auth` decides per route).
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

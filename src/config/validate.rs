@@ -18,8 +18,8 @@ use super::schema::{
 };
 use super::yaml::{ConfigError, Node};
 use crate::admin::auth::AdminAuthPlan;
-use crate::policy::PolicyStep;
 use crate::policy::client_ip::Cidr;
+use crate::policy::{Policy, PolicyStep};
 use crate::router::{RouteSpec, Router};
 use crate::upstream::retry::RetryPolicy;
 
@@ -83,6 +83,16 @@ pub struct ListenerPlan {
     pub protocol: ListenerProtocol,
     /// Certificate and key paths, resolved against the config's directory.
     pub tls: Option<(String, String)>,
+    /// Client certificates checked in the handshake (mTLS).
+    pub client_auth: Option<ClientAuthPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthPlan {
+    /// The CA file, resolved against the config's directory.
+    pub ca_file: String,
+    /// Refuse handshakes without a certificate.
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -259,7 +269,7 @@ pub fn validate(
     let ca_file = check_ca_file(&mut checker, &file_config, &base_dir);
     let upstreams = check_upstreams(&mut checker, &file_config, indexes, &ca_file);
     let plugins = super::plugins::check_plugins(&mut checker, &file_config, indexes, &base_dir);
-    let global_policies = check_global_policies(&mut checker);
+    let global_policies = check_global_policies(&mut checker, &file_config);
     check_unbuilt_features(&mut checker, &file_config);
     let trusted_proxies = crate::policy::client_ip::parse_list(
         &file_config.server.trusted_proxies,
@@ -347,13 +357,21 @@ pub fn validate(
 }
 
 /// The top-level policy sections (`cors:`, `access_log:`), applied to every route.
-fn check_global_policies(checker: &mut Checker) -> Vec<Arc<PolicyStep>> {
+fn check_global_policies(checker: &mut Checker, config: &FileConfig) -> Vec<Arc<PolicyStep>> {
     let mut policies = Vec::new();
+    if let Some(policy) = go_loom_rate_limit(checker, config) {
+        policies.push(Arc::new(PolicyStep {
+            name: "rate_limit".to_string(),
+            priority: 0,
+            global: true,
+            policy,
+        }));
+    }
     for kind in ["cors", "access_log"] {
         if checker.is_absent_or_null(kind) {
             continue;
         }
-        if let Some(policy) = crate::policy::compile(checker, kind, kind) {
+        if let Some(policy) = crate::policy::compile(checker, kind, kind, kind) {
             policies.push(Arc::new(PolicyStep {
                 name: kind.to_string(),
                 priority: 0,
@@ -363,6 +381,34 @@ fn check_global_policies(checker: &mut Checker) -> Vec<Arc<PolicyStep>> {
         }
     }
     policies
+}
+
+/// Go Loom's top-level `rate_limit: {enabled, rate, burst, cleanup_interval}`: requests per
+/// second per client IP on every route, as its `x/time/rate` limiter counts them.
+fn go_loom_rate_limit(checker: &mut Checker, config: &FileConfig) -> Option<Policy> {
+    let section = config
+        .rate_limit
+        .as_ref()
+        .filter(|section| section.enabled)?;
+    let Some(rate) = section.rate else {
+        checker.error(
+            "rate_limit.rate".into(),
+            "requests per second are required when rate limiting is enabled",
+        );
+        return None;
+    };
+    let limit_config = crate::policy::rate_limit::RateLimitConfig {
+        rate,
+        burst: section.burst,
+        cleanup_interval: section.cleanup_interval,
+        ..Default::default()
+    };
+    crate::policy::rate_limit::RateLimit::compile(
+        "rate_limit",
+        limit_config,
+        &mut |field, message| checker.error(format!("rate_limit.{field}"), message),
+    )
+    .map(Policy::RateLimit)
 }
 
 /// Go Loom sections whose feature Loom does not have yet: a switched-off section loads (it
@@ -375,13 +421,6 @@ fn check_unbuilt_features(checker: &mut Checker, config: &FileConfig) {
              (see the README's status table)"
         )
     };
-    if config
-        .rate_limit
-        .as_ref()
-        .is_some_and(|section| section.enabled)
-    {
-        checker.error("rate_limit.enabled".into(), not_built("rate limiting"));
-    }
     if config
         .tracing
         .as_ref()
@@ -577,11 +616,16 @@ fn check_listeners(
             }
             Some(tls) => listener_tls_files(checker, &key, tls, base_dir),
         };
+        let client_auth = listener
+            .tls
+            .as_ref()
+            .and_then(|tls| listener_client_auth(checker, &key, tls, base_dir));
         plans.push(ListenerPlan {
             name: listener.name.clone(),
             address,
             protocol: listener.protocol,
             tls,
+            client_auth,
         });
     }
     plans
@@ -625,6 +669,44 @@ fn listener_tls_files(
         ),
     }
     Some((cert, key_file))
+}
+
+/// `tls.client_ca` and `tls.client_auth` of a listener; the CA file is loaded now so that a
+/// bad one is a config error, not a listener that fails every handshake.
+fn listener_client_auth(
+    checker: &mut Checker,
+    key: &str,
+    tls: &ListenerTls,
+    base_dir: &Path,
+) -> Option<ClientAuthPlan> {
+    let required = match tls.client_auth.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            checker.error(
+                format!("{key}.tls.client_auth"),
+                format!("\"{other}\" is not required or optional"),
+            );
+            true
+        }
+    };
+    let Some(ca_file) = &tls.client_ca else {
+        if tls.client_auth.is_some() {
+            checker.error(
+                format!("{key}.tls.client_auth"),
+                "client_auth needs client_ca (the CA that signs client certificates)",
+            );
+        }
+        return None;
+    };
+    let ca_file = resolve_file(base_dir, ca_file);
+    if let Err(message) =
+        crate::gateway::client_cert::RecordingVerifier::from_ca_file(&ca_file, required)
+    {
+        checker.error(format!("{key}.tls.client_ca"), message);
+        return None;
+    }
+    Some(ClientAuthPlan { ca_file, required })
 }
 
 /// The value of a setting that Loom and Go Loom spell differently: whichever of the two keys

@@ -167,8 +167,11 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
                         route_id: &route.id,
                         path_parameters: &ctx.path_parameters,
                         upstream_uri: &mut ctx.upstream_uri,
+                        state: &mut ctx.policy_state,
+                        now: ctx.started,
+                        step_name: &step.name,
                     };
-                    step.policy.on_request(session, &mut input)
+                    step.policy.on_request(session, &mut input).await
                 };
                 match verdict {
                     Verdict::Continue => {}
@@ -315,6 +318,7 @@ pub async fn response_headers(
                     request_id: ctx.request_id.to_str().unwrap_or_default(),
                     route_id: &route.id,
                     path_parameters: &ctx.path_parameters,
+                    state: &ctx.policy_state,
                 };
                 step.policy.on_response(session, response, &input);
             }

@@ -63,6 +63,8 @@ pub struct RequestContext {
     pub request_body_bytes: u64,
     /// How long the last upstream attempt took, for the access log.
     pub upstream_elapsed: Option<std::time::Duration>,
+    /// What the route's policies hand on (consumer, rate-limit budget, concurrency slots).
+    pub policy_state: crate::policy::PolicyState,
 }
 
 impl RequestContext {
@@ -94,6 +96,7 @@ impl RequestContext {
             client_ip: None,
             request_body_bytes: 0,
             upstream_elapsed: None,
+            policy_state: crate::policy::PolicyState::default(),
         }
     }
 

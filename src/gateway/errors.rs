@@ -16,6 +16,8 @@ pub struct GatewayError {
     pub message: Cow<'static, str>,
     /// Methods for the `Allow` header of a 405.
     pub allow: Option<String>,
+    /// Further headers of the answer (`WWW-Authenticate`, `Retry-After`, ...).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl GatewayError {
@@ -25,7 +27,14 @@ impl GatewayError {
             code,
             message: message.into(),
             allow: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The error with one more header on its answer.
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn route_not_found() -> Self {
@@ -145,6 +154,9 @@ pub async fn respond(
     }
     if let Some(allow) = &error.allow {
         let _ = header.insert_header("allow", allow.as_str());
+    }
+    for (name, value) in &error.headers {
+        let _ = header.append_header(name.clone(), value.clone());
     }
     // An unread request body would be taken as the next request on this connection.
     let reusable = keep_alive && (session.is_body_empty() || session.is_body_done());

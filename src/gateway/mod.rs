@@ -17,6 +17,7 @@
 
 pub mod attempts;
 pub mod chain;
+pub mod client_cert;
 pub mod context;
 pub mod edge;
 pub mod errors;

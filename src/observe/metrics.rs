@@ -33,6 +33,9 @@ pub struct Metrics {
     pub downstream_timeouts_total: IntCounterVec,
     pub access_log_dropped_total: IntCounter,
     pub access_log_lines_total: IntCounter,
+    pub auth_failures_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
+    pub rate_limit_redis_errors_total: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -191,6 +194,30 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 "Access log lines written and flushed to their destination.",
             ),
         ),
+        auth_failures_total: register(
+            registry,
+            counter_vec(
+                "loom_auth_failures_total",
+                "Requests refused by an authentication policy (401, or 403 for valid credentials that are not allowed), by route, policy entry and reason.",
+                &["route", "policy", "reason"],
+            ),
+        ),
+        rate_limited_total: register(
+            registry,
+            counter_vec(
+                "loom_rate_limited_total",
+                "Requests refused with 429 by a rate_limit or concurrency_limit policy, by route and policy entry.",
+                &["route", "policy"],
+            ),
+        ),
+        rate_limit_redis_errors_total: register(
+            registry,
+            counter_vec(
+                "loom_rate_limit_redis_errors_total",
+                "Rate-limit decisions Redis could not make (unreachable, timed out, error); the policy's on_redis_error applied.",
+                &["policy"],
+            ),
+        ),
     }
 });
 
@@ -239,6 +266,29 @@ pub fn count_downstream_timeout(phase: &str) {
     metrics()
         .downstream_timeouts_total
         .with_label_values(&[phase])
+        .inc();
+}
+
+/// Counts a request refused by an auth policy.
+pub fn count_auth_failure(route: &str, policy: &str, reason: &str) {
+    metrics()
+        .auth_failures_total
+        .with_label_values(&[route, policy, reason])
+        .inc();
+}
+
+/// Counts a request refused by a rate or concurrency limit.
+pub fn count_rate_limited(route: &str, policy: &str) {
+    metrics()
+        .rate_limited_total
+        .with_label_values(&[route, policy])
+        .inc();
+}
+
+pub fn count_rate_limit_redis_error(policy: &str) {
+    metrics()
+        .rate_limit_redis_errors_total
+        .with_label_values(&[policy])
         .inc();
 }
 

@@ -10,15 +10,29 @@
 //! at once.
 
 pub mod access_log;
+pub mod auth;
+pub mod basic_auth;
 pub mod body_limit;
 pub mod client_ip;
 pub mod compression;
+pub mod concurrency_limit;
 pub mod cors;
+pub mod credentials;
 pub mod ip_restriction;
+pub mod jwks;
+pub mod jwt_auth;
+pub mod key_auth;
+pub mod keyed_hash;
+pub mod limit_key;
+pub mod mtls_auth;
+pub mod query;
+pub mod rate_limit;
 pub mod security_headers;
 pub mod transform;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -48,6 +62,12 @@ pub const TYPES: &[&str] = &[
     "transform",
     "ip_restriction",
     "access_log",
+    "key_auth",
+    "basic_auth",
+    "jwt_auth",
+    "mtls_auth",
+    "rate_limit",
+    "concurrency_limit",
 ];
 
 /// One compiled built-in policy.
@@ -60,6 +80,12 @@ pub enum Policy {
     Transform(transform::Transform),
     IpRestriction(ip_restriction::IpRestriction),
     AccessLog(access_log::AccessLog),
+    KeyAuth(key_auth::KeyAuth),
+    BasicAuth(basic_auth::BasicAuth),
+    JwtAuth(jwt_auth::JwtAuth),
+    MtlsAuth(mtls_auth::MtlsAuth),
+    RateLimit(rate_limit::RateLimit),
+    ConcurrencyLimit(concurrency_limit::ConcurrencyLimit),
 }
 
 /// A policy as it sits in a chain: its entry's name and priority.
@@ -70,6 +96,18 @@ pub struct PolicyStep {
     /// Set for the top-level sections (`cors:`, `access_log:`), which apply to every route.
     pub global: bool,
     pub policy: Policy,
+}
+
+/// What the steps of one request hand on to later steps and phases; kept in the request's
+/// context. Empty (and allocation-free) until a step sets something.
+#[derive(Debug, Default)]
+pub struct PolicyState {
+    /// Who an auth policy identified; rate and concurrency limits may count by it.
+    pub consumer: Option<Arc<str>>,
+    /// The budget the rate limits report on the response.
+    pub rate_limit: Option<rate_limit::Quota>,
+    /// Concurrency slots, given back when the request ends.
+    pub concurrency: Vec<concurrency_limit::ConcurrencySlot>,
 }
 
 /// What a request step may read besides the request itself; built by the chain walker from
@@ -83,6 +121,12 @@ pub struct RequestInput<'a> {
     pub path_parameters: &'a [(String, String)],
     /// The path (and query) sent upstream when it differs from the client's.
     pub upstream_uri: &'a mut Option<http::Uri>,
+    pub state: &'a mut PolicyState,
+    /// When the request started: read once per request, so steps need no clock read of
+    /// their own.
+    pub now: Instant,
+    /// The step's entry name, for metric labels.
+    pub step_name: &'a str,
 }
 
 /// What a response step may read.
@@ -91,6 +135,7 @@ pub struct ResponseInput<'a> {
     pub request_id: &'a str,
     pub route_id: &'a str,
     pub path_parameters: &'a [(String, String)],
+    pub state: &'a PolicyState,
 }
 
 impl Policy {
@@ -104,6 +149,12 @@ impl Policy {
             Policy::Transform(_) => "transform",
             Policy::IpRestriction(_) => "ip_restriction",
             Policy::AccessLog(_) => "access_log",
+            Policy::KeyAuth(_) => "key_auth",
+            Policy::BasicAuth(_) => "basic_auth",
+            Policy::JwtAuth(_) => "jwt_auth",
+            Policy::MtlsAuth(_) => "mtls_auth",
+            Policy::RateLimit(_) => "rate_limit",
+            Policy::ConcurrencyLimit(_) => "concurrency_limit",
         }
     }
 
@@ -120,11 +171,20 @@ impl Policy {
                 | Policy::SecurityHeaders(_)
                 | Policy::Compression(_)
                 | Policy::Transform(_)
+                | Policy::RateLimit(_)
         )
     }
 
-    pub fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {
+    /// Async for the steps that may wait (Redis, bcrypt on the blocking pool, a JWKS fetch);
+    /// the others never reach an await point.
+    pub async fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {
         match self {
+            Policy::KeyAuth(auth) => auth.on_request(session, input),
+            Policy::BasicAuth(auth) => auth.on_request(session, input).await,
+            Policy::JwtAuth(auth) => auth.on_request(session, input).await,
+            Policy::MtlsAuth(auth) => auth.on_request(session, input),
+            Policy::RateLimit(limit) => limit.on_request(session, input).await,
+            Policy::ConcurrencyLimit(limit) => limit.on_request(session, input),
             Policy::Cors(cors) => cors.on_request(session.req_header()),
             Policy::Compression(compression) => {
                 compression.on_request(session);
@@ -150,7 +210,17 @@ impl Policy {
             Policy::Transform(transform) => {
                 transform.on_response(session.req_header(), response, input)
             }
-            Policy::RequestSizeLimit(_) | Policy::IpRestriction(_) | Policy::AccessLog(_) => {}
+            Policy::RateLimit(limit) => {
+                limit.on_response(response, input.state.rate_limit.as_ref())
+            }
+            Policy::RequestSizeLimit(_)
+            | Policy::IpRestriction(_)
+            | Policy::AccessLog(_)
+            | Policy::KeyAuth(_)
+            | Policy::BasicAuth(_)
+            | Policy::JwtAuth(_)
+            | Policy::MtlsAuth(_)
+            | Policy::ConcurrencyLimit(_) => {}
         }
     }
 
@@ -164,13 +234,25 @@ impl Policy {
             Policy::Transform(transform) => transform.describe(),
             Policy::IpRestriction(restriction) => restriction.describe(),
             Policy::AccessLog(log) => log.describe(),
+            Policy::KeyAuth(auth) => auth.describe(),
+            Policy::BasicAuth(auth) => auth.describe(),
+            Policy::JwtAuth(auth) => auth.describe(),
+            Policy::MtlsAuth(auth) => auth.describe(),
+            Policy::RateLimit(limit) => limit.describe(),
+            Policy::ConcurrencyLimit(limit) => limit.describe(),
         }
     }
 }
 
-/// Compiles the built-in policy `kind` from the `config:` node at `key_path` (absent: the
-/// policy's defaults). Errors are recorded in `checker`; `None` when there were any.
-pub(crate) fn compile(checker: &mut Checker, kind: &str, key_path: &str) -> Option<Policy> {
+/// Compiles the built-in policy `kind` named `name` from the `config:` node at `key_path`
+/// (absent: the policy's defaults). Errors are recorded in `checker`; `None` when there were
+/// any.
+pub(crate) fn compile(
+    checker: &mut Checker,
+    name: &str,
+    kind: &str,
+    key_path: &str,
+) -> Option<Policy> {
     let before = checker.error_count();
     let policy = match kind {
         "cors" => read(checker, key_path).and_then(|config| {
@@ -215,6 +297,44 @@ pub(crate) fn compile(checker: &mut Checker, kind: &str, key_path: &str) -> Opti
                 checker.error(format!("{key_path}.{field}"), message)
             })
             .map(Policy::AccessLog)
+        }),
+        "key_auth" => read(checker, key_path).and_then(|config| {
+            key_auth::KeyAuth::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::KeyAuth)
+        }),
+        "basic_auth" => read(checker, key_path).and_then(|config| {
+            let base_dir = checker.base_dir().to_path_buf();
+            basic_auth::BasicAuth::compile(config, &base_dir, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::BasicAuth)
+        }),
+        "jwt_auth" => read(checker, key_path).and_then(|config| {
+            let base_dir = checker.base_dir().to_path_buf();
+            jwt_auth::JwtAuth::compile(config, &base_dir, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::JwtAuth)
+        }),
+        "mtls_auth" => read(checker, key_path).and_then(|config| {
+            mtls_auth::MtlsAuth::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::MtlsAuth)
+        }),
+        "rate_limit" => read(checker, key_path).and_then(|config| {
+            rate_limit::RateLimit::compile(name, config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::RateLimit)
+        }),
+        "concurrency_limit" => read(checker, key_path).and_then(|config| {
+            concurrency_limit::ConcurrencyLimit::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::ConcurrencyLimit)
         }),
         _ => None,
     };

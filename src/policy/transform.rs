@@ -663,12 +663,16 @@ mod tests {
     fn run(transform: &Transform, request: &mut RequestHeader) -> Option<http::Uri> {
         let parameters = vec![("id".to_string(), "42".to_string())];
         let mut upstream_uri = None;
+        let mut state = crate::policy::PolicyState::default();
         let mut input = RequestInput {
             client_ip: Some("192.0.2.7".parse().unwrap()),
             request_id: "req-1",
             route_id: "users",
             path_parameters: &parameters,
             upstream_uri: &mut upstream_uri,
+            state: &mut state,
+            now: std::time::Instant::now(),
+            step_name: "transform",
         };
         assert!(matches!(
             transform.on_request(request, &mut input),

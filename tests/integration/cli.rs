@@ -191,7 +191,7 @@ upstreams:
     endpoints: ["127.0.0.1:9"]
 rate_limit:
   enabled: true
-  rate: 10
+  rate: -1
 tracing:
   enabled: false
   service_name: loom
@@ -206,7 +206,7 @@ tracing:
         "FILE:17:15: plugins[2].max_fuel: only Proxy-Wasm plugins take max_fuel",
         "FILE:21:22: plugins[3].config.max_body_size:",
         "FILE:27:15: routes[0].disable[0]: \"compression\" is not a global policy",
-        "FILE:32:12: rate_limit.enabled: rate limiting is not built into Loom yet",
+        "FILE:33:9: rate_limit.rate: must be a number above 0",
     ] {
         assert!(
             stderr.contains(expected),

@@ -1,13 +1,17 @@
 //! End-to-end tests: the real `loom` binary and real echo backends on 127.0.0.1.
 
+mod auth;
 mod balancing;
 mod cli;
 mod fault;
 mod go_loom;
 mod malformed;
+mod mtls;
 mod plugins;
 mod policies;
 mod proxying;
+mod rate_limit;
+mod redis_support;
 mod reload;
 mod resilience;
 mod routing;

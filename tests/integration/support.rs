@@ -327,6 +327,71 @@ impl GatewayProcess {
             .find_map(|line| line.strip_prefix(sample).map(str::trim))
             .and_then(|value| value.parse().ok())
     }
+
+    /// Sum of the samples of the metric `name` whose labels include every pair of `labels`,
+    /// whatever order `/metrics` prints them in (the Prometheus encoder sorts them by name);
+    /// `None` when no sample matches.
+    pub async fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        sum_samples(&self.metrics().await, name, labels)
+    }
+}
+
+/// See [`GatewayProcess::metric_with`].
+pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total: Option<f64> = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (sample_name, label_text) = match series.split_once('{') {
+            Some((sample_name, rest)) => (sample_name, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        if sample_name != name {
+            continue;
+        }
+        let pairs = parse_labels(label_text);
+        let matches = labels.iter().all(|(key, value)| {
+            pairs
+                .iter()
+                .any(|(sample_key, sample_value)| sample_key == key && sample_value == value)
+        });
+        if matches && let Ok(value) = value.parse::<f64>() {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total
+}
+
+/// `a="1",b="x\"y"` into pairs, undoing the exposition format's escapes.
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut end = after.len();
+        let mut characters = after.char_indices();
+        while let Some((index, character)) = characters.next() {
+            match character {
+                '\\' => {
+                    if let Some((_, escaped)) = characters.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = index + 1;
+                    break;
+                }
+                other => value.push(other),
+            }
+        }
+        pairs.push((key.trim_start_matches(',').trim().to_string(), value));
+        rest = &after[end..];
+    }
+    pairs
 }
 
 impl Drop for GatewayProcess {

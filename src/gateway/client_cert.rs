@@ -1,0 +1,170 @@
+//! Client certificates on HTTPS listeners (`tls.client_ca`, `tls.client_auth`).
+//!
+//! rustls verifies the chain against the listener's CA in the handshake (expired,
+//! not-yet-valid and foreign certificates are refused there). Pingora then exposes only the
+//! certificate's SHA-256 digest to requests, so the verifier here also records the verified
+//! certificate's subject CN and DNS/URI/email SANs under that digest; a request looks its
+//! connection's digest up once (see [`identity_of`]) for the `mtls_auth` policy.
+
+use std::sync::{Arc, LazyLock};
+
+use pingora::proxy::Session;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::policy::keyed_hash::DigestMap;
+
+/// Who a verified client certificate names.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub common_name: Option<String>,
+    /// DNS names, URIs and e-mail addresses of the subject alternative names.
+    pub alternative_names: Vec<String>,
+}
+
+/// Identities by the first 16 bytes of the certificate's SHA-256 digest.
+static IDENTITIES: LazyLock<DigestMap<Arc<ClientIdentity>>> = LazyLock::new(DigestMap::default);
+/// Distinct client certificates remembered before the table starts over.
+const MAX_IDENTITIES: usize = 100_000;
+
+fn digest_key(digest: &[u8]) -> Option<u128> {
+    let bytes: [u8; 16] = digest.get(..16)?.try_into().ok()?;
+    Some(u128::from_le_bytes(bytes))
+}
+
+/// The verified client certificate of the request's connection, if any.
+pub fn identity_of(session: &Session) -> Option<Arc<ClientIdentity>> {
+    let digest = session.digest()?.ssl_digest.as_ref()?;
+    let key = digest_key(&digest.cert_digest)?;
+    IDENTITIES.get(&key).map(|identity| Arc::clone(&identity))
+}
+
+fn record(certificate: &CertificateDer<'_>) {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(certificate.as_ref());
+    let Some(key) = digest_key(&digest) else {
+        return;
+    };
+    if IDENTITIES.contains_key(&key) {
+        return;
+    }
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(certificate.as_ref()) else {
+        return;
+    };
+    let common_name = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|name| name.as_str().ok())
+        .map(str::to_string);
+    let mut alternative_names = Vec::new();
+    if let Ok(Some(extension)) = parsed.subject_alternative_name() {
+        for name in &extension.value.general_names {
+            use x509_parser::extensions::GeneralName;
+            match name {
+                GeneralName::DNSName(text)
+                | GeneralName::URI(text)
+                | GeneralName::RFC822Name(text) => alternative_names.push(text.to_string()),
+                _ => {}
+            }
+        }
+    }
+    if IDENTITIES.len() >= MAX_IDENTITIES {
+        IDENTITIES.clear();
+    }
+    IDENTITIES.insert(
+        key,
+        Arc::new(ClientIdentity {
+            common_name,
+            alternative_names,
+        }),
+    );
+}
+
+/// rustls' WebPKI verifier, recording each certificate it accepts.
+#[derive(Debug)]
+pub struct RecordingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl RecordingVerifier {
+    /// A verifier for the CA certificates in `ca_file`; `required: false` also lets clients
+    /// without a certificate in (routes then decide, through `mtls_auth`).
+    pub fn from_ca_file(ca_file: &str, required: bool) -> Result<Arc<RecordingVerifier>, String> {
+        let pem =
+            std::fs::read(ca_file).map_err(|error| format!("cannot read {ca_file}: {error}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let certificate =
+                certificate.map_err(|error| format!("{ca_file} is not PEM: {error}"))?;
+            roots
+                .add(certificate)
+                .map_err(|error| format!("{ca_file}: {error}"))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("{ca_file} holds no certificate"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let builder = if required {
+            builder
+        } else {
+            builder.allow_unauthenticated()
+        };
+        let inner = builder.build().map_err(|error| error.to_string())?;
+        Ok(Arc::new(RecordingVerifier { inner }))
+    }
+}
+
+impl ClientCertVerifier for RecordingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        record(end_entity);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

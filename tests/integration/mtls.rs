@@ -1,0 +1,193 @@
+//! Client certificates on HTTPS listeners (`tls.client_ca`, `client_auth`) and the
+//! `mtls_auth` policy, with certificates made in the test and a real rustls client.
+
+use crate::support::*;
+
+/// A CA with the client certificates the tests need, as PEM files.
+struct Pki {
+    directory: tempfile::TempDir,
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let certificate = params.self_signed(&key).unwrap();
+    (certificate, rcgen::Issuer::new(params, key))
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let directory = tempfile::tempdir().unwrap();
+        let (ca_certificate, issuer) = ca("loom test ca");
+        let (_, foreign_issuer) = ca("someone else's ca");
+        std::fs::write(directory.path().join("ca.pem"), ca_certificate.pem()).unwrap();
+        let write_client =
+            |file: &str, name: &str, issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, expired: bool| {
+                let key = rcgen::KeyPair::generate().unwrap();
+                let mut params =
+                    rcgen::CertificateParams::new(vec![format!("{name}.example.com")]).unwrap();
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, name);
+                params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+                if expired {
+                    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+                }
+                let certificate = params.signed_by(&key, issuer).unwrap();
+                std::fs::write(
+                    directory.path().join(format!("{file}.pem")),
+                    format!("{}{}", certificate.pem(), key.serialize_pem()),
+                )
+                .unwrap();
+            };
+        write_client("good", "client", &issuer, false);
+        write_client("unlisted", "intruder", &issuer, false);
+        write_client("expired", "client", &issuer, true);
+        write_client("foreign", "client", &foreign_issuer, false);
+        Pki { directory }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.directory.path().join(file).display().to_string()
+    }
+
+    /// A client presenting `identity` (none: no certificate).
+    fn client(&self, identity: Option<&str>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            // The listener's certificate is the self-signed localhost fixture.
+            .danger_accept_invalid_certs(true)
+            .timeout(std::time::Duration::from_secs(10));
+        if let Some(file) = identity {
+            let pem = std::fs::read(self.path(&format!("{file}.pem"))).unwrap();
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    }
+}
+
+fn config(pki: &Pki, echo_port: u16) -> String {
+    format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+  - name: optional
+    address: "127.0.0.1:@PORT0@"
+    protocol: https
+    tls:
+      cert: "@FIXTURES@/localhost.crt"
+      key: "@FIXTURES@/localhost.key"
+      client_ca: "{ca}"
+      client_auth: optional
+  - name: required
+    address: "127.0.0.1:@PORT1@"
+    protocol: https
+    tls:
+      cert: "@FIXTURES@/localhost.crt"
+      key: "@FIXTURES@/localhost.key"
+      client_ca: "{ca}"
+routes:
+  - id: partners
+    path: /partners/*
+    upstream: echo
+    plugins: [partners-only]
+  - id: open
+    path: /open/*
+    upstream: echo
+upstreams:
+  - name: echo
+    endpoints: ["127.0.0.1:{echo_port}"]
+plugins:
+  - name: partners-only
+    type: mtls_auth
+    config:
+      allowed_subjects: [client.example.com]
+"#,
+        ca = pki.path("ca.pem"),
+    )
+}
+
+async fn status_and_body(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let response = client
+        .get(url)
+        .header("x-client-cert-subject", "forged")
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_verified_in_the_handshake_and_by_route() {
+    let pki = Pki::new();
+    let backend = echo("e").await;
+    let gateway = GatewayProcess::start(&config(&pki, backend.addresses()[0].port())).await;
+    let optional = |path: &str| format!("https://localhost:{}{path}", gateway.extra_ports[0]);
+    let required = |path: &str| format!("https://localhost:{}{path}", gateway.extra_ports[1]);
+
+    // A listed certificate: through, and the upstream learns who it is (never from the client).
+    let (status, body) = status_and_body(&pki.client(Some("good")), &optional("/partners/a"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-client-cert-subject"], "client");
+    assert_eq!(body["headers"]["x-client-cert-san"], "client.example.com");
+    assert_eq!(body["headers"]["x-consumer"], "client");
+
+    // No certificate on the optional listener: the route's policy answers 401; routes
+    // without it stay open.
+    let (status, body) = status_and_body(&pki.client(None), &optional("/partners/a"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_credentials");
+    let (status, _) = status_and_body(&pki.client(None), &optional("/open/a"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // Signed by the CA but not listed: 403.
+    let (status, body) = status_and_body(&pki.client(Some("unlisted")), &optional("/partners/a"))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    // Another CA's certificate, or an expired one: refused in the handshake on both listeners.
+    for file in ["foreign", "expired"] {
+        for url in [optional("/open/a"), required("/open/a")] {
+            let result = status_and_body(&pki.client(Some(file)), &url).await;
+            assert!(
+                result.is_err(),
+                "{file} certificate was let in at {url}: {result:?}"
+            );
+        }
+    }
+
+    // The required listener refuses a client without a certificate, and serves a good one.
+    assert!(
+        status_and_body(&pki.client(None), &required("/open/a"))
+            .await
+            .is_err()
+    );
+    let (status, _) = status_and_body(&pki.client(Some("good")), &required("/partners/a"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    let failures = gateway
+        .metric_with(
+            "loom_auth_failures_total",
+            &[("policy", "partners-only"), ("reason", "forbidden")],
+        )
+        .await;
+    assert_eq!(failures, Some(1.0));
+}
