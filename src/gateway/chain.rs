@@ -157,34 +157,8 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
     for step in chain.steps.iter() {
         match step {
             ChainStep::Policy(step) => {
-                if !step.policy.acts_on_request() {
-                    continue;
-                }
-                let verdict = {
-                    let mut input = RequestInput {
-                        client_ip: ctx.client_ip,
-                        request_id: ctx.request_id.to_str().unwrap_or_default(),
-                        route_id: &route.id,
-                        path_parameters: &ctx.path_parameters,
-                        upstream_uri: &mut ctx.upstream_uri,
-                        state: &mut ctx.policy_state,
-                        now: ctx.started,
-                        step_name: &step.name,
-                    };
-                    step.policy.on_request(session, &mut input).await
-                };
-                match verdict {
-                    Verdict::Continue => {}
-                    Verdict::Respond(local) => {
-                        plugins::write_local_response(session, &local, &ctx.request_id).await;
-                        ctx.local_response = Some(local);
-                        return Ok(true);
-                    }
-                    Verdict::Fail(error) => {
-                        errors::respond(session, &error, &ctx.request_id, true).await;
-                        ctx.failure = Some(error);
-                        return Ok(true);
-                    }
+                if step.policy.acts_on_request() && apply(step, &route.id, session, ctx).await {
+                    return Ok(true);
                 }
             }
             ChainStep::Wasm(index) => {
@@ -244,9 +218,65 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
             // Still the same route: the path goes upstream as the chain left it (a plugin's
             // `:path` as written, a transform's rewrite).
             ctx.upstream_uri = upstream_uri;
+        } else if let Some(new_route) = ctx.route_index.and_then(|index| snapshot.routes.get(index))
+        {
+            // The new route's own built-in policies (its auth, its limits) still run: a
+            // plugin must not be able to move a request past them. Steps the first chain
+            // already ran (global policies, shared entries) are not run twice; the new
+            // route's Proxy-Wasm plugins are not run.
+            for step in new_route.chain.steps.iter() {
+                let ChainStep::Policy(step) = step else {
+                    continue;
+                };
+                let already_ran = chain
+                    .steps
+                    .iter()
+                    .any(|ran| matches!(ran, ChainStep::Policy(ran) if Arc::ptr_eq(ran, step)));
+                if step.policy.acts_on_request()
+                    && !already_ran
+                    && apply(step, &new_route.id, session, ctx).await
+                {
+                    return Ok(true);
+                }
+            }
         }
     }
     Ok(false)
+}
+
+/// Runs one built-in policy's request step; `true` when it answered the request.
+async fn apply(
+    step: &PolicyStep,
+    route_id: &str,
+    session: &mut Session,
+    ctx: &mut RequestContext,
+) -> bool {
+    let verdict = {
+        let mut input = RequestInput {
+            client_ip: ctx.client_ip,
+            request_id: ctx.request_id.to_str().unwrap_or_default(),
+            route_id,
+            path_parameters: &ctx.path_parameters,
+            upstream_uri: &mut ctx.upstream_uri,
+            state: &mut ctx.policy_state,
+            now: ctx.started,
+            step_name: &step.name,
+        };
+        step.policy.on_request(session, &mut input).await
+    };
+    match verdict {
+        Verdict::Continue => false,
+        Verdict::Respond(local) => {
+            plugins::write_local_response(session, &local, &ctx.request_id).await;
+            ctx.local_response = Some(local);
+            true
+        }
+        Verdict::Fail(error) => {
+            errors::respond(session, &error, &ctx.request_id, true).await;
+            ctx.failure = Some(error);
+            true
+        }
+    }
 }
 
 /// Counts a request body chunk against the route's size limits.

@@ -55,6 +55,41 @@ pub fn set_consumer(
     input.state.consumer = Some(Arc::clone(consumer));
 }
 
+/// A consumer known when the config loads (a key's owner), with its header value made once.
+#[derive(Debug)]
+pub struct Consumer {
+    name: Arc<str>,
+    header_value: Option<http::HeaderValue>,
+}
+
+impl Consumer {
+    pub fn new(name: &str) -> Consumer {
+        Consumer {
+            name: Arc::from(name),
+            header_value: http::HeaderValue::from_str(name).ok(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// [`set_consumer`] without building the header value again.
+    pub fn hand_on(
+        &self,
+        session: &mut Session,
+        input: &mut RequestInput<'_>,
+        header: Option<&HeaderName>,
+    ) {
+        if let (Some(header), Some(value)) = (header, &self.header_value) {
+            let _ = session
+                .req_header_mut()
+                .insert_header(header.clone(), value.clone());
+        }
+        input.state.consumer = Some(Arc::clone(&self.name));
+    }
+}
+
 /// Removes every header named `header` that the client sent: a consumer or claim header
 /// must come from the gateway, never from the client.
 pub fn remove_client_header(session: &mut Session, header: &HeaderName) {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue};
@@ -20,6 +20,7 @@ use super::credentials::{basic_credentials, constant_time_equal, parse_digest, s
 use super::keyed_hash::{DigestMap, digest};
 use super::{RequestInput, Verdict};
 use crate::config::units::DurationValue;
+use crate::gateway::errors::GatewayError;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,6 +63,31 @@ enum PasswordHash {
 }
 
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Longest `cache_ttl`: a day (a credential changed in the config is picked up by a reload,
+/// which starts a new cache, but a revoked htpasswd line should not live on for longer).
+const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a refused `Authorization` value is answered 401 without a new bcrypt check.
+const FAILURE_TTL: Duration = Duration::from_secs(5);
+/// How long a request waits for a free bcrypt slot before it gets 503.
+const BCRYPT_QUEUE_WAIT: Duration = Duration::from_secs(1);
+
+enum Check {
+    Valid(Arc<str>),
+    Invalid,
+    /// Every bcrypt slot stayed busy.
+    Busy,
+}
+
+/// Remembers `value` under `key` unless `ttl` is zero; the table starts over when full.
+fn remember<V>(table: &DigestMap<V>, key: u128, value: V, ttl: Duration) {
+    if ttl.is_zero() {
+        return;
+    }
+    if table.len() >= CACHE_CAPACITY {
+        table.clear();
+    }
+    table.insert(key, value);
+}
 /// Most remembered credentials; the cache is emptied when it fills (a flood of distinct
 /// valid credentials is not a case worth an eviction order).
 const CACHE_CAPACITY: usize = 10_000;
@@ -74,6 +100,10 @@ pub struct BasicAuth {
     cache_ttl: Duration,
     /// Digest of a verified `Authorization` value → (consumer, good until).
     verified: DigestMap<(Arc<str>, Instant)>,
+    /// Digest of a refused `Authorization` value → refused until.
+    refused: DigestMap<Instant>,
+    /// A bcrypt hash checked for unknown users, so they take as long as known ones.
+    decoy: Option<PasswordHash>,
     consumer_header: Option<HeaderName>,
     hide_credentials: bool,
     source: Option<String>,
@@ -179,12 +209,22 @@ impl BasicAuth {
             }
         };
         let consumer_header = consumer_header(config.consumer_header.as_deref(), report);
+        let cache_ttl = config.cache_ttl.map_or(DEFAULT_CACHE_TTL, |ttl| ttl.0);
+        if cache_ttl > MAX_CACHE_TTL {
+            report("cache_ttl", "must be at most 24h".to_string());
+        }
+        let decoy = users.values().find_map(|(_, hash)| match hash {
+            PasswordHash::Bcrypt(stored) => Some(PasswordHash::Bcrypt(stored.clone())),
+            PasswordHash::Sha256(_) => None,
+        });
         Some(BasicAuth {
             realm,
             challenge,
             users,
-            cache_ttl: config.cache_ttl.map_or(DEFAULT_CACHE_TTL, |ttl| ttl.0),
+            cache_ttl: cache_ttl.min(MAX_CACHE_TTL),
             verified: DigestMap::default(),
+            refused: DigestMap::default(),
+            decoy,
             consumer_header,
             hide_credentials: config.hide_credentials,
             source,
@@ -203,26 +243,49 @@ impl BasicAuth {
         )
     }
 
-    /// Whether `password` is `name`'s; bcrypt runs off the request threads.
-    async fn verify(&self, name: &[u8], password: Vec<u8>) -> Option<Arc<str>> {
-        let (consumer, hash) = self.users.get(name)?;
+    /// Whether `password` is `name`'s. bcrypt runs on the blocking pool, at most one check
+    /// per core at a time; a check that cannot start within [`BCRYPT_QUEUE_WAIT`] is
+    /// [`Check::Busy`]. An unknown user costs one bcrypt check too, so answer times do not
+    /// tell which user names exist.
+    async fn verify(&self, name: &[u8], password: Vec<u8>) -> Check {
+        let (consumer, hash) = match self.users.get(name) {
+            Some((consumer, hash)) => (Some(consumer), hash),
+            None => match &self.decoy {
+                Some(decoy) => (None, decoy),
+                None => return Check::Invalid,
+            },
+        };
         let valid = match hash {
             PasswordHash::Sha256(stored) => constant_time_equal(stored, &sha256(&password)),
             PasswordHash::Bcrypt(stored) => {
-                static CHECKS: std::sync::LazyLock<tokio::sync::Semaphore> =
-                    std::sync::LazyLock::new(|| {
-                        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-                        tokio::sync::Semaphore::new(cores)
-                    });
-                let _permit = CHECKS.acquire().await.ok()?;
+                static CHECKS: LazyLock<Arc<tokio::sync::Semaphore>> = LazyLock::new(|| {
+                    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+                    Arc::new(tokio::sync::Semaphore::new(cores))
+                });
+                let permit = match tokio::time::timeout(
+                    BCRYPT_QUEUE_WAIT,
+                    Arc::clone(&CHECKS).acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Check::Busy,
+                };
                 let stored = stored.clone();
-                tokio::task::spawn_blocking(move || bcrypt::verify(&password, &stored))
-                    .await
-                    .ok()?
-                    .unwrap_or(false)
+                // The permit moves into the check: a client that goes away does not free the
+                // slot while bcrypt still runs.
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    bcrypt::verify(&password, &stored).unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false)
             }
         };
-        valid.then(|| Arc::clone(consumer))
+        match consumer {
+            Some(consumer) if valid => Check::Valid(Arc::clone(consumer)),
+            _ => Check::Invalid,
+        }
     }
 
     pub async fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {
@@ -238,33 +301,52 @@ impl BasicAuth {
             return self.refuse(input, "missing");
         };
         let cache_key = digest(&[(0, authorization.as_bytes())]);
-        let cached = if self.cache_ttl.is_zero() {
-            None
-        } else {
-            self.verified
-                .get(&cache_key)
-                .filter(|entry| entry.1 > input.now)
-                .map(|entry| Arc::clone(&entry.0))
-        };
+        if let Some(until) = self.refused.get(&cache_key).map(|entry| *entry)
+            && until > input.now
+        {
+            return self.refuse(input, "invalid");
+        }
+        let cached = self
+            .verified
+            .get(&cache_key)
+            .filter(|entry| entry.1 > input.now)
+            .map(|entry| Arc::clone(&entry.0));
         let consumer = match cached {
             Some(consumer) => consumer,
             None => {
                 let Some((name, password)) = basic_credentials(authorization.as_bytes()) else {
                     return self.refuse(input, "missing");
                 };
-                let Some(consumer) = self.verify(&name, password).await else {
-                    return self.refuse(input, "invalid");
-                };
-                if !self.cache_ttl.is_zero() {
-                    if self.verified.len() >= CACHE_CAPACITY {
-                        self.verified.clear();
+                match self.verify(&name, password).await {
+                    Check::Valid(consumer) => {
+                        remember(
+                            &self.verified,
+                            cache_key,
+                            (Arc::clone(&consumer), input.now + self.cache_ttl),
+                            self.cache_ttl,
+                        );
+                        consumer
                     }
-                    self.verified.insert(
-                        cache_key,
-                        (Arc::clone(&consumer), input.now + self.cache_ttl),
-                    );
+                    Check::Invalid => {
+                        remember(
+                            &self.refused,
+                            cache_key,
+                            input.now + FAILURE_TTL,
+                            FAILURE_TTL,
+                        );
+                        return self.refuse(input, "invalid");
+                    }
+                    Check::Busy => {
+                        return Verdict::Fail(
+                            GatewayError::new(
+                                503,
+                                "auth_busy",
+                                "too many password checks are waiting; try again",
+                            )
+                            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+                        );
+                    }
                 }
-                consumer
             }
         };
         if self.hide_credentials {
@@ -328,21 +410,31 @@ mod tests {
             directory.path(),
         )
         .unwrap();
-        assert!(policy.verify(b"alice", b"secret".to_vec()).await.is_some());
-        assert!(policy.verify(b"alice", b"Secret".to_vec()).await.is_none());
+        let consumer = |check: Check| match check {
+            Check::Valid(consumer) => Some(consumer.to_string()),
+            Check::Invalid => None,
+            Check::Busy => panic!("no bcrypt slot"),
+        };
         assert_eq!(
-            policy
-                .verify(b"carol", b"open sesame".to_vec())
-                .await
-                .as_deref(),
+            consumer(policy.verify(b"alice", b"secret".to_vec()).await).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            consumer(policy.verify(b"alice", b"Secret".to_vec()).await),
+            None
+        );
+        assert_eq!(
+            consumer(policy.verify(b"carol", b"open sesame".to_vec()).await).as_deref(),
             Some("carol")
         );
-        assert!(policy.verify(b"carol", b"open".to_vec()).await.is_none());
-        assert!(
-            policy
-                .verify(b"mallory", b"secret".to_vec())
-                .await
-                .is_none()
+        assert_eq!(
+            consumer(policy.verify(b"carol", b"open".to_vec()).await),
+            None
+        );
+        // An unknown user is checked against the decoy hash, and refused.
+        assert_eq!(
+            consumer(policy.verify(b"mallory", b"open sesame".to_vec()).await),
+            None
         );
     }
 

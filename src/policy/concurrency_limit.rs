@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::keyed_hash::DigestMap;
 use super::limit_key::{KeyConfig, KeyInput, LimitKey};
+use super::shared_state::Registry;
 use super::{RequestInput, Verdict};
 use crate::gateway::errors::GatewayError;
 use crate::observe::metrics;
@@ -53,6 +54,7 @@ impl Drop for ConcurrencySlot {
 
 impl ConcurrencyLimit {
     pub fn compile(
+        name: &str,
         config: ConcurrencyLimitConfig,
         report: &mut dyn FnMut(&str, String),
     ) -> Option<ConcurrencyLimit> {
@@ -61,10 +63,12 @@ impl ConcurrencyLimit {
             return None;
         }
         let key = LimitKey::compile(&config.key, report)?;
+        // Requests in flight through the previous snapshot still count after a reload.
+        static IN_FLIGHT: Registry<DigestMap<u32>> = Registry::new();
         Some(ConcurrencyLimit {
             max_concurrent: config.max_concurrent,
+            in_flight: IN_FLIGHT.shared(format!("{name}\u{0}{:?}", config.key), DigestMap::default),
             key,
-            in_flight: Arc::new(DigestMap::default()),
         })
     }
 
@@ -120,6 +124,7 @@ mod tests {
     #[test]
     fn slots_are_counted_per_key_and_given_back() {
         let limit = ConcurrencyLimit::compile(
+            "test-counts",
             ConcurrencyLimitConfig {
                 max_concurrent: 2,
                 key: KeyConfig::default(),
@@ -139,6 +144,7 @@ mod tests {
     #[test]
     fn a_key_with_nothing_in_flight_leaves_the_table() {
         let limit = ConcurrencyLimit::compile(
+            "test-table",
             ConcurrencyLimitConfig {
                 max_concurrent: 1,
                 key: KeyConfig::default(),

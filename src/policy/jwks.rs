@@ -5,13 +5,19 @@
 //! never builds one, and a token is only ever checked with the algorithm its key was given:
 //! that is what refuses `alg: none` and an HS256 token "signed" with an RSA key's public PEM.
 //!
-//! A JWKS is fetched when the first request needs it (inline, with the fetch timeout) and then
-//! refreshed by a background task on the gateway's runtime, as often as the response's
-//! `Cache-Control: max-age` says (else `jwks_refresh_interval`). A token whose `kid` is not in
-//! the set triggers an inline refetch too, because issuers rotate keys before their old set
-//! expires from caches; at most one request per `jwks_min_refresh_interval` does it, so tokens
-//! with made-up `kid`s cannot turn the gateway into a load generator against the issuer. A
-//! failed fetch keeps the last good set: an issuer's brief outage must not log everyone out.
+//! A JWKS cache is shared by every config snapshot that names the same URL with the same
+//! settings ([`JwksCache::shared`]), so a reload keeps the keys already fetched and the
+//! background task that refreshes them. That task starts with the first request (only a
+//! request runs on the gateway's runtime), fetches at once, and then as often as the
+//! response's `Cache-Control: max-age` says (else `jwks_refresh_interval`).
+//!
+//! A token whose `kid` is not in the set (none loaded yet, or the issuer rotated its keys
+//! before its old set expired from caches) starts a fetch, at most one per
+//! `jwks_min_refresh_interval`, so tokens with made-up `kid`s cannot turn the gateway into a
+//! load generator against the issuer. At most one fetch runs at a time: a request that finds
+//! one under way waits for it (up to `jwks_timeout`) and looks again, instead of being refused
+//! while the keys are on their way. A failed fetch keeps the last good set: an issuer's brief
+//! outage must not log everyone out.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::policy::shared_state::Registry;
 use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -87,7 +94,7 @@ pub(crate) fn is_shared_secret(algorithm: Algorithm) -> bool {
 }
 
 /// The claim checks every key applies besides its signature.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(crate) struct ClaimRules {
     /// Accepted `iss` values; `None` accepts any (and a token without `iss`).
     pub issuer: Option<Vec<String>>,
@@ -317,7 +324,7 @@ fn verifying_key_from_jwk(jwk: &Jwk, rules: &ClaimRules) -> Result<VerifyingKey,
 }
 
 /// How often a key set is fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct JwksSettings {
     /// Between refreshes when the answer has no `Cache-Control: max-age`.
     pub refresh_interval: Duration,
@@ -328,8 +335,27 @@ pub(crate) struct JwksSettings {
     pub timeout: Duration,
 }
 
-/// The key set of one `jwks_url`, shared by the requests of a config snapshot. Dropping it
-/// (the config was reloaded) ends its background refresh.
+impl JwksSettings {
+    /// The settings as the cache uses them: every interval at least the minimum one, which is
+    /// at least a millisecond (the refresh loop relies on it).
+    fn normalized(self) -> JwksSettings {
+        let min_refresh_interval = self.min_refresh_interval.max(Duration::from_millis(1));
+        JwksSettings {
+            min_refresh_interval,
+            refresh_interval: self.refresh_interval.max(min_refresh_interval),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Caches of live config snapshots by identity (the URL, with any credentials in it, and
+/// everything that changes how its answer is fetched or turned into keys), so that a reload
+/// that keeps a `jwks_url` keeps its keys and its background refresh rather than starting
+/// empty.
+static CACHES: Registry<JwksCache> = Registry::new();
+
+/// The key set of one `jwks_url`, shared by the config snapshots that name it with the same
+/// settings. Dropping the last of them ends its background refresh.
 pub(crate) struct JwksCache {
     url: http::Uri,
     settings: JwksSettings,
@@ -347,9 +373,13 @@ pub(crate) struct JwksCache {
     refresh_after_millis: AtomicU64,
     /// Whether the background refresh was started.
     started: AtomicBool,
-    /// Dropped with the cache, which tells a sleeping background task to end now rather than
-    /// at its next wake-up (up to a day away).
-    stop: tokio::sync::watch::Sender<()>,
+    /// Whether a fetch is under way: at most one at a time, so two answers never race to be
+    /// installed (an older one overwriting a newer set).
+    fetching: AtomicBool,
+    /// Counts finished fetches, successful or not: requests waiting for keys and the
+    /// background task watch it. Dropped with the cache, which also tells a sleeping
+    /// background task to end now rather than at its next wake-up (up to a day away).
+    fetches: tokio::sync::watch::Sender<u64>,
     /// Built on the first fetch, so that checking a config (`loom -t`) sets up no TLS client;
     /// `None` when that failed.
     client: OnceLock<Option<HttpClient>>,
@@ -367,15 +397,24 @@ impl fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
+    /// The cache for `url` with these settings and claim rules: the live one when a config
+    /// snapshot still holds it (a reload keeps its keys and its background refresh), else a
+    /// new, empty one. Registered by `Weak` reference only, so a cache no snapshot uses is
+    /// dropped.
+    pub(crate) fn shared(
+        url: http::Uri,
+        settings: JwksSettings,
+        rules: ClaimRules,
+    ) -> Arc<JwksCache> {
+        let settings = settings.normalized();
+        let identity = format!("{url}\u{0}{settings:?}\u{0}{rules:?}");
+        CACHES.shared(identity, || JwksCache::new(url, settings, rules))
+    }
+
+    /// A cache of its own, shared with nobody (see [`Self::shared`]).
     pub(crate) fn new(url: http::Uri, settings: JwksSettings, rules: ClaimRules) -> JwksCache {
-        // The refresh loop relies on every interval being at least the minimum one.
-        let min_refresh_interval = settings.min_refresh_interval.max(Duration::from_millis(1));
-        let settings = JwksSettings {
-            min_refresh_interval,
-            refresh_interval: settings.refresh_interval.max(min_refresh_interval),
-            timeout: settings.timeout,
-        };
-        let (stop, _) = tokio::sync::watch::channel(());
+        let settings = settings.normalized();
+        let (fetches, _) = tokio::sync::watch::channel(0u64);
         JwksCache {
             url,
             settings,
@@ -387,9 +426,22 @@ impl JwksCache {
             last_attempt_millis: AtomicU64::new(0),
             refresh_after_millis: AtomicU64::new(0),
             started: AtomicBool::new(false),
-            stop,
+            fetching: AtomicBool::new(false),
+            fetches,
             client: OnceLock::new(),
         }
+    }
+
+    /// Whether a fetch has ever succeeded.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Until when a request that started waiting for keys at `now` may wait: one fetch
+    /// timeout.
+    pub(crate) fn wait_deadline(&self, now: Instant) -> Instant {
+        now.checked_add(self.settings.timeout.min(MAX_REFRESH_INTERVAL))
+            .unwrap_or(now)
     }
 
     /// The current key set (empty until the first fetch succeeds). Lock-free; do not hold the
@@ -411,28 +463,94 @@ impl JwksCache {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        runtime.spawn(refresh_loop(Arc::downgrade(self), self.stop.subscribe()));
+        runtime.spawn(refresh_loop(Arc::downgrade(self)));
     }
 
-    /// Claims the right to fetch now: `true` for one caller at most once per
-    /// `jwks_min_refresh_interval`; everyone else gets `false` and carries on without waiting.
+    /// Claims the right to fetch now: `true` for one caller when no fetch is under way and
+    /// the last one started at least `jwks_min_refresh_interval` ago; everyone else gets
+    /// `false`. The caller then runs [`Self::refresh`], which ends the claim.
     pub(crate) fn claim_fetch(&self, now: Instant) -> bool {
         let now_millis = self.millis_since_created(now);
-        let last = self.last_attempt_millis.load(Ordering::Acquire);
-        if last != 0
-            && now_millis.saturating_sub(last)
-                < saturating_millis(self.settings.min_refresh_interval)
+        let min_millis = saturating_millis(self.settings.min_refresh_interval);
+        let too_soon = |last: u64| last != 0 && now_millis.saturating_sub(last) < min_millis;
+        // Looked at before the flag is taken, so a flood of unknown kids does not flip it.
+        if too_soon(self.last_attempt_millis.load(Ordering::Acquire))
+            || self.fetching.load(Ordering::Acquire)
         {
             return false;
         }
+        if self
+            .fetching
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        // Another fetch may have started and finished since the first look.
+        if too_soon(self.last_attempt_millis.load(Ordering::Acquire)) {
+            self.finish_fetch();
+            return false;
+        }
         self.last_attempt_millis
-            .compare_exchange(last, now_millis, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .store(now_millis, Ordering::Release);
+        true
+    }
+
+    /// Ends the fetch under way (or a claim given back) and wakes whoever waits for it. The
+    /// flag is cleared first: a waiter that subscribes after the wake-up then sees no fetch
+    /// under way rather than waiting for one that has ended.
+    fn finish_fetch(&self) {
+        self.fetching.store(false, Ordering::Release);
+        self.fetches
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// For a request whose key is in no set: joins the fetch under way, or starts one when
+    /// [`Self::claim_fetch`] allows it, and waits until it ends or `deadline` passes. `true`
+    /// when a fetch ended while waiting (look again; calling again may wait for the next
+    /// one), `false` when there was nothing to wait for or the deadline passed. Either way
+    /// the caller looks the key up again: a fetch may have ended just before the call. No
+    /// lock is held while waiting.
+    pub(crate) async fn wait_for_fetch(self: &Arc<Self>, deadline: Instant) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        // Subscribed before looking at `fetching`, so a fetch ending in between still wakes
+        // this request.
+        let mut finished = self.fetches.subscribe();
+        if self.claim_fetch(now) {
+            self.spawn_fetch();
+        } else if !self.fetching.load(Ordering::Acquire) {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), finished.changed())
+                .await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Runs a claimed fetch as a task of its own, so that it ends (and wakes its waiters) even
+    /// when the request that started it is gone.
+    fn spawn_fetch(self: &Arc<Self>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let cache = Arc::clone(self);
+                runtime.spawn(async move {
+                    cache.refresh().await;
+                });
+            }
+            Err(_) => self.finish_fetch(),
+        }
     }
 
     /// Fetches the key set and installs it; on failure the previous set stays. Callers claim
-    /// the fetch first ([`Self::claim_fetch`]). `true` when a new set was installed.
+    /// the fetch first ([`Self::claim_fetch`]); the claim ends when this does, also when it is
+    /// cancelled. `true` when a new set was installed.
     pub(crate) async fn refresh(&self) -> bool {
+        // Dropped last, after the new set is installed.
+        let _in_flight = FetchInFlight(self);
         match self.fetch().await {
             Ok((set, max_age)) => {
                 let count = set.len();
@@ -478,10 +596,15 @@ impl JwksCache {
         }
     }
 
-    /// How long the background task waits before its next fetch: the refresh interval (the
-    /// last `max-age`, else `jwks_refresh_interval`) after the last attempt, or the minimum
-    /// interval while no set is loaded or the last fetch failed.
+    /// How long the background task waits before its next fetch: none before the first
+    /// attempt, then the refresh interval (the last `max-age`, else `jwks_refresh_interval`)
+    /// after the last attempt, or the minimum interval while no set is loaded or the last
+    /// fetch failed.
     fn next_refresh_delay(&self, now: Instant) -> Duration {
+        let last = self.last_attempt_millis.load(Ordering::Acquire);
+        if last == 0 {
+            return Duration::ZERO;
+        }
         let healthy = self.loaded.load(Ordering::Acquire) && !self.failing.load(Ordering::Acquire);
         let interval_millis = if healthy {
             match self.refresh_after_millis.load(Ordering::Acquire) {
@@ -491,11 +614,6 @@ impl JwksCache {
         } else {
             saturating_millis(self.settings.min_refresh_interval)
         };
-        let last = self.last_attempt_millis.load(Ordering::Acquire);
-        if last == 0 {
-            // Nothing fetched yet: the first request that needs keys fetches them inline.
-            return Duration::from_millis(interval_millis);
-        }
         let elapsed = self.millis_since_created(now).saturating_sub(last);
         Duration::from_millis(interval_millis.saturating_sub(elapsed))
     }
@@ -558,41 +676,51 @@ impl JwksCache {
             "min_refresh_interval_seconds": self.settings.min_refresh_interval.as_secs_f64(),
             "timeout_seconds": self.settings.timeout.as_secs_f64(),
             "loaded": self.loaded.load(Ordering::Acquire),
+            "fetching": self.fetching.load(Ordering::Acquire),
             "last_fetch_failed": self.failing.load(Ordering::Acquire),
             "keys": self.keys.load().describe(),
         })
     }
 }
 
-/// The background refresh: holds only a `Weak` between fetches, so it never keeps a replaced
-/// config's cache alive, and ends when the cache is dropped.
-async fn refresh_loop(cache: Weak<JwksCache>, mut stop: tokio::sync::watch::Receiver<()>) {
+/// Ends a fetch's claim when dropped: when the fetch is done, or cancelled.
+struct FetchInFlight<'a>(&'a JwksCache);
+
+impl Drop for FetchInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.finish_fetch();
+    }
+}
+
+/// The background refresh: fetches at once, then on schedule. Holds only a `Weak` between
+/// fetches, so it never keeps a replaced config's cache alive, and ends when the cache is
+/// dropped.
+async fn refresh_loop(cache: Weak<JwksCache>) {
     loop {
-        let delay = match cache.upgrade() {
-            Some(live) => live.next_refresh_delay(Instant::now()),
+        // Subscribed before the claim, so a fetch ending meanwhile wakes the wait below.
+        let (mut delay, mut finished) = match cache.upgrade() {
+            Some(live) => (
+                live.next_refresh_delay(Instant::now()),
+                live.fetches.subscribe(),
+            ),
             None => return,
         };
-        if !delay.is_zero() {
-            // `changed` finishes only when the sender, owned by the cache, is dropped.
-            if tokio::time::timeout(delay, stop.changed()).await.is_ok() {
+        if delay.is_zero() {
+            let Some(live) = cache.upgrade() else {
                 return;
+            };
+            if live.claim_fetch(Instant::now()) {
+                live.refresh().await;
+                continue;
             }
-            continue;
+            // A request's fetch is under way (or has just ended): wait for its end, after
+            // which the next delay counts from its attempt.
+            delay = live.settings.min_refresh_interval;
         }
-        let Some(live) = cache.upgrade() else {
+        // Wakes when the delay passes or a fetch ends; `changed` fails when the cache, which
+        // owns the sender, is dropped.
+        if let Ok(Err(_)) = tokio::time::timeout(delay, finished.changed()).await {
             return;
-        };
-        if live.claim_fetch(Instant::now()) {
-            live.refresh().await;
-        } else {
-            // A request is fetching right now; the next delay counts from its attempt.
-            drop(live);
-            if tokio::time::timeout(Duration::from_millis(100), stop.changed())
-                .await
-                .is_ok()
-            {
-                return;
-            }
         }
     }
 }
@@ -895,11 +1023,17 @@ mod tests {
             settings(),
             rules(),
         );
+        // Before any attempt the background task fetches at once.
+        assert_eq!(cache.next_refresh_delay(Instant::now()), Duration::ZERO);
         let start = Instant::now();
         assert!(cache.claim_fetch(start));
+        // One fetch at a time, however long it takes.
+        assert!(!cache.claim_fetch(start + Duration::from_secs(11)));
+        cache.finish_fetch();
         assert!(!cache.claim_fetch(start));
         assert!(!cache.claim_fetch(start + Duration::from_secs(9)));
         assert!(cache.claim_fetch(start + Duration::from_secs(11)));
+        cache.finish_fetch();
         // Nothing loaded yet: the background task retries at the minimum interval.
         let delay = cache.next_refresh_delay(start + Duration::from_secs(11));
         assert!(delay <= Duration::from_secs(10), "{delay:?}");
@@ -940,6 +1074,33 @@ mod tests {
         assert_eq!(cache.keys().len(), 3);
         assert!(cache.failing.load(Ordering::Acquire));
         assert_eq!(cache.describe()["keys"].as_array().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_fetch_under_way() {
+        let address = serve(vec![http_answer("200 OK", "", &jwks_document())]).await;
+        let cache = Arc::new(JwksCache::new(
+            format!("http://{address}/jwks.json").parse().unwrap(),
+            settings(),
+            rules(),
+        ));
+        assert!(cache.claim_fetch(Instant::now()));
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                let deadline = cache.wait_deadline(Instant::now());
+                let waited = cache.wait_for_fetch(deadline).await;
+                (waited, cache.keys().len())
+            })
+        };
+        // The waiter finds the fetch under way and joins it rather than starting another.
+        tokio::task::yield_now().await;
+        assert!(cache.refresh().await);
+        assert_eq!(waiter.await.unwrap(), (true, 3));
+        // Nothing under way and the minimum interval not over: nothing to wait for.
+        let deadline = cache.wait_deadline(Instant::now());
+        assert!(!cache.wait_for_fetch(deadline).await);
+        assert!(!cache.fetching.load(Ordering::Acquire));
     }
 
     #[tokio::test]

@@ -9,10 +9,15 @@
 //! with an RSA key's public PEM as the secret). `exp` is required, `nbf` is checked when
 //! present, `iss` and `aud` when configured, all with a small clock-skew allowance.
 //!
-//! The token is read from `Authorization: Bearer`, then a cookie, then a query parameter, and
-//! removed before the request goes upstream (`hide_credentials`), since an upstream that
-//! never needs it should not be able to leak or replay it. Forwarded claim headers are always
-//! removed from the client's request first, so a client cannot forge them.
+//! The token is read from `Authorization: Bearer`, then a cookie, then a query parameter.
+//! With `hide_credentials`, every configured source is cleared before the request goes
+//! upstream, not only the one the token was read from, since an upstream that never needs a
+//! token should not be able to leak or replay it (nor one sent alongside it). Forwarded claim
+//! headers are always removed from the client's request first, so a client cannot forge them.
+//!
+//! A token whose key is not loaded yet (the first requests after a start, or a `kid` the
+//! issuer just rotated in) waits for the key set fetch under way, or starts one, and is
+//! checked again when it ends; see [`super::jwks`].
 //!
 //! Verification is [`jsonwebtoken`] on ring, the crypto Pingora's rustls already links. A
 //! request costs one header parse into a stack buffer (to pick the key by `kid`) and what
@@ -23,7 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{AUTHORIZATION, COOKIE, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue};
@@ -68,8 +73,6 @@ const NO_KID: Refusal = (
     "unknown_key",
     "the token names no key (kid) and no key without a kid is configured",
 );
-/// The reason that may be cured by fetching the key set again.
-const UNKNOWN_KEY_REASON: &str = "unknown_key";
 
 /// Room for a decoded JOSE header; longer headers (certificate chains in `x5c`) take the
 /// slower, allocating parse.
@@ -182,9 +185,9 @@ enum TokenSource {
 /// The outcome of the first verification of a request.
 enum Attempt {
     Done(Result<Claims, Refusal>),
-    /// The key was unknown and this request may fetch the key set again: the token, owned
-    /// so that no borrow of the request is held across the fetch.
-    Refetch(String),
+    /// The key may come with the next key set: the token, owned so that no borrow of the
+    /// request is held while waiting for the fetch.
+    AwaitKeys(String),
 }
 
 /// The compiled policy.
@@ -401,7 +404,9 @@ impl JwtAuth {
         if errors > 0 {
             return None;
         }
-        let jwks = jwks_url.map(|url| Arc::new(JwksCache::new(url, settings, rules.clone())));
+        // Shared with the previous snapshot when it has the same key set: a reload keeps the
+        // keys already fetched.
+        let jwks = jwks_url.map(|url| JwksCache::shared(url, settings, rules.clone()));
         Some(JwtAuth {
             static_keys,
             key_descriptions,
@@ -427,84 +432,108 @@ impl JwtAuth {
         if let Some(cache) = &self.jwks {
             cache.start_refreshing();
         }
-        let (attempt, source) = match self.find_token(session.req_header()) {
+        let attempt = match self.find_token(session.req_header()) {
             None => return self.refuse(input, MISSING, false),
-            Some((token, source)) => {
-                let result = self.verify(&token);
-                let refetch = matches!(&result, Err((reason, _)) if *reason == UNKNOWN_KEY_REASON)
-                    && self
-                        .jwks
-                        .as_ref()
-                        .is_some_and(|cache| cache.claim_fetch(input.now));
-                if refetch {
-                    (Attempt::Refetch(token.into_owned()), source)
-                } else {
-                    (Attempt::Done(result), source)
-                }
-            }
+            Some((token, _)) => match self.check(&token) {
+                Err((_, true)) if self.jwks.is_some() => Attempt::AwaitKeys(token.into_owned()),
+                result => Attempt::Done(result.map_err(|(refusal, _)| refusal)),
+            },
         };
         let result = match attempt {
             Attempt::Done(result) => result,
-            Attempt::Refetch(token) => {
-                // No set yet, or the issuer rotated its keys: fetch now, once, and retry.
-                if let Some(cache) = &self.jwks {
-                    cache.refresh().await;
-                }
-                self.verify(&token)
-            }
+            // No set yet, or the issuer rotated its keys.
+            Attempt::AwaitKeys(token) => self.verify_after_fetch(&token).await,
         };
         let claims = match result {
             Ok(claims) => claims,
             Err(refusal) => return self.refuse(input, refusal, true),
         };
         if self.hide_credentials {
-            self.hide_token(session, input, source);
+            self.hide_tokens(session, input);
         }
         self.forward_identity(session, input, &claims);
         Verdict::Continue
     }
 
+    /// For a token whose key may come with the next key set: joins the fetch under way or
+    /// starts one (at most one per `jwks_min_refresh_interval`), waits for it up to
+    /// `jwks_timeout`, and verifies again. The token is refused only when its key is still
+    /// missing then, or when no fetch could be waited for.
+    async fn verify_after_fetch(&self, token: &str) -> Result<Claims, Refusal> {
+        let Some(cache) = &self.jwks else {
+            return self.verify(token);
+        };
+        let deadline = cache.wait_deadline(Instant::now());
+        loop {
+            let waited = cache.wait_for_fetch(deadline).await;
+            match self.check(token) {
+                // A fetch ended without the key: another may be under way already (one that
+                // started before this request's claim), or allowed now.
+                Err((_, true)) if waited => continue,
+                result => return result.map_err(|(refusal, _)| refusal),
+            }
+        }
+    }
+
     /// Verifies `token`: picks its key by `kid`, insists on that key's algorithm, checks the
     /// signature and the claims (jsonwebtoken reads the clock itself).
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, Refusal> {
+        self.check(token).map_err(|(refusal, _)| refusal)
+    }
+
+    /// [`Self::verify`], and with a refusal whether a fresher key set might turn it into a
+    /// pass: the token's `kid` is in no set, or it names none, no key without a kid took it,
+    /// and the key set has not loaded yet.
+    fn check(&self, token: &str) -> Result<Claims, (Refusal, bool)> {
+        let final_refusal = |refusal: Refusal| (refusal, false);
         let mut buffer = [0u8; HEADER_BUFFER_BYTES];
         let fallback_header;
         let (algorithm, kid) = match read_header(token, &mut buffer) {
             Some(header) => {
                 let Some(name) = header.alg else {
-                    return Err(MALFORMED);
+                    return Err(final_refusal(MALFORMED));
                 };
                 match algorithm_from_name(name) {
                     Some(algorithm) => (algorithm, header.kid),
-                    None if name.eq_ignore_ascii_case("none") => return Err(UNSIGNED),
-                    None => return Err(UNSUPPORTED_ALGORITHM),
+                    None if name.eq_ignore_ascii_case("none") => {
+                        return Err(final_refusal(UNSIGNED));
+                    }
+                    None => return Err(final_refusal(UNSUPPORTED_ALGORITHM)),
                 }
             }
             // An escaped string or a long header: jsonwebtoken's own, allocating parse.
             None => {
-                fallback_header = jsonwebtoken::decode_header(token).map_err(|_| MALFORMED)?;
+                fallback_header =
+                    jsonwebtoken::decode_header(token).map_err(|_| final_refusal(MALFORMED))?;
                 (fallback_header.alg, fallback_header.kid.as_deref())
             }
         };
         match kid {
             Some(kid) => {
                 if let Some(key) = self.static_keys.by_kid.get(kid) {
-                    return verify_with_key(key, algorithm, token);
+                    return verify_with_key(key, algorithm, token).map_err(final_refusal);
                 }
                 if let Some(cache) = &self.jwks {
                     let keys = cache.keys();
                     if let Some(key) = keys.by_kid.get(kid) {
-                        return verify_with_key(key, algorithm, token);
+                        return verify_with_key(key, algorithm, token).map_err(final_refusal);
                     }
                 }
-                Err(UNKNOWN_KID)
+                Err((UNKNOWN_KID, self.jwks.is_some()))
             }
             None => self.verify_without_kid(algorithm, token),
         }
     }
 
-    /// A token without `kid` is tried with every key without one that has its algorithm.
-    fn verify_without_kid(&self, algorithm: Algorithm, token: &str) -> Result<Claims, Refusal> {
+    /// A token without `kid` is tried with every key without one that has its algorithm. When
+    /// none takes it and the key set has not loaded yet, a key of that set still may.
+    fn verify_without_kid(
+        &self,
+        algorithm: Algorithm,
+        token: &str,
+    ) -> Result<Claims, (Refusal, bool)> {
+        // Read before the keys: a set loaded by then is among them.
+        let awaiting_keys = self.jwks.as_ref().is_some_and(|cache| !cache.is_loaded());
         let fetched = self.jwks.as_ref().map(|cache| cache.keys());
         let candidates = self
             .static_keys
@@ -524,10 +553,10 @@ impl JwtAuth {
                 // Another key of the same algorithm may have signed it.
                 Err(error) if is_key_mismatch(&error) => outcome = Some(BAD_SIGNATURE),
                 // The signature held; the claims did not.
-                Err(error) => return Err(refusal_for(&error)),
+                Err(error) => return Err((refusal_for(&error), false)),
             }
         }
-        Err(outcome.unwrap_or(NO_KID))
+        Err((outcome.unwrap_or(NO_KID), awaiting_keys))
     }
 
     /// The token and where it was found: the header, then the cookie, then the query.
@@ -572,24 +601,18 @@ impl JwtAuth {
         )
     }
 
-    /// Removes the token from where it was found, so the upstream never sees it.
-    fn hide_token(&self, session: &mut Session, input: &mut RequestInput<'_>, source: TokenSource) {
-        match source {
-            TokenSource::Header => {
-                if let Some(name) = &self.from_header {
-                    session.req_header_mut().remove_header(name);
-                }
-            }
-            TokenSource::Cookie => {
-                if let Some(name) = &self.from_cookie {
-                    remove_cookie(session.req_header_mut(), name);
-                }
-            }
-            TokenSource::Query => {
-                if let Some(name) = &self.from_query {
-                    super::auth::strip_query_credential(session, input, name);
-                }
-            }
+    /// Clears every configured token source, not only the one the token was read from, so
+    /// the upstream sees no token at all: not the one used, nor one sent alongside it (a
+    /// `?access_token=` next to the `Authorization` header).
+    fn hide_tokens(&self, session: &mut Session, input: &mut RequestInput<'_>) {
+        if let Some(name) = &self.from_header {
+            session.req_header_mut().remove_header(name);
+        }
+        if let Some(name) = &self.from_cookie {
+            remove_cookie(session.req_header_mut(), name);
+        }
+        if let Some(name) = &self.from_query {
+            super::auth::strip_query_credential(session, input, name);
         }
     }
 
@@ -1344,6 +1367,13 @@ mod tests {
                 .unwrap_err(),
             NO_KID
         );
+        // Without a key set, no fetch can bring the key: no request waits for one.
+        assert_eq!(
+            policy
+                .check(&hs(Algorithm::HS256, Some("other"), claims.clone()))
+                .unwrap_err(),
+            (UNKNOWN_KID, false)
+        );
 
         let token = hs(Algorithm::HS256, Some("shared"), claims);
         let other = hs(
@@ -1670,5 +1700,110 @@ mod tests {
             policy.describe()["jwks"]["keys"].as_array().unwrap().len(),
             3
         );
+    }
+
+    /// What `on_request` does with a token it found.
+    async fn authenticate(policy: &JwtAuth, token: &str) -> Result<Claims, Refusal> {
+        if let Some(cache) = &policy.jwks {
+            cache.start_refreshing();
+        }
+        match policy.check(token) {
+            Err((_, true)) if policy.jwks.is_some() => policy.verify_after_fetch(token).await,
+            result => result.map_err(|(refusal, _)| refusal),
+        }
+    }
+
+    #[test]
+    fn compiles_of_the_same_config_share_one_key_set_cache() {
+        let config = JwtAuthConfig {
+            jwks_url: Some("https://issuer.example/shared-cache-test/jwks.json".into()),
+            ..JwtAuthConfig::default()
+        };
+        let first = compile(config.clone()).unwrap();
+        // A reload: the new snapshot is compiled while the old one still serves.
+        let second = compile(config.clone()).unwrap();
+        let first_cache = first.jwks.as_ref().unwrap();
+        assert!(Arc::ptr_eq(first_cache, second.jwks.as_ref().unwrap()));
+        // Another setting that changes fetching or parsing: another cache.
+        let other_timeout = compile(JwtAuthConfig {
+            jwks_timeout: DurationValue(Duration::from_secs(3)),
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(!Arc::ptr_eq(
+            first_cache,
+            other_timeout.jwks.as_ref().unwrap()
+        ));
+        let other_audience = compile(JwtAuthConfig {
+            audience: Some(OneOrMany::One("api".into())),
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(!Arc::ptr_eq(
+            first_cache,
+            other_audience.jwks.as_ref().unwrap()
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_all_pass_once_the_one_fetch_ends() {
+        // One answer only: a second fetch would find no server and mark the set as failing.
+        let address = serve(vec![http_answer("200 OK", "", &jwks_document())]).await;
+        let policy = Arc::new(
+            compile(JwtAuthConfig {
+                jwks_url: Some(format!("http://{address}/jwks.json")),
+                ..JwtAuthConfig::default()
+            })
+            .unwrap(),
+        );
+        let claims = json!({"sub": "dave", "exp": now() + 600});
+        let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE_PEM.as_bytes()).unwrap();
+        let token = sign(Algorithm::RS256, Some("rsa-1"), &claims, &rsa);
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let policy = Arc::clone(&policy);
+            let token = token.clone();
+            requests.spawn(async move { authenticate(&policy, &token).await });
+        }
+        let mut passed = 0;
+        while let Some(outcome) = requests.join_next().await {
+            assert_eq!(outcome.unwrap().unwrap()["sub"], "dave");
+            passed += 1;
+        }
+        assert_eq!(passed, 8);
+        let described = policy.describe();
+        assert_eq!(described["jwks"]["loaded"], true);
+        assert_eq!(
+            described["jwks"]["last_fetch_failed"], false,
+            "one fetch only"
+        );
+        // A made-up kid waits for no fetch within the minimum interval.
+        let made_up = sign(Algorithm::RS256, Some("made-up"), &claims, &rsa);
+        assert_eq!(
+            authenticate(&policy, &made_up).await.unwrap_err(),
+            UNKNOWN_KID
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_without_kid_waits_for_the_first_key_set() {
+        let document = json!({
+            "keys": [{"kty": "RSA", "use": "sig", "n": RSA_MODULUS, "e": "AQAB"}]
+        })
+        .to_string();
+        let address = serve(vec![http_answer("200 OK", "", &document)]).await;
+        let policy = compile(JwtAuthConfig {
+            jwks_url: Some(format!("http://{address}/jwks.json")),
+            ..JwtAuthConfig::default()
+        })
+        .unwrap();
+        let claims = json!({"sub": "erin", "exp": now() + 600});
+        let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE_PEM.as_bytes()).unwrap();
+        let token = sign(Algorithm::RS256, None, &claims, &rsa);
+        assert_eq!(policy.check(&token).unwrap_err(), (NO_KID, true));
+        assert_eq!(authenticate(&policy, &token).await.unwrap()["sub"], "erin");
+        // Once the set is loaded, a token no key takes waits for nothing.
+        let forged = hs(Algorithm::HS256, None, claims);
+        assert_eq!(policy.check(&forged).unwrap_err(), (WRONG_ALGORITHM, false));
     }
 }

@@ -6,14 +6,15 @@
 //! (unless `hide_credentials: false`); the consumer it maps to does, in `consumer_header`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasherDefault;
 
 use http::HeaderName;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
-use super::auth::{self, consumer_header, refuse, remove_client_header, set_consumer};
+use super::auth::{self, Consumer, consumer_header, refuse, remove_client_header};
 use super::credentials::{constant_time_equal, parse_digest, sha256};
+use super::keyed_hash::DigestHasher;
 use super::query::query_parameter;
 use super::{RequestInput, Verdict};
 
@@ -58,8 +59,9 @@ pub struct KeyAuth {
     query: Option<String>,
     consumer_header: Option<HeaderName>,
     hide_credentials: bool,
-    /// Key digest → consumer.
-    consumers: HashMap<[u8; 32], Arc<str>>,
+    /// Key digest → consumer. The digests are uniformly random already, so the map uses
+    /// their first bytes as the hash instead of hashing them again.
+    consumers: HashMap<[u8; 32], Consumer, BuildHasherDefault<DigestHasher>>,
 }
 
 impl KeyAuth {
@@ -79,7 +81,7 @@ impl KeyAuth {
         if config.keys.is_empty() {
             report("keys", "at least one key is needed".to_string());
         }
-        let mut consumers = HashMap::with_capacity(config.keys.len());
+        let mut consumers = HashMap::default();
         for (index, entry) in config.keys.iter().enumerate() {
             if entry.consumer.is_empty() {
                 report(
@@ -117,7 +119,7 @@ impl KeyAuth {
                 }
             };
             if consumers
-                .insert(digest, Arc::from(entry.consumer.as_str()))
+                .insert(digest, Consumer::new(&entry.consumer))
                 .is_some()
             {
                 report(
@@ -136,7 +138,7 @@ impl KeyAuth {
     }
 
     /// The consumer whose key this is.
-    fn consumer_of(&self, key: &[u8]) -> Option<&Arc<str>> {
+    fn consumer_of(&self, key: &[u8]) -> Option<&Consumer> {
         let digest = sha256(key);
         // The map finds the candidate by digest; the digest is then compared again in
         // constant time, so no early-exit comparison of secret bytes decides the answer.
@@ -150,57 +152,56 @@ impl KeyAuth {
         if let Some(header) = &self.consumer_header {
             remove_client_header(session, header);
         }
-        let mut from_query = false;
-        let consumer = match self
+        let request = session.req_header();
+        let offered = match self
             .header
             .as_ref()
-            .and_then(|header| session.req_header().headers.get(header))
+            .and_then(|header| request.headers.get(header))
         {
-            Some(value) => self.consumer_of(value.as_bytes()).cloned(),
-            None => match self
+            Some(value) => Some(self.consumer_of(value.as_bytes())),
+            None => self
                 .query
                 .as_deref()
-                .and_then(|name| query_parameter(&session.req_header().uri, name))
-            {
-                Some(key) => {
-                    from_query = true;
-                    self.consumer_of(key.as_bytes()).cloned()
-                }
-                None => {
-                    return Verdict::Fail(refuse(
-                        input,
-                        input.step_name,
-                        401,
-                        "missing",
-                        "an API key is required",
-                    ));
-                }
-            },
+                .and_then(|name| query_parameter(&request.uri, name))
+                .map(|key| self.consumer_of(key.as_bytes())),
         };
-        let Some(consumer) = consumer else {
-            return Verdict::Fail(refuse(
-                input,
-                input.step_name,
-                401,
-                "invalid",
-                "the API key is not valid",
-            ));
+        let consumer = match offered {
+            None => {
+                return Verdict::Fail(refuse(
+                    input,
+                    input.step_name,
+                    401,
+                    "missing",
+                    "an API key is required",
+                ));
+            }
+            Some(None) => {
+                return Verdict::Fail(refuse(
+                    input,
+                    input.step_name,
+                    401,
+                    "invalid",
+                    "the API key is not valid",
+                ));
+            }
+            Some(Some(consumer)) => consumer,
         };
         if self.hide_credentials {
-            if from_query {
-                if let Some(name) = &self.query {
-                    auth::strip_query_credential(session, input, name);
-                }
-            } else if let Some(header) = &self.header {
-                let _ = session.req_header_mut().remove_header(header);
+            // Every place a key may be is cleared, not only the one that was used: a second
+            // key sent next to the first must not reach the upstream either.
+            if let Some(header) = &self.header {
+                remove_client_header(session, header);
+            }
+            if let Some(name) = &self.query {
+                auth::strip_query_credential(session, input, name);
             }
         }
-        set_consumer(session, input, self.consumer_header.as_ref(), &consumer);
+        consumer.hand_on(session, input, self.consumer_header.as_ref());
         Verdict::Continue
     }
 
     pub fn describe(&self) -> serde_json::Value {
-        let mut consumers: Vec<&str> = self.consumers.values().map(|name| &**name).collect();
+        let mut consumers: Vec<&str> = self.consumers.values().map(Consumer::name).collect();
         consumers.sort_unstable();
         serde_json::json!({
             "header": self.header.as_ref().map(HeaderName::as_str),
@@ -247,11 +248,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            policy.consumer_of(b"secret").map(|name| &**name),
+            policy.consumer_of(b"secret").map(Consumer::name),
             Some("alice")
         );
         assert_eq!(
-            policy.consumer_of(b"bobs-key").map(|name| &**name),
+            policy.consumer_of(b"bobs-key").map(Consumer::name),
             Some("bob")
         );
         assert!(policy.consumer_of(b"Secret").is_none());

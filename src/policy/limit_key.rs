@@ -4,7 +4,9 @@
 //! A request is reduced to a [`digest`](super::keyed_hash::digest) for the local tables (no
 //! allocation), or to readable text for Redis, whose keys must be the same on every instance
 //! of a fleet. A missing header or consumer counts under the client's IP instead, so clients
-//! cannot escape a limit by leaving the header out.
+//! cannot escape a limit by leaving the header out. An IPv6 client counts by its /64, the
+//! block one subscriber gets: counting by the whole address would let a client with a /64
+//! send every request from a new address.
 
 use std::net::IpAddr;
 
@@ -128,8 +130,7 @@ impl LimitKey {
                 text.push('|');
             }
             let client = || {
-                input
-                    .client_ip
+                limited_address(input.client_ip)
                     .map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
             };
             match part {
@@ -184,10 +185,24 @@ impl LimitKey {
     }
 }
 
-/// The address as bytes on the stack (16 for IPv6, 4 for IPv4, 0 when unknown).
+/// The address a limit counts by: IPv4 as is (also when written IPv4-mapped), IPv6 with its
+/// last 64 bits cleared.
+fn limited_address(ip: Option<IpAddr>) -> Option<IpAddr> {
+    Some(match ip? {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    })
+}
+
+/// The limited address as bytes on the stack (16 for IPv6, 4 for IPv4, 0 when unknown).
 fn ip_bytes(ip: Option<IpAddr>) -> ([u8; 16], usize) {
     let mut bytes = [0; 16];
-    match ip {
+    match limited_address(ip) {
         Some(IpAddr::V4(v4)) => {
             bytes[..4].copy_from_slice(&v4.octets());
             (bytes, 4)
@@ -234,6 +249,31 @@ mod tests {
             ..input(&bare)
         };
         assert_eq!(combined.text(&with_consumer), "route:r|consumer:alice");
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64_block() {
+        let request = crate::policy::test_request("GET", "/", &[]);
+        let by_ip = key(KeyConfig::One("client_ip".into()));
+        let input = |ip: &str| KeyInput {
+            client_ip: Some(ip.parse().unwrap()),
+            route_id: "r",
+            consumer: None,
+            request: &request,
+        };
+        assert_eq!(
+            by_ip.digest(&input("2001:db8:1:2::1")),
+            by_ip.digest(&input("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            by_ip.digest(&input("2001:db8:1:2::1")),
+            by_ip.digest(&input("2001:db8:1:3::1"))
+        );
+        assert_eq!(by_ip.text(&input("2001:db8:1:2::1")), "ip:2001:db8:1:2::");
+        assert_eq!(
+            by_ip.digest(&input("::ffff:10.0.0.1")),
+            by_ip.digest(&input("10.0.0.1"))
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod mtls_auth;
 pub mod query;
 pub mod rate_limit;
 pub mod security_headers;
+pub mod shared_state;
 pub mod transform;
 
 use std::net::IpAddr;
@@ -331,7 +332,7 @@ pub(crate) fn compile(
             .map(Policy::RateLimit)
         }),
         "concurrency_limit" => read(checker, key_path).and_then(|config| {
-            concurrency_limit::ConcurrencyLimit::compile(config, &mut |field, message| {
+            concurrency_limit::ConcurrencyLimit::compile(name, config, &mut |field, message| {
                 checker.error(format!("{key_path}.{field}"), message)
             })
             .map(Policy::ConcurrencyLimit)

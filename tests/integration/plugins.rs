@@ -853,3 +853,57 @@ upstreams:
     assert_eq!(body["path"], "/landed");
     assert_eq!(body["query"], "from=plugin");
 }
+
+/// A plugin that moves a request to another route cannot move it past that route's own
+/// auth and limits: the new route's built-in request policies run after the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_moved_by_a_plugin_still_meets_the_new_routes_auth() {
+    let backend = echo("backend").await;
+    let template = format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+plugin_dir: "@PLUGINS@"
+plugin_cache_dir: "@PLUGIN_CACHE@"
+plugins:
+  - name: mover
+    path: loom_headers.wasm
+    config:
+      request: {{set: {{":path": "/private/x"}}}}
+  - name: keys
+    type: key_auth
+    config:
+      keys: [{{consumer: alice, key: alices-key}}]
+routes:
+  - id: public
+    path: /public/*
+    upstream: backend
+    plugins: [mover]
+  - id: private
+    path: /private/*
+    upstream: backend
+    plugins: [keys]
+upstreams:
+  - name: backend
+    endpoints: ["127.0.0.1:{}"]
+"#,
+        backend.addresses()[0].port()
+    );
+    let gateway = GatewayProcess::start(&template).await;
+    let client = client();
+    let refused = client.get(gateway.url("/public/a")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_credentials");
+    let admitted = client
+        .get(gateway.url("/public/a"))
+        .header("x-api-key", "alices-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admitted.status(), 200);
+    let body: serde_json::Value = admitted.json().await.unwrap();
+    assert_eq!(body["path"], "/private/x");
+    assert_eq!(body["headers"]["x-consumer"], "alice");
+    assert!(body["headers"].get("x-api-key").is_none());
+}

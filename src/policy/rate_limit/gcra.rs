@@ -12,12 +12,12 @@
 //! the sweeper removes it with no change in behaviour: memory is bounded by the clients seen
 //! within one refill time plus one sweep interval, whatever a flood of distinct clients does.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use crate::policy::keyed_hash::DigestMap;
+use crate::policy::shared_state::Registry;
 
 /// Time as nanoseconds since the first limiter was used: fits an `AtomicU64` for 584 years.
 fn nanos_since_start(instant: Instant) -> u64 {
@@ -105,26 +105,17 @@ impl std::fmt::Debug for LocalStore {
 
 /// Stores of live policies by identity, so that a config reload that keeps a limit keeps its
 /// counts (clients do not get a fresh budget on every reload), and so the sweeper finds them.
-static STORES: LazyLock<Mutex<HashMap<String, Weak<LocalStore>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static STORES: Registry<LocalStore> = Registry::new();
 
 impl LocalStore {
     /// The store for the policy `identity` (its name and settings): the live one when a
     /// previous snapshot has it.
     pub fn shared(identity: String, cleanup_interval: Duration) -> Arc<LocalStore> {
-        let mut stores = STORES
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        stores.retain(|_, store| store.strong_count() > 0);
-        if let Some(store) = stores.get(&identity).and_then(Weak::upgrade) {
-            return store;
-        }
-        let store = Arc::new(LocalStore {
+        let store = STORES.shared(identity, || LocalStore {
             cells: DigestMap::default(),
             cleanup_interval,
             last_sweep: AtomicU64::new(0),
         });
-        stores.insert(identity, Arc::downgrade(&store));
         start_sweeper();
         store
     }
@@ -182,12 +173,7 @@ fn start_sweeper() {
             .spawn(|| {
                 loop {
                     std::thread::sleep(Duration::from_secs(1));
-                    let live: Vec<Arc<LocalStore>> = {
-                        let stores = STORES
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner());
-                        stores.values().filter_map(Weak::upgrade).collect()
-                    };
+                    let live = STORES.live();
                     let now = Instant::now();
                     for store in live.iter().filter(|store| store.sweep_due(now)) {
                         store.sweep(now);

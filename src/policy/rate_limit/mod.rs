@@ -195,6 +195,16 @@ impl RateLimit {
             );
             return None;
         }
+        // TATs are nanoseconds in a u64; a bucket that takes longer than ten years to fill
+        // would overflow them (and means nothing as a rate).
+        const TEN_YEARS_NANOS: u128 = 10 * 365 * 24 * 3600 * 1_000_000_000;
+        if u128::from(interval) * u128::from(burst) > TEN_YEARS_NANOS {
+            report(
+                "burst",
+                "burst × period / rate must be under ten years".to_string(),
+            );
+            return None;
+        }
         let rate = Rate { interval, burst };
         let key = LimitKey::compile(&config.key, report)?;
         let store = match config.policy {

@@ -8,19 +8,24 @@
 //!
 //! When Redis cannot answer within `timeout` (down, slow, refusing), the caller applies the
 //! policy's `on_redis_error`; the outage is logged once when it starts and once when it ends.
+//! During an outage one request per second probes Redis; the others get the failure at once
+//! instead of each waiting out the timeout.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::gcra::{Decision, Rate};
+use crate::policy::shared_state::Registry;
 
-/// KEYS[1]: the key. ARGV[1]: interval in microseconds, ARGV[2]: burst.
-/// Returns {allowed, remaining, reset_us, retry_after_us}.
+/// KEYS[1]: the key. ARGV[1]: interval in microseconds (fractional: Lua numbers are doubles,
+/// exact to a fraction of a microsecond at today's clock values), ARGV[2]: burst.
+/// Returns {allowed, remaining, reset_us, retry_after_us}. `replicate_commands` lets a script
+/// that read `TIME` write on Redis before 5.0 (a no-op since).
 const GCRA_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local interval = tonumber(ARGV[1])
 local tolerance = interval * tonumber(ARGV[2])
 local clock = redis.call('TIME')
@@ -29,13 +34,14 @@ local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then tat = now end
 local nxt = tat + interval
 if nxt - now > tolerance then
-  return {0, 0, tat - now, nxt - tolerance - now}
+  return {0, 0, math.ceil(tat - now), math.ceil(nxt - tolerance - now)}
 end
-redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.ceil((nxt - now) / 1000) + 1)
-return {1, math.floor((tolerance - (nxt - now)) / interval), nxt - now, 0}
+redis.call('SET', KEYS[1], string.format('%.3f', nxt), 'PX', math.ceil((nxt - now) / 1000) + 1)
+return {1, math.floor((tolerance - (nxt - now)) / interval), math.ceil(nxt - now), 0}
 ";
 
 pub struct RedisStore {
+    /// For logs: without user name and password.
     url: String,
     client: redis::Client,
     timeout: Duration,
@@ -45,6 +51,22 @@ pub struct RedisStore {
     script: redis::Script,
     /// Set while Redis is failing, so the outage is logged once.
     failing: AtomicBool,
+    /// When the last request went to Redis during an outage (milliseconds since `created`).
+    last_probe: AtomicU64,
+    created: Instant,
+}
+
+/// During an outage, at most one request per this interval waits on Redis.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `url` without its user information.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -57,35 +79,25 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Stores by URL and timeout: policies (and snapshots after a reload) share connections.
-/// A store's identity: its URL and timeout.
-type StoreIdentity = (String, Duration);
-
-static STORES: LazyLock<Mutex<HashMap<StoreIdentity, Weak<RedisStore>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static STORES: Registry<RedisStore> = Registry::new();
 
 impl RedisStore {
     /// The store for `url`; an invalid URL is an error for the config.
     pub fn shared(url: &str, timeout: Duration) -> Result<Arc<RedisStore>, String> {
         let client =
             redis::Client::open(url).map_err(|error| format!("invalid Redis URL: {error}"))?;
-        let mut stores = STORES
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        stores.retain(|_, store| store.strong_count() > 0);
-        let identity = (url.to_string(), timeout);
-        if let Some(store) = stores.get(&identity).and_then(Weak::upgrade) {
-            return Ok(store);
-        }
-        let store = Arc::new(RedisStore {
-            url: url.to_string(),
-            client,
-            timeout,
-            manager: OnceLock::new(),
-            script: redis::Script::new(GCRA_SCRIPT),
-            failing: AtomicBool::new(false),
-        });
-        stores.insert(identity, Arc::downgrade(&store));
-        Ok(store)
+        Ok(
+            STORES.shared(format!("{url}\u{0}{timeout:?}"), || RedisStore {
+                url: redacted(url),
+                client,
+                timeout,
+                manager: OnceLock::new(),
+                script: redis::Script::new(GCRA_SCRIPT),
+                failing: AtomicBool::new(false),
+                last_probe: AtomicU64::new(0),
+                created: Instant::now(),
+            }),
+        )
     }
 
     fn manager(&self) -> Result<ConnectionManager, String> {
@@ -106,6 +118,9 @@ impl RedisStore {
 
     /// Decides one request of `key`; `Err` when Redis did not answer in time.
     pub async fn check(&self, key: &str, rate: Rate) -> Result<Decision, String> {
+        if self.failing.load(Ordering::Acquire) && !self.take_probe() {
+            return Err("Redis is failing; waiting for the next probe".to_string());
+        }
         let result = tokio::time::timeout(self.timeout, self.invoke(key, rate)).await;
         let outcome = match result {
             Ok(Ok(decision)) => Ok(decision),
@@ -119,6 +134,9 @@ impl RedisStore {
                 }
             }
             Err(error) => {
+                // The next probe is a full interval after this failure.
+                self.last_probe
+                    .store(self.created.elapsed().as_millis() as u64, Ordering::Release);
                 if !self.failing.swap(true, Ordering::AcqRel) {
                     log::warn!(
                         "rate limit: Redis at {} is failing ({error}); the policies' on_redis_error \
@@ -131,9 +149,20 @@ impl RedisStore {
         outcome
     }
 
+    /// Whether this request may probe Redis during an outage (one per [`PROBE_INTERVAL`]).
+    fn take_probe(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64;
+        let last = self.last_probe.load(Ordering::Acquire);
+        now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
+            && self
+                .last_probe
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
     async fn invoke(&self, key: &str, rate: Rate) -> Result<Decision, String> {
         let mut manager = self.manager()?;
-        let interval_micros = (rate.interval / 1_000).max(1);
+        let interval_micros = format!("{:.3}", rate.interval as f64 / 1_000.0);
         let reply: Vec<i64> = self
             .script
             .key(key)
@@ -152,5 +181,20 @@ impl RedisStore {
             reset: micros(reset),
             retry_after: micros(retry_after),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redacted("redis://user:secret@redis.internal:6379/0"),
+            "redis://***@redis.internal:6379/0"
+        );
+        assert_eq!(
+            super::redacted("redis://127.0.0.1/0"),
+            "redis://127.0.0.1/0"
+        );
     }
 }
