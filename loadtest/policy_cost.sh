@@ -6,7 +6,8 @@
 #
 # Usage: loadtest/policy_cost.sh [--binary target/release/loom] [--n1 1000] [--n2 4000]
 #                                [--routes "plain cors security_headers access_log"]
-# Needs: valgrind, h2load (apt-get install -y valgrind nghttp2-client), a release build.
+# Needs: valgrind, h2load, openssl, htpasswd (apt-get install -y valgrind nghttp2-client openssl
+# apache2-utils), python3, a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=loadtest/lib.sh
@@ -15,7 +16,7 @@ source loadtest/lib.sh
 binary=target/release/loom
 n1=1000
 n2=4000
-routes="plain cors security_headers access_log transform ip_restriction request_size_limit compression"
+routes="plain cors security_headers access_log transform ip_restriction request_size_limit compression key_auth rate_limit key_auth_rate_limit jwt_rs256 jwt_es256 basic_auth"
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary=$2; shift 2 ;;
@@ -47,7 +48,26 @@ admin_port=$(free_port)
 # The `plain` route has no chain; every other route has exactly one policy, named as the route.
 # Every path has the same length, so that routing and path handling cost the same everywhere.
 declare -A paths=([plain]=/p0 [cors]=/p1 [security_headers]=/p2 [access_log]=/p3 [transform]=/p4
-  [ip_restriction]=/p5 [request_size_limit]=/p6 [compression]=/p7)
+  [ip_restriction]=/p5 [request_size_limit]=/p6 [compression]=/p7 [key_auth]=/p8 [rate_limit]=/p9
+  [key_auth_rate_limit]=/pa [jwt_rs256]=/pb [jwt_es256]=/pc [basic_auth]=/pd
+  [key_auth_rate_limit_quiet]=/pe)
+
+# Keys and credentials for the auth routes: made here, signed by the openssl CLI.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
+openssl pkey -in "$work/rsa.pem" -pubout -out "$work/rsa.pub"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/ec.pem" 2>/dev/null
+openssl pkey -in "$work/ec.pem" -pubout -out "$work/ec.pub"
+declare -A credentials=(
+  [key_auth]="x-api-key: bench-key"
+  [key_auth_rate_limit]="x-api-key: bench-key"
+  [key_auth_rate_limit_quiet]="x-api-key: bench-key"
+  [jwt_rs256]="authorization: Bearer $(loadtest/jwt_token.py RS256 "$work/rsa.pem" rsa-1)"
+  [jwt_es256]="authorization: Bearer $(loadtest/jwt_token.py ES256 "$work/ec.pem" ec-1)"
+  # bench:bench, whose bcrypt check is cached after the first request.
+  [basic_auth]="authorization: Basic YmVuY2g6YmVuY2g="
+)
+# Cost 4 keeps the first (uncached) checks short under callgrind; later requests hit the cache.
+bcrypt_hash=$(htpasswd -nbB -C 4 bench bench | cut -d: -f2)
 # A build without policies (before they existed) only has the plain route.
 write_config() {
   local with_policies=$1
@@ -82,6 +102,13 @@ YAML
   - {id: ip_restriction, path: /p5, upstream: echo, plugins: [ip_restriction]}
   - {id: request_size_limit, path: /p6, upstream: echo, plugins: [request_size_limit]}
   - {id: compression, path: /p7, upstream: echo, plugins: [compression]}
+  - {id: key_auth, path: /p8, upstream: echo, plugins: [key_auth]}
+  - {id: rate_limit, path: /p9, upstream: echo, plugins: [rate_limit]}
+  - {id: key_auth_rate_limit, path: /pa, upstream: echo, plugins: [key_auth, rate_limit]}
+  - {id: jwt_rs256, path: /pb, upstream: echo, plugins: [jwt]}
+  - {id: jwt_es256, path: /pc, upstream: echo, plugins: [jwt]}
+  - {id: basic_auth, path: /pd, upstream: echo, plugins: [basic_auth]}
+  - {id: key_auth_rate_limit_quiet, path: /pe, upstream: echo, plugins: [key_auth, rate_limit_quiet]}
 plugins:
   - {name: cors, type: cors, config: {allow_origins: ["https://app.example.com"], max_age: 600}}
   - {name: security_headers, type: security_headers}
@@ -92,12 +119,33 @@ plugins:
   - {name: ip_restriction, type: ip_restriction, config: {allow: ["127.0.0.0/8"]}}
   - {name: request_size_limit, type: request_size_limit, config: {max_body_size: 1MB}}
   - {name: compression, type: compression, config: {min_size: 1MB}}
+  - name: key_auth
+    type: key_auth
+    config: {keys: [{consumer: bench, key_sha256: "$(printf %s bench-key | sha256sum | cut -d' ' -f1)"}]}
+  # Far above what the run sends: every request is decided, none refused.
+  - {name: rate_limit, type: rate_limit, config: {rate: 100000, period: 1s, key: consumer}}
+  # The same limit without the three RateLimit-* response headers.
+  - name: rate_limit_quiet
+    type: rate_limit
+    config: {rate: 100000, period: 1s, key: consumer, headers: none}
+  - name: jwt
+    type: jwt_auth
+    config:
+      issuer: https://issuer.example
+      audience: api
+      keys:
+        - {kid: rsa-1, algorithm: RS256, public_key_file: "$work/rsa.pub"}
+        - {kid: ec-1, algorithm: ES256, public_key_file: "$work/ec.pub"}
+  - name: basic_auth
+    type: basic_auth
+    config: {users: [{username: bench, password: "$bcrypt_hash"}]}
 YAML
 }
 
-# Instructions of one Loom run that serves $2 requests to route $1.
+# Instructions of one Loom run that serves $2 requests to route $1, with the request headers of
+# route $3 (default: $1's own).
 instructions() {
-  local route=$1 count=$2 output="$work/callgrind.out"
+  local route=$1 count=$2 headers_of=${3:-$1} output="$work/callgrind.out"
   rm -f "$output"
   valgrind --tool=callgrind --callgrind-out-file="$output" "$binary" -c "$work/loom.yaml" \
     >"$work/loom.log" 2>&1 &
@@ -108,9 +156,13 @@ instructions() {
     sleep 0.1
   done
   # Browsers send Origin on cross-site requests: the CORS route gets an allowed one.
-  h2load --h1 -n "$count" -c 8 -m 1 -H "origin: https://app.example.com" \
+  local extra=(-H "origin: https://app.example.com")
+  [ -n "${credentials[$headers_of]:-}" ] && extra+=(-H "${credentials[$headers_of]}")
+  h2load --h1 -n "$count" -c 8 -m 1 "${extra[@]}" \
     "http://127.0.0.1:$loom_port${paths[$route]}" >"$work/h2load.log"
-  grep -q "$count succeeded" "$work/h2load.log" || { cat "$work/h2load.log" >&2; exit 1; }
+  # Every answer must be a 2xx: a refused request (401, 429) would measure the refusal.
+  grep -q "$count succeeded" "$work/h2load.log" && grep -q "status codes: $count 2xx" "$work/h2load.log" \
+    || { cat "$work/h2load.log" >&2; exit 1; }
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
   awk '/^summary:/ {print $2}' "$output"
@@ -123,9 +175,43 @@ if ! "$binary" -t -c "$work/loom.yaml" >/dev/null 2>&1; then
   routes=plain
 fi
 
-printf '| route | instructions per request |\n|---|---|\n'
+# Routes that need credentials are also compared with the plain route sent the same request
+# headers, so that parsing a header the client sends anyway is not counted as the policy's.
+printf '| route | instructions per request | plain route, same request headers | policy cost |\n|---|---|---|---|\n'
 for route in $routes; do
   first=$(instructions "$route" "$n1")
   second=$(instructions "$route" "$n2")
-  printf '| %s | %s |\n' "$route" "$(( (second - first) / (n2 - n1) ))"
+  cost=$(( (second - first) / (n2 - n1) ))
+  if [ "$route" != plain ] && [ -n "${credentials[$route]:-}" ]; then
+    first=$(instructions plain "$n1" "$route")
+    second=$(instructions plain "$n2" "$route")
+    baseline=$(( (second - first) / (n2 - n1) ))
+    printf '| %s | %s | %s | %s |\n' "$route" "$cost" "$baseline" "$(( cost - baseline ))"
+  else
+    printf '| %s | %s | | |\n' "$route" "$cost"
+  fi
 done
+
+# Next to the JWT routes: what checking their token costs outside the gateway.
+cost_binary=target/release/examples/jwt_verify_cost
+if [[ " $routes " == *" jwt_"* ]] && [ -x "$cost_binary" ]; then
+  check_cost() {
+    local algorithm=$1 key=$2 token=$3 mode=$4 count output="$work/callgrind.check"
+    local totals=()
+    for count in "$n1" "$n2"; do
+      valgrind --tool=callgrind --callgrind-out-file="$output" "$cost_binary" "$algorithm" "$key" \
+        "$token" "$mode" "$count" >/dev/null 2>&1
+      totals+=("$(awk '/^summary:/ {print $2}' "$output")")
+    done
+    echo $(( (totals[1] - totals[0]) / (n2 - n1) ))
+  }
+  printf '\n| check outside the gateway | instructions per check |\n|---|---|\n'
+  for algorithm in RS256 ES256; do
+    if [ "$algorithm" = RS256 ]; then key=$work/rsa.pub; token=${credentials[jwt_rs256]#authorization: Bearer }
+    else key=$work/ec.pub; token=${credentials[jwt_es256]#authorization: Bearer }; fi
+    printf '| %s signature only (jsonwebtoken::crypto::verify) | %s |\n' "$algorithm" "$(check_cost "$algorithm" "$key" "$token" signature)"
+    printf '| %s whole token (jsonwebtoken::decode) | %s |\n' "$algorithm" "$(check_cost "$algorithm" "$key" "$token" decode)"
+  done
+elif [[ " $routes " == *" jwt_"* ]]; then
+  echo "(build $cost_binary with cargo build --release --example jwt_verify_cost for the bare JWT costs)" >&2
+fi

@@ -74,12 +74,14 @@ impl Consumer {
         &self.name
     }
 
-    /// [`set_consumer`] without building the header value again.
+    /// [`set_consumer`] without building the header value again. `header` is the header's
+    /// name as bytes: Pingora keeps those as the name's spelling without copying them (a
+    /// `HeaderName` would be copied into a new buffer on every request).
     pub fn hand_on(
         &self,
         session: &mut Session,
         input: &mut RequestInput<'_>,
-        header: Option<&HeaderName>,
+        header: Option<&bytes::Bytes>,
     ) {
         if let (Some(header), Some(value)) = (header, &self.header_value) {
             let _ = session
@@ -93,9 +95,8 @@ impl Consumer {
 /// Removes every header named `header` that the client sent: a consumer or claim header
 /// must come from the gateway, never from the client.
 pub fn remove_client_header(session: &mut Session, header: &HeaderName) {
-    if session.req_header().headers.contains_key(header) {
-        let _ = session.req_header_mut().remove_header(header);
-    }
+    // One lookup: removing an absent header costs what checking for it would.
+    let _ = session.req_header_mut().remove_header(header);
 }
 
 /// Removes the query parameter `name` (a credential) from the request, both as the client

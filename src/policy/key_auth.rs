@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
 use http::HeaderName;
 use pingora::proxy::Session;
@@ -14,7 +15,7 @@ use serde::Deserialize;
 
 use super::auth::{self, Consumer, consumer_header, refuse, remove_client_header};
 use super::credentials::{constant_time_equal, parse_digest, sha256};
-use super::keyed_hash::DigestHasher;
+use super::keyed_hash::{DigestHasher, DigestMap, digest as keyed_digest};
 use super::query::query_parameter;
 use super::{RequestInput, Verdict};
 
@@ -58,11 +59,20 @@ pub struct KeyAuth {
     header: Option<HeaderName>,
     query: Option<String>,
     consumer_header: Option<HeaderName>,
+    /// `consumer_header` as bytes, for [`Consumer::hand_on`].
+    consumer_header_bytes: Option<bytes::Bytes>,
     hide_credentials: bool,
     /// Key digest → consumer. The digests are uniformly random already, so the map uses
     /// their first bytes as the hash instead of hashing them again.
-    consumers: HashMap<[u8; 32], Consumer, BuildHasherDefault<DigestHasher>>,
+    consumers: HashMap<[u8; 32], Arc<Consumer>, BuildHasherDefault<DigestHasher>>,
+    /// Keys already verified, by keyed digest of the key as sent: SHA-256 costs thousands of
+    /// instructions per request, the digest a few hundred. Only valid keys are remembered
+    /// (an invalid one is hashed again every time), at most [`VERIFIED_CAPACITY`].
+    verified: DigestMap<Arc<Consumer>>,
 }
+
+/// Most remembered keys; the table starts over when full.
+const VERIFIED_CAPACITY: usize = 100_000;
 
 impl KeyAuth {
     pub fn compile(config: KeyAuthConfig, report: &mut dyn FnMut(&str, String)) -> Option<KeyAuth> {
@@ -119,7 +129,7 @@ impl KeyAuth {
                 }
             };
             if consumers
-                .insert(digest, Consumer::new(&entry.consumer))
+                .insert(digest, Arc::new(Consumer::new(&entry.consumer)))
                 .is_some()
             {
                 report(
@@ -131,21 +141,39 @@ impl KeyAuth {
         Some(KeyAuth {
             header,
             query,
+            consumer_header_bytes: consumer_header
+                .as_ref()
+                .map(|name| bytes::Bytes::copy_from_slice(name.as_str().as_bytes())),
             consumer_header,
             hide_credentials: config.hide_credentials,
             consumers,
+            verified: DigestMap::default(),
         })
     }
 
     /// The consumer whose key this is.
-    fn consumer_of(&self, key: &[u8]) -> Option<&Consumer> {
+    fn consumer_of(&self, key: &[u8]) -> Option<Arc<Consumer>> {
+        let remembered = keyed_digest(&[(0, key)]);
+        if let Some(consumer) = self.verified.get(&remembered) {
+            return Some(Arc::clone(&consumer));
+        }
+        let consumer = self.verify(key)?;
+        if self.verified.len() >= VERIFIED_CAPACITY {
+            self.verified.clear();
+        }
+        self.verified.insert(remembered, Arc::clone(&consumer));
+        Some(consumer)
+    }
+
+    /// The consumer whose key's SHA-256 digest is in the config.
+    fn verify(&self, key: &[u8]) -> Option<Arc<Consumer>> {
         let digest = sha256(key);
         // The map finds the candidate by digest; the digest is then compared again in
         // constant time, so no early-exit comparison of secret bytes decides the answer.
         self.consumers
             .get_key_value(&digest)
             .filter(|(stored, _)| constant_time_equal(&stored[..], &digest))
-            .map(|(_, consumer)| consumer)
+            .map(|(_, consumer)| Arc::clone(consumer))
     }
 
     pub fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {
@@ -196,12 +224,12 @@ impl KeyAuth {
                 auth::strip_query_credential(session, input, name);
             }
         }
-        consumer.hand_on(session, input, self.consumer_header.as_ref());
+        consumer.hand_on(session, input, self.consumer_header_bytes.as_ref());
         Verdict::Continue
     }
 
     pub fn describe(&self) -> serde_json::Value {
-        let mut consumers: Vec<&str> = self.consumers.values().map(Consumer::name).collect();
+        let mut consumers: Vec<&str> = self.consumers.values().map(|consumer| consumer.name()).collect();
         consumers.sort_unstable();
         serde_json::json!({
             "header": self.header.as_ref().map(HeaderName::as_str),
@@ -248,11 +276,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            policy.consumer_of(b"secret").map(Consumer::name),
+            policy.consumer_of(b"secret").as_deref().map(Consumer::name),
             Some("alice")
         );
         assert_eq!(
-            policy.consumer_of(b"bobs-key").map(Consumer::name),
+            policy.consumer_of(b"bobs-key").as_deref().map(Consumer::name),
             Some("bob")
         );
         assert!(policy.consumer_of(b"Secret").is_none());

@@ -28,6 +28,26 @@ pub fn digest(parts: &[(u8, &[u8])]) -> u128 {
     (u128::from(high.finish()) << 64) | u128::from(low.finish())
 }
 
+/// A cheaper 128-bit keyed digest for keys where a collision only merges two clients'
+/// counts (rate and concurrency limits): aHash (already in the tree through Pingora) with
+/// keys drawn at start-up, a few dozen instructions for a short key instead of two SipHash
+/// runs. Never for credentials: there a collision would let one key pass for another, so
+/// [`digest`] is used.
+pub fn limit_digest(parts: &[(u8, &[u8])]) -> u128 {
+    static KEYS: LazyLock<(ahash::RandomState, ahash::RandomState)> =
+        LazyLock::new(|| (ahash::RandomState::new(), ahash::RandomState::new()));
+    let mut low = KEYS.0.build_hasher();
+    let mut high = KEYS.1.build_hasher();
+    for (tag, bytes) in parts {
+        for hasher in [&mut low, &mut high] {
+            hasher.write_u8(*tag);
+            hasher.write_usize(bytes.len());
+            hasher.write(bytes);
+        }
+    }
+    (u128::from(high.finish()) << 64) | u128::from(low.finish())
+}
+
 /// A `DashMap` keyed by [`digest`]s.
 pub type DigestMap<V> = dashmap::DashMap<u128, V, BuildHasherDefault<DigestHasher>>;
 

@@ -1,7 +1,7 @@
 //! What a rate or concurrency limit counts by: `client_ip`, `route`, `consumer` (set by an
 //! auth policy earlier in the chain), `header:<Name>`, or a list of these combined.
 //!
-//! A request is reduced to a [`digest`](super::keyed_hash::digest) for the local tables (no
+//! A request is reduced to a [`limit_digest`](super::keyed_hash::limit_digest) for the local tables (no
 //! allocation), or to readable text for Redis, whose keys must be the same on every instance
 //! of a fleet. A missing header or consumer counts under the client's IP instead, so clients
 //! cannot escape a limit by leaving the header out. An IPv6 client counts by its /64, the
@@ -119,7 +119,7 @@ impl LimitKey {
         for (slot, part) in parts.iter_mut().zip(&self.parts) {
             *slot = Self::part_bytes(part, input, ip);
         }
-        super::keyed_hash::digest(&parts[..self.parts.len()])
+        super::keyed_hash::limit_digest(&parts[..self.parts.len()])
     }
 
     /// The request's key as text, the same on every instance (for Redis).

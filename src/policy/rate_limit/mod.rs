@@ -107,7 +107,9 @@ pub struct Quota {
 
 impl Quota {
     /// Writes the budget headers.
-    pub fn write(&self, mut put: impl FnMut(HeaderName, HeaderValue)) {
+    /// Writes the budget headers. Names go to Pingora as `&'static str`, which it stores
+    /// without copying; small numbers come from a table built once (see [`number`]).
+    pub fn write(&self, mut put: impl FnMut(&'static str, HeaderValue)) {
         let names: &[[&'static str; 3]] = match self.style {
             HeaderStyle::Draft => &[DRAFT],
             HeaderStyle::XRatelimit => &[KONG],
@@ -115,20 +117,23 @@ impl Quota {
             HeaderStyle::None => &[],
         };
         for [limit, remaining, reset] in names {
-            put(
-                HeaderName::from_static(limit),
-                HeaderValue::from(self.limit),
-            );
-            put(
-                HeaderName::from_static(remaining),
-                HeaderValue::from(self.remaining),
-            );
-            put(
-                HeaderName::from_static(reset),
-                HeaderValue::from(self.reset_seconds),
-            );
+            put(limit, number(self.limit));
+            put(remaining, number(self.remaining));
+            put(reset, number(self.reset_seconds));
         }
     }
+}
+
+/// `value` as a header value; values up to 1023 are shared from a table (a clone is a
+/// reference count, not an allocation).
+fn number(value: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Box<[HeaderValue]>> =
+        std::sync::LazyLock::new(|| (0..1024u64).map(HeaderValue::from).collect());
+    usize::try_from(value)
+        .ok()
+        .and_then(|index| SMALL.get(index))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(value))
 }
 
 const DRAFT: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
@@ -313,7 +318,9 @@ impl RateLimit {
         let retry_after = seconds_rounded_up(decision.retry_after).max(1);
         let mut error = GatewayError::new(429, "rate_limited", "too many requests")
             .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-        quota.write(|name, value| error.headers.push((name, value)));
+        quota.write(|name, value| {
+            error.headers.push((HeaderName::from_static(name), value));
+        });
         Verdict::Fail(error)
     }
 
