@@ -13,7 +13,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arguments: Vec<String> = std::env::args().collect();
     let [_, algorithm, key_file, token, mode, count] = &arguments[..] else {
-        return Err("usage: jwt_verify_cost ALGORITHM PUBLIC_KEY_PEM TOKEN signature|decode COUNT".into());
+        return Err(
+            "usage: jwt_verify_cost ALGORITHM PUBLIC_KEY_PEM TOKEN signature|decode COUNT".into(),
+        );
     };
     let algorithm = Algorithm::from_str(algorithm)?;
     let pem = std::fs::read(key_file)?;

@@ -229,7 +229,11 @@ impl KeyAuth {
     }
 
     pub fn describe(&self) -> serde_json::Value {
-        let mut consumers: Vec<&str> = self.consumers.values().map(|consumer| consumer.name()).collect();
+        let mut consumers: Vec<&str> = self
+            .consumers
+            .values()
+            .map(|consumer| consumer.name())
+            .collect();
         consumers.sort_unstable();
         serde_json::json!({
             "header": self.header.as_ref().map(HeaderName::as_str),
@@ -280,7 +284,10 @@ mod tests {
             Some("alice")
         );
         assert_eq!(
-            policy.consumer_of(b"bobs-key").as_deref().map(Consumer::name),
+            policy
+                .consumer_of(b"bobs-key")
+                .as_deref()
+                .map(Consumer::name),
             Some("bob")
         );
         assert!(policy.consumer_of(b"Secret").is_none());
