@@ -317,7 +317,9 @@ impl BasicAuth {
                 let Some((name, password)) = basic_credentials(authorization.as_bytes()) else {
                     return self.refuse(input, "missing");
                 };
-                match self.verify(&name, password).await {
+                // Boxed: the bcrypt path's state stays out of every request's future (Pingora
+                // boxes the request filter's future, so its size is paid by all requests).
+                match Box::pin(self.verify(&name, password)).await {
                     Check::Valid(consumer) => {
                         remember(
                             &self.verified,

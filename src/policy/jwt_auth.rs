@@ -442,7 +442,9 @@ impl JwtAuth {
         let result = match attempt {
             Attempt::Done(result) => result,
             // No set yet, or the issuer rotated its keys.
-            Attempt::AwaitKeys(token) => self.verify_after_fetch(&token).await,
+            // Boxed: waiting for a key set is rare; its state stays out of every request's
+            // future.
+            Attempt::AwaitKeys(token) => Box::pin(self.verify_after_fetch(&token)).await,
         };
         let claims = match result {
             Ok(claims) => claims,

@@ -172,8 +172,7 @@ impl Policy {
                 | Policy::SecurityHeaders(_)
                 | Policy::Compression(_)
                 | Policy::Transform(_)
-                | Policy::RateLimit(_)
-        )
+        ) || matches!(self, Policy::RateLimit(limit) if limit.writes_headers())
     }
 
     /// Async for the steps that may wait (Redis, bcrypt on the blocking pool, a JWKS fetch);

@@ -277,7 +277,9 @@ impl RateLimit {
                 let mut key = String::with_capacity(prefix.len() + 32);
                 key.push_str(prefix);
                 key.push_str(&self.key.text(&key_input));
-                match store.check(&key, self.rate).await {
+                // Boxed: the Redis call's state stays out of the future of every request on
+                // every route (Pingora boxes the request filter's future).
+                match Box::pin(store.check(&key, self.rate)).await {
                     Ok(decision) => decision,
                     Err(_) => {
                         metrics::count_rate_limit_redis_error(input.step_name);
@@ -322,6 +324,11 @@ impl RateLimit {
             error.headers.push((HeaderName::from_static(name), value));
         });
         Verdict::Fail(error)
+    }
+
+    /// Whether responses carry the budget headers (`headers:` other than `none`).
+    pub fn writes_headers(&self) -> bool {
+        self.headers != HeaderStyle::None
     }
 
     /// Reports the request's budget on the response.
