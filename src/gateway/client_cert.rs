@@ -20,6 +20,13 @@ use crate::policy::keyed_hash::DigestMap;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
     pub common_name: Option<String>,
+    /// The whole subject, RFC 4514 style (`CN=client,O=Example`), as Envoy's
+    /// `connection.subject_peer_certificate` property shows it.
+    pub subject: String,
+    /// The first DNS and the first URI subject alternative name, as Envoy's
+    /// `connection.dns_san_peer_certificate` and `connection.uri_san_peer_certificate`.
+    pub first_dns_name: Option<String>,
+    pub first_uri: Option<String>,
     /// DNS names, URIs and e-mail addresses of the subject alternative names.
     pub alternative_names: Vec<String>,
 }
@@ -58,14 +65,23 @@ fn record(certificate: &CertificateDer<'_>) {
         .next()
         .and_then(|name| name.as_str().ok())
         .map(str::to_string);
+    let subject = parsed.subject().to_string();
     let mut alternative_names = Vec::new();
+    let mut first_dns_name = None;
+    let mut first_uri = None;
     if let Ok(Some(extension)) = parsed.subject_alternative_name() {
         for name in &extension.value.general_names {
             use x509_parser::extensions::GeneralName;
             match name {
-                GeneralName::DNSName(text)
-                | GeneralName::URI(text)
-                | GeneralName::RFC822Name(text) => alternative_names.push(text.to_string()),
+                GeneralName::DNSName(text) => {
+                    first_dns_name.get_or_insert_with(|| text.to_string());
+                    alternative_names.push(text.to_string());
+                }
+                GeneralName::URI(text) => {
+                    first_uri.get_or_insert_with(|| text.to_string());
+                    alternative_names.push(text.to_string());
+                }
+                GeneralName::RFC822Name(text) => alternative_names.push(text.to_string()),
                 _ => {}
             }
         }
@@ -77,6 +93,9 @@ fn record(certificate: &CertificateDer<'_>) {
         key,
         Arc::new(ClientIdentity {
             common_name,
+            subject,
+            first_dns_name,
+            first_uri,
             alternative_names,
         }),
     );

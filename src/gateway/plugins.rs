@@ -187,5 +187,10 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
         },
         upstream_address: None,
         response_code: 0,
+        tls_version: session
+            .digest()
+            .and_then(|digest| digest.ssl_digest.as_ref())
+            .map_or_else(|| Arc::from(""), |ssl| Arc::from(ssl.version.as_ref())),
+        client_certificate: super::client_cert::identity_of(session),
     }
 }

@@ -91,7 +91,13 @@ fn config(pki: &Pki, echo_port: u16) -> String {
       cert: "@FIXTURES@/localhost.crt"
       key: "@FIXTURES@/localhost.key"
       client_ca: "{ca}"
+plugin_dir: "@PLUGINS@"
+plugin_cache_dir: "@PLUGIN_CACHE@"
 routes:
+  - id: probe
+    path: /probe/*
+    upstream: echo
+    plugins: [probe]
   - id: partners
     path: /partners/*
     upstream: echo
@@ -103,6 +109,8 @@ upstreams:
   - name: echo
     endpoints: ["127.0.0.1:{echo_port}"]
 plugins:
+  - name: probe
+    path: loom_test_abi_probe.wasm
   - name: partners-only
     type: mtls_auth
     config:
@@ -182,6 +190,44 @@ async fn client_certificates_are_verified_in_the_handshake_and_by_route() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+
+    // Proxy-Wasm plugins read the certificate through Envoy's connection properties.
+    let response = pki
+        .client(Some("good"))
+        .get(optional("/probe/a"))
+        .header("x-probe", "properties")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response.headers()[name]
+            .to_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(header("x-prop-connection-mtls"), "hex:01");
+    assert_eq!(
+        header("x-prop-connection-subject_peer_certificate"),
+        "CN=client"
+    );
+    assert_eq!(
+        header("x-prop-connection-dns_san_peer_certificate"),
+        "client.example.com"
+    );
+    assert_eq!(
+        header("x-prop-connection-uri_san_peer_certificate"),
+        "missing"
+    );
+    assert!(header("x-prop-connection-tls_version").starts_with("TLSv1"));
+    let without = pki
+        .client(None)
+        .get(optional("/probe/a"))
+        .header("x-probe", "properties")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.headers()["x-prop-connection-mtls"], "hex:00");
 
     let failures = gateway
         .metric_with(

@@ -337,6 +337,13 @@ async fn abi_probe_sees_properties_pseudo_headers_and_queues() {
                 .trim_end_matches('/')
         )
     );
+    // A plain connection: no client certificate, no TLS.
+    assert_eq!(header("x-prop-connection-mtls"), "hex:00");
+    assert_eq!(header("x-prop-connection-tls_version"), "missing");
+    assert_eq!(
+        header("x-prop-connection-subject_peer_certificate"),
+        "missing"
+    );
     assert_eq!(header("x-prop-plugin_name"), "probe");
     assert_eq!(header("x-prop-route_name"), "probe");
     // Envoy's route metadata for the Wasm filter is the route's `metadata:`.

@@ -64,6 +64,10 @@ pub struct RequestFacts {
     pub protocol: &'static str,
     pub upstream_address: Option<String>,
     pub response_code: u16,
+    /// The TLS version of the client connection (`TLSv1.3`), empty on plain connections.
+    pub tls_version: Arc<str>,
+    /// The client certificate verified in the handshake (listeners with `tls.client_ca`).
+    pub client_certificate: Option<Arc<crate::gateway::client_cert::ClientIdentity>>,
 }
 
 /// The answer to a `proxy_http_call`, shown to `on_http_call_response`.

@@ -82,6 +82,37 @@ pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
                 .and_then(|address| number(u64::from(address.port())));
         }
         "connection.id" if facts.connection_id != 0 => return number(facts.connection_id),
+        // Envoy's connection properties; a bool is one byte, as Envoy serializes it.
+        "connection.mtls" => {
+            return Some(Bytes::from_static(if facts.client_certificate.is_some() {
+                &[1]
+            } else {
+                &[0]
+            }));
+        }
+        "connection.tls_version" if !facts.tls_version.is_empty() => {
+            return text(&facts.tls_version);
+        }
+        "connection.subject_peer_certificate" => {
+            return facts
+                .client_certificate
+                .as_ref()
+                .and_then(|identity| text(&identity.subject));
+        }
+        "connection.dns_san_peer_certificate" => {
+            return facts
+                .client_certificate
+                .as_ref()
+                .and_then(|identity| identity.first_dns_name.as_deref())
+                .and_then(text);
+        }
+        "connection.uri_san_peer_certificate" => {
+            return facts
+                .client_certificate
+                .as_ref()
+                .and_then(|identity| identity.first_uri.as_deref())
+                .and_then(text);
+        }
         "route_name" | "xds.route_name" => return facts.route.as_deref().and_then(text),
         _ if route_metadata_key(&key).is_some() => {
             let name = route_metadata_key(&key)?;
