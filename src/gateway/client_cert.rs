@@ -111,28 +111,8 @@ impl RecordingVerifier {
     /// A verifier for the CA certificates in `ca_file`; `required: false` also lets clients
     /// without a certificate in (routes then decide, through `mtls_auth`).
     pub fn from_ca_file(ca_file: &str, required: bool) -> Result<Arc<RecordingVerifier>, String> {
-        let pem =
-            std::fs::read(ca_file).map_err(|error| format!("cannot read {ca_file}: {error}"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let certificate =
-                certificate.map_err(|error| format!("{ca_file} is not PEM: {error}"))?;
-            roots
-                .add(certificate)
-                .map_err(|error| format!("{ca_file}: {error}"))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("{ca_file} holds no certificate"));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-        let builder = if required {
-            builder
-        } else {
-            builder.allow_unauthenticated()
-        };
-        let inner = builder.build().map_err(|error| error.to_string())?;
+        let inner = crate::stream::tls::client_verifier(std::path::Path::new(ca_file), required)
+            .map_err(|error| error.to_string())?;
         Ok(Arc::new(RecordingVerifier { inner }))
     }
 }

@@ -42,6 +42,26 @@ pub struct ServerTls {
     pub self_signed: bool,
 }
 
+/// rustls' WebPKI verifier for client certificates signed by the CAs in `ca_file`; with
+/// `required: false` clients without a certificate are let in too. Shared by the stream
+/// listener and the gateway's HTTPS listeners (`crate::gateway::client_cert`).
+pub fn client_verifier(
+    ca_file: &Path,
+    required: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in load_certificates(ca_file)? {
+        roots.add(certificate).map_err(setup)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider());
+    let verifier = if required {
+        verifier.build()
+    } else {
+        verifier.allow_unauthenticated().build()
+    };
+    verifier.map_err(setup)
+}
+
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |message: String| TlsError::File {
         path: path.display().to_string(),
@@ -97,17 +117,7 @@ pub fn server_config(plan: &TlsPlan) -> Result<ServerTls, TlsError> {
         .map_err(setup)?;
     let builder = match &plan.client_ca_file {
         Some(ca_file) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in load_certificates(ca_file)? {
-                roots.add(certificate).map_err(setup)?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider());
-            let verifier = if plan.require_client_cert {
-                verifier.build()
-            } else {
-                verifier.allow_unauthenticated().build()
-            };
-            builder.with_client_cert_verifier(verifier.map_err(setup)?)
+            builder.with_client_cert_verifier(client_verifier(ca_file, plan.require_client_cert)?)
         }
         None => builder.with_no_client_auth(),
     };

@@ -78,10 +78,6 @@ fn run_tool(program: &str, args: &[&str], package: &str) -> Vec<u8> {
     output.stdout
 }
 
-fn echo_upstream(port: u16) -> String {
-    format!("  - name: echo\n    endpoints: [\"127.0.0.1:{port}\"]\n")
-}
-
 /// `loom_auth_failures_total` for one route, policy and reason (0 before the first).
 async fn auth_failures(gateway: &GatewayProcess, route: &str, policy: &str, reason: &str) -> f64 {
     gateway
@@ -429,19 +425,7 @@ upstreams:
 
 /// `loom -t -c <directory>/loom.yaml`: the exit code, stdout and stderr.
 fn check_config(directory: &std::path::Path, config: &str) -> (i32, String, String) {
-    let path = directory.join("loom.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
-        .arg("-t")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    check_config_file(&directory.join("loom.yaml"), config)
 }
 
 #[test]

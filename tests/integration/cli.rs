@@ -5,17 +5,11 @@ use std::process::Command;
 fn check(config: &str) -> (i32, String, String) {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("check.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
-        .arg("-t")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (code, stdout, stderr) = crate::support::check_config_file(&path, config);
     (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).replace(&path.display().to_string(), "FILE"),
+        code,
+        stdout,
+        stderr.replace(&path.display().to_string(), "FILE"),
     )
 }
 

@@ -60,10 +60,6 @@ fn assert_rate_limited(answer: &Answer, context: &str) {
     assert!(retry_after >= 1, "{context}: Retry-After {retry_after}");
 }
 
-fn echo_upstream(port: u16) -> String {
-    format!("  - name: echo\n    endpoints: [\"127.0.0.1:{port}\"]\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_rate_limit_counts_down_refuses_and_keys_by_header() {
     let backend = echo("e").await;

@@ -438,3 +438,24 @@ upstreams:
 {upstream_yaml}"#
     )
 }
+
+/// An `upstreams:` entry named `echo` with one endpoint, indented for a config template.
+pub fn echo_upstream(port: u16) -> String {
+    format!("  - name: echo\n    endpoints: [\"127.0.0.1:{port}\"]\n")
+}
+
+/// `loom -t -c PATH` with `config` written to PATH: the exit code, stdout and stderr.
+pub fn check_config_file(path: &Path, config: &str) -> (i32, String, String) {
+    std::fs::write(path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .arg("-t")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
