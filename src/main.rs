@@ -21,6 +21,7 @@ use loom::control::readiness::ListenerReadiness;
 use loom::gateway::Gateway;
 use loom::gateway::edge::EdgeApp;
 use loom::gateway::snapshot::GatewayState;
+use loom::observe::tracing::export::ExportService;
 use loom::plugin::registry::PluginSet;
 use loom::stream::service::StreamService;
 
@@ -214,6 +215,19 @@ fn run(
         ),
     );
     let control_handle = server.add_service(control);
+    // Always running, so that a reload can switch tracing on; idle while nothing is traced.
+    // The queue's size is read here, once: it belongs to the process.
+    let queue_size = state
+        .current()
+        .tracing
+        .as_ref()
+        .map_or(2048, |plan| plan.export.queue_size);
+    let mut tracing = background_service(
+        "loom tracing",
+        ExportService::new(Arc::clone(&state), queue_size),
+    );
+    tracing.threads = Some(1);
+    server.add_service(tracing);
 
     if let Some(address) = admin_address {
         let mut admin = Service::new(

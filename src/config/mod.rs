@@ -11,6 +11,7 @@ pub mod plugins;
 pub mod resilience;
 pub mod schema;
 pub mod stream;
+pub mod tracing;
 pub mod units;
 pub mod validate;
 pub mod yaml;

@@ -671,15 +671,31 @@ pub struct RateLimitSection {
     pub cleanup_interval: Option<DurationValue>,
 }
 
-/// Go Loom's `tracing:`.
+/// Go Loom's `tracing:` plus what an OTLP user needs beyond it (see
+/// `crate::observe::tracing`). Validated by `crate::config::tracing`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct TracingSection {
     pub enabled: bool,
+    /// The collector's OTLP/HTTP traces URL; `host:port` or a URL without a path gets
+    /// `/v1/traces` appended.
     pub endpoint: Option<String>,
     pub service_name: Option<String>,
+    /// The share of requests without a sampled parent that are traced, 0 to 1.
     pub sample_rate: Option<f64>,
+    /// Follow the incoming `traceparent`'s sampled flag (default true).
+    pub parent_based: Option<bool>,
+    /// The longest a partial batch waits before it is sent.
     pub batch_timeout: Option<DurationValue>,
+    pub max_batch_size: Option<usize>,
+    /// Spans waiting for export; more are dropped and counted.
+    pub queue_size: Option<usize>,
+    pub export_timeout: Option<DurationValue>,
+    /// Sent with every export (collector auth tokens, tenant ids).
+    pub headers: BTreeMap<String, String>,
+    pub resource_attributes: BTreeMap<String, String>,
+    /// A policy or plugin step slower than this gets its own span; failed steps always do.
+    pub step_threshold: Option<DurationValue>,
 }
 
 /// Go Loom's `cache:`.

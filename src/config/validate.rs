@@ -65,6 +65,8 @@ pub struct ValidatedConfig {
     /// The top-level policies (`cors:`, `access_log:`), also used for requests no route
     /// matched (the access log still records them).
     pub global_policies: Vec<Arc<PolicyStep>>,
+    /// `tracing:` when it is switched on.
+    pub tracing: Option<crate::observe::tracing::TracingPlan>,
 }
 
 /// One step of a route's chain, in the order it runs.
@@ -271,6 +273,7 @@ pub fn validate(
     let plugins = super::plugins::check_plugins(&mut checker, &file_config, indexes, &base_dir);
     let global_policies = check_global_policies(&mut checker, &file_config);
     check_unbuilt_features(&mut checker, &file_config);
+    let tracing = super::tracing::check_tracing(&mut checker, &file_config);
     let trusted_proxies = crate::policy::client_ip::parse_list(
         &file_config.server.trusted_proxies,
         &mut |index, message| checker.error(format!("server.trusted_proxies[{index}]"), message),
@@ -353,6 +356,7 @@ pub fn validate(
         trusted_proxies,
         admin_auth,
         global_policies,
+        tracing,
     }
 }
 
@@ -421,13 +425,6 @@ fn check_unbuilt_features(checker: &mut Checker, config: &FileConfig) {
              (see the README's status table)"
         )
     };
-    if config
-        .tracing
-        .as_ref()
-        .is_some_and(|section| section.enabled)
-    {
-        checker.error("tracing.enabled".into(), not_built("OpenTelemetry tracing"));
-    }
     if config.cache.as_ref().is_some_and(|section| section.enabled) {
         checker.error("cache.enabled".into(), not_built("the response cache"));
     }

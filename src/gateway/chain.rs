@@ -174,6 +174,7 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
                 };
                 let end_of_stream = session.is_body_empty();
                 let path_before = session.req_header().uri.clone();
+                let clock = ctx.trace.step_clock();
                 let flow = request_plugins
                     .request_headers_at(
                         *index,
@@ -189,6 +190,14 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
                 }
                 routing_changed |=
                     request_plugins.take_routing_written(*index, snapshot.routes_match_headers);
+                let (outcome, failed) = flow_outcome(flow.as_ref());
+                ctx.trace.step_finished(
+                    clock,
+                    "plugin",
+                    chain.wasm[*index].name(),
+                    outcome,
+                    failed,
+                );
                 match flow {
                     None | Some(Flow::Continue) => {}
                     Some(Flow::Respond(local)) => {
@@ -251,6 +260,7 @@ async fn apply(
     session: &mut Session,
     ctx: &mut RequestContext,
 ) -> bool {
+    let clock = ctx.trace.step_clock();
     let verdict = {
         let mut input = RequestInput {
             client_ip: ctx.client_ip,
@@ -264,6 +274,13 @@ async fn apply(
         };
         step.policy.on_request(session, &mut input).await
     };
+    let (outcome, failed) = match &verdict {
+        Verdict::Continue => ("continue", false),
+        Verdict::Respond(_) => ("respond", false),
+        Verdict::Fail(_) => ("refused", true),
+    };
+    ctx.trace
+        .step_finished(clock, "policy", &step.name, outcome, failed);
     match verdict {
         Verdict::Continue => false,
         Verdict::Respond(local) => {
@@ -276,6 +293,16 @@ async fn apply(
             ctx.failure = Some(error);
             true
         }
+    }
+}
+
+/// How a plugin step ended, for its span.
+fn flow_outcome(flow: Option<&Flow>) -> (&'static str, bool) {
+    match flow {
+        None | Some(Flow::Continue) => ("continue", false),
+        Some(Flow::Respond(_)) => ("respond", false),
+        Some(Flow::Fail(_)) => ("failed", true),
+        Some(Flow::Close) => ("closed", true),
     }
 }
 
@@ -356,6 +383,7 @@ pub async fn response_headers(
                 let Some(request_plugins) = ctx.plugins.as_mut() else {
                     continue;
                 };
+                let clock = ctx.trace.step_clock();
                 let flow = request_plugins
                     .response_headers_at(
                         *index,
@@ -364,6 +392,14 @@ pub async fn response_headers(
                         &snapshot.upstreams,
                     )
                     .await;
+                let (outcome, failed) = flow_outcome(flow.as_ref());
+                ctx.trace.step_finished(
+                    clock,
+                    "plugin",
+                    chain.wasm[*index].name(),
+                    outcome,
+                    failed,
+                );
                 match flow {
                     None | Some(Flow::Continue) => {}
                     Some(Flow::Respond(local)) => {
@@ -416,6 +452,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
             .and_then(|value| value.to_str().ok())
     };
     let elapsed = ctx.started.elapsed();
+    let trace_id = ctx.trace.trace_id_hex();
     let record = AccessLogRecord {
         // When the request started, as access logs usually stamp it.
         time: std::time::SystemTime::now()
@@ -445,7 +482,9 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
                 _ => "HTTP/1.1",
             }
         },
-        trace_id: None,
+        trace_id: trace_id
+            .as_ref()
+            .and_then(|hex| std::str::from_utf8(hex).ok()),
     };
     for step in access_logs {
         if let Policy::AccessLog(access_log) = &step.policy {

@@ -65,6 +65,8 @@ pub struct RequestContext {
     pub upstream_elapsed: Option<std::time::Duration>,
     /// What the route's policies hand on (consumer, rate-limit budget, concurrency slots).
     pub policy_state: crate::policy::PolicyState,
+    /// The request's trace ids and, when sampled, what its spans record.
+    pub trace: crate::observe::tracing::request::RequestTrace,
 }
 
 impl RequestContext {
@@ -97,6 +99,7 @@ impl RequestContext {
             request_body_bytes: 0,
             upstream_elapsed: None,
             policy_state: crate::policy::PolicyState::default(),
+            trace: crate::observe::tracing::request::RequestTrace::default(),
         }
     }
 

@@ -11,6 +11,8 @@ use http::HeaderValue;
 use pingora::prelude::*;
 
 pub const REQUEST_ID: &str = "x-request-id";
+/// W3C trace context, written to upstream requests when tracing is on.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Longest client-supplied request id we pass on; longer ones are replaced.
 const MAX_REQUEST_ID_LENGTH: usize = 128;

@@ -39,6 +39,7 @@ use pingora_error::{ErrorType, RetryType};
 
 use crate::config::validate::HashKeySource;
 use crate::observe::metrics;
+use crate::observe::tracing::request::{RequestTrace, ServerSummary};
 use crate::upstream::UpstreamPool;
 use crate::upstream::endpoint::Outcome;
 use crate::upstream::retry::RetryCondition;
@@ -128,6 +129,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<bool> {
         let snapshot = ctx.snapshot.take().unwrap_or_else(|| self.state.current());
         ctx.request_id = headers::request_id(session);
+        if let Some(plan) = &snapshot.tracing {
+            ctx.trace = RequestTrace::start(plan, &session.req_header().headers);
+        }
         let outcome = routing::route_request(&snapshot, session, ctx);
         ctx.snapshot = Some(snapshot);
         match outcome {
@@ -173,11 +177,14 @@ impl ProxyHttp for Gateway {
             Ok(selection) => selection,
             Err(error) => return Err(self.fail(ctx, error)),
         };
+        let endpoint = pool.endpoints().get(selection.lease.endpoint_index());
         if let Some(plugins) = ctx.plugins.as_mut() {
-            plugins.facts.upstream_address = pool
-                .endpoints()
-                .get(selection.lease.endpoint_index())
-                .map(|endpoint| endpoint.socket.to_string());
+            plugins.facts.upstream_address = endpoint.map(|endpoint| endpoint.socket.to_string());
+        }
+        if ctx.trace.sampled {
+            let address = endpoint.map_or("unknown", |endpoint| endpoint.address.as_str());
+            ctx.trace
+                .attempt_started(ctx.attempts.saturating_sub(1), &pool.name, address);
         }
         ctx.lease = Some(selection.lease);
         let mut peer = selection.peer;
@@ -207,6 +214,15 @@ impl ProxyHttp for Gateway {
             upstream_request.set_uri(uri.clone());
         }
         headers::prepare_upstream_request(session, upstream_request, &ctx.request_id)?;
+        if let Some(traceparent) = ctx.trace.upstream_traceparent() {
+            // The caller's traceparent (forwarded with the other headers) is replaced: the
+            // upstream's parent is this attempt.
+            upstream_request.insert_header(
+                headers::TRACEPARENT,
+                http::HeaderValue::from_bytes(&traceparent)
+                    .map_err(|_| Error::new(ErrorType::InternalError))?,
+            )?;
+        }
         if let Some(route) = ctx.route()
             && !route.preserve_host
             && let Some(index) = ctx.endpoint_index
@@ -307,7 +323,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
         mut error: Box<Error>,
     ) -> Box<Error> {
-        self.record_attempt(ctx, 0);
+        self.record_attempt(ctx, 0, Some(&error));
         attempts::after_failure(session, ctx, &mut error);
         error
     }
@@ -326,7 +342,7 @@ impl ProxyHttp for Gateway {
         } else {
             0
         };
-        self.record_attempt(ctx, status);
+        self.record_attempt(ctx, status, Some(&error));
         if std::mem::take(&mut ctx.status_retry) {
             // Our own error from upstream_response_filter: the retry is already decided.
             return error;
@@ -410,7 +426,7 @@ impl ProxyHttp for Gateway {
             route.duration.observe(ctx.started.elapsed().as_secs_f64());
         }
         if ctx.upstream_started.is_some() {
-            self.record_attempt(ctx, ctx.upstream_status);
+            self.record_attempt(ctx, ctx.upstream_status, error);
         }
         if ctx.lease.as_ref().is_some_and(|lease| !lease.is_recorded()) {
             match error.and_then(attempts::classify) {
@@ -425,6 +441,9 @@ impl ProxyHttp for Gateway {
         ctx.lease = None;
         chain::log(session, ctx, status);
         plugins::finish(session, ctx);
+        if ctx.trace.sampled {
+            trace_request(session, ctx, status, error);
+        }
         // From here the connection waits for its next request: the idle limit applies.
         edge::request_finished(session);
     }
@@ -454,7 +473,7 @@ impl Gateway {
     }
 
     /// Counts one upstream attempt and its duration; `status` 0 means no response.
-    fn record_attempt(&self, ctx: &mut RequestContext, status: u16) {
+    fn record_attempt(&self, ctx: &mut RequestContext, status: u16, error: Option<&Error>) {
         let (Some(route), Some(index), Some(started)) =
             (ctx.route(), ctx.endpoint_index, ctx.upstream_started)
         else {
@@ -473,7 +492,47 @@ impl Gateway {
         route.upstream_duration.observe(elapsed.as_secs_f64());
         ctx.upstream_elapsed = Some(elapsed);
         ctx.upstream_started = None;
+        if ctx.trace.sampled {
+            let error = error.map(|error| error.etype().as_str());
+            ctx.trace.attempt_finished(status, error);
+        }
     }
+}
+
+/// Builds and queues the spans of a sampled request.
+fn trace_request(session: &Session, ctx: &mut RequestContext, status: u16, error: Option<&Error>) {
+    // Taken out so the summary can borrow the rest of the context.
+    let mut trace = std::mem::take(&mut ctx.trace);
+    let request = session.req_header();
+    let route = ctx.route();
+    let failure_message = ctx.failure.as_ref().map(|failure| failure.code);
+    let summary = ServerSummary {
+        method: request.method.as_str(),
+        route: route.map_or("none", |route| &route.id),
+        route_pattern: route.map(|route| route.config.path.as_str()),
+        status,
+        client: ctx.client_ip.or_else(|| {
+            session
+                .client_addr()
+                .and_then(|address| address.as_inet())
+                .map(|address| address.ip())
+        }),
+        request_id: ctx.request_id.to_str().unwrap_or_default(),
+        host: headers::request_host(request),
+        path: request.uri.path(),
+        user_agent: request
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|value| value.to_str().ok()),
+        protocol: if session.is_http2() {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        },
+        started: ctx.started,
+        error: failure_message.or_else(|| error.map(|error| error.etype().as_str())),
+    };
+    trace.finish(&summary);
 }
 
 /// The key the hash algorithms choose by; borrows from the request, or from `ip_bytes` for

@@ -192,5 +192,6 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
             .and_then(|digest| digest.ssl_digest.as_ref())
             .map_or_else(|| Arc::from(""), |ssl| Arc::from(ssl.version.as_ref())),
         client_certificate: super::client_cert::identity_of(session),
+        trace_id: ctx.trace.trace_id,
     }
 }

@@ -71,6 +71,8 @@ pub struct Snapshot {
     /// Who may use the admin API, when Go Loom's `admin.auth` is on; a reload applies it to
     /// the next admin request.
     pub admin_auth: Option<crate::admin::auth::AdminAuthPlan>,
+    /// `tracing:` when it is on; requests decide sampling with it.
+    pub tracing: Option<Arc<crate::observe::tracing::TracingPlan>>,
 }
 
 impl Snapshot {
@@ -159,6 +161,7 @@ impl Snapshot {
             server: validated.file.server,
             trusted_proxies: validated.trusted_proxies,
             admin_auth: validated.admin_auth,
+            tracing: validated.tracing.map(Arc::new),
         }
     }
 

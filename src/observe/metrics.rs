@@ -36,6 +36,8 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub rate_limit_redis_errors_total: IntCounterVec,
+    pub trace_spans_dropped_total: IntCounterVec,
+    pub trace_spans_exported_total: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -218,6 +220,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 &["policy"],
             ),
         ),
+        trace_spans_dropped_total: register(
+            registry,
+            counter_vec(
+                "loom_trace_spans_dropped_total",
+                "Trace spans not exported: queue_full (the export queue was full), export_failed (the collector refused or did not answer), disabled (tracing was switched off with spans queued).",
+                &["reason"],
+            ),
+        ),
+        trace_spans_exported_total: register(
+            registry,
+            counter(
+                "loom_trace_spans_exported_total",
+                "Trace spans the collector accepted.",
+            ),
+        ),
     }
 });
 
@@ -290,6 +307,17 @@ pub fn count_rate_limit_redis_error(policy: &str) {
         .rate_limit_redis_errors_total
         .with_label_values(&[policy])
         .inc();
+}
+
+pub fn count_trace_spans_dropped(reason: &str, count: u64) {
+    metrics()
+        .trace_spans_dropped_total
+        .with_label_values(&[reason])
+        .inc_by(count);
+}
+
+pub fn count_trace_spans_exported(count: u64) {
+    metrics().trace_spans_exported_total.inc_by(count);
 }
 
 pub fn forget_endpoint(upstream: &str, endpoint: &str) {

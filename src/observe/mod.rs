@@ -1,4 +1,6 @@
-//! Observability: Prometheus metrics (served by the admin listener) and the JSON access log.
+//! Observability: Prometheus metrics (served by the admin listener), the JSON access log and
+//! OpenTelemetry traces.
 
 pub mod access_log;
 pub mod metrics;
+pub mod tracing;

@@ -68,6 +68,8 @@ pub struct RequestFacts {
     pub tls_version: Arc<str>,
     /// The client certificate verified in the handshake (listeners with `tls.client_ca`).
     pub client_certificate: Option<Arc<crate::gateway::client_cert::ClientIdentity>>,
+    /// The request's W3C trace id (`loom.trace_id`), 0 when tracing is off.
+    pub trace_id: u128,
 }
 
 /// The answer to a `proxy_http_call`, shown to `on_http_call_response`.

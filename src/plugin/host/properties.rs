@@ -114,6 +114,10 @@ pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
                 .and_then(text);
         }
         "route_name" | "xds.route_name" => return facts.route.as_deref().and_then(text),
+        "loom.trace_id" if facts.trace_id != 0 => {
+            let hex = crate::observe::tracing::context::trace_id_hex(facts.trace_id);
+            return Some(Bytes::copy_from_slice(&hex));
+        }
         _ if route_metadata_key(&key).is_some() => {
             let name = route_metadata_key(&key)?;
             return facts

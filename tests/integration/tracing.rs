@@ -1,0 +1,509 @@
+//! OpenTelemetry tracing end to end: the real gateway exports to a real OTLP/HTTP receiver
+//! (`otlp_receiver`), and the echo backend reports the `traceparent` it was sent.
+
+use std::time::{Duration, Instant};
+
+use crate::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use crate::support::*;
+
+const SPAN_KIND_INTERNAL: i32 = 1;
+const SPAN_KIND_SERVER: i32 = 2;
+const SPAN_KIND_CLIENT: i32 = 3;
+const STATUS_ERROR: i32 = 2;
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn config(
+    collector: &str,
+    backend: &loom::echo::EchoServer,
+    tracing_keys: &str,
+    log_path: &std::path::Path,
+) -> String {
+    format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+tracing:
+  enabled: true
+  endpoint: "{collector}"
+  service_name: edge-gateway
+  batch_timeout: 50ms
+  headers:
+    x-tenant: blue
+  resource_attributes:
+    deployment.environment: test
+{tracing_keys}access_log:
+  path: "{log}"
+routes:
+  - id: api
+    path: /api/*
+    upstream: echo
+  - id: retried
+    path: /status/*
+    upstream: twice
+    retry:
+      max_retries: 1
+      retry_on: [503]
+  - id: private
+    path: /private/*
+    upstream: echo
+    plugins: [keys]
+plugins:
+  - name: keys
+    type: key_auth
+    config:
+      keys:
+        - key: secret-key
+          consumer: alice
+upstreams:
+{echo}  - name: twice
+    load_balancer: round_robin
+    endpoints: ["127.0.0.1:{backend}", "127.0.0.1:{second}"]
+"#,
+        log = log_path.display(),
+        echo = echo_upstream(backend.addresses()[0].port()),
+        backend = backend.addresses()[0].port(),
+        second = backend.addresses().last().unwrap().port(),
+    )
+}
+
+/// One echo server listening on two ports, so the retried route has two endpoints.
+async fn two_echoes() -> loom::echo::EchoServer {
+    loom::echo::EchoServer::start(
+        &[
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        ],
+        "echo",
+    )
+    .await
+    .expect("echo server starts")
+}
+
+/// The traceparent the echo backend received, split into (trace id, parent id, flags).
+fn seen_traceparent(body: &serde_json::Value) -> (String, String, String) {
+    let value = body["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the upstream got no traceparent: {body}"));
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!(parts[0], "00", "{value}");
+    (
+        parts[1].to_string(),
+        parts[2].to_string(),
+        parts[3].to_string(),
+    )
+}
+
+fn by_kind(spans: &[ReceivedSpan], trace: &str, kind: i32) -> Vec<ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|span| span.trace_id_hex() == trace && span.span.kind == kind)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn one_trace_runs_from_the_caller_through_the_gateway_to_the_upstream() {
+    let collector = OtlpReceiver::start().await;
+    let backend = two_echoes().await;
+    let directory = tempfile::tempdir().unwrap();
+    let log_path = directory.path().join("access.log");
+    let gateway =
+        GatewayProcess::start(&config(&collector.endpoint(), &backend, "", &log_path)).await;
+    let client = client();
+    let response = client
+        .get(gateway.url("/api/items?page=2"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "vendor=opaque")
+        .header("baggage", "user=alice")
+        .header("x-request-id", "trace-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let (trace, upstream_parent, flags) = seen_traceparent(&body);
+    assert_eq!(trace, CALLER_TRACE, "the caller's trace continues upstream");
+    assert_eq!(flags, "01");
+    assert_ne!(
+        upstream_parent, CALLER_SPAN,
+        "the gateway is the upstream's parent"
+    );
+    assert_eq!(body["headers"]["tracestate"], "vendor=opaque");
+
+    let spans = collector
+        .wait_for("server and attempt spans", |spans| {
+            !by_kind(spans, CALLER_TRACE, SPAN_KIND_SERVER).is_empty()
+                && !by_kind(spans, CALLER_TRACE, SPAN_KIND_CLIENT).is_empty()
+        })
+        .await;
+    let server = &by_kind(&spans, CALLER_TRACE, SPAN_KIND_SERVER)[0];
+    let attempt = &by_kind(&spans, CALLER_TRACE, SPAN_KIND_CLIENT)[0];
+    assert_eq!(
+        server.parent_id_hex(),
+        CALLER_SPAN,
+        "the server span's parent is the caller"
+    );
+    assert_eq!(attempt.parent_id_hex(), server.span_id_hex());
+    assert_eq!(
+        attempt.span_id_hex(),
+        upstream_parent,
+        "the upstream's parent is the attempt span"
+    );
+    assert_eq!(server.attribute("loom.route").as_deref(), Some("api"));
+    assert_eq!(
+        server.attribute("http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(
+        server.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        server.attribute("client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        server.attribute("loom.request_id").as_deref(),
+        Some("trace-1")
+    );
+    assert_eq!(
+        server.attribute("loom.baggage").as_deref(),
+        Some("user=alice")
+    );
+    assert_eq!(server.span.trace_state, "vendor=opaque");
+    assert_eq!(
+        attempt.attribute("server.address"),
+        Some(format!("127.0.0.1:{}", backend.addresses()[0].port()))
+    );
+    assert_eq!(attempt.attribute("loom.retry").as_deref(), Some("0"));
+    assert_eq!(
+        attempt.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert!(server.span.start_time_unix_nano <= attempt.span.start_time_unix_nano);
+    assert!(attempt.span.end_time_unix_nano <= server.span.end_time_unix_nano);
+    assert_eq!(server.service_name, "edge-gateway");
+    assert!(
+        server
+            .resource
+            .contains(&("deployment.environment".to_string(), "test".to_string())),
+        "{:?}",
+        server.resource
+    );
+    let headers = collector.last_headers().unwrap();
+    assert_eq!(
+        headers["x-tenant"], "blue",
+        "the configured collector headers are sent"
+    );
+
+    // The access log line carries the trace id.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|line| line.contains("trace-1")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line for trace-1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["trace_id"], CALLER_TRACE);
+}
+
+#[tokio::test]
+async fn a_retried_request_has_one_attempt_span_per_try_and_a_refusing_policy_its_own_span() {
+    let collector = OtlpReceiver::start().await;
+    let backend = two_echoes().await;
+    let directory = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(&config(
+        &collector.endpoint(),
+        &backend,
+        "",
+        &directory.path().join("access.log"),
+    ))
+    .await;
+    let client = client();
+    let retried_trace = "11111111111111111111111111111111";
+    let response = client
+        .get(gateway.url("/status/503"))
+        .header(
+            "traceparent",
+            format!("00-{retried_trace}-{CALLER_SPAN}-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_server_error(), "{}", response.status());
+    let refused_trace = "22222222222222222222222222222222";
+    let response = client
+        .get(gateway.url("/private/x"))
+        .header(
+            "traceparent",
+            format!("00-{refused_trace}-{CALLER_SPAN}-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let spans = collector
+        .wait_for("two attempts and a refusal", |spans| {
+            by_kind(spans, retried_trace, SPAN_KIND_CLIENT).len() >= 2
+                && !by_kind(spans, refused_trace, SPAN_KIND_INTERNAL).is_empty()
+                && !by_kind(spans, retried_trace, SPAN_KIND_SERVER).is_empty()
+                && !by_kind(spans, refused_trace, SPAN_KIND_SERVER).is_empty()
+        })
+        .await;
+    let server = &by_kind(&spans, retried_trace, SPAN_KIND_SERVER)[0];
+    let mut attempts = by_kind(&spans, retried_trace, SPAN_KIND_CLIENT);
+    assert_eq!(attempts.len(), 2, "max_retries 1: two attempts");
+    attempts.sort_by_key(|span| span.span.start_time_unix_nano);
+    for (retry, attempt) in attempts.iter().enumerate() {
+        assert_eq!(attempt.parent_id_hex(), server.span_id_hex());
+        assert_eq!(attempt.attribute("loom.retry"), Some(retry.to_string()));
+        assert_eq!(
+            attempt.attribute("http.response.status_code").as_deref(),
+            Some("503")
+        );
+        assert_eq!(
+            attempt.span.status.as_ref().map(|status| status.code),
+            Some(STATUS_ERROR)
+        );
+    }
+    assert_ne!(attempts[0].span_id_hex(), attempts[1].span_id_hex());
+    assert!(attempts[0].span.end_time_unix_nano <= attempts[1].span.start_time_unix_nano);
+    assert_eq!(
+        server.span.status.as_ref().map(|status| status.code),
+        Some(STATUS_ERROR)
+    );
+
+    let refusal = &by_kind(&spans, refused_trace, SPAN_KIND_INTERNAL)[0];
+    let refused_server = &by_kind(&spans, refused_trace, SPAN_KIND_SERVER)[0];
+    assert_eq!(refusal.parent_id_hex(), refused_server.span_id_hex());
+    assert_eq!(refusal.attribute("loom.step.name").as_deref(), Some("keys"));
+    assert_eq!(
+        refusal.attribute("loom.step.outcome").as_deref(),
+        Some("refused")
+    );
+    assert_eq!(
+        refusal.span.status.as_ref().map(|status| status.code),
+        Some(STATUS_ERROR)
+    );
+    assert!(
+        by_kind(&spans, refused_trace, SPAN_KIND_CLIENT).is_empty(),
+        "a refused request has no upstream attempt"
+    );
+}
+
+#[tokio::test]
+async fn sampling_follows_the_ratio_and_the_callers_decision() {
+    let collector = OtlpReceiver::start().await;
+    let backend = two_echoes().await;
+    let directory = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(&config(
+        &collector.endpoint(),
+        &backend,
+        "  sample_rate: 0.25\n",
+        &directory.path().join("access.log"),
+    ))
+    .await;
+    let client = client();
+    const REQUESTS: usize = 400;
+    let mut sampled_traces = Vec::new();
+    let mut unsampled_traces = Vec::new();
+    for _ in 0..REQUESTS {
+        let body: serde_json::Value = client
+            .get(gateway.url("/api/sampled"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (trace, _, flags) = seen_traceparent(&body);
+        match flags.as_str() {
+            "01" => sampled_traces.push(trace),
+            "00" => unsampled_traces.push(trace),
+            other => panic!("flags {other}"),
+        }
+    }
+    // 400 draws at 0.25: mean 100, standard deviation 8.7; ±40 is more than 4.5 of them.
+    assert!(
+        (60..=140).contains(&sampled_traces.len()),
+        "{} of {REQUESTS} sampled at 0.25",
+        sampled_traces.len()
+    );
+    // A caller's decision is followed both ways.
+    let forced = "33333333333333333333333333333333";
+    let refused = "44444444444444444444444444444444";
+    for (trace, flags) in [(forced, "01"), (refused, "00")] {
+        let body: serde_json::Value = client
+            .get(gateway.url("/api/parent"))
+            .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-{flags}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (seen_trace, _, seen_flags) = seen_traceparent(&body);
+        assert_eq!(seen_trace, trace);
+        assert_eq!(seen_flags, flags);
+    }
+    sampled_traces.push(forced.to_string());
+    let spans = collector
+        .wait_for("a server span per sampled request", |spans| {
+            sampled_traces
+                .iter()
+                .all(|trace| !by_kind(spans, trace, SPAN_KIND_SERVER).is_empty())
+        })
+        .await;
+    let servers: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|span| span.span.kind == SPAN_KIND_SERVER)
+        .collect();
+    assert_eq!(
+        servers.len(),
+        sampled_traces.len(),
+        "exactly the sampled requests are exported"
+    );
+    for trace in unsampled_traces.iter().map(String::as_str).chain([refused]) {
+        assert!(
+            spans.iter().all(|span| span.trace_id_hex() != trace),
+            "unsampled trace {trace} was exported"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_or_failing_collector_never_slows_requests_and_drops_are_counted() {
+    // A collector that accepts connections and never answers: the worst kind.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let backend = two_echoes().await;
+    let directory = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(&config(
+        &silent_endpoint,
+        &backend,
+        "  queue_size: 64\n  max_batch_size: 16\n  export_timeout: 30s\n",
+        &directory.path().join("access.log"),
+    ))
+    .await;
+    let client = client();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for round in 0..20 {
+        let requests = (0..25).map(|index| {
+            let client = client.clone();
+            let url = gateway.url(&format!("/api/{round}/{index}"));
+            async move {
+                let sent = Instant::now();
+                let status = client.get(url).send().await.unwrap().status();
+                (status, sent.elapsed())
+            }
+        });
+        for (status, elapsed) in futures_util::future::join_all(requests).await {
+            assert_eq!(status, 200);
+            slowest = slowest.max(elapsed);
+        }
+    }
+    let total = started.elapsed();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a request took {slowest:?} with the collector silent"
+    );
+    let dropped = gateway
+        .metric_with(
+            "loom_trace_spans_dropped_total",
+            &[("reason", "queue_full")],
+        )
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        dropped >= 500.0 - 64.0 - 16.0,
+        "500 sampled requests, a 64-span queue and a stuck export: {dropped} dropped"
+    );
+    eprintln!("500 requests with a silent collector in {total:?}, slowest {slowest:?}");
+}
+
+#[tokio::test]
+async fn a_collector_that_refuses_exports_is_counted_and_recovers() {
+    let collector = OtlpReceiver::start().await;
+    collector.answer_with(503);
+    let backend = two_echoes().await;
+    let directory = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(&config(
+        &collector.endpoint(),
+        &backend,
+        "",
+        &directory.path().join("access.log"),
+    ))
+    .await;
+    let client = client();
+    let response = client
+        .get(gateway.url("/api/refused"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gateway
+        .metric_with(
+            "loom_trace_spans_dropped_total",
+            &[("reason", "export_failed")],
+        )
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a refused export was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    collector.answer_with(200);
+    let trace = "55555555555555555555555555555555";
+    client
+        .get(gateway.url("/api/recovered"))
+        .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    collector
+        .wait_for("spans after the collector recovered", |spans| {
+            !by_kind(spans, trace, SPAN_KIND_SERVER).is_empty()
+        })
+        .await;
+    assert!(
+        gateway
+            .metric("loom_trace_spans_exported_total")
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+}
+
+#[test]
+fn tracing_config_errors_name_their_keys() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("loom.yaml");
+    let (code, _, errors) = check_config_file(
+        &path,
+        "listeners:\n  - name: http\n    address: \"127.0.0.1:1\"\nroutes: []\nupstreams: []\n\
+         tracing:\n  enabled: true\n  endpoint: \"grpc://collector:4317\"\n  sample_rate: 1.5\n  \
+         queue_size: 8\n  max_batch_size: 16\n  headers:\n    \"bad header\": x\n",
+    );
+    assert_eq!(code, 1, "{errors}");
+    for key in [
+        "tracing.endpoint",
+        "tracing.sample_rate",
+        "tracing.queue_size",
+        "tracing.headers.bad header",
+    ] {
+        assert!(errors.contains(key), "no error for {key}:\n{errors}");
+    }
+}
