@@ -113,8 +113,14 @@ pub fn preamble(directory: &Path, admin: u16) -> String {
 /// [`preamble`] with more `server:` and `admin:` keys (lines indented by two spaces).
 pub fn preamble_with(directory: &Path, admin: u16, server_keys: &str, admin_keys: &str) -> String {
     format!(
-        "server:\n  threads: 2\n  pid_file: {dir}/loom.pid\n  upgrade_sock: {dir}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{server_keys}admin:\n  address: \"127.0.0.1:{admin}\"\n{admin_keys}",
-        dir = directory.display()
+        "server:\n  threads: 2\n  pid_file: {dir}/loom.pid\n  upgrade_sock: {dir}/upgrade.sock\n{grace}{server_keys}admin:\n  address: \"127.0.0.1:{admin}\"\n{admin_keys}",
+        dir = directory.display(),
+        // Tests shut down at once unless they set their own grace period.
+        grace = if server_keys.contains("grace_period_seconds") {
+            ""
+        } else {
+            "  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n"
+        }
     )
 }
 

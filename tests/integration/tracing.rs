@@ -507,3 +507,45 @@ fn tracing_config_errors_name_their_keys() {
         assert!(errors.contains(key), "no error for {key}:\n{errors}");
     }
 }
+
+#[tokio::test]
+async fn shutdown_sends_the_spans_still_waiting_for_a_batch() {
+    let collector = OtlpReceiver::start().await;
+    let backend = two_echoes().await;
+    let directory = tempfile::tempdir().unwrap();
+    // A batch would wait a minute; only the shutdown can send it in time.
+    let template = config(
+        &collector.endpoint(),
+        &backend,
+        "",
+        &directory.path().join("access.log"),
+    )
+    .replace("batch_timeout: 50ms", "batch_timeout: 60s");
+    let mut gateway = GatewayProcess::start_with_server(
+        &template,
+        "  grace_period_seconds: 2\n  graceful_shutdown_timeout_seconds: 2\n",
+    )
+    .await;
+    let trace = "66666666666666666666666666666666";
+    let response = client()
+        .get(gateway.url("/api/last"))
+        .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(gateway.pid(), libc::SIGTERM);
+    }
+    let spans = collector
+        .wait_for("the waiting spans after SIGTERM", |spans| {
+            !by_kind(spans, trace, SPAN_KIND_SERVER).is_empty()
+        })
+        .await;
+    assert!(!by_kind(&spans, trace, SPAN_KIND_CLIENT).is_empty());
+    assert!(
+        gateway.wait_exit(Duration::from_secs(20)).await,
+        "loom did not exit"
+    );
+}

@@ -113,10 +113,20 @@ impl BackgroundService for ExportService {
             let deadline = tokio::time::Instant::now() + wait;
             while batch.len() < settings.max_batch_size {
                 let room = settings.max_batch_size - batch.len();
-                match tokio::time::timeout_at(deadline, receiver.recv_many(&mut batch, room)).await
-                {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                tokio::select! {
+                    biased;
+                    // Shutdown starts the grace period: send what is there now.
+                    _ = shutdown.changed(), if !shutting_down => {
+                        shutting_down = true;
+                        break;
+                    }
+                    received = tokio::time::timeout_at(
+                        deadline,
+                        receiver.recv_many(&mut batch, room),
+                    ) => match received {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    },
                 }
             }
             exporter.send(&settings, batch).await;
