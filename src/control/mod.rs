@@ -298,7 +298,6 @@ fn forget_removed_endpoints(current: &Snapshot, next: &Snapshot) {
         snapshot
             .upstreams
             .iter()
-            .filter(|pool| pool.plan.health.is_some())
             .flat_map(|pool| {
                 pool.endpoints()
                     .iter()
@@ -310,6 +309,11 @@ fn forget_removed_endpoints(current: &Snapshot, next: &Snapshot) {
     let kept = labels(next);
     for (upstream, endpoint) in labels(current).difference(&kept) {
         metrics::forget_endpoint(upstream, endpoint);
+    }
+    for pool in &current.upstreams {
+        if !next.upstreams.iter().any(|kept| kept.name == pool.name) {
+            metrics::forget_upstream(&pool.name);
+        }
     }
 }
 

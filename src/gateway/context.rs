@@ -39,7 +39,7 @@ pub struct RequestContext {
     pub upstream_status: u16,
     /// The error to answer with when the hooks give up.
     pub failure: Option<GatewayError>,
-    /// Keeps `loom_active_connections` counted while this HTTP/1 connection is open.
+    /// The HTTP/1 connection's id, handed from request to request on it.
     pub connection: Option<Box<ConnectionGuard>>,
     pub in_flight: Option<InFlightGuard>,
     /// The endpoint of the current attempt; its outcome is recorded once, then it is dropped.
@@ -116,11 +116,6 @@ impl RequestContext {
             .routes
             .get(self.chain_route_index.or(self.route_index)?)
     }
-
-    /// Route id for metric labels; unmatched requests count under "none".
-    pub fn route_label(&self) -> &str {
-        self.route().map_or("none", |route| &route.id)
-    }
 }
 
 impl Default for RequestContext {
@@ -129,9 +124,9 @@ impl Default for RequestContext {
     }
 }
 
-/// Counts one open downstream connection until dropped. Pingora keeps it with the HTTP/1
-/// connection between keep-alive requests (`persist_connection_context`), so it is dropped
-/// exactly when the connection closes.
+/// Names an HTTP/1 connection for plugins; Pingora keeps it with the connection between
+/// keep-alive requests (`persist_connection_context`). Connections are counted where they
+/// are accepted (`crate::gateway::edge`).
 pub struct ConnectionGuard {
     /// Numbers connections for plugins (`connection.id`).
     pub id: u64,
@@ -147,14 +142,7 @@ impl ConnectionGuard {
 
     /// A guard for a connection that already has an id (handed between keep-alive requests).
     pub fn reopen(id: u64) -> ConnectionGuard {
-        metrics::metrics().active_connections.inc();
         ConnectionGuard { id }
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        metrics::metrics().active_connections.dec();
     }
 }
 

@@ -486,6 +486,9 @@ impl ServerApp for EdgeApp {
         // keep an old config alive after reloads.
         let header_timeout = request_header_timeout(&self.state.current().server);
         let stream: Stream = Box::new(HeadDeadlineStream::new(stream, header_timeout));
+        // Counted for as long as the connection is served (HTTP/1 and HTTP/2 alike), also when
+        // the task is dropped mid-way.
+        let _open = OpenConnection::count();
         // For HTTP/1 Pingora serves every keep-alive request of the connection inside this
         // call, on this same stream, so the wrapper sees the whole connection.
         <HttpProxy<Gateway> as ServerApp>::process_new(&self.proxy, stream, shutdown).await
@@ -495,6 +498,22 @@ impl ServerApp for EdgeApp {
         // Sets the proxy's shutdown flag and wakes keep-alive connections parked on a read;
         // without it a graceful shutdown would wait for them.
         <HttpProxy<Gateway> as ServerApp>::cleanup(&*self.proxy).await;
+    }
+}
+
+/// Keeps `loom_active_connections` counted while a downstream connection is served.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn count() -> OpenConnection {
+        metrics::metrics().active_connections.inc();
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::metrics().active_connections.dec();
     }
 }
 

@@ -38,7 +38,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora_error::{ErrorType, RetryType};
 
 use crate::config::validate::HashKeySource;
-use crate::observe::metrics;
+use crate::observe::route_metrics::RouteMetrics;
 use crate::observe::tracing::request::{RequestTrace, ServerSummary};
 use crate::upstream::UpstreamPool;
 use crate::upstream::endpoint::Outcome;
@@ -202,6 +202,21 @@ impl ProxyHttp for Gateway {
             ctx.upgraded = true;
         }
         Ok(peer)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route() {
+            route.upstream.count_connection(reused);
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -412,19 +427,20 @@ impl ProxyHttp for Gateway {
             .map(|response| response.status.as_u16())
             .or_else(|| ctx.failure.as_ref().map(|failure| failure.status))
             .unwrap_or(0);
-        let status_label = status_text(status);
-        let metrics = metrics::metrics();
-        metrics
-            .requests_total
-            .with_label_values(&[
-                method_label(&session.req_header().method),
-                ctx.route_label(),
-                status_label,
-            ])
-            .inc();
-        if let Some(route) = ctx.route() {
-            route.duration.observe(ctx.started.elapsed().as_secs_f64());
-        }
+        let route_metrics: &RouteMetrics = match ctx.route() {
+            Some(route) => &route.metrics,
+            None => RouteMetrics::unmatched(),
+        };
+        route_metrics.count_request(&session.req_header().method, status);
+        route_metrics
+            .duration
+            .observe(ctx.started.elapsed().as_secs_f64());
+        route_metrics
+            .request_body_bytes
+            .inc_by(session.body_bytes_read() as u64);
+        route_metrics
+            .response_body_bytes
+            .inc_by(session.body_bytes_sent() as u64);
         if ctx.upstream_started.is_some() {
             self.record_attempt(ctx, ctx.upstream_status, error);
         }
@@ -479,15 +495,7 @@ impl Gateway {
         else {
             return;
         };
-        let endpoint = route
-            .upstream
-            .endpoints()
-            .get(index)
-            .map_or("unknown", |endpoint| endpoint.address.as_str());
-        metrics::metrics()
-            .upstream_requests_total
-            .with_label_values(&[&route.upstream.name, endpoint, status_text(status)])
-            .inc();
+        route.upstream.count_response(index, status);
         let elapsed = started.elapsed();
         route.upstream_duration.observe(elapsed.as_secs_f64());
         ctx.upstream_elapsed = Some(elapsed);
@@ -583,28 +591,4 @@ fn apply_timeouts(
     peer.options.total_connection_timeout = Some(bounded(timeouts.connect));
     peer.options.read_timeout = Some(bounded(timeouts.read));
     peer.options.write_timeout = Some(bounded(timeouts.write));
-}
-
-/// Metric label for a method: clients choose the method, so anything outside the standard
-/// set is folded into "OTHER" to keep the number of series bounded.
-fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "OTHER",
-    }
-}
-
-/// Status label text without allocating per request: "0" for no response, "100".."999".
-fn status_text(status: u16) -> &'static str {
-    static LABELS: std::sync::LazyLock<Vec<String>> =
-        std::sync::LazyLock::new(|| (0..1000).map(|code| code.to_string()).collect());
-    LABELS.get(usize::from(status)).map_or("0", String::as_str)
 }

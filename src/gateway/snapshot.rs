@@ -15,6 +15,7 @@ use crate::config::LoadedConfig;
 use crate::config::schema::{PrometheusConfig, RouteConfig};
 use crate::config::validate::{EffectiveTimeouts, ListenerPlan};
 use crate::observe::metrics;
+use crate::observe::route_metrics::RouteMetrics;
 use crate::plugin::registry::PluginSet;
 use crate::policy::client_ip::Cidr;
 use crate::router::Router;
@@ -30,8 +31,8 @@ pub struct RouteRuntime {
     pub timeouts: EffectiveTimeouts,
     /// The route's retry policy, or its upstream's.
     pub retry: RetryPolicy,
-    /// Pre-resolved `loom_request_duration_seconds{route}`.
-    pub duration: Histogram,
+    /// The route's metric handles (requests, duration, bytes), kept across reloads.
+    pub metrics: Arc<RouteMetrics>,
     /// Pre-resolved `loom_upstream_duration_seconds{upstream}`.
     pub upstream_duration: Histogram,
     /// The route's built-in policies and plugins, in request order.
@@ -111,7 +112,7 @@ impl Snapshot {
                         .clone()
                         .unwrap_or_else(|| upstream.plan.resilience.retry.clone()),
                     id: Arc::from(plan.config.id.as_str()),
-                    duration: metrics::route_duration(&plan.config.id),
+                    metrics: RouteMetrics::for_route(&Arc::from(plan.config.id.as_str())),
                     upstream_duration: metrics::upstream_duration(&upstream.name),
                     upstream,
                     strip_prefix: plan.config.strip_prefix,
@@ -183,6 +184,7 @@ pub struct GatewayState {
 
 impl GatewayState {
     pub fn new(loaded: LoadedConfig, plugins: Arc<PluginSet>) -> GatewayState {
+        metrics::metrics().config_generation.set(1);
         GatewayState {
             current: ArcSwap::from_pointee(Snapshot::build(loaded, plugins, None, 1)),
             next_generation: AtomicU64::new(2),
@@ -212,6 +214,9 @@ impl GatewayState {
     }
 
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        metrics::metrics()
+            .config_generation
+            .set(snapshot.generation as i64);
         self.current.store(snapshot);
     }
 }

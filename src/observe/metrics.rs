@@ -6,10 +6,13 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
+use prometheus::{Histogram, IntCounter, IntGauge, Registry};
+
+use super::series::{Family, counter_family, gauge_family, histogram_family};
+
+type IntCounterVec = Family<IntCounter>;
+type IntGaugeVec = Family<IntGauge>;
+type HistogramVec = Family<Histogram>;
 
 /// Latency buckets from 0.5 ms to 30 s: gateway overhead sits at the bottom, slow upstreams
 /// at the top.
@@ -38,6 +41,10 @@ pub struct Metrics {
     pub rate_limit_redis_errors_total: IntCounterVec,
     pub trace_spans_dropped_total: IntCounterVec,
     pub trace_spans_exported_total: IntCounter,
+    pub request_body_bytes_total: IntCounterVec,
+    pub response_body_bytes_total: IntCounterVec,
+    pub upstream_connections_total: IntCounterVec,
+    pub config_generation: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -48,17 +55,16 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     metric
 }
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|error| unreachable!("static metric definition {name}: {error}"))
+fn counter_vec(name: &str, help: &str, labels: &'static [&'static str]) -> IntCounterVec {
+    counter_family(name, help, labels)
 }
 
-fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-        labels,
-    )
-    .unwrap_or_else(|error| unreachable!("static metric definition {name}: {error}"))
+fn histogram_vec(name: &str, help: &str, labels: &'static [&'static str]) -> HistogramVec {
+    histogram_family(name, help, labels, LATENCY_BUCKETS)
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &'static [&'static str]) -> IntGaugeVec {
+    gauge_family(name, help, labels)
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -108,14 +114,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         upstream_endpoint_healthy: register(
             registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "loom_upstream_endpoint_healthy",
-                    "1 when the active health check counts the endpoint healthy, else 0.",
-                ),
+            gauge_vec(
+                "loom_upstream_endpoint_healthy",
+                "1 when the active health check counts the endpoint healthy, else 0.",
                 &["upstream", "endpoint"],
-            )
-            .unwrap_or_else(|error| unreachable!("static metric definition: {error}")),
+            ),
         ),
         config_reloads_total: register(
             registry,
@@ -141,14 +144,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         circuit_breaker_state: register(
             registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "loom_circuit_breaker_state",
-                    "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open.",
-                ),
+            gauge_vec(
+                "loom_circuit_breaker_state",
+                "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open.",
                 &["upstream", "endpoint"],
-            )
-            .unwrap_or_else(|error| unreachable!("static metric definition: {error}")),
+            ),
         ),
         circuit_breaker_transitions_total: register(
             registry,
@@ -233,6 +233,37 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             counter(
                 "loom_trace_spans_exported_total",
                 "Trace spans the collector accepted.",
+            ),
+        ),
+        request_body_bytes_total: register(
+            registry,
+            counter_vec(
+                "loom_request_body_bytes_total",
+                "Request body bytes read from clients, by route.",
+                &["route"],
+            ),
+        ),
+        response_body_bytes_total: register(
+            registry,
+            counter_vec(
+                "loom_response_body_bytes_total",
+                "Response body bytes sent to clients, by route.",
+                &["route"],
+            ),
+        ),
+        upstream_connections_total: register(
+            registry,
+            counter_vec(
+                "loom_upstream_connections_total",
+                "Upstream connections used by attempts, by upstream: reused=\"true\" taken from the pool, \"false\" newly opened.",
+                &["upstream", "reused"],
+            ),
+        ),
+        config_generation: register(
+            registry,
+            gauge(
+                "loom_config_generation",
+                "The generation of the config snapshot serving requests (1 at start, +1 per applied reload or change).",
             ),
         ),
     }
@@ -320,17 +351,45 @@ pub fn count_trace_spans_exported(count: u64) {
     metrics().trace_spans_exported_total.inc_by(count);
 }
 
+/// Removes an endpoint's series when a reload took it out of its upstream.
 pub fn forget_endpoint(upstream: &str, endpoint: &str) {
-    let _ = metrics()
+    let metrics = metrics();
+    metrics
         .upstream_endpoint_healthy
         .remove_label_values(&[upstream, endpoint]);
+    metrics
+        .circuit_breaker_state
+        .remove_label_values(&[upstream, endpoint]);
+    for family in [
+        &metrics.upstream_requests_total,
+        &metrics.circuit_breaker_transitions_total,
+        &metrics.upstream_ejections_total,
+    ] {
+        family.remove_where(&[("upstream", upstream), ("endpoint", endpoint)]);
+    }
 }
 
-/// Pre-resolved per-route handle so the request path skips the label lookup.
-pub fn route_duration(route: &str) -> Histogram {
-    metrics()
-        .request_duration_seconds
-        .with_label_values(&[route])
+/// Removes an upstream's series when a reload took the upstream out.
+pub fn forget_upstream(upstream: &str) {
+    let metrics = metrics();
+    for family in [
+        &metrics.upstream_requests_total,
+        &metrics.upstream_retries_total,
+        &metrics.upstream_ejections_total,
+        &metrics.upstream_connections_total,
+        &metrics.circuit_breaker_transitions_total,
+    ] {
+        family.remove_where(&[("upstream", upstream)]);
+    }
+    metrics
+        .upstream_duration_seconds
+        .remove_label_values(&[upstream]);
+    metrics
+        .upstream_endpoint_healthy
+        .remove_where(&[("upstream", upstream)]);
+    metrics
+        .circuit_breaker_state
+        .remove_where(&[("upstream", upstream)]);
 }
 
 /// Pre-resolved per-upstream handle.

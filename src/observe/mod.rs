@@ -3,4 +3,6 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod route_metrics;
+pub mod series;
 pub mod tracing;

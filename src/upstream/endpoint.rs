@@ -15,6 +15,8 @@ pub struct EndpointState {
     /// the admin API read it.
     pub in_flight: AtomicU64,
     pub breaker: Option<CircuitBreaker>,
+    /// `loom_upstream_requests_total{upstream, endpoint, status}`, resolved per status once.
+    pub responses: crate::observe::series::StatusCounters,
 }
 
 /// How one attempt ended, as the breaker and passive health see it. Whether it counts as a

@@ -27,6 +27,8 @@ use super::retry::{RetryBudget, RetryCondition};
 use crate::config::resilience::FailurePolicy;
 use crate::config::schema::{LoadBalancerAlgorithm, UpstreamProtocol};
 use crate::config::validate::{HashKeySource, ResolvedEndpoint, UpstreamPlan};
+use crate::observe::series::StatusCounters;
+use prometheus::IntCounter;
 
 /// Pingora's selectors are distinct types; an enum keeps the rest of the gateway monomorphic.
 enum Selector {
@@ -86,6 +88,9 @@ pub struct UpstreamPool {
     /// Set when a reload dropped this pool: its health loop stops even while requests that
     /// started on the old snapshot still hold it.
     retired: AtomicBool,
+    /// `loom_upstream_connections_total{upstream, reused}`: reused and newly opened.
+    connections_reused: IntCounter,
+    connections_opened: IntCounter,
 }
 
 impl UpstreamPool {
@@ -154,10 +159,15 @@ impl UpstreamPool {
             .map(|endpoint| peer_template(&plan, endpoint))
             .collect();
         let resilience = &plan.resilience;
+        let metrics = metrics::metrics();
         let endpoint_states = plan
             .endpoints
             .iter()
-            .map(|_| EndpointState {
+            .map(|endpoint| EndpointState {
+                responses: StatusCounters::new(
+                    &metrics.upstream_requests_total,
+                    &[&plan.config.name, &endpoint.address],
+                ),
                 in_flight: Default::default(),
                 breaker: resilience
                     .breaker
@@ -199,6 +209,12 @@ impl UpstreamPool {
             scan_offset: AtomicUsize::new(0),
             first_health_round_done: AtomicBool::new(plan.health.is_none()),
             retired: AtomicBool::new(false),
+            connections_reused: metrics
+                .upstream_connections_total
+                .with_label_values(&[&plan.config.name, "true"]),
+            connections_opened: metrics
+                .upstream_connections_total
+                .with_label_values(&[&plan.config.name, "false"]),
             plan,
             selector,
             backend_list,
@@ -209,6 +225,22 @@ impl UpstreamPool {
 
     pub fn endpoints(&self) -> &[ResolvedEndpoint] {
         &self.plan.endpoints
+    }
+
+    /// Counts an attempt's answer (`status` 0: none) for endpoint `index`.
+    pub fn count_response(&self, index: usize, status: u16) {
+        if let Some(state) = self.endpoint_states.get(index) {
+            state.responses.increment(status);
+        }
+    }
+
+    /// Counts the connection an attempt went out on.
+    pub fn count_connection(&self, reused: bool) {
+        if reused {
+            self.connections_reused.inc();
+        } else {
+            self.connections_opened.inc();
+        }
     }
 
     pub fn hash_key_source(&self) -> Option<&HashKeySource> {

@@ -6,6 +6,7 @@ mod cli;
 mod fault;
 mod go_loom;
 mod malformed;
+mod metrics;
 mod mtls;
 mod otlp_receiver;
 mod plugins;
