@@ -83,6 +83,7 @@
 //! ```
 
 mod conditions;
+mod explain;
 mod fast_hash;
 mod host;
 mod params;
@@ -94,8 +95,10 @@ mod trie;
 
 use std::fmt;
 
+pub use explain::{Condition, Explanation, Mismatch, NotChosen, RouteVerdict};
 pub use params::{PathParams, PathParamsIter};
 pub use path::{PathError, normalize_path, strip_static_prefix};
+pub use precedence::PrecedenceRule;
 pub use table::Router;
 
 /// What a route requires of a request, as written in the configuration.
