@@ -50,6 +50,9 @@
 //! outcome is [`MatchOutcome::MethodNotAllowed`] listing the methods of all such routes, so the
 //! gateway can answer 405 with an `Allow` header. Otherwise it is [`MatchOutcome::NotFound`].
 //!
+//! [`Router::explain`] gives the same outcome together with the reason every other route lost
+//! (a failed condition, or the rule above that ranked it lower), for the admin API.
+//!
 //! # Example
 //!
 //! ```
