@@ -12,6 +12,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 pub mod auth;
+pub mod explain;
 pub mod plugins;
 pub mod routes;
 pub mod upstreams;
@@ -105,6 +106,15 @@ impl ServeHttp for AdminApp {
         }
         if let Some(rest) = path.strip_prefix("/routes") {
             let (status, document) = routes::handle(&self.state, &method, rest);
+            return build(
+                status,
+                "application/json",
+                serde_json::to_vec(&document).unwrap_or_default(),
+            );
+        }
+        if path == "/explain" {
+            let query = session.req_header().uri.query();
+            let (status, document) = explain::handle(&self.state, &method, query);
             return build(
                 status,
                 "application/json",

@@ -55,6 +55,7 @@ fn describe(route: &RouteRuntime) -> Value {
         },
         "disable": config.disable,
         "chain": route.chain.describe(),
+        "endpoints": super::upstreams::endpoints(&route.upstream),
         "metadata": config.metadata,
     })
 }

@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::gateway::snapshot::GatewayState;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{Unselectable, UpstreamPool};
 
 /// Answers a request under `/upstreams`; `rest` is the path after that prefix.
 pub fn handle(state: &GatewayState, method: &Method, rest: &str) -> (StatusCode, Value) {
@@ -70,11 +70,14 @@ fn describe(pool: &UpstreamPool) -> Value {
                     })
                 });
             let outlier = pool.outlier();
+            let selectable = pool.selectable(index, now);
             json!({
                 "address": endpoint.address,
                 "resolved": endpoint.socket.to_string(),
                 "weight": endpoint.weight,
                 "healthy": pool.is_healthy(index),
+                "selectable": selectable.is_ok(),
+                "unselectable_because": selectable.err().map(Unselectable::as_str),
                 "in_flight": state.map_or(0, |state| state.in_flight.load(Ordering::Relaxed)),
                 "circuit_breaker": breaker,
                 "ejected": outlier.is_some_and(|outlier| outlier.is_ejected(index, now)),
@@ -97,4 +100,12 @@ fn describe(pool: &UpstreamPool) -> Value {
         },
         "endpoints": endpoints,
     })
+}
+
+/// The live state of each endpoint of `pool` (health, breaker, ejection, whether selection
+/// could choose it now), as `GET /upstreams/{name}` lists it; for the routes and explain
+/// answers.
+pub(crate) fn endpoints(pool: &UpstreamPool) -> Value {
+    let mut document = describe(pool);
+    document["endpoints"].take()
 }

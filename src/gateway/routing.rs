@@ -66,16 +66,7 @@ pub fn route_request(
         .routes
         .get(route_index)
         .is_some_and(|route| route.strip_prefix);
-    let upstream_path = if strip {
-        match strip_static_prefix(&path, matched.static_prefix_len) {
-            Cow::Borrowed(unchanged) if unchanged.len() == raw_path.len() => None,
-            stripped => Some(stripped.into_owned()),
-        }
-    } else if matches!(path, Cow::Owned(_)) {
-        Some(path.to_string())
-    } else {
-        None
-    };
+    let upstream_path = rewritten_path(raw_path, &path, strip, matched.static_prefix_len);
     if let Some(mut new_path) = upstream_path {
         if let Some(query) = query {
             new_path.push('?');
@@ -89,6 +80,30 @@ pub fn route_request(
         ctx.upstream_uri = Some(uri);
     }
     Ok(())
+}
+
+/// The path the upstream gets instead of `raw_path`, or `None` when it gets `raw_path` as
+/// sent: `path` (the normalised `raw_path`) without the route's static prefix when the route
+/// has `strip_prefix`, or just `path` when normalising changed it. The query is not included.
+// `path` stays a `Cow` because being `Owned` is how normalisation says it changed the path,
+// which spares comparing the two on every request.
+#[allow(clippy::ptr_arg)]
+pub fn rewritten_path(
+    raw_path: &str,
+    path: &Cow<'_, str>,
+    strip_prefix: bool,
+    static_prefix_len: usize,
+) -> Option<String> {
+    if strip_prefix {
+        match strip_static_prefix(path, static_prefix_len) {
+            Cow::Borrowed(unchanged) if unchanged.len() == raw_path.len() => None,
+            stripped => Some(stripped.into_owned()),
+        }
+    } else if matches!(path, Cow::Owned(_)) {
+        Some(path.to_string())
+    } else {
+        None
+    }
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one `Host` (HTTP/2 has `:authority`,

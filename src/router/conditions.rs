@@ -3,6 +3,7 @@
 //! They are checked only for routes whose host and path already match, and only when such a
 //! route could still beat the best candidate so far, so they stay off the common path.
 
+use super::explain::{Condition, Mismatch};
 use super::{RequestView, RouteSpec};
 
 /// What a required header or query parameter must hold.
@@ -19,6 +20,14 @@ impl Expected {
             Expected::Present
         } else {
             Expected::Equals(Box::from(value))
+        }
+    }
+
+    /// What is wanted, for an explanation: `any value` or the quoted value.
+    fn wanted(&self) -> String {
+        match self {
+            Expected::Present => "any value".to_string(),
+            Expected::Equals(value) => format!("{value:?}"),
         }
     }
 
@@ -102,6 +111,64 @@ impl Conditions {
                     .query
                     .is_some_and(|query| query_has(query, name, expected))
             })
+    }
+
+    /// Every requirement the request fails, one [`Mismatch`] each, for the explanation.
+    /// Allocates; matching uses [`Conditions::headers_and_query_match`] and
+    /// [`Conditions::accepts_method`], which this mirrors check for check.
+    pub(crate) fn mismatches(&self, request: &RequestView<'_>, found: &mut Vec<Mismatch>) {
+        if !self.accepts_method(request.method) {
+            let allowed: Vec<&str> = self.methods().collect();
+            found.push(Mismatch {
+                condition: Condition::Method,
+                message: format!(
+                    "method {} is not allowed (allowed: {})",
+                    request.method,
+                    allowed.join(", ")
+                ),
+            });
+        }
+        for (name, expected) in self.headers.iter() {
+            let actual = (request.headers)(name);
+            if expected.accepts(actual) {
+                continue;
+            }
+            let message = match actual {
+                None => format!("header {name} is missing (wanted {})", expected.wanted()),
+                Some(actual) => {
+                    format!("header {name} is {actual:?}, wanted {}", expected.wanted())
+                }
+            };
+            found.push(Mismatch {
+                condition: Condition::Header,
+                message,
+            });
+        }
+        for (name, expected) in self.query_params.iter() {
+            let has = |expected: &Expected| {
+                request
+                    .query
+                    .is_some_and(|query| query_has(query, name, expected))
+            };
+            if has(expected) {
+                continue;
+            }
+            let message = if has(&Expected::Present) {
+                format!(
+                    "query parameter {name} is present but not {}",
+                    expected.wanted()
+                )
+            } else {
+                format!(
+                    "query parameter {name} is missing (wanted {})",
+                    expected.wanted()
+                )
+            };
+            found.push(Mismatch {
+                condition: Condition::QueryParam,
+                message,
+            });
+        }
     }
 
     pub(crate) fn accepts_method(&self, method: &str) -> bool {

@@ -50,6 +50,9 @@
 //! outcome is [`MatchOutcome::MethodNotAllowed`] listing the methods of all such routes, so the
 //! gateway can answer 405 with an `Allow` header. Otherwise it is [`MatchOutcome::NotFound`].
 //!
+//! [`Router::explain`] gives the same outcome together with the reason every other route lost
+//! (a failed condition, or the rule above that ranked it lower), for the admin API.
+//!
 //! # Example
 //!
 //! ```
@@ -83,6 +86,7 @@
 //! ```
 
 mod conditions;
+mod explain;
 mod fast_hash;
 mod host;
 mod params;
@@ -94,8 +98,10 @@ mod trie;
 
 use std::fmt;
 
+pub use explain::{Condition, Explanation, Mismatch, NotChosen, RouteVerdict};
 pub use params::{PathParams, PathParamsIter};
 pub use path::{PathError, normalize_path, strip_static_prefix};
+pub use precedence::PrecedenceRule;
 pub use table::Router;
 
 /// What a route requires of a request, as written in the configuration.

@@ -125,6 +125,32 @@ impl Pattern {
         }
     }
 
+    /// Whether `path` (normalised) matches this pattern on its own, by the rules the trie
+    /// walks ([`Node::for_each_match`](super::trie::Node::for_each_match)): static segments
+    /// equal, parameters non-empty, a catch-all takes any rest. Only the explanation uses it;
+    /// matching goes through the trie.
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        if !path.starts_with('/') {
+            return false;
+        }
+        let mut rest = after_root(path);
+        for segment in self.segments.iter() {
+            let Some(remaining) = rest else {
+                return false;
+            };
+            let (value, next) = split_segment(remaining);
+            let fits = match segment {
+                Segment::Static(text) => value == &**text,
+                Segment::Param(_) => !value.is_empty(),
+            };
+            if !fits {
+                return false;
+            }
+            rest = next;
+        }
+        self.catch_all.is_some() || rest.is_none()
+    }
+
     /// Captures the named parameters of `path`, which this pattern is known to match.
     pub(crate) fn capture<'r, 'p>(&'r self, path: &'p str) -> PathParams<'r, 'p> {
         let mut params = PathParams::with_names(&self.capture_names);

@@ -21,7 +21,7 @@ use std::ops::RangeInclusive;
 /// Matching takes `&self`, holds no lock and does not allocate unless the outcome is
 /// [`MatchOutcome::MethodNotAllowed`]; the table is `Send + Sync` whenever `T` is.
 pub struct Router<T> {
-    routes: Vec<CompiledRoute<T>>,
+    pub(super) routes: Vec<CompiledRoute<T>>,
     any_host: Node,
     exact_hosts: FastMap<Node>,
     /// Keyed by the suffix after `*.`.
@@ -31,13 +31,14 @@ pub struct Router<T> {
     wildcard_suffix_lengths: RangeInclusive<usize>,
 }
 
-struct CompiledRoute<T> {
-    spec: RouteSpec,
-    value: T,
-    pattern: Pattern,
-    hosts: Vec<HostPattern>,
-    conditions: Conditions,
-    rank: RouteRank,
+/// One route in the form matching reads; the explanation ([`super::explain`]) reads it too.
+pub(super) struct CompiledRoute<T> {
+    pub(super) spec: RouteSpec,
+    pub(super) value: T,
+    pub(super) pattern: Pattern,
+    pub(super) hosts: Vec<HostPattern>,
+    pub(super) conditions: Conditions,
+    pub(super) rank: RouteRank,
 }
 
 impl<T> Router<T> {

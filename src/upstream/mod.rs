@@ -13,4 +13,4 @@ pub mod outlier;
 pub mod pool;
 pub mod retry;
 
-pub use pool::{SelectError, Selection, UpstreamPool};
+pub use pool::{SelectError, Selection, Unselectable, UpstreamPool};

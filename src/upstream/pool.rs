@@ -64,6 +64,41 @@ pub enum SelectError {
     Saturated,
 }
 
+/// Why one endpoint cannot be chosen right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unselectable {
+    /// The active health check counts it as down.
+    Unhealthy,
+    /// Passive health (outlier detection) took it out for a while.
+    Ejected,
+    /// Its circuit breaker is open, or half-open with every probe slot taken.
+    CircuitOpen,
+    /// It is at `max_concurrent_requests_per_endpoint`.
+    Saturated,
+}
+
+impl Unselectable {
+    /// The name the admin API reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unselectable::Unhealthy => "unhealthy",
+            Unselectable::Ejected => "ejected",
+            Unselectable::CircuitOpen => "circuit_open",
+            Unselectable::Saturated => "saturated",
+        }
+    }
+}
+
+impl From<Unselectable> for SelectError {
+    fn from(reason: Unselectable) -> SelectError {
+        match reason {
+            Unselectable::Unhealthy | Unselectable::Ejected => SelectError::NoHealthyEndpoint,
+            Unselectable::CircuitOpen => SelectError::AllCircuitsOpen,
+            Unselectable::Saturated => SelectError::Saturated,
+        }
+    }
+}
+
 pub struct UpstreamPool {
     pub name: Arc<str>,
     /// The plan this pool was built from; reloads compare it to decide whether to keep the pool.
@@ -297,15 +332,26 @@ impl UpstreamPool {
         }
     }
 
+    /// Whether the endpoint at `index` could be chosen now, by the checks selection makes
+    /// (active health first, then [`UpstreamPool::admits`]); for the admin API.
+    pub fn selectable(&self, index: usize, now: Instant) -> Result<(), Unselectable> {
+        if !self.is_healthy(index) {
+            return Err(Unselectable::Unhealthy);
+        }
+        self.admits(index, now)
+    }
+
     /// Whether `index` may take a request now, apart from active health and exclusion.
-    fn admits(&self, index: usize, now: Instant) -> Result<(), SelectError> {
-        let state = &self.endpoint_states[index];
+    fn admits(&self, index: usize, now: Instant) -> Result<(), Unselectable> {
+        let Some(state) = self.endpoint_states.get(index) else {
+            return Err(Unselectable::Unhealthy);
+        };
         if self
             .outlier
             .as_ref()
             .is_some_and(|outlier| outlier.is_ejected(index, now))
         {
-            return Err(SelectError::NoHealthyEndpoint);
+            return Err(Unselectable::Ejected);
         }
         if let Some(limit) = self
             .plan
@@ -314,14 +360,14 @@ impl UpstreamPool {
             .max_concurrent_requests_per_endpoint
             && state.in_flight.load(Ordering::Relaxed) >= u64::from(limit)
         {
-            return Err(SelectError::Saturated);
+            return Err(Unselectable::Saturated);
         }
         if state
             .breaker
             .as_ref()
             .is_some_and(|breaker| !breaker.is_available(now))
         {
-            return Err(SelectError::AllCircuitsOpen);
+            return Err(Unselectable::CircuitOpen);
         }
         Ok(())
     }
@@ -368,7 +414,7 @@ impl UpstreamPool {
     fn explain_no_choice(&self, exclude: u64, now: Instant) -> SelectError {
         let reasons: Vec<SelectError> = (0..self.endpoint_states.len())
             .filter(|index| !is_excluded(exclude, *index) && self.is_healthy(*index))
-            .filter_map(|index| self.admits(index, now).err())
+            .filter_map(|index| self.admits(index, now).err().map(SelectError::from))
             .collect();
         if reasons.is_empty() {
             SelectError::NoHealthyEndpoint

@@ -3,6 +3,7 @@
 mod auth;
 mod balancing;
 mod cli;
+mod explain;
 mod fault;
 mod go_loom;
 mod malformed;
