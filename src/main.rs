@@ -21,6 +21,7 @@ use loom::control::readiness::ListenerReadiness;
 use loom::gateway::Gateway;
 use loom::gateway::edge::EdgeApp;
 use loom::gateway::snapshot::GatewayState;
+use loom::observe::metrics_push::MetricsPushService;
 use loom::observe::tracing::export::ExportService;
 use loom::plugin::registry::PluginSet;
 use loom::stream::service::StreamService;
@@ -228,6 +229,12 @@ fn run(
     );
     tracing.threads = Some(1);
     server.add_service(tracing);
+    let mut metrics_push = background_service(
+        "loom metrics push",
+        MetricsPushService::new(Arc::clone(&state)),
+    );
+    metrics_push.threads = Some(1);
+    server.add_service(metrics_push);
 
     if let Some(address) = admin_address {
         let mut admin = Service::new(

@@ -613,7 +613,7 @@ impl Default for PrometheusConfig {
 #[serde(default)]
 pub struct MetricsConfig {
     pub prometheus: PrometheusConfig,
-    /// Go Loom's OTLP metrics export: not built yet, accepted only switched off.
+    /// Go Loom's OTLP metrics push (`crate::observe::metrics_push`).
     pub opentelemetry: Option<OpenTelemetryMetricsSection>,
 }
 
@@ -712,12 +712,17 @@ pub struct CacheSection {
     pub bypass_header: Option<String>,
 }
 
-/// Go Loom's `metrics.opentelemetry:`.
+/// Go Loom's `metrics.opentelemetry:`, plus the push interval, timeout and headers.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct OpenTelemetryMetricsSection {
     pub enabled: bool,
+    /// The receiver's OTLP/HTTP metrics URL; `host:port` or a URL without a path gets
+    /// `/v1/metrics` appended.
     pub endpoint: Option<String>,
+    pub interval: Option<DurationValue>,
+    pub timeout: Option<DurationValue>,
+    pub headers: BTreeMap<String, String>,
 }
 
 fn default_true() -> bool {

@@ -1,11 +1,12 @@
-//! `tracing:` (Go Loom's keys plus the OTLP settings users need) checked and resolved into
-//! the [`TracingPlan`] the request path and the export service read.
+//! `tracing:` and `metrics.opentelemetry:` (Go Loom's keys plus the OTLP settings users
+//! need) checked and resolved into the plans the request path and the export services read.
 
 use std::time::Duration;
 
 use super::schema::FileConfig;
 use super::validate::Checker;
-use crate::observe::tracing::{ExportSettings, TracingPlan, traces_url};
+use crate::observe::metrics_push::MetricsPushPlan;
+use crate::observe::tracing::{ExportSettings, TracingPlan, otlp_url, traces_url};
 
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4318";
 /// The OpenTelemetry SDKs' default batch delay and sizes.
@@ -106,4 +107,75 @@ pub(crate) fn check_tracing(checker: &mut Checker, config: &FileConfig) -> Optio
             export_timeout,
         },
     ))
+}
+
+const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(15);
+const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `metrics.opentelemetry` when it is on and valid; errors name its keys.
+pub(crate) fn check_metrics_push(
+    checker: &mut Checker,
+    config: &FileConfig,
+) -> Option<MetricsPushPlan> {
+    let section = config
+        .metrics
+        .opentelemetry
+        .as_ref()
+        .filter(|section| section.enabled)?;
+    let errors_before = checker.error_count();
+    let endpoint = section.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT);
+    let endpoint = match otlp_url(endpoint, "/v1/metrics") {
+        Ok(url) => {
+            if url.contains(":4317/") {
+                log::warn!(
+                    "metrics.opentelemetry.endpoint {url}: 4317 is the OTLP/gRPC port; Loom \
+                     pushes OTLP over HTTP, which collectors receive on 4318 by default"
+                );
+            }
+            url
+        }
+        Err(message) => {
+            checker.error("metrics.opentelemetry.endpoint".into(), message);
+            String::new()
+        }
+    };
+    let interval = section.interval.map_or(DEFAULT_PUSH_INTERVAL, |d| d.0);
+    let timeout = section.timeout.map_or(DEFAULT_PUSH_TIMEOUT, |d| d.0);
+    for (key, value) in [
+        ("metrics.opentelemetry.interval", interval),
+        ("metrics.opentelemetry.timeout", timeout),
+    ] {
+        if value.is_zero() {
+            checker.error(key.into(), "must be greater than zero");
+        }
+    }
+    for (name, value) in &section.headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            checker.error(
+                format!("metrics.opentelemetry.headers.{name}"),
+                "not a valid HTTP header",
+            );
+        }
+    }
+    if checker.error_count() > errors_before {
+        return None;
+    }
+    let service_name = config
+        .tracing
+        .as_ref()
+        .and_then(|tracing| tracing.service_name.clone())
+        .unwrap_or_else(|| "loom".into());
+    Some(MetricsPushPlan {
+        endpoint,
+        interval,
+        timeout,
+        headers: section
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        service_name,
+    })
 }

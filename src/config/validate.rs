@@ -67,6 +67,8 @@ pub struct ValidatedConfig {
     pub global_policies: Vec<Arc<PolicyStep>>,
     /// `tracing:` when it is switched on.
     pub tracing: Option<crate::observe::tracing::TracingPlan>,
+    /// `metrics.opentelemetry:` when it is switched on.
+    pub metrics_push: Option<crate::observe::metrics_push::MetricsPushPlan>,
 }
 
 /// One step of a route's chain, in the order it runs.
@@ -274,6 +276,7 @@ pub fn validate(
     let global_policies = check_global_policies(&mut checker, &file_config);
     check_unbuilt_features(&mut checker, &file_config);
     let tracing = super::tracing::check_tracing(&mut checker, &file_config);
+    let metrics_push = super::tracing::check_metrics_push(&mut checker, &file_config);
     let trusted_proxies = crate::policy::client_ip::parse_list(
         &file_config.server.trusted_proxies,
         &mut |index, message| checker.error(format!("server.trusted_proxies[{index}]"), message),
@@ -357,6 +360,7 @@ pub fn validate(
         admin_auth,
         global_policies,
         tracing,
+        metrics_push,
     }
 }
 
@@ -427,17 +431,6 @@ fn check_unbuilt_features(checker: &mut Checker, config: &FileConfig) {
     };
     if config.cache.as_ref().is_some_and(|section| section.enabled) {
         checker.error("cache.enabled".into(), not_built("the response cache"));
-    }
-    if config
-        .metrics
-        .opentelemetry
-        .as_ref()
-        .is_some_and(|section| section.enabled)
-    {
-        checker.error(
-            "metrics.opentelemetry.enabled".into(),
-            not_built("OpenTelemetry metrics export"),
-        );
     }
 }
 

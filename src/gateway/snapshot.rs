@@ -74,6 +74,8 @@ pub struct Snapshot {
     pub admin_auth: Option<crate::admin::auth::AdminAuthPlan>,
     /// `tracing:` when it is on; requests decide sampling with it.
     pub tracing: Option<Arc<crate::observe::tracing::TracingPlan>>,
+    /// `metrics.opentelemetry:` when it is on.
+    pub metrics_push: Option<crate::observe::metrics_push::MetricsPushPlan>,
 }
 
 impl Snapshot {
@@ -163,6 +165,7 @@ impl Snapshot {
             trusted_proxies: validated.trusted_proxies,
             admin_auth: validated.admin_auth,
             tracing: validated.tracing.map(Arc::new),
+            metrics_push: validated.metrics_push,
         }
     }
 

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub response_body_bytes_total: IntCounterVec,
     pub upstream_connections_total: IntCounterVec,
     pub config_generation: IntGauge,
+    pub metrics_push_failures_total: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -259,6 +260,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 &["upstream", "reused"],
             ),
         ),
+        metrics_push_failures_total: register(
+            registry,
+            counter(
+                "loom_metrics_push_failures_total",
+                "OTLP metric pushes (metrics.opentelemetry) the receiver refused or did not answer.",
+            ),
+        ),
         config_generation: register(
             registry,
             gauge(
@@ -399,14 +407,20 @@ pub fn upstream_duration(upstream: &str) -> Histogram {
         .with_label_values(&[upstream])
 }
 
+/// Every family `/metrics` shows: the gateway's, the plugins' and the streaming service's.
+pub fn gather_all() -> Vec<prometheus::proto::MetricFamily> {
+    let mut families = prometheus::gather();
+    families.extend(crate::plugin::metrics::gather());
+    families.extend(crate::stream::metrics::gather_installed());
+    families
+}
+
 /// The text exposition of every registered metric.
 pub fn render() -> Vec<u8> {
     use prometheus::Encoder;
     let mut buffer = Vec::with_capacity(16 * 1024);
     let encoder = prometheus::TextEncoder::new();
-    let mut families = prometheus::gather();
-    families.extend(crate::plugin::metrics::gather());
-    families.extend(crate::stream::metrics::gather_installed());
+    let families = gather_all();
     if let Err(error) = encoder.encode(&families, &mut buffer) {
         log::error!("metrics encoding failed: {error}");
     }

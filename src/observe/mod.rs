@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod metrics_push;
 pub mod route_metrics;
 pub mod series;
 pub mod tracing;

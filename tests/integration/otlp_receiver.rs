@@ -11,8 +11,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
@@ -60,6 +62,8 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Default)]
 struct Shared {
     spans: Mutex<Vec<ReceivedSpan>>,
+    /// Each metrics push, as the list of metrics it carried.
+    metric_pushes: Mutex<Vec<Vec<Metric>>>,
     /// Headers of the last export, to check the configured collector headers.
     last_headers: Mutex<Option<http::HeaderMap>>,
     /// The status the receiver answers with (200 unless a test makes it fail).
@@ -116,6 +120,29 @@ impl OtlpReceiver {
         self.shared.spans.lock().unwrap().clone()
     }
 
+    pub fn metric_pushes(&self) -> Vec<Vec<Metric>> {
+        self.shared.metric_pushes.lock().unwrap().clone()
+    }
+
+    /// Waits for a metrics push for which `done` holds.
+    pub async fn wait_for_push(&self, what: &str, done: impl Fn(&[Metric]) -> bool) -> Vec<Metric> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let notified = self.shared.notify.notified();
+            if let Some(push) = self
+                .metric_pushes()
+                .into_iter()
+                .rev()
+                .find(|push| done(push))
+            {
+                return push;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no metrics push with {what} within 20 s");
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+
     pub fn last_headers(&self) -> Option<http::HeaderMap> {
         self.shared.last_headers.lock().unwrap().clone()
     }
@@ -149,7 +176,9 @@ async fn receive(
     shared: Arc<Shared>,
     request: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
-    let path_ok = request.method() == http::Method::POST && request.uri().path() == "/v1/traces";
+    let metrics_push = request.uri().path() == "/v1/metrics";
+    let path_ok = request.method() == http::Method::POST
+        && (request.uri().path() == "/v1/traces" || metrics_push);
     let content_type_ok = request
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -163,10 +192,24 @@ async fn receive(
     if status != 200 {
         return Ok(answer(status));
     }
+    *shared.last_headers.lock().unwrap() = Some(headers);
+    if metrics_push {
+        let Ok(export) = ExportMetricsServiceRequest::decode(body) else {
+            return Ok(answer(400));
+        };
+        let metrics = export
+            .resource_metrics
+            .into_iter()
+            .flat_map(|resource| resource.scope_metrics)
+            .flat_map(|scope| scope.metrics)
+            .collect();
+        shared.metric_pushes.lock().unwrap().push(metrics);
+        shared.notify.notify_waiters();
+        return Ok(answer(200));
+    }
     let Ok(export) = ExportTraceServiceRequest::decode(body) else {
         return Ok(answer(400));
     };
-    *shared.last_headers.lock().unwrap() = Some(headers);
     let mut received = Vec::new();
     for resource_spans in export.resource_spans {
         let resource: Vec<(String, String)> = resource_spans

@@ -35,7 +35,13 @@ tracing:
     deployment.environment: test
 {tracing_keys}access_log:
   path: "{log}"
+plugin_dir: "@PLUGINS@"
+plugin_cache_dir: "@PLUGIN_CACHE@"
 routes:
+  - id: probe
+    path: /probe/*
+    upstream: echo
+    plugins: [probe]
   - id: api
     path: /api/*
     upstream: echo
@@ -50,6 +56,8 @@ routes:
     upstream: echo
     plugins: [keys]
 plugins:
+  - name: probe
+    path: loom_test_abi_probe.wasm
   - name: keys
     type: key_auth
     config:
@@ -211,6 +219,17 @@ async fn one_trace_runs_from_the_caller_through_the_gateway_to_the_upstream() {
     };
     let record: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(record["trace_id"], CALLER_TRACE);
+
+    // Plugins read it as the `loom.trace_id` property.
+    let response = client
+        .get(gateway.url("/probe/a"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-00"))
+        .header("x-probe", "properties")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-prop-loom-trace_id"], CALLER_TRACE);
 }
 
 #[tokio::test]
@@ -541,11 +560,68 @@ async fn shutdown_sends_the_spans_still_waiting_for_a_batch() {
     let spans = collector
         .wait_for("the waiting spans after SIGTERM", |spans| {
             !by_kind(spans, trace, SPAN_KIND_SERVER).is_empty()
+                && !by_kind(spans, trace, SPAN_KIND_CLIENT).is_empty()
         })
         .await;
-    assert!(!by_kind(&spans, trace, SPAN_KIND_CLIENT).is_empty());
+    assert_eq!(by_kind(&spans, trace, SPAN_KIND_CLIENT).len(), 1);
     assert!(
         gateway.wait_exit(Duration::from_secs(20)).await,
         "loom did not exit"
     );
+}
+
+#[tokio::test]
+async fn metrics_are_pushed_as_otlp_when_go_loom_asks_for_it() {
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+    let collector = OtlpReceiver::start().await;
+    let backend = two_echoes().await;
+    let template = format!(
+        "metrics:\n  opentelemetry:\n    enabled: true\n    endpoint: \"{}\"\n    interval: 100ms\n    headers:\n      x-tenant: green\n{}",
+        collector.endpoint(),
+        two_routes_only(&backend)
+    );
+    let gateway = GatewayProcess::start(&template).await;
+    let client = client();
+    for _ in 0..3 {
+        client.get(gateway.url("/api/pushed")).send().await.unwrap();
+    }
+    let requests_of = |metrics: &[opentelemetry_proto::tonic::metrics::v1::Metric]| -> f64 {
+        metrics
+            .iter()
+            .filter(|metric| metric.name == "loom_requests_total")
+            .flat_map(|metric| match &metric.data {
+                Some(Data::Sum(sum)) => sum.data_points.clone(),
+                _ => Vec::new(),
+            })
+            .filter(|point| {
+                point.attributes.iter().any(|attribute| {
+                    attribute.key == "route" && format!("{:?}", attribute.value).contains("\"api\"")
+                })
+            })
+            .map(|point| match point.value {
+                Some(Value::AsDouble(value)) => value,
+                Some(Value::AsInt(value)) => value as f64,
+                None => 0.0,
+            })
+            .sum()
+    };
+    let push = collector
+        .wait_for_push("three requests on route api", |metrics| {
+            requests_of(metrics) >= 3.0
+        })
+        .await;
+    assert_eq!(requests_of(&push), 3.0);
+    let histogram = push
+        .iter()
+        .find(|metric| metric.name == "loom_request_duration_seconds")
+        .expect("the duration histogram is pushed");
+    assert!(matches!(histogram.data, Some(Data::Histogram(_))));
+    assert_eq!(collector.last_headers().unwrap()["x-tenant"], "green");
+}
+
+fn two_routes_only(backend: &loom::echo::EchoServer) -> String {
+    format!(
+        "listeners:\n  - name: http\n    address: \"127.0.0.1:@HTTP@\"\nroutes:\n  - id: api\n    path: /api/*\n    upstream: echo\nupstreams:\n{}",
+        echo_upstream(backend.addresses()[0].port())
+    )
 }

@@ -88,6 +88,11 @@ fn ratio_bound(rate: f64) -> u64 {
 /// URL without a path gets the OTLP/HTTP traces path, as the OTLP exporter spec says for the
 /// generic endpoint.
 pub fn traces_url(endpoint: &str) -> Result<String, String> {
+    otlp_url(endpoint, "/v1/traces")
+}
+
+/// [`traces_url`] for any OTLP signal path (`/v1/metrics`).
+pub fn otlp_url(endpoint: &str, signal_path: &str) -> Result<String, String> {
     let with_scheme = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
@@ -105,7 +110,10 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
     }
     let path = uri.path();
     if path.is_empty() || path == "/" {
-        Ok(format!("{}/v1/traces", with_scheme.trim_end_matches('/')))
+        Ok(format!(
+            "{}{signal_path}",
+            with_scheme.trim_end_matches('/')
+        ))
     } else {
         Ok(with_scheme)
     }

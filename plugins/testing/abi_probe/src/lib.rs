@@ -49,6 +49,7 @@ const REQUEST_PROPERTIES: &[(&[&str], Shape)] = &[
     (&["plugin_name"], Shape::Text),
     (&["plugin_root_id"], Shape::Text),
     (&["route_name"], Shape::Text),
+    (&["loom", "trace_id"], Shape::Text),
     (
         &[
             "route_metadata",
