@@ -68,9 +68,12 @@ pub struct Snapshot {
     pub routes_match_headers: bool,
     /// The global access logs, which also record requests no route matched.
     pub global_access_logs: Vec<Arc<crate::policy::PolicyStep>>,
-    /// Who may use the admin API, when Go Loom's `admin.auth` is on; a reload applies it to
-    /// the next admin request.
+    /// Who may use the admin API, when Go Loom's `admin.auth` or `admin.tokens` is set; a
+    /// reload applies it to the next admin request.
     pub admin_auth: Option<crate::admin::auth::AdminAuthPlan>,
+    /// The config this snapshot runs (YAML and overlay) in JSON, with its revisions: what the
+    /// admin API shows and hands out as `ETag`s.
+    pub effective: Arc<crate::config::EffectiveConfig>,
 }
 
 impl Snapshot {
@@ -159,6 +162,7 @@ impl Snapshot {
             server: validated.file.server,
             trusted_proxies: validated.trusted_proxies,
             admin_auth: validated.admin_auth,
+            effective: loaded.effective,
         }
     }
 

@@ -1,8 +1,8 @@
 //! An upstream's endpoints behind a Pingora `LoadBalancer`, and endpoint selection.
 //!
-//! Selection skips endpoints that the active health check marked down, whose circuit breaker
-//! is open, that passive health ejected, that are at their per-endpoint concurrency limit, or
-//! that this request already tried. `round_robin`, `weighted`, `random` and the hashes use
+//! Selection skips endpoints that are draining, that the active health check marked down,
+//! whose circuit breaker is open, that passive health ejected, that are at their per-endpoint
+//! concurrency limit, or that this request already tried. `round_robin`, `weighted`, `random` and the hashes use
 //! Pingora's selectors with that filter; `least_conn` and `p2c` choose over our own in-flight
 //! counters.
 
@@ -268,6 +268,10 @@ impl UpstreamPool {
     /// Whether `index` may take a request now, apart from active health and exclusion.
     fn admits(&self, index: usize, now: Instant) -> Result<(), SelectError> {
         let state = &self.endpoint_states[index];
+        // A draining endpoint counts as down for new requests; the ones it has finish.
+        if self.plan.endpoints[index].drain {
+            return Err(SelectError::NoHealthyEndpoint);
+        }
         if self
             .outlier
             .as_ref()
