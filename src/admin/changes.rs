@@ -187,17 +187,24 @@ pub async fn handle(reloader: &Reloader, request: WriteRequest<'_>) -> Reply {
         Err(refusal) => refusal.reply(),
     };
     if !reply.status.is_success() {
-        log::info!(
-            target: "loom::audit",
-            "{} ({}) {} {}: refused with {}",
-            request.principal.name,
-            request.principal.role.as_str(),
+        audit_refusal(
+            request.principal,
             request.method,
             request.path,
-            reply.status
+            reply.status,
         );
     }
     reply
+}
+
+/// The audit log's line for a change that was asked for and not made.
+pub fn audit_refusal(principal: &Principal, method: &Method, path: &str, status: StatusCode) {
+    log::info!(
+        target: "loom::audit",
+        "{} ({}) {method} {path}: refused with {status}",
+        principal.name,
+        principal.role.as_str(),
+    );
 }
 
 /// The request's target, preconditions and body, or why it is refused before the config is

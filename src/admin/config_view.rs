@@ -46,19 +46,23 @@ pub fn diff(effective: &EffectiveConfig) -> Reply {
 }
 
 /// Adds the resource's revision (`ETag` and `revision`) and its config as written
-/// (`config`, redacted) to a `GET` of one route, upstream or plugin.
+/// (`config`, redacted) to a `GET` of one route, upstream or plugin. An entry with no runtime
+/// view (a built-in policy under `plugins:`) answers with its config alone.
 pub fn annotate_resource(
     mut reply: Reply,
     effective: &EffectiveConfig,
     kind: ResourceKind,
     id: &str,
 ) -> Reply {
-    if reply.status != StatusCode::OK {
-        return reply;
-    }
     let Some(entry) = effective.resource(kind, id) else {
         return reply;
     };
+    if reply.status == StatusCode::NOT_FOUND {
+        reply = Reply::json(StatusCode::OK, json!({ kind.id_key(): id }));
+    }
+    if reply.status != StatusCode::OK {
+        return reply;
+    }
     let revision = crate::config::effective::revision_of(entry);
     if let Some(object) = reply.object_mut() {
         object.insert("revision".to_string(), Value::String(revision.clone()));

@@ -136,6 +136,7 @@ impl AdminApp {
         let segments = decoded_segments(&path);
         let writes = changes::is_write(&method, &segments) || upstreams::is_reset(&method, &path);
         if writes && principal.role < AdminRole::Write {
+            changes::audit_refusal(&principal, &method, &path, StatusCode::FORBIDDEN);
             return Reply::error(
                 StatusCode::FORBIDDEN,
                 "forbidden",

@@ -559,3 +559,56 @@ fn peer_template(plan: &UpstreamPlan, endpoint: &ResolvedEndpoint) -> HttpPeer {
 
 use super::health;
 use crate::observe::metrics;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn pool(load_balancer: &str, endpoints: &str) -> Arc<UpstreamPool> {
+        let text = format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:18080\"}}]\nupstreams:\n  - name: pool\n    \
+             load_balancer: {load_balancer}\n    endpoints: {endpoints}\n"
+        );
+        let mut validated = match crate::config::load_text(Path::new("loom.yaml"), &text) {
+            Ok(validated) => validated,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        Arc::new(UpstreamPool::new(validated.upstreams.remove(0)))
+    }
+
+    #[test]
+    fn a_draining_endpoint_gets_no_new_request_under_any_algorithm() {
+        let endpoints = "[\"127.0.0.1:3001\", {address: \"127.0.0.1:3002\", weight: 5, drain: true}, \
+                         \"127.0.0.1:3003\"]";
+        for algorithm in [
+            "round_robin",
+            "weighted",
+            "random",
+            "consistent_hash",
+            "least_conn",
+            "p2c",
+        ] {
+            let pool = pool(algorithm, endpoints);
+            for attempt in 0..200u32 {
+                let selection = match pool.select(&attempt.to_le_bytes(), 0) {
+                    Ok(selection) => selection,
+                    Err(error) => panic!("{algorithm}: {error:?}"),
+                };
+                assert_ne!(selection.lease.endpoint_index(), 1, "{algorithm}");
+            }
+        }
+        // Every endpoint draining: nothing is available, for the same reason as all down.
+        let pool = pool(
+            "round_robin",
+            "[{address: \"127.0.0.1:3001\", drain: true}]",
+        );
+        assert_eq!(pool.availability(), Err(SelectError::NoHealthyEndpoint));
+        assert!(matches!(
+            pool.select(b"", 0),
+            Err(SelectError::NoHealthyEndpoint)
+        ));
+    }
+}
