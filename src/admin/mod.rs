@@ -168,34 +168,32 @@ impl AdminApp {
             return changes::handle(&self.reloader, request).await;
         }
         let effective = &snapshot.effective;
-        match (&method, segments.as_slice()) {
-            (&Method::GET, [section, ..]) if section == "config" => {
-                return match segments.get(1).map(String::as_str) {
-                    None => config_view::config(effective),
-                    Some("diff") if segments.len() == 2 => config_view::diff(effective),
-                    Some(_) => not_found(),
-                };
-            }
-            (_, [section, ..]) if ResourceKind::from_section(section).is_some() => {
-                let kind = ResourceKind::from_section(section).unwrap_or(ResourceKind::Route);
-                let rest = path
-                    .strip_prefix('/')
-                    .and_then(|path| path.strip_prefix(section.as_str()))
-                    .unwrap_or_default();
-                let reply = Reply::from(match kind {
-                    ResourceKind::Route => routes::handle(self.state(), &method, rest),
-                    ResourceKind::Upstream => upstreams::handle(self.state(), &method, rest),
-                    ResourceKind::Plugin => plugins::handle(self.state(), &method, rest),
-                });
-                return match (&method, &segments[1..]) {
-                    (&Method::GET, [id]) => {
-                        config_view::annotate_resource(reply, effective, kind, id)
-                    }
-                    (&Method::GET, []) => reply.with_etag(&effective.revision),
-                    _ => reply,
-                };
-            }
-            _ => {}
+        if method == Method::GET && segments.first().is_some_and(|first| first == "config") {
+            return match segments.get(1).map(String::as_str) {
+                None => config_view::config(effective),
+                Some("diff") if segments.len() == 2 => config_view::diff(effective),
+                Some(_) => not_found(),
+            };
+        }
+        if let Some(kind) = segments
+            .first()
+            .and_then(|section| ResourceKind::from_section(section))
+        {
+            let rest = path
+                .strip_prefix('/')
+                .and_then(|path| path.strip_prefix(kind.section()))
+                .unwrap_or_default();
+            let reply = Reply::from(match kind {
+                ResourceKind::Route => routes::handle(self.state(), &method, rest),
+                ResourceKind::Upstream => upstreams::handle(self.state(), &method, rest),
+                ResourceKind::Plugin => plugins::handle(self.state(), &method, rest),
+            });
+            return match (&method, &segments[1..]) {
+                (&Method::GET, [id]) => config_view::annotate_resource(reply, effective, kind, id),
+                // A list's revision is the whole config's.
+                (&Method::GET, []) => reply.with_etag(&effective.revision),
+                _ => reply,
+            };
         }
         if snapshot.prometheus.enabled && path == snapshot.prometheus.path {
             return Reply::raw(
