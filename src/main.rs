@@ -16,8 +16,8 @@ use pingora::services::listening::Service;
 use loom::admin::AdminApp;
 use loom::config::schema::ServerSection;
 use loom::config::{self, LoadedConfig};
-use loom::control::ControlService;
 use loom::control::readiness::ListenerReadiness;
+use loom::control::{ControlService, Reloader};
 use loom::gateway::Gateway;
 use loom::gateway::edge::EdgeApp;
 use loom::gateway::snapshot::GatewayState;
@@ -124,7 +124,8 @@ fn main() -> ExitCode {
     };
     let plugins = match PluginSet::load(&loaded.validated.plugins, None) {
         Ok(plugins) => plugins,
-        Err(errors) => {
+        Err(mut errors) => {
+            loaded.remap_errors(&mut errors);
             eprintln!("{}: {} plugin error(s):", cli.conf.display(), errors.len());
             for error in &errors {
                 eprintln!("  {error}");
@@ -133,7 +134,15 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        println!("{}: config is valid", cli.conf.display());
+        if loaded.has_overlay() {
+            println!(
+                "{}: config is valid (with the admin API's changes in {})",
+                cli.conf.display(),
+                loaded.effective.overlay_path.display()
+            );
+        } else {
+            println!("{}: config is valid", cli.conf.display());
+        }
         return ExitCode::SUCCESS;
     }
     // SIGHUP means "reload" to us; until the control service listens for it, ignore it
@@ -206,14 +215,14 @@ fn run(
         server.add_service(service);
         slot
     });
+    let reloader = Arc::new(Reloader::new(
+        Arc::clone(&state),
+        config_path.clone(),
+        stream_slot,
+    ));
     let control = background_service(
         "loom control",
-        ControlService::new(
-            Arc::clone(&state),
-            config_path,
-            loaded_fingerprint,
-            stream_slot,
-        ),
+        ControlService::new(Arc::clone(&reloader), config_path, loaded_fingerprint),
     );
     let control_handle = server.add_service(control);
     // Always running, so that a reload can switch tracing on; idle while nothing is traced.
@@ -239,7 +248,7 @@ fn run(
     if let Some(address) = admin_address {
         let mut admin = Service::new(
             "loom admin".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(Arc::clone(&state))),
+            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(Arc::clone(&reloader))),
         );
         admin.add_tcp(&address.to_string());
         admin.threads = Some(1);

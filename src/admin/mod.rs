@@ -1,36 +1,55 @@
-//! The admin listener: `/health`, `/ready`, `/info` and Prometheus `/metrics`.
+//! The admin listener: `/health`, `/ready`, `/info`, Prometheus `/metrics`, the routes,
+//! upstreams and plugins as they run, and the API that changes them ([`changes`]), with the
+//! effective config and what the admin API changed in it ([`config_view`]).
 //!
 //! It runs as its own Pingora service so that it answers (and `/ready` can say "not yet")
-//! while the proxy listeners wait for the first health-check round. With Go Loom's
-//! `admin.auth` on, every path asks for HTTP Basic credentials first ([`auth`]).
+//! while the proxy listeners wait for the first health-check round. With `admin.auth` or
+//! `admin.tokens` set, every path but the probes asks for credentials first, and changes
+//! need the `write` role ([`auth`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 pub mod auth;
+pub mod changes;
+pub mod config_view;
 pub mod explain;
 pub mod plugins;
+pub mod redact;
+pub mod reply;
 pub mod routes;
 pub mod upstreams;
 
+use crate::config::ResourceKind;
+use crate::config::schema::AdminRole;
+use crate::control::Reloader;
 use crate::gateway::snapshot::GatewayState;
 use crate::observe::metrics;
+use auth::Principal;
+use reply::Reply;
+
+/// Larger admin request bodies get 413: a whole route or upstream is a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub struct AdminApp {
-    state: Arc<GatewayState>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminApp {
-    pub fn new(state: Arc<GatewayState>) -> AdminApp {
-        AdminApp { state }
+    pub fn new(reloader: Arc<Reloader>) -> AdminApp {
+        AdminApp { reloader }
+    }
+
+    fn state(&self) -> &GatewayState {
+        self.reloader.state()
     }
 
     fn info(&self) -> serde_json::Value {
-        let snapshot = self.state.current();
+        let snapshot = self.state().current();
         let loaded_at = snapshot
             .loaded_at
             .duration_since(std::time::UNIX_EPOCH)
@@ -40,9 +59,12 @@ impl AdminApp {
             "version": env!("CARGO_PKG_VERSION"),
             "config_file": snapshot.config_path.display().to_string(),
             "config_hash": snapshot.config_hash,
+            "config_revision": snapshot.effective.revision,
+            "overlay_file": snapshot.effective.overlay_path.display().to_string(),
+            "overlay_changes": snapshot.effective.changes.len(),
             "config_generation": snapshot.generation,
             "config_loaded_at_unix": loaded_at,
-            "uptime_seconds": self.state.started_at.elapsed().as_secs(),
+            "uptime_seconds": self.state().started_at.elapsed().as_secs(),
             "routes": snapshot.routes.len(),
             "upstreams": snapshot.upstreams.len(),
             "plugins": snapshot.plugins.iter().count(),
@@ -50,14 +72,14 @@ impl AdminApp {
     }
 
     fn ready(&self) -> (StatusCode, serde_json::Value) {
-        let snapshot = self.state.current();
+        let snapshot = self.state().current();
         let waiting: Vec<&str> = snapshot
             .upstreams
             .iter()
             .filter(|pool| !pool.first_health_round_done())
             .map(|pool| &*pool.name)
             .collect();
-        if !self.state.listeners_open() {
+        if !self.state().listeners_open() {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"status": "not_ready", "reason": "proxy listeners are not accepting connections (starting or shutting down)"}),
@@ -76,67 +98,116 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let snapshot = self.state.current();
-        // Liveness and readiness stay open, as in Go Loom: load balancers and orchestrators
-        // probe them without credentials, and they reveal nothing but up or down.
-        let probe = matches!(
-            session.req_header().uri.path(),
-            "/health" | "/ready" | "/healthz" | "/readyz"
-        );
-        if let Some(auth) = &snapshot.admin_auth
-            && !probe
-        {
-            let authorization = session
-                .req_header()
-                .headers
-                .get(http::header::AUTHORIZATION);
-            if !auth.admits(authorization) {
-                return unauthorized(auth);
-            }
+        let reply = self.serve(session).await;
+        if !session.is_body_done() {
+            // An unread body would be taken for the next request on this connection.
+            session.set_keepalive(None);
         }
+        reply.into_response()
+    }
+}
+
+impl AdminApp {
+    async fn serve(&self, session: &mut ServerSession) -> Reply {
+        let snapshot = self.state().current();
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
-        if let Some(rest) = path.strip_prefix("/upstreams") {
-            let (status, document) = upstreams::handle(&self.state, &method, rest);
-            return build(
-                status,
-                "application/json",
-                serde_json::to_vec(&document).unwrap_or_default(),
+        // No CORS on the admin API: a browser's preflight is refused, and no answer carries
+        // Access-Control-* headers, so no web page can call it from another origin.
+        if method == Method::OPTIONS {
+            return Reply::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the admin API answers no OPTIONS (and no CORS)",
             );
         }
-        if let Some(rest) = path.strip_prefix("/routes") {
-            let (status, document) = routes::handle(&self.state, &method, rest);
-            return build(
-                status,
-                "application/json",
-                serde_json::to_vec(&document).unwrap_or_default(),
+        // Liveness and readiness stay open, as in Go Loom: load balancers and orchestrators
+        // probe them without credentials, and they reveal nothing but up or down.
+        let probe = matches!(path.as_str(), "/health" | "/ready" | "/healthz" | "/readyz");
+        let principal = match &snapshot.admin_auth {
+            Some(auth) if !probe => {
+                let authorization = session
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION);
+                match auth.identify(authorization) {
+                    Some(principal) => principal,
+                    None => return unauthorized(auth),
+                }
+            }
+            _ => anonymous(snapshot.admin_address),
+        };
+        let segments = decoded_segments(&path);
+        let writes = changes::is_write(&method, &segments) || upstreams::is_reset(&method, &path);
+        if writes && principal.role < AdminRole::Write {
+            changes::audit_refusal(&principal, &method, &path, StatusCode::FORBIDDEN);
+            return Reply::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                if snapshot.admin_auth.is_some() {
+                    format!("\"{}\" may read but not change (role read)", principal.name)
+                } else {
+                    "the admin listener is not on a loopback address: configure admin.auth or \
+                     admin.tokens with the write role to change the config through it"
+                        .to_string()
+                },
             );
         }
         if path == "/explain" {
             let query = session.req_header().uri.query();
-            let (status, document) = explain::handle(&self.state, &method, query);
-            return build(
-                status,
-                "application/json",
-                serde_json::to_vec(&document).unwrap_or_default(),
-            );
+            return Reply::from(explain::handle(self.state(), &method, query));
         }
-        if let Some(rest) = path.strip_prefix("/plugins") {
-            let (status, document) = plugins::handle(&self.state, &method, rest);
-            return build(
-                status,
-                "application/json",
-                serde_json::to_vec(&document).unwrap_or_default(),
-            );
+        if changes::is_write(&method, &segments) {
+            let body = match read_body(session).await {
+                Ok(body) => body,
+                Err(reply) => return reply,
+            };
+            let request = changes::WriteRequest {
+                method: &method,
+                path: &path,
+                segments,
+                headers: &session.req_header().headers,
+                body: &body,
+                principal: &principal,
+            };
+            return changes::handle(&self.reloader, request).await;
+        }
+        let effective = &snapshot.effective;
+        if method == Method::GET && segments.first().is_some_and(|first| first == "config") {
+            return match segments.get(1).map(String::as_str) {
+                None => config_view::config(effective),
+                Some("diff") if segments.len() == 2 => config_view::diff(effective),
+                Some(_) => not_found(),
+            };
+        }
+        if let Some(kind) = segments
+            .first()
+            .and_then(|section| ResourceKind::from_section(section))
+        {
+            let rest = path
+                .strip_prefix('/')
+                .and_then(|path| path.strip_prefix(kind.section()))
+                .unwrap_or_default();
+            let reply = Reply::from(match kind {
+                ResourceKind::Route => routes::handle(self.state(), &method, rest),
+                ResourceKind::Upstream => upstreams::handle(self.state(), &method, rest),
+                ResourceKind::Plugin => plugins::handle(self.state(), &method, rest),
+            });
+            return match (&method, &segments[1..]) {
+                (&Method::GET, [id]) => config_view::annotate_resource(reply, effective, kind, id),
+                // A list's revision is the whole config's.
+                (&Method::GET, []) => reply.with_etag(&effective.revision),
+                _ => reply,
+            };
         }
         if snapshot.prometheus.enabled && path == snapshot.prometheus.path {
-            return build(
+            return Reply::raw(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
                 metrics::render(),
             );
         }
-        let (status, document) = match path.as_str() {
+        Reply::from(match path.as_str() {
             "/health" => (StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/ready" => self.ready(),
             "/info" => (StatusCode::OK, self.info()),
@@ -149,49 +220,90 @@ impl ServeHttp for AdminApp {
                 ),
                 _ => self.ready(),
             },
-            _ => (
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": {"status": 404, "code": "not_found", "message": "unknown admin endpoint"}}),
-            ),
-        };
-        build(
-            status,
-            "application/json",
-            serde_json::to_vec(&document).unwrap_or_default(),
+            _ => return not_found(),
+        })
+    }
+}
+
+/// Who a request is when no admin auth is configured: anyone who can reach a loopback
+/// listener may change the config (as on the machine itself); on another address only read.
+fn anonymous(admin_address: Option<std::net::SocketAddr>) -> Principal {
+    let loopback = admin_address.is_none_or(|address| address.ip().is_loopback());
+    Principal {
+        name: "anonymous".to_string(),
+        role: if loopback {
+            AdminRole::Write
+        } else {
+            AdminRole::Read
+        },
+    }
+}
+
+/// The request body, up to [`MAX_BODY_BYTES`] (413 beyond it).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    let too_large = || {
+        Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("admin request bodies are limited to {MAX_BODY_BYTES} bytes"),
         )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) => {
+                return Err(Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot read the request body: {error}"),
+                ));
+            }
+        }
     }
 }
 
-/// 401 with the Basic challenge, for a request without a configured user's credentials.
-fn unauthorized(auth: &auth::AdminAuthPlan) -> Response<Vec<u8>> {
-    let document = serde_json::json!({"error": {
-        "status": 401,
-        "code": "unauthorized",
-        "message": "the admin API needs a user name and password (HTTP Basic)"
-    }});
-    let mut response = build(
+/// The path's segments, percent-decoded (`/upstreams/api/endpoints/%5B%3A%3A1%5D%3A80`).
+fn decoded_segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| {
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+fn not_found() -> Reply {
+    Reply::error(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint")
+}
+
+/// 401 with the challenges of the configured schemes.
+fn unauthorized(auth: &auth::AdminAuthPlan) -> Reply {
+    let mut reply = Reply::error(
         StatusCode::UNAUTHORIZED,
-        "application/json",
-        serde_json::to_vec(&document).unwrap_or_default(),
+        "unauthorized",
+        "the admin API needs credentials: a user name and password (HTTP Basic) or a bearer \
+         token, as configured",
     );
-    response
-        .headers_mut()
-        .insert(http::header::WWW_AUTHENTICATE, auth.challenge().clone());
-    response
-}
-
-fn build(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let length = body.len();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, value);
+    for challenge in auth.challenges() {
+        reply = reply.with_header_value(http::header::WWW_AUTHENTICATE, challenge.clone());
     }
-    response.headers_mut().insert(
-        http::header::CONTENT_LENGTH,
-        http::HeaderValue::from(length),
-    );
-    response
+    reply
 }

@@ -30,7 +30,7 @@ pub fn handle(state: &GatewayState, method: &Method, rest: &str) -> (StatusCode,
         },
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": {"status": 405, "code": "method_not_allowed", "message": "plugins are read-only here; change the config and reload"}}),
+            json!({"error": {"status": 405, "code": "method_not_allowed", "message": "use GET, PUT or DELETE (POST on the collection)"}}),
         ),
     }
 }

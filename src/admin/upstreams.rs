@@ -1,6 +1,7 @@
 //! `GET /upstreams`, `GET /upstreams/{name}` and
-//! `POST /upstreams/{name}/endpoints/{address}/reset`: endpoint health, circuit breaker state,
-//! ejections and requests in flight, and closing a breaker by hand.
+//! `POST /upstreams/{name}/endpoints/{address}/reset`: endpoint health, draining, circuit
+//! breaker state, ejections and requests in flight, and closing a breaker by hand. (Changing
+//! an upstream's config is [`super::changes`].)
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -10,6 +11,12 @@ use serde_json::{Value, json};
 
 use crate::gateway::snapshot::GatewayState;
 use crate::upstream::{Unselectable, UpstreamPool};
+
+/// Whether the request closes an endpoint's breaker (`POST .../reset`): a change, which
+/// needs the write role.
+pub fn is_reset(method: &Method, path: &str) -> bool {
+    method == Method::POST && path.starts_with("/upstreams/") && path.ends_with("/reset")
+}
 
 /// Answers a request under `/upstreams`; `rest` is the path after that prefix.
 pub fn handle(state: &GatewayState, method: &Method, rest: &str) -> (StatusCode, Value) {
@@ -40,7 +47,7 @@ pub fn handle(state: &GatewayState, method: &Method, rest: &str) -> (StatusCode,
         },
         (_, [] | [_] | [_, "endpoints", _, "reset"]) => (
             StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": {"status": 405, "code": "method_not_allowed", "message": "use GET, or POST for .../reset"}}),
+            json!({"error": {"status": 405, "code": "method_not_allowed", "message": "use GET, PUT or DELETE (POST on /upstreams, .../endpoints and .../reset)"}}),
         ),
         _ => not_found("unknown admin endpoint"),
     }
@@ -75,6 +82,7 @@ fn describe(pool: &UpstreamPool) -> Value {
                 "address": endpoint.address,
                 "resolved": endpoint.socket.to_string(),
                 "weight": endpoint.weight,
+                "drain": endpoint.drain,
                 "healthy": pool.is_healthy(index),
                 "selectable": selectable.is_ok(),
                 "unselectable_because": selectable.err().map(Unselectable::as_str),

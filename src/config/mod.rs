@@ -4,9 +4,16 @@
 //! deserialized on its own, unknown keys are all reported, and cross-reference checks run over
 //! whatever parsed. Each [`ConfigError`] names the file, line, column and key path.
 //!
+//! The YAML file's overlay (changes made through the admin API, see [`overlay`]) is applied
+//! to its tree before anything is read from it, so start, reload, `loom -t` and the admin
+//! API's own checks all see one config.
+//!
 //! The result, [`ValidatedConfig`], is what the runtime snapshot is built from
 //! (see [`crate::gateway::snapshot`]).
 
+pub mod atomic_file;
+pub mod effective;
+pub mod overlay;
 pub mod plugins;
 pub mod resilience;
 pub mod schema;
@@ -21,7 +28,10 @@ mod go_loom_tests;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+pub use effective::EffectiveConfig;
+pub use overlay::{Overlay, ResourceKind};
 pub use schema::FileConfig;
 pub use validate::ValidatedConfig;
 pub use yaml::ConfigError;
@@ -31,42 +41,159 @@ use yaml::{Node, NodeValue};
 /// A config file read from disk and fully validated.
 pub struct LoadedConfig {
     pub path: PathBuf,
-    /// Hex digest of the file's bytes, shown by the admin API and used to skip no-op reloads.
+    /// Hex digest of the file's bytes (and of its overlay's, when there is one), shown by the
+    /// admin API and used to skip no-op reloads.
     pub hash: String,
     pub validated: ValidatedConfig,
+    /// The merged config in JSON, for the admin API.
+    pub effective: Arc<EffectiveConfig>,
+    /// Where the overlay's entries landed in the merged config.
+    provenance: Vec<overlay::Provenance>,
+    overlay_read: bool,
 }
 
-/// Reads, parses and validates `path`. Returns every error found.
+impl LoadedConfig {
+    /// Points errors found later about this config (plugin modules that fail to compile) at
+    /// the overlay when the entry came from it.
+    pub fn remap_errors(&self, errors: &mut [ConfigError]) {
+        overlay::remap_errors(errors, &self.effective.overlay_path, &self.provenance);
+    }
+
+    /// Whether an overlay file was read with the YAML.
+    pub fn has_overlay(&self) -> bool {
+        self.overlay_read
+    }
+}
+
+/// The texts a config is loaded from: the YAML file and its overlay, if there is one.
+#[derive(Debug, Clone)]
+pub struct ConfigSources {
+    pub path: PathBuf,
+    pub yaml: String,
+    pub overlay_path: PathBuf,
+    pub overlay: Option<String>,
+}
+
+impl ConfigSources {
+    /// Reads `path` and, when it exists, its overlay ([`overlay::overlay_path`]).
+    pub fn read(path: &Path) -> Result<ConfigSources, Vec<ConfigError>> {
+        let read_error = |file: &Path, error: std::io::Error| {
+            vec![ConfigError {
+                file: file.to_path_buf(),
+                mark: None,
+                key_path: String::new(),
+                message: format!("cannot read config file: {error}"),
+            }]
+        };
+        let yaml = std::fs::read_to_string(path).map_err(|error| read_error(path, error))?;
+        let overlay_path = overlay::overlay_path(path);
+        let overlay = match std::fs::read_to_string(&overlay_path) {
+            Ok(text) => Some(text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(read_error(&overlay_path, error)),
+        };
+        Ok(ConfigSources {
+            path: path.to_path_buf(),
+            yaml,
+            overlay_path,
+            overlay,
+        })
+    }
+
+    /// The digest of what was read: the YAML's alone when there is no overlay, so a config
+    /// without one keeps the hash it always had.
+    pub fn hash(&self) -> String {
+        match &self.overlay {
+            None => content_hash(self.yaml.as_bytes()),
+            Some(overlay) => content_hash(format!("{}\0{overlay}", self.yaml).as_bytes()),
+        }
+    }
+}
+
+/// Reads, parses and validates `path` with its overlay. Returns every error found.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        vec![ConfigError {
-            file: path.to_path_buf(),
-            mark: None,
-            key_path: String::new(),
-            message: format!("cannot read config file: {error}"),
-        }]
-    })?;
-    let validated = load_text(path, &text)?;
+    load_sources(&ConfigSources::read(path)?)
+}
+
+/// Parses and validates a YAML file's text with its overlay's.
+pub fn load_sources(sources: &ConfigSources) -> Result<LoadedConfig, Vec<ConfigError>> {
+    let merged = merge(sources)?;
+    let mut errors = Vec::new();
+    let validated = check(&sources.path, &merged.root, &mut errors);
+    overlay::remap_errors(&mut errors, &sources.overlay_path, &merged.provenance);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let provenance = merged.provenance.clone();
     Ok(LoadedConfig {
-        path: path.to_path_buf(),
-        hash: content_hash(text.as_bytes()),
+        path: sources.path.clone(),
+        hash: sources.hash(),
         validated,
+        effective: Arc::new(merged.effective(&sources.overlay_path)),
+        provenance,
+        overlay_read: sources.overlay.is_some(),
     })
 }
 
+/// The merged config of `sources` without validating it: what the admin API compares a
+/// change's preconditions against, and the overlay the change is made to.
+pub fn inspect(sources: &ConfigSources) -> Result<EffectiveConfig, Vec<ConfigError>> {
+    Ok(merge(sources)?.effective(&sources.overlay_path))
+}
+
 /// Parses and validates config text; `path` is only used in error messages and to resolve
-/// relative file names (certificates) against the config's directory.
+/// relative file names (certificates) against the config's directory. No overlay applies.
 pub fn load_text(path: &Path, text: &str) -> Result<ValidatedConfig, Vec<ConfigError>> {
     let root = yaml::parse_document(path, text).map_err(|error| vec![error])?;
     let mut errors = Vec::new();
-    let mut indexes = SourceIndexes::default();
-    let file_config = read_sections(path, &root, &mut errors, &mut indexes);
-    let validated = validate::validate(path, &root, file_config, &indexes, &mut errors);
+    let validated = check(path, &root, &mut errors);
     if errors.is_empty() {
         Ok(validated)
     } else {
         Err(errors)
     }
+}
+
+/// A YAML tree with its overlay spliced in.
+struct Merged {
+    yaml: Node,
+    root: Node,
+    overlay: Overlay,
+    provenance: Vec<overlay::Provenance>,
+}
+
+impl Merged {
+    fn effective(self, overlay_path: &Path) -> EffectiveConfig {
+        EffectiveConfig::build(
+            &self.yaml,
+            &self.root,
+            self.overlay,
+            overlay_path.to_path_buf(),
+        )
+    }
+}
+
+fn merge(sources: &ConfigSources) -> Result<Merged, Vec<ConfigError>> {
+    let yaml = yaml::parse_document(&sources.path, &sources.yaml).map_err(|error| vec![error])?;
+    let overlay = match &sources.overlay {
+        Some(text) => Overlay::parse(&sources.overlay_path, text)?,
+        None => Overlay::default(),
+    };
+    let mut root = yaml.clone();
+    let provenance = overlay.apply(&mut root);
+    Ok(Merged {
+        yaml,
+        root,
+        overlay,
+        provenance,
+    })
+}
+
+/// Reads the sections of `root` and validates them as a whole.
+fn check(path: &Path, root: &Node, errors: &mut Vec<ConfigError>) -> ValidatedConfig {
+    let mut indexes = SourceIndexes::default();
+    let file_config = read_sections(path, root, errors, &mut indexes);
+    validate::validate(path, root, file_config, &indexes, errors)
 }
 
 /// Prints a config's errors to stderr, one per line, under a count (`loom -t` and startup).

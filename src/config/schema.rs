@@ -204,7 +204,7 @@ pub struct RouteConfig {
     pub disable: Vec<String>,
 }
 
-/// An endpoint is `"host:port"` or `{address, weight}`.
+/// An endpoint is `"host:port"` or `{address, weight, drain}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum EndpointConfig {
@@ -213,6 +213,10 @@ pub enum EndpointConfig {
         address: String,
         #[serde(default = "default_weight")]
         weight: u32,
+        /// Draining before maintenance: no new request is sent to the endpoint, requests in
+        /// flight finish. It stays listed, health-checked and shown by the admin API.
+        #[serde(default)]
+        drain: bool,
     },
 }
 
@@ -229,6 +233,10 @@ impl EndpointConfig {
             EndpointConfig::Address(_) => 1,
             EndpointConfig::Weighted { weight, .. } => *weight,
         }
+    }
+
+    pub fn drain(&self) -> bool {
+        matches!(self, EndpointConfig::Weighted { drain: true, .. })
     }
 }
 
@@ -566,6 +574,8 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Go Loom's HTTP Basic authentication of the admin API.
     pub auth: Option<AdminAuthConfig>,
+    /// Bearer tokens for the admin API (`Authorization: Bearer <token>`), each with a role.
+    pub tokens: Vec<AdminTokenConfig>,
 }
 
 impl Default for AdminConfig {
@@ -574,13 +584,48 @@ impl Default for AdminConfig {
             address: "127.0.0.1:9091".to_string(),
             enabled: true,
             auth: None,
+            tokens: Vec::new(),
         }
     }
 }
 
-/// Go Loom's `admin.auth:`. When enabled, every admin path (`/metrics` and `/health`
-/// included) answers 401 with a Basic challenge unless the request carries a user's
-/// credentials (see `crate::admin::auth`).
+/// What an admin API client may do: `read` (every GET) or `write` (also every change).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Read,
+    #[default]
+    Write,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Read => "read",
+            AdminRole::Write => "write",
+        }
+    }
+}
+
+/// One entry of `admin.tokens`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AdminTokenConfig {
+    /// Who the token belongs to, as the audit log names them.
+    pub name: String,
+    /// SHA-256 of the token as 64 hexadecimal characters (`printf %s TOKEN | sha256sum`).
+    pub token_sha256: String,
+    /// `read` or `write`; none given is `read`, the least a token can do.
+    #[serde(default = "read_role")]
+    pub role: AdminRole,
+}
+
+fn read_role() -> AdminRole {
+    AdminRole::Read
+}
+
+/// Go Loom's `admin.auth:`. When enabled, every admin path but the probes (`/health`,
+/// `/ready`, `/healthz`, `/readyz`) answers 401 with a Basic challenge unless the request
+/// carries a user's credentials (see `crate::admin::auth`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct AdminAuthConfig {
@@ -591,6 +636,8 @@ pub struct AdminAuthConfig {
     pub users: BTreeMap<String, String>,
     /// The realm of the `WWW-Authenticate: Basic` challenge; default `loom admin`.
     pub realm: Option<String>,
+    /// A Loom addition: user name -> `read` or `write`. A user not listed has `write`.
+    pub roles: BTreeMap<String, AdminRole>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

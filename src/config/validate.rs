@@ -60,7 +60,7 @@ pub struct ValidatedConfig {
     pub stream: Option<super::stream::StreamPlan>,
     /// `server.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<Cidr>,
-    /// Go Loom's `admin.auth` when it is switched on.
+    /// Go Loom's `admin.auth` when it is switched on, and `admin.tokens`.
     pub admin_auth: Option<AdminAuthPlan>,
     /// The top-level policies (`cors:`, `access_log:`), also used for requests no route
     /// matched (the access log still records them).
@@ -107,6 +107,8 @@ pub struct ResolvedEndpoint {
     pub weight: u32,
     /// Host part, used as default SNI and health-check Host.
     pub host: String,
+    /// Draining: selection skips the endpoint (see [`crate::upstream::UpstreamPool`]).
+    pub drain: bool,
 }
 
 /// Where `consistent_hash` takes its key from.
@@ -300,15 +302,12 @@ pub fn validate(
     } else {
         None
     };
-    let admin_auth = match file_config.admin.auth.as_ref() {
-        None => None,
-        Some(auth) => AdminAuthPlan::from_config(auth).unwrap_or_else(|problems| {
-            for (path, message) in problems {
-                checker.error(format!("admin.auth.{path}"), message);
-            }
-            None
-        }),
-    };
+    let admin_auth = AdminAuthPlan::from_config(&file_config.admin).unwrap_or_else(|problems| {
+        for (path, message) in problems {
+            checker.error(format!("admin.{path}"), message);
+        }
+        None
+    });
     if !file_config.metrics.prometheus.path.starts_with('/') {
         checker.error(
             "metrics.prometheus.path".into(),
@@ -890,6 +889,7 @@ fn resolve_listed_endpoints(
                 socket,
                 weight: endpoint.weight().max(1),
                 host,
+                drain: endpoint.drain(),
             }),
             Err(message) => checker.error(endpoint_key, message),
         }
@@ -1026,6 +1026,7 @@ fn resolve_service(
             socket,
             weight: 1,
             host: service.name.clone(),
+            drain: false,
         })
         .collect()
 }

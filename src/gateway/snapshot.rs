@@ -69,13 +69,16 @@ pub struct Snapshot {
     pub routes_match_headers: bool,
     /// The global access logs, which also record requests no route matched.
     pub global_access_logs: Vec<Arc<crate::policy::PolicyStep>>,
-    /// Who may use the admin API, when Go Loom's `admin.auth` is on; a reload applies it to
-    /// the next admin request.
+    /// Who may use the admin API, when Go Loom's `admin.auth` or `admin.tokens` is set; a
+    /// reload applies it to the next admin request.
     pub admin_auth: Option<crate::admin::auth::AdminAuthPlan>,
     /// `tracing:` when it is on; requests decide sampling with it.
     pub tracing: Option<Arc<crate::observe::tracing::TracingPlan>>,
     /// `metrics.opentelemetry:` when it is on.
     pub metrics_push: Option<crate::observe::metrics_push::MetricsPushPlan>,
+    /// The config this snapshot runs (YAML and overlay) in JSON, with its revisions: what the
+    /// admin API shows and hands out as `ETag`s.
+    pub effective: Arc<crate::config::EffectiveConfig>,
 }
 
 impl Snapshot {
@@ -166,6 +169,7 @@ impl Snapshot {
             admin_auth: validated.admin_auth,
             tracing: validated.tracing.map(Arc::new),
             metrics_push: validated.metrics_push,
+            effective: loaded.effective,
         }
     }
 

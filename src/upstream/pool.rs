@@ -1,8 +1,8 @@
 //! An upstream's endpoints behind a Pingora `LoadBalancer`, and endpoint selection.
 //!
-//! Selection skips endpoints that the active health check marked down, whose circuit breaker
-//! is open, that passive health ejected, that are at their per-endpoint concurrency limit, or
-//! that this request already tried. `round_robin`, `weighted`, `random` and the hashes use
+//! Selection skips endpoints that are draining, that the active health check marked down,
+//! whose circuit breaker is open, that passive health ejected, that are at their per-endpoint
+//! concurrency limit, or that this request already tried. `round_robin`, `weighted`, `random` and the hashes use
 //! Pingora's selectors with that filter; `least_conn` and `p2c` choose over our own in-flight
 //! counters.
 
@@ -75,6 +75,8 @@ pub enum Unselectable {
     CircuitOpen,
     /// It is at `max_concurrent_requests_per_endpoint`.
     Saturated,
+    /// An admin drained it (`drain: true`): no new requests.
+    Draining,
 }
 
 impl Unselectable {
@@ -85,6 +87,7 @@ impl Unselectable {
             Unselectable::Ejected => "ejected",
             Unselectable::CircuitOpen => "circuit_open",
             Unselectable::Saturated => "saturated",
+            Unselectable::Draining => "draining",
         }
     }
 }
@@ -92,7 +95,9 @@ impl Unselectable {
 impl From<Unselectable> for SelectError {
     fn from(reason: Unselectable) -> SelectError {
         match reason {
-            Unselectable::Unhealthy | Unselectable::Ejected => SelectError::NoHealthyEndpoint,
+            Unselectable::Unhealthy | Unselectable::Ejected | Unselectable::Draining => {
+                SelectError::NoHealthyEndpoint
+            }
             Unselectable::CircuitOpen => SelectError::AllCircuitsOpen,
             Unselectable::Saturated => SelectError::Saturated,
         }
@@ -346,6 +351,10 @@ impl UpstreamPool {
         let Some(state) = self.endpoint_states.get(index) else {
             return Err(Unselectable::Unhealthy);
         };
+        // A draining endpoint counts as down for new requests; the ones it has finish.
+        if self.plan.endpoints[index].drain {
+            return Err(Unselectable::Draining);
+        }
         if self
             .outlier
             .as_ref()
@@ -633,3 +642,56 @@ fn peer_template(plan: &UpstreamPlan, endpoint: &ResolvedEndpoint) -> HttpPeer {
 
 use super::health;
 use crate::observe::metrics;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn pool(load_balancer: &str, endpoints: &str) -> Arc<UpstreamPool> {
+        let text = format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:18080\"}}]\nupstreams:\n  - name: pool\n    \
+             load_balancer: {load_balancer}\n    endpoints: {endpoints}\n"
+        );
+        let mut validated = match crate::config::load_text(Path::new("loom.yaml"), &text) {
+            Ok(validated) => validated,
+            Err(errors) => panic!("{errors:?}"),
+        };
+        Arc::new(UpstreamPool::new(validated.upstreams.remove(0)))
+    }
+
+    #[test]
+    fn a_draining_endpoint_gets_no_new_request_under_any_algorithm() {
+        let endpoints = "[\"127.0.0.1:3001\", {address: \"127.0.0.1:3002\", weight: 5, drain: true}, \
+                         \"127.0.0.1:3003\"]";
+        for algorithm in [
+            "round_robin",
+            "weighted",
+            "random",
+            "consistent_hash",
+            "least_conn",
+            "p2c",
+        ] {
+            let pool = pool(algorithm, endpoints);
+            for attempt in 0..200u32 {
+                let selection = match pool.select(&attempt.to_le_bytes(), 0) {
+                    Ok(selection) => selection,
+                    Err(error) => panic!("{algorithm}: {error:?}"),
+                };
+                assert_ne!(selection.lease.endpoint_index(), 1, "{algorithm}");
+            }
+        }
+        // Every endpoint draining: nothing is available, for the same reason as all down.
+        let pool = pool(
+            "round_robin",
+            "[{address: \"127.0.0.1:3001\", drain: true}]",
+        );
+        assert_eq!(pool.availability(), Err(SelectError::NoHealthyEndpoint));
+        assert!(matches!(
+            pool.select(b"", 0),
+            Err(SelectError::NoHealthyEndpoint)
+        ));
+    }
+}

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `loom` binary and real echo backends on 127.0.0.1.
 
+mod admin_api;
 mod auth;
 mod balancing;
 mod cli;

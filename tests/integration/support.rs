@@ -201,6 +201,29 @@ impl GatewayProcess {
         }
     }
 
+    /// Stops loom (SIGKILL, as a crash would) and starts it again on the same config file,
+    /// directory and ports, then waits for `/ready`. Whatever loom wrote next to its config
+    /// (the admin API's overlay) stays.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_loom"))
+            .arg("-c")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("loom starts");
+        if let Err(log) = self.wait_ready().await {
+            panic!("loom did not come back after a restart:\n{log}");
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -296,7 +319,10 @@ impl GatewayProcess {
 
     pub async fn config_hash(&self) -> String {
         let info = self.admin_json("/info").await;
-        info["config_hash"].as_str().unwrap().to_string()
+        info["config_hash"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/info without config_hash: {info}\n{}", self.log()))
+            .to_string()
     }
 
     /// Waits until the gateway serves the config whose text is `text`.

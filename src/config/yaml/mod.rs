@@ -49,6 +49,7 @@
 mod access;
 mod de;
 mod error;
+mod json;
 mod node;
 mod parse;
 mod scalar;
