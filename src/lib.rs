@@ -7,7 +7,8 @@
 //! - [`gateway`]: the `ProxyHttp` implementation that carries one request from listener to upstream.
 //! - [`control`]: the background service that runs health checks and reloads the config.
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/info`, `/metrics`).
-//! - [`observe`]: Prometheus metrics.
+//! - [`observe`]: Prometheus metrics, the access log, OpenTelemetry traces and metrics push.
+//! - [`outbound`]: the HTTP client connector for the gateway's own requests (JWKS, OTLP).
 //! - [`stream`]: Loom v4 message streaming over QUIC and HTTP/3 (quinn + h3).
 //! - [`echo`]: the echo backend shipped as `loom-echo` for demos, tests and load tests.
 
@@ -17,6 +18,7 @@ pub mod control;
 pub mod echo;
 pub mod gateway;
 pub mod observe;
+pub mod outbound;
 pub mod plugin;
 pub mod policy;
 pub mod router;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::schema::FileConfig;
 use super::validate::Checker;
 use crate::observe::metrics_push::MetricsPushPlan;
-use crate::observe::tracing::{ExportSettings, TracingPlan, otlp_url, traces_url};
+use crate::observe::tracing::{ExportSettings, TracingPlan, otlp_url};
 
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4318";
 /// The OpenTelemetry SDKs' default batch delay and sizes.
@@ -20,22 +20,12 @@ const DEFAULT_STEP_THRESHOLD: Duration = Duration::from_millis(1);
 pub(crate) fn check_tracing(checker: &mut Checker, config: &FileConfig) -> Option<TracingPlan> {
     let section = config.tracing.as_ref().filter(|section| section.enabled)?;
     let errors_before = checker.error_count();
-    let endpoint = section.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT);
-    let endpoint = match traces_url(endpoint) {
-        Ok(url) => {
-            if url.contains(":4317/") {
-                log::warn!(
-                    "tracing.endpoint {url}: 4317 is the OTLP/gRPC port; Loom exports OTLP over \
-                     HTTP, which collectors receive on 4318 by default"
-                );
-            }
-            url
-        }
-        Err(message) => {
-            checker.error("tracing.endpoint".into(), message);
-            String::new()
-        }
-    };
+    let endpoint = otlp_endpoint(
+        checker,
+        "tracing.endpoint",
+        section.endpoint.as_deref(),
+        "/v1/traces",
+    );
     let sample_rate = section.sample_rate.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&sample_rate) {
         checker.error(
@@ -123,22 +113,12 @@ pub(crate) fn check_metrics_push(
         .as_ref()
         .filter(|section| section.enabled)?;
     let errors_before = checker.error_count();
-    let endpoint = section.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT);
-    let endpoint = match otlp_url(endpoint, "/v1/metrics") {
-        Ok(url) => {
-            if url.contains(":4317/") {
-                log::warn!(
-                    "metrics.opentelemetry.endpoint {url}: 4317 is the OTLP/gRPC port; Loom \
-                     pushes OTLP over HTTP, which collectors receive on 4318 by default"
-                );
-            }
-            url
-        }
-        Err(message) => {
-            checker.error("metrics.opentelemetry.endpoint".into(), message);
-            String::new()
-        }
-    };
+    let endpoint = otlp_endpoint(
+        checker,
+        "metrics.opentelemetry.endpoint",
+        section.endpoint.as_deref(),
+        "/v1/metrics",
+    );
     let interval = section.interval.map_or(DEFAULT_PUSH_INTERVAL, |d| d.0);
     let timeout = section.timeout.map_or(DEFAULT_PUSH_TIMEOUT, |d| d.0);
     for (key, value) in [
@@ -178,4 +158,29 @@ pub(crate) fn check_metrics_push(
             .collect(),
         service_name,
     })
+}
+
+/// The full OTLP/HTTP URL for `signal_path`, or an error at `key`. Go Loom configs name the
+/// OTLP/gRPC port 4317; Loom speaks OTLP over HTTP, so that gets a warning.
+fn otlp_endpoint(
+    checker: &mut Checker,
+    key: &str,
+    endpoint: Option<&str>,
+    signal_path: &str,
+) -> String {
+    match otlp_url(endpoint.unwrap_or(DEFAULT_ENDPOINT), signal_path) {
+        Ok(url) => {
+            if url.contains(":4317/") {
+                log::warn!(
+                    "{key} {url}: 4317 is the OTLP/gRPC port; Loom speaks OTLP over HTTP, \
+                     which collectors receive on 4318 by default"
+                );
+            }
+            url
+        }
+        Err(message) => {
+            checker.error(key.into(), message);
+            String::new()
+        }
+    }
 }

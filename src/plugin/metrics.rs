@@ -8,7 +8,9 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use prometheus::core::Collector;
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounter};
+
+use crate::observe::series::Family;
 
 use super::abi::{MetricKind, status};
 
@@ -36,28 +38,24 @@ const CALLBACK_BUCKETS: &[f64] = &[
 ];
 
 pub struct RuntimeMetrics {
-    pub errors_total: IntCounterVec,
-    pub duration_seconds: HistogramVec,
+    pub errors_total: Family<IntCounter>,
+    pub duration_seconds: Family<Histogram>,
 }
 
 pub static RUNTIME_METRICS: LazyLock<RuntimeMetrics> = LazyLock::new(|| {
-    let errors_total = IntCounterVec::new(
-        Opts::new(
-            "loom_plugin_errors_total",
-            "Plugin failures by kind: trap, fuel_exhausted, memory_limit, timeout, instance_lost, quarantined, load",
-        ),
+    // Families keyed by exact label values (see `crate::observe::series`): plugin names are
+    // the user's, so `plugin` + `kind` must not run together.
+    let errors_total = crate::observe::series::counter_family(
+        "loom_plugin_errors_total",
+        "Plugin failures by kind: trap, fuel_exhausted, memory_limit, timeout, instance_lost, quarantined, load",
         &["plugin", "kind"],
-    )
-    .unwrap_or_else(|error| unreachable!("static metric definition: {error}"));
-    let duration_seconds = HistogramVec::new(
-        HistogramOpts::new(
-            "loom_plugin_duration_seconds",
-            "Time spent in one plugin callback, by phase",
-        )
-        .buckets(CALLBACK_BUCKETS.to_vec()),
+    );
+    let duration_seconds = crate::observe::series::histogram_family(
+        "loom_plugin_duration_seconds",
+        "Time spent in one plugin callback, by phase",
         &["plugin", "phase"],
-    )
-    .unwrap_or_else(|error| unreachable!("static metric definition: {error}"));
+        CALLBACK_BUCKETS,
+    );
     for collector in [
         Box::new(errors_total.clone()) as Box<dyn Collector>,
         Box::new(duration_seconds.clone()),

@@ -725,16 +725,10 @@ async fn refresh_loop(cache: Weak<JwksCache>) {
     }
 }
 
-/// An HTTP/1.1 client for `http` and `https` key set URLs, with rustls on ring (the crypto
-/// Pingora's TLS already links) and the Mozilla roots. Connections are not kept between
+/// An HTTP/1.1 client for `http` and `https` key set URLs. Connections are not kept between
 /// fetches minutes apart, so no stale pooled connection can fail one.
 fn build_client() -> Result<HttpClient, String> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|error| format!("TLS setup: {error}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let connector = crate::outbound::connector()?;
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);

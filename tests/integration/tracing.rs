@@ -76,6 +76,33 @@ upstreams:
     )
 }
 
+/// A gateway tracing to a fresh receiver, with `tracing_keys` added to its `tracing:` section.
+struct Traced {
+    collector: OtlpReceiver,
+    backend: loom::echo::EchoServer,
+    gateway: GatewayProcess,
+    directory: tempfile::TempDir,
+}
+
+async fn traced(tracing_keys: &str) -> Traced {
+    let collector = OtlpReceiver::start().await;
+    let backend = two_echoes().await;
+    let directory = tempfile::tempdir().unwrap();
+    let gateway = GatewayProcess::start(&config(
+        &collector.endpoint(),
+        &backend,
+        tracing_keys,
+        &directory.path().join("access.log"),
+    ))
+    .await;
+    Traced {
+        collector,
+        backend,
+        gateway,
+        directory,
+    }
+}
+
 /// One echo server listening on two ports, so the retried route has two endpoints.
 async fn two_echoes() -> loom::echo::EchoServer {
     loom::echo::EchoServer::start(
@@ -114,12 +141,13 @@ fn by_kind(spans: &[ReceivedSpan], trace: &str, kind: i32) -> Vec<ReceivedSpan> 
 
 #[tokio::test]
 async fn one_trace_runs_from_the_caller_through_the_gateway_to_the_upstream() {
-    let collector = OtlpReceiver::start().await;
-    let backend = two_echoes().await;
-    let directory = tempfile::tempdir().unwrap();
+    let Traced {
+        collector,
+        backend,
+        gateway,
+        directory,
+    } = traced("").await;
     let log_path = directory.path().join("access.log");
-    let gateway =
-        GatewayProcess::start(&config(&collector.endpoint(), &backend, "", &log_path)).await;
     let client = client();
     let response = client
         .get(gateway.url("/api/items?page=2"))
@@ -234,16 +262,12 @@ async fn one_trace_runs_from_the_caller_through_the_gateway_to_the_upstream() {
 
 #[tokio::test]
 async fn a_retried_request_has_one_attempt_span_per_try_and_a_refusing_policy_its_own_span() {
-    let collector = OtlpReceiver::start().await;
-    let backend = two_echoes().await;
-    let directory = tempfile::tempdir().unwrap();
-    let gateway = GatewayProcess::start(&config(
-        &collector.endpoint(),
-        &backend,
-        "",
-        &directory.path().join("access.log"),
-    ))
-    .await;
+    let Traced {
+        collector,
+        backend: _backend,
+        gateway,
+        directory: _directory,
+    } = traced("").await;
     let client = client();
     let retried_trace = "11111111111111111111111111111111";
     let response = client
@@ -319,16 +343,12 @@ async fn a_retried_request_has_one_attempt_span_per_try_and_a_refusing_policy_it
 
 #[tokio::test]
 async fn sampling_follows_the_ratio_and_the_callers_decision() {
-    let collector = OtlpReceiver::start().await;
-    let backend = two_echoes().await;
-    let directory = tempfile::tempdir().unwrap();
-    let gateway = GatewayProcess::start(&config(
-        &collector.endpoint(),
-        &backend,
-        "  sample_rate: 0.25\n",
-        &directory.path().join("access.log"),
-    ))
-    .await;
+    let Traced {
+        collector,
+        backend: _backend,
+        gateway,
+        directory: _directory,
+    } = traced("  sample_rate: 0.25\n").await;
     let client = client();
     const REQUESTS: usize = 400;
     let mut sampled_traces = Vec::new();
@@ -450,17 +470,13 @@ async fn a_dead_or_failing_collector_never_slows_requests_and_drops_are_counted(
 
 #[tokio::test]
 async fn a_collector_that_refuses_exports_is_counted_and_recovers() {
-    let collector = OtlpReceiver::start().await;
+    let Traced {
+        collector,
+        backend: _backend,
+        gateway,
+        directory: _directory,
+    } = traced("").await;
     collector.answer_with(503);
-    let backend = two_echoes().await;
-    let directory = tempfile::tempdir().unwrap();
-    let gateway = GatewayProcess::start(&config(
-        &collector.endpoint(),
-        &backend,
-        "",
-        &directory.path().join("access.log"),
-    ))
-    .await;
     let client = client();
     let response = client
         .get(gateway.url("/api/refused"))

@@ -1,5 +1,5 @@
-//! The OTLP exporter's HTTP client: the hyper client and rustls (ring, Mozilla roots) the
-//! gateway already links for JWKS fetches, so exporting adds no second HTTP or TLS stack.
+//! The OTLP exporters' HTTP client: hyper on the gateway's outbound connector
+//! (`crate::outbound`), so exporting adds no second HTTP or TLS stack.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -27,12 +27,7 @@ impl std::fmt::Debug for CollectorClient {
 
 impl CollectorClient {
     pub fn new() -> Result<CollectorClient, String> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|error| format!("TLS setup: {error}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = crate::outbound::connector()?;
         // Exports follow each other within seconds: a kept-alive connection saves a
         // handshake per batch.
         let inner = Client::builder(TokioExecutor::new())
