@@ -198,6 +198,21 @@ pub async fn handle(reloader: &Reloader, request: WriteRequest<'_>) -> Reply {
 }
 
 /// The audit log's line for a change that was asked for and not made.
+/// The audit line of `POST .../reset` (breaker closed, ejection lifted by hand).
+pub fn audit_reset(principal: &Principal, path: &str, status: StatusCode) {
+    log::info!(
+        target: "loom::audit",
+        "{} ({}) POST {path}: {}",
+        principal.name,
+        principal.role.as_str(),
+        if status == StatusCode::OK {
+            "applied; endpoint reset (breaker closed, ejection lifted)".to_string()
+        } else {
+            format!("refused with {status}")
+        }
+    );
+}
+
 pub fn audit_refusal(principal: &Principal, method: &Method, path: &str, status: StatusCode) {
     log::info!(
         target: "loom::audit",

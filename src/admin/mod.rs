@@ -121,6 +121,30 @@ impl AdminApp {
                 "the admin API answers no OPTIONS (and no CORS)",
             );
         }
+        // Browsers put `Origin` on every cross-origin request and on every POST, PUT and
+        // DELETE, even the "simple" ones that need no preflight; admin clients (curl,
+        // scripts, automation) send none. Refusing it keeps web pages from changing the
+        // gateway through an operator's browser.
+        if let Some(origin) = session.req_header().headers.get(http::header::ORIGIN) {
+            return Reply::error(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                format!(
+                    "the admin API does not answer browsers' cross-origin requests (Origin: {})",
+                    origin.to_str().unwrap_or("?")
+                ),
+            );
+        }
+        // Without credentials, a DNS-rebinding page could reach a loopback listener under its
+        // own host name: only IP literals and localhost are answered then.
+        if snapshot.admin_auth.is_none() && !is_local_host(session.req_header()) {
+            return Reply::error(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "without admin.auth or admin.tokens the admin API answers only requests for \
+                 localhost or an IP address (Host header)",
+            );
+        }
         // Liveness and readiness stay open, as in Go Loom: load balancers and orchestrators
         // probe them without credentials, and they reveal nothing but up or down.
         let probe = matches!(path.as_str(), "/health" | "/ready" | "/healthz" | "/readyz");
@@ -138,7 +162,8 @@ impl AdminApp {
             _ => anonymous(snapshot.admin_address),
         };
         let segments = decoded_segments(&path);
-        let writes = changes::is_write(&method, &segments) || upstreams::is_reset(&method, &path);
+        let reset = upstreams::is_reset(&method, &segments);
+        let writes = changes::is_write(&method, &segments) || reset;
         if writes && principal.role < AdminRole::Write {
             changes::audit_refusal(&principal, &method, &path, StatusCode::FORBIDDEN);
             return Reply::error(
@@ -155,9 +180,29 @@ impl AdminApp {
         }
         if path == "/explain" {
             let query = session.req_header().uri.query();
-            return Reply::from(explain::handle(self.state(), &method, query));
+            let (status, document) = explain::handle(self.state(), &method, query);
+            return Reply::from((status, redact::redacted(&document)));
         }
         if changes::is_write(&method, &segments) {
+            let json_body = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.trim_start().starts_with("application/json"));
+            if method != Method::DELETE && !json_body {
+                changes::audit_refusal(
+                    &principal,
+                    &method,
+                    &path,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                );
+                return Reply::error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "admin changes take a JSON body: send Content-Type: application/json",
+                );
+            }
             let body = match read_body(session).await {
                 Ok(body) => body,
                 Err(reply) => return reply,
@@ -188,11 +233,17 @@ impl AdminApp {
                 .strip_prefix('/')
                 .and_then(|path| path.strip_prefix(kind.section()))
                 .unwrap_or_default();
-            let reply = Reply::from(match kind {
+            let (status, document) = match kind {
                 ResourceKind::Route => routes::handle(self.state(), &method, rest),
-                ResourceKind::Upstream => upstreams::handle(self.state(), &method, rest),
+                ResourceKind::Upstream => upstreams::handle(self.state(), &method, &segments[1..]),
                 ResourceKind::Plugin => plugins::handle(self.state(), &method, rest),
-            });
+            };
+            if reset {
+                changes::audit_reset(&principal, &path, status);
+            }
+            // The runtime views (a route's chain, a plugin's config) show configured values:
+            // the same secrets `GET /config` hides are hidden here.
+            let reply = Reply::from((status, redact::redacted(&document)));
             return match (&method, &segments[1..]) {
                 (&Method::GET, [id]) => config_view::annotate_resource(reply, effective, kind, id),
                 // A list's revision is the whole config's.
@@ -288,6 +339,29 @@ fn decoded_segments(path: &str) -> Vec<String> {
                 .into_owned()
         })
         .collect()
+}
+
+/// Whether the request's `Host` (or `:authority`) is localhost or an IP literal, or absent.
+fn is_local_host(request: &pingora::http::RequestHeader) -> bool {
+    let host = request
+        .headers
+        .get(http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| request.uri.host());
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn not_found() -> Reply {

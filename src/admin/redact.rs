@@ -52,6 +52,8 @@ fn redact_under(value: &Value, parents: &[&str]) -> Value {
                 .map(|(key, child)| {
                     let hidden = is_secret_key(key)
                         || (parents.ends_with(&["users"]) && child.is_string())
+                        || (is_collector_headers(parents) && child.is_string())
+                        || (is_header_map(parents) && names_a_credential(key))
                         || (key == "key" && parents.ends_with(&["keys", ELEMENT]));
                     let shown = if hidden {
                         hide_all(child)
@@ -77,6 +79,36 @@ fn redact_under(value: &Value, parents: &[&str]) -> Value {
         Value::String(text) => Value::String(redact_text(text)),
         other => other.clone(),
     }
+}
+
+/// `tracing.headers` and `metrics.opentelemetry.headers` exist for collector credentials:
+/// every value is hidden, whatever the header is called.
+fn is_collector_headers(parents: &[&str]) -> bool {
+    parents.ends_with(&["tracing", "headers"]) || parents.ends_with(&["opentelemetry", "headers"])
+}
+
+/// Header maps a route or policy sets or matches on.
+fn is_header_map(parents: &[&str]) -> bool {
+    parents
+        .last()
+        .is_some_and(|last| matches!(*last, "set_headers" | "add_headers" | "headers"))
+}
+
+/// A header name that usually carries a credential (`X-Internal-Token`, `X-Auth-Key`).
+fn names_a_credential(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "auth",
+        "key",
+        "cookie",
+        "session",
+        "signature",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 fn is_secret_key(key: &str) -> bool {
@@ -205,5 +237,30 @@ mod tests {
         assert_eq!(redact_url_password("redis://user@host"), None);
         assert_eq!(redact_url_password("http://host/a:b@c"), None);
         assert_eq!(redact_url_password("plain text"), None);
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn collector_headers_and_credential_headers_are_hidden_by_where_they_stand() {
+        let shown = redacted(&json!({
+            "tracing": {"headers": {"x-honeycomb-team": "abc", "dd-api-key": "def"}},
+            "metrics": {"opentelemetry": {"headers": {"lightstep-access-token": "ghi"}}},
+            "chain": [{"config": {"request": {"set_headers": {
+                "X-Internal-Token": "jkl", "x-route": "${route_id}"
+            }}}}],
+        }));
+        let text = shown.to_string();
+        for secret in ["abc", "def", "ghi", "jkl"] {
+            assert!(!text.contains(secret), "{secret} shown in {text}");
+        }
+        assert!(
+            text.contains("${route_id}"),
+            "a plain header value stays: {text}"
+        );
     }
 }

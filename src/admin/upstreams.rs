@@ -13,18 +13,17 @@ use crate::gateway::snapshot::GatewayState;
 use crate::upstream::{Unselectable, UpstreamPool};
 
 /// Whether the request closes an endpoint's breaker (`POST .../reset`): a change, which
-/// needs the write role.
-pub fn is_reset(method: &Method, path: &str) -> bool {
-    method == Method::POST && path.starts_with("/upstreams/") && path.ends_with("/reset")
+/// needs the write role. `segments` are the decoded path segments, as [`handle`] reads them.
+pub fn is_reset(method: &Method, segments: &[String]) -> bool {
+    method == Method::POST
+        && matches!(segments, [section, _, endpoints, _, reset]
+            if section == "upstreams" && endpoints == "endpoints" && reset == "reset")
 }
 
-/// Answers a request under `/upstreams`; `rest` is the path after that prefix.
-pub fn handle(state: &GatewayState, method: &Method, rest: &str) -> (StatusCode, Value) {
+/// Answers a request under `/upstreams`; `segments` are the decoded path segments after it.
+pub fn handle(state: &GatewayState, method: &Method, segments: &[String]) -> (StatusCode, Value) {
     let snapshot = state.current();
-    let segments: Vec<&str> = rest
-        .split('/')
-        .filter(|segment| !segment.is_empty())
-        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let find = |name: &str| snapshot.upstreams.iter().find(|pool| &*pool.name == name);
     match (method, segments.as_slice()) {
         (&Method::GET, []) => (
@@ -36,10 +35,7 @@ pub fn handle(state: &GatewayState, method: &Method, rest: &str) -> (StatusCode,
             None => not_found(&format!("no upstream named \"{name}\"")),
         },
         (&Method::POST, [name, "endpoints", address, "reset"]) => match find(name) {
-            Some(pool) if pool.reset_endpoint(address) => {
-                log::info!("admin: reset endpoint {address} of upstream {name}");
-                (StatusCode::OK, describe(pool))
-            }
+            Some(pool) if pool.reset_endpoint(address) => (StatusCode::OK, describe(pool)),
             Some(_) => not_found(&format!(
                 "upstream \"{name}\" has no endpoint \"{address}\""
             )),
@@ -82,7 +78,7 @@ fn describe(pool: &UpstreamPool) -> Value {
                 "address": endpoint.address,
                 "resolved": endpoint.socket.to_string(),
                 "weight": endpoint.weight,
-                "drain": endpoint.drain,
+                "drain": pool.is_draining(index),
                 "healthy": pool.is_healthy(index),
                 "selectable": selectable.is_ok(),
                 "unselectable_because": selectable.err().map(Unselectable::as_str),

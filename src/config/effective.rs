@@ -103,7 +103,7 @@ impl EffectiveConfig {
     pub fn resource(&self, kind: ResourceKind, id: &str) -> Option<&Value> {
         self.resources(kind)
             .iter()
-            .find(|entry| kind.id_of_json(entry) == Some(id))
+            .find(|entry| kind.id_of_json(entry).as_deref() == Some(id))
     }
 
     pub fn resource_revision(&self, kind: ResourceKind, id: &str) -> Option<String> {

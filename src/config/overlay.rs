@@ -82,8 +82,15 @@ impl ResourceKind {
     }
 
     /// The name of `entry` (a list entry as JSON), if it has one.
-    pub fn id_of_json(self, entry: &Value) -> Option<&str> {
-        entry.get(self.id_key()).and_then(Value::as_str)
+    /// The entry's id or name as text; a YAML `id: 1` arrives as a JSON number and is the
+    /// same id as `"1"`.
+    pub fn id_of_json(self, entry: &Value) -> Option<String> {
+        match entry.get(self.id_key())? {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            Value::Bool(flag) => Some(flag.to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -143,7 +150,14 @@ impl Overlay {
         let mut overlay = Overlay::default();
         let mut errors = Vec::new();
         let NodeValue::Mapping(sections) = &root.value else {
-            return Err(errors);
+            return Err(vec![ConfigError {
+                file: file.to_path_buf(),
+                mark: Some(root.mark),
+                key_path: String::new(),
+                message: "the overlay must be a JSON object of sections (routes, upstreams, \
+                          plugins)"
+                    .to_string(),
+            }]);
         };
         for (key, value) in sections {
             let name = key.scalar_text().unwrap_or_default();

@@ -168,6 +168,31 @@ pub struct UpstreamPlan {
     pub discovery: Option<DiscoveryPlan>,
 }
 
+impl UpstreamPlan {
+    /// Whether `other` differs from this plan at most in which endpoints drain. A drain then
+    /// changes the live pool instead of replacing it, so its breakers, ejections, in-flight
+    /// counts and health state stay as they are.
+    pub fn same_but_drain(&self, other: &UpstreamPlan) -> bool {
+        self.without_drain() == other.without_drain()
+    }
+
+    fn without_drain(&self) -> UpstreamPlan {
+        let mut plan = self.clone();
+        for endpoint in &mut plan.endpoints {
+            endpoint.drain = false;
+        }
+        for endpoint in &mut plan.config.endpoints {
+            // `"host:port"` and `{address, weight: 1}` mean the same endpoint.
+            *endpoint = super::schema::EndpointConfig::Weighted {
+                address: endpoint.address().to_string(),
+                weight: endpoint.weight(),
+                drain: false,
+            };
+        }
+        plan
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EffectiveTimeouts {
     pub connect: Duration,
@@ -1239,6 +1264,16 @@ fn check_routes(
     let mut specs = Vec::new();
     for (position, route) in config.routes.iter().enumerate() {
         let key = format!("routes[{}]", indexes.routes[position]);
+        if route.id == crate::observe::route_metrics::UNMATCHED {
+            checker.error(
+                format!("{key}.id"),
+                format!(
+                    "the route id \"{}\" is reserved: metrics and logs name requests no route \
+                     matched with it",
+                    route.id
+                ),
+            );
+        }
         if !ids.insert(route.id.as_str()) {
             checker.error(
                 format!("{key}.id"),

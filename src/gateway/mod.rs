@@ -237,6 +237,9 @@ impl ProxyHttp for Gateway {
                 http::HeaderValue::from_bytes(&traceparent)
                     .map_err(|_| Error::new(ErrorType::InternalError))?,
             )?;
+            if ctx.trace.starts_trace {
+                upstream_request.remove_header("tracestate");
+            }
         }
         if let Some(route) = ctx.route()
             && !route.preserve_host

@@ -97,11 +97,20 @@ impl Snapshot {
             .map(|plan| {
                 previous
                     .and_then(|snapshot| {
-                        snapshot
+                        // A pool whose plan is unchanged, or changed only in which endpoints
+                        // drain, keeps serving (with its breakers, ejections and health).
+                        let reused = snapshot
                             .upstreams
                             .iter()
                             .find(|pool| pool.plan == plan)
-                            .cloned()
+                            .or_else(|| {
+                                snapshot
+                                    .upstreams
+                                    .iter()
+                                    .find(|pool| pool.plan.same_but_drain(&plan))
+                            })?;
+                        reused.apply_drain(&plan);
+                        Some(Arc::clone(reused))
                     })
                     .unwrap_or_else(|| Arc::new(UpstreamPool::new(plan)))
             })

@@ -98,6 +98,12 @@ impl Drop for RouteMetrics {
         metrics
             .response_body_bytes_total
             .remove_label_values(&[&*self.id]);
+        metrics
+            .auth_failures_total
+            .remove_where(&[("route", &self.id)]);
+        metrics
+            .rate_limited_total
+            .remove_where(&[("route", &self.id)]);
     }
 }
 

@@ -17,6 +17,9 @@ pub struct EndpointState {
     pub breaker: Option<CircuitBreaker>,
     /// `loom_upstream_requests_total{upstream, endpoint, status}`, resolved per status once.
     pub responses: crate::observe::series::StatusCounters,
+    /// Draining (`drain: true`): selection skips it. Changed in place by a reload or an admin
+    /// change that only drains (see `UpstreamPlan::same_but_drain`).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// How one attempt ended, as the breaker and passive health see it. Whether it counts as a

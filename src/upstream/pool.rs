@@ -204,6 +204,7 @@ impl UpstreamPool {
             .endpoints
             .iter()
             .map(|endpoint| EndpointState {
+                draining: AtomicBool::new(endpoint.drain),
                 responses: StatusCounters::new(
                     &metrics.upstream_requests_total,
                     &[&plan.config.name, &endpoint.address],
@@ -265,6 +266,21 @@ impl UpstreamPool {
 
     pub fn endpoints(&self) -> &[ResolvedEndpoint] {
         &self.plan.endpoints
+    }
+
+    /// Whether endpoint `index` is draining now.
+    pub fn is_draining(&self, index: usize) -> bool {
+        self.endpoint_states
+            .get(index)
+            .is_some_and(|state| state.draining.load(Ordering::Relaxed))
+    }
+
+    /// Takes `plan`'s drain settings; `plan` must be this pool's apart from them
+    /// ([`UpstreamPlan::same_but_drain`]).
+    pub fn apply_drain(&self, plan: &UpstreamPlan) {
+        for (state, endpoint) in self.endpoint_states.iter().zip(&plan.endpoints) {
+            state.draining.store(endpoint.drain, Ordering::Relaxed);
+        }
     }
 
     /// Counts an attempt's answer (`status` 0: none) for endpoint `index`.
@@ -352,7 +368,7 @@ impl UpstreamPool {
             return Err(Unselectable::Unhealthy);
         };
         // A draining endpoint counts as down for new requests; the ones it has finish.
-        if self.plan.endpoints[index].drain {
+        if state.draining.load(Ordering::Relaxed) {
             return Err(Unselectable::Draining);
         }
         if self

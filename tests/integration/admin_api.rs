@@ -658,10 +658,11 @@ async fn an_invalid_change_is_refused_with_its_json_path_while_traffic_flows() {
         );
         traffic.wait_for(5).await;
     }
-    // A body that is not JSON at all.
+    // A body that says it is JSON and is not.
     let garbage = client()
         .put(gateway.admin_url("/routes/web"))
         .header("if-match", &route)
+        .header("content-type", "application/json")
         .body("path: /yaml")
         .send()
         .await
@@ -953,18 +954,20 @@ async fn credentials_and_roles_guard_the_admin_api_and_config_hides_secrets() {
         (forbidden.status, forbidden.body["error"]["code"].clone()),
         (403, json!("forbidden"))
     );
-    assert_eq!(
-        admin(
-            &gateway,
-            Method::POST,
-            "/upstreams/pool/endpoints/x/reset",
-            &[read],
-            None
-        )
-        .await
-        .status,
-        403
-    );
+    for reset in [
+        "/upstreams/pool/endpoints/x/reset",
+        // The same target with a trailing slash or encoded: still a change.
+        "/upstreams/pool/endpoints/x/reset/",
+        "/upstreams/pool/endpoints/x/%72eset",
+    ] {
+        assert_eq!(
+            admin(&gateway, Method::POST, reset, &[read], None)
+                .await
+                .status,
+            403,
+            "{reset}"
+        );
+    }
     // A write token and a Basic user (write unless configured otherwise) can.
     let changed = admin(
         &gateway,
@@ -1014,6 +1017,35 @@ async fn credentials_and_roles_guard_the_admin_api_and_config_hides_secrets() {
         .send()
         .await
         .unwrap();
+    assert_eq!(with_origin.status(), 403, "a browser's cross-origin read");
+    // A "simple" cross-origin POST needs no preflight; browsers still send Origin with it.
+    let simple_post = client()
+        .post(gateway.admin_url("/upstreams"))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .header(write.0, write.1)
+        .body(r#"{"name": "evil", "endpoints": ["127.0.0.1:9"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(simple_post.status(), 403);
+    // Changes take JSON only.
+    let not_json = client()
+        .post(gateway.admin_url("/upstreams"))
+        .header("content-type", "text/plain")
+        .header(write.0, write.1)
+        .body(r#"{"name": "evil", "endpoints": ["127.0.0.1:9"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 415);
+    assert_eq!(
+        admin(&gateway, Method::GET, "/upstreams/evil", &[read], None)
+            .await
+            .status,
+        404,
+        "no refused request created anything"
+    );
     for response in [&preflight, &with_origin] {
         assert!(
             !response
@@ -1029,6 +1061,7 @@ async fn credentials_and_roles_guard_the_admin_api_and_config_hides_secrets() {
         .put(gateway.admin_url("/routes/web"))
         .header(write.0, write.1)
         .header("if-match", "*")
+        .header("content-type", "application/json")
         .body(vec![b' '; 2 * 1024 * 1024])
         .send()
         .await
@@ -1036,7 +1069,15 @@ async fn credentials_and_roles_guard_the_admin_api_and_config_hides_secrets() {
     assert_eq!(huge.status(), 413);
 
     // GET /config: the effective config with every secret redacted.
-    let text = with_origin.text().await.unwrap();
+    let text = client()
+        .get(gateway.admin_url("/config"))
+        .header(read.0, read.1)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for secret in [&key_digest, &ops_digest, &write_digest, &read_digest] {
         assert!(!text.contains(secret.as_str()), "a secret is shown: {text}");
     }
@@ -1048,4 +1089,94 @@ async fn credentials_and_roles_guard_the_admin_api_and_config_hides_secrets() {
     assert_eq!(config["admin"]["auth"]["users"]["ops"], "<redacted>");
     assert_eq!(config["admin"]["tokens"][1]["name"], "dashboard");
     assert_eq!(config["routes"][0]["priority"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_changes_the_live_pool_and_keeps_its_open_breakers() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let (a_port, b_port) = (a.addresses()[0].port(), b.addresses()[0].port());
+    let template = format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+routes:
+  - id: web
+    path: /web/*
+    upstream: pool
+upstreams:
+  - name: pool
+    load_balancer: round_robin
+    endpoints: ["127.0.0.1:@DEAD0@", "127.0.0.1:{a_port}", "127.0.0.1:{b_port}"]
+    retry:
+      max_retries: 2
+    circuit_breaker:
+      failure_threshold: 1
+      timeout: 1h
+"#
+    );
+    let gateway = GatewayProcess::start(&template).await;
+    let client = client();
+    let dead = |document: &Value| -> Value {
+        document["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|endpoint| {
+                endpoint["selectable"] == false || endpoint["circuit_breaker"]["state"] == "open"
+            })
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    // Round robin reaches the dead endpoint within three requests; the retry hides it and
+    // its breaker opens for an hour.
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .get(gateway.url("/web/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let before = admin(&gateway, Method::GET, "/upstreams/pool", &[], None).await;
+    assert_eq!(
+        dead(&before.body)["circuit_breaker"]["state"],
+        "open",
+        "{}",
+        before.body
+    );
+    let drain = admin(
+        &gateway,
+        Method::PUT,
+        &format!("/upstreams/pool/endpoints/127.0.0.1:{b_port}"),
+        &[("if-match", &before.etag())],
+        Some(json!({"drain": true})),
+    )
+    .await;
+    assert_eq!(drain.status, 200, "{}", drain.body);
+    let after = admin(&gateway, Method::GET, "/upstreams/pool", &[], None).await;
+    assert_eq!(
+        dead(&after.body)["circuit_breaker"]["state"],
+        "open",
+        "the drain replaced the pool and forgot the open breaker: {}",
+        after.body
+    );
+    let drained = after.body["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|endpoint| endpoint["address"] == format!("127.0.0.1:{b_port}"))
+        .cloned()
+        .unwrap();
+    assert_eq!(drained["drain"], true);
+    assert_eq!(drained["unselectable_because"], "draining");
+    // Every request now goes to the one endpoint left.
+    for _ in 0..6 {
+        assert_eq!(
+            instance(&client, &gateway.url("/web/y")).await.as_deref(),
+            Ok("a")
+        );
+    }
 }

@@ -37,7 +37,14 @@ pub fn enqueue(span: SpanData) {
         .get()
         .is_some_and(|sender| sender.try_send(span).is_ok());
     if !queued {
-        metrics::count_trace_spans_dropped("queue_full", 1);
+        // Resolved once: this runs on request threads exactly when the collector is down.
+        static QUEUE_FULL: std::sync::LazyLock<prometheus::IntCounter> =
+            std::sync::LazyLock::new(|| {
+                metrics::metrics()
+                    .trace_spans_dropped_total
+                    .with_label_values(&["queue_full"])
+            });
+        QUEUE_FULL.inc();
     }
 }
 
@@ -98,8 +105,9 @@ impl BackgroundService for ExportService {
             }
             let Some(settings) = self.current_settings() else {
                 // Tracing was switched off by a reload: what is still queued has nowhere to go.
-                let waiting = 1 + receiver.len();
-                receiver.recv_many(&mut batch, waiting).await;
+                while let Ok(span) = receiver.try_recv() {
+                    batch.push(span);
+                }
                 metrics::count_trace_spans_dropped("disabled", batch.len() as u64);
                 continue;
             };

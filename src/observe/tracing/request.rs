@@ -25,6 +25,9 @@ pub struct RequestTrace {
     /// The gateway's server span.
     pub span_id: u64,
     pub sampled: bool,
+    /// No valid `traceparent` came in: this request starts the trace, so a `tracestate` the
+    /// caller sent belongs to no trace and is not forwarded (W3C Trace Context).
+    pub starts_trace: bool,
     recording: Option<Box<Recording>>,
 }
 
@@ -113,6 +116,7 @@ impl RequestTrace {
             trace_id,
             span_id,
             sampled,
+            starts_trace: parent.is_none(),
             recording,
         }
     }
