@@ -56,7 +56,59 @@ struct Cli {
 enum Command {
     /// Loom message streaming (QUIC and HTTP/3): run the server on a config in the
     /// reference loomd schema, or produce/consume as a client.
-    Stream(StreamCommand),
+    Stream(Box<StreamCommand>),
+    /// Upgrade the running gateway without downtime: the new binary checks the config and
+    /// loads everything (plugins, TLS, first health checks) before the running process is
+    /// told to hand its sockets over; a new process that fails leaves the old one serving.
+    Upgrade(UpgradeCommand),
+}
+
+#[derive(Args, Debug)]
+struct UpgradeCommand {
+    /// The config the running gateway uses (its `server.pid_file` finds it).
+    #[arg(short = 'c', long = "conf", default_value = "conf/loom.yaml")]
+    conf: PathBuf,
+    /// The new binary; default: this one.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Start the new process as a daemon (`-d`), as the systemd unit runs it.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Seconds the new process may take to be ready, and then to serve.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+fn run_upgrade_command(command: UpgradeCommand) -> ExitCode {
+    let binary = match command.binary.map_or_else(std::env::current_exe, Ok) {
+        Ok(binary) => binary,
+        Err(error) => {
+            eprintln!("loom upgrade: cannot find this binary: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let request = loom::control::upgrade::UpgradeRequest {
+        config: command.conf,
+        binary,
+        daemon: command.daemon,
+        timeout: std::time::Duration::from_secs(command.timeout),
+    };
+    match loom::control::upgrade::run(&request) {
+        Ok(report) => {
+            println!(
+                "loom upgrade: pid {} handed over to pid {} (ready after {} ms, serving {} ms after the handoff began)",
+                report.old_pid,
+                report.new_pid,
+                report.preparation.as_millis(),
+                report.handoff.as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("loom upgrade: {reason}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -110,8 +162,14 @@ fn run_stream_command(command: StreamCommand) -> ExitCode {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut cli = Cli::parse();
-    if let Some(Command::Stream(command)) = cli.command.take() {
-        return run_stream_command(command);
+    match cli.command.take() {
+        Some(Command::Stream(command)) => return run_stream_command(*command),
+        Some(Command::Upgrade(command)) => return run_upgrade_command(command),
+        None => {}
+    }
+    if cli.upgrade {
+        // Started by `loom upgrade`: it waits on this pipe before the old process hands over.
+        loom::control::upgrade::adopt_ready_pipe();
     }
     // Taken before reading, so an edit that races the initial load still triggers a reload.
     let loaded_fingerprint = loom::control::watch::fingerprint(&cli.conf);
@@ -186,10 +244,8 @@ fn run(
     {
         anyhow::bail!("stream endpoint cannot bind udp {}: {error}", plan.address);
     }
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    server.bootstrap();
 
-    let listeners: Vec<_> = loaded
+    let listeners: Vec<ListenerSpec> = loaded
         .validated
         .listeners
         .iter()
@@ -206,6 +262,21 @@ fn run(
     let admin_address = loaded.validated.admin_address;
     let config_path = loaded.path.clone();
     let state = Arc::new(GatewayState::new(loaded, Arc::new(plugins)));
+    if loom::control::upgrade::is_reporting() {
+        prepare_for_handoff(&listeners, &state)?;
+    }
+    // With -u this waits for the old process's sockets (after `prepare_for_handoff` told
+    // `loom upgrade` to send it SIGQUIT).
+    let pid_file = server_conf.pid_file.clone();
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    if !cli.daemon {
+        // Pingora writes the pid file only when it daemonizes; `loom upgrade` finds the
+        // running gateway through it in the foreground too (containers, tests).
+        if let Err(error) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write the pid file {pid_file}: {error}");
+        }
+    }
 
     let stream_slot = stream_plan.map(|plan| {
         let worker_threads = plan.worker_threads;
@@ -305,6 +376,48 @@ fn run(
     let readiness_handle = server.add_service(readiness);
     readiness_handle.add_dependencies(&listener_handles);
     server.run_forever();
+}
+
+/// Before `loom upgrade` lets the old process hand its sockets over: everything that can fail
+/// without the sockets is tried here (TLS material, the first health-check round), then the
+/// upgrade is told this process is ready. (Config and plugins were loaded before.)
+/// A listener as the services are built from it: name, address, protocol, TLS files and
+/// client-certificate settings.
+type ListenerSpec = (
+    String,
+    String,
+    loom::config::schema::ListenerProtocol,
+    Option<(String, String)>,
+    Option<loom::config::validate::ClientAuthPlan>,
+);
+
+fn prepare_for_handoff(
+    listeners: &[ListenerSpec],
+    state: &Arc<GatewayState>,
+) -> anyhow::Result<()> {
+    for (name, _, _, tls, client_auth) in listeners {
+        if let Some((cert, key)) = tls {
+            TlsSettings::intermediate(cert, key).map_err(|error| {
+                anyhow::anyhow!("listener {name}: TLS certificate or key: {error}")
+            })?;
+        }
+        if let Some(client_auth) = client_auth {
+            loom::gateway::client_cert::RecordingVerifier::from_ca_file(
+                &client_auth.ca_file,
+                client_auth.required,
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
+    }
+    // The pools that will serve, on a runtime of their own: probes open a fresh connection
+    // each time, so nothing they leave behind belongs to this runtime.
+    let pools = state.current().upstreams.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(loom::control::first_health_rounds(&pools));
+    loom::control::upgrade::report_ready();
+    Ok(())
 }
 
 /// Pingora panics in a service thread when a listener cannot bind, leaving the process up

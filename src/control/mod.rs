@@ -10,6 +10,7 @@
 pub mod discovery;
 pub mod readiness;
 pub mod reloader;
+pub mod upgrade;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::observe::access_log;
-pub use reloader::Reloader;
+pub use reloader::{Reloader, first_health_rounds};
 use watch::FileWatch;
 
 pub struct ControlService {

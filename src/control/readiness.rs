@@ -66,6 +66,16 @@ impl BackgroundService for ListenerReadiness {
             }
         }
         self.state.set_listeners_open(true);
+        // The stream's UDP port (taken over with SO_REUSEPORT) must serve too before an
+        // upgrade counts as done.
+        while crate::stream::metrics::installed_readiness() == Some(false) {
+            if Instant::now() > deadline || *shutdown.borrow() {
+                log::error!("the stream endpoint is not serving; the upgrade is not confirmed");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        crate::control::upgrade::report_serving();
         let _ = shutdown.changed().await;
         self.state.set_listeners_open(false);
     }

@@ -325,7 +325,7 @@ fn spawn_plugin_task(state: &Arc<GatewayState>, plugin: &Arc<PluginRuntime>) {
 
 /// Runs the first health round of `pools` concurrently, each bounded by its own timeout
 /// times its unhealthy threshold so a black-holed endpoint cannot stall a reload.
-async fn first_health_rounds(pools: &[Arc<UpstreamPool>]) {
+pub async fn first_health_rounds(pools: &[Arc<UpstreamPool>]) {
     let rounds = pools.iter().map(|pool| {
         // One probe can take connect + TLS + read, each bounded by the probe timeout.
         let bound = pool.plan.health.as_ref().map_or(Duration::ZERO, |health| {

@@ -105,3 +105,192 @@ async fn upgrade_hands_the_sockets_over_without_refusing_a_connection() {
     );
     assert!(served_before > 0);
 }
+
+/// Clients that keep sending, one new connection per request, and what went wrong for them.
+struct Load {
+    stop: Arc<AtomicBool>,
+    completed: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let completed = Arc::new(AtomicUsize::new(0));
+        let workers = (0..2)
+            .map(|_| {
+                let (url, stop, completed) = (url.clone(), stop.clone(), completed.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .no_proxy()
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap();
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.get(&url).send().await {
+                            Ok(response) if response.status() == 200 => {
+                                completed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(response) => failures.push(format!("status {}", response.status())),
+                            Err(error) => failures.push(error.to_string()),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            completed,
+            workers,
+        }
+    }
+
+    /// Waits until `more` requests beyond now have been served.
+    async fn wait_for(&self, more: usize) {
+        let target = self.completed.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.completed.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "the gateway stopped serving");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for worker in self.workers {
+            failures.extend(worker.await.unwrap());
+        }
+        (self.completed.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// `loom upgrade` with these arguments: exit success, stdout and stderr. Its stderr goes to a
+/// file: a new gateway it starts keeps logging there after the command ends.
+fn loom_upgrade(log: &std::path::Path, arguments: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let stderr = std::fs::File::create(log).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .arg("upgrade")
+        .args(arguments)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .output()
+        .expect("loom upgrade runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        std::fs::read_to_string(log).unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loom_upgrade_hands_over_only_to_a_process_that_is_ready() {
+    let backend = echo("e").await;
+    let upstream = format!(
+        "  - name: pool\n    endpoints: [\"127.0.0.1:{}\"]\n",
+        backend.addresses()[0].port()
+    );
+    let mut gateway = GatewayProcess::start(&single_route(&upstream)).await;
+    let old_pid = gateway.pid();
+    let pid_file = gateway.directory.path().join("loom.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        old_pid.to_string(),
+        "the foreground gateway writes its pid file"
+    );
+    let load = Load::start(gateway.url("/during-upgrade"));
+    load.wait_for(20).await;
+    let config = gateway.config_path.clone();
+
+    // A binary that passes `-t` but dies at start: the old process is never asked to hand over.
+    let dying = gateway.directory.path().join("dying-loom");
+    std::fs::write(
+        &dying,
+        "#!/bin/sh\ncase \"$*\" in *-t*) exit 0;; esac\necho 'cannot start: broken build' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&dying, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let upgrade_log = gateway.directory.path().join("upgrade.log");
+    let (succeeded, _, stderr) = loom_upgrade(
+        &upgrade_log,
+        &[
+            "-c".as_ref(),
+            config.as_os_str(),
+            "--binary".as_ref(),
+            dying.as_os_str(),
+        ],
+    );
+    assert!(!succeeded, "{stderr}");
+    assert!(stderr.contains("cannot start: broken build"), "{stderr}");
+    assert!(stderr.contains("ended before it was ready"), "{stderr}");
+    assert!(stderr.contains("keeps serving"), "{stderr}");
+
+    // A config whose plugin does not compile: refused by the new binary's check.
+    let plugins = gateway.directory.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("broken.wasm"), b"\0asm\x01\0\0\0garbage").unwrap();
+    let broken = gateway.directory.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        format!(
+            "{}plugin_dir: \"{}\"\nplugins:\n  - name: broken\n    path: broken.wasm\n",
+            std::fs::read_to_string(&config).unwrap(),
+            plugins.display()
+        ),
+    )
+    .unwrap();
+    let (succeeded, _, stderr) = loom_upgrade(&upgrade_log, &["-c".as_ref(), broken.as_os_str()]);
+    assert!(!succeeded, "{stderr}");
+    assert!(
+        stderr.contains("the new binary refuses the config"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("broken.wasm"), "{stderr}");
+
+    // The old process served throughout, untouched.
+    load.wait_for(20).await;
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(
+        unsafe { libc::kill(old_pid, 0) },
+        0,
+        "the old process stopped:\n{}",
+        gateway.log()
+    );
+
+    // A good upgrade: ready first, then the handoff.
+    let (succeeded, stdout, stderr) =
+        loom_upgrade(&upgrade_log, &["-c".as_ref(), config.as_os_str()]);
+    assert!(succeeded, "{stdout}\n{stderr}\n{}", gateway.log());
+    assert!(
+        stdout.contains(&format!("pid {old_pid} handed over")),
+        "{stdout}"
+    );
+    assert!(
+        gateway.wait_exit(Duration::from_secs(30)).await,
+        "the old process did not exit after the handoff:\n{}",
+        gateway.log()
+    );
+    load.wait_for(50).await;
+    let new_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+    let (served, failures) = load.finish().await;
+    // SAFETY: kill(2) on the gateway this test started through `loom upgrade`.
+    unsafe {
+        libc::kill(new_pid, libc::SIGTERM);
+    }
+    // The same Pingora limitation as above: at most a connection or two accepted just before
+    // the old process began its shutdown.
+    assert!(
+        failures.len() <= 2,
+        "{} failed requests of {served}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
