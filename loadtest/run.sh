@@ -48,6 +48,8 @@ echo_pids=()
 cleanup() {
   [ -f "$work/loom.pid" ] && kill "$(cat "$work/loom.pid")" 2>/dev/null || true
   for pid in "${echo_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # The backend the failover scenario started again (in a background job).
+  [ -f "$work/restarted.pid" ] && kill "$(cat "$work/restarted.pid")" 2>/dev/null || true
   [ -n "${KEEP_WORK:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -89,6 +91,7 @@ side_action() {
       kill "$pair_b_pid"
       sleep "$(awk -v s="$seconds" 'BEGIN { print s / 3 }')"
       start_echo "${port[PAIR_B]}" b
+      echo "${echo_pids[-1]}" >"$work/restarted.pid"
       ;;
     reload)
       local rounds=$(( seconds / 2 > 0 ? seconds / 2 : 1 ))

@@ -126,63 +126,6 @@ fn overlay_path(gateway: &GatewayProcess) -> std::path::PathBuf {
     gateway.directory.path().join("loom.overlay.json")
 }
 
-/// Requests through the gateway in a loop until stopped: how many succeeded and what failed.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    completed: Arc<AtomicUsize>,
-    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Traffic {
-    fn start(url: String) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let completed = Arc::new(AtomicUsize::new(0));
-        let workers = (0..2)
-            .map(|_| {
-                let (url, stop, completed) = (url.clone(), stop.clone(), completed.clone());
-                tokio::spawn(async move {
-                    let client = client();
-                    let mut failures = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match instance(&client, &url).await {
-                            Ok(_) => {
-                                completed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(failure) => failures.push(failure),
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Traffic {
-            stop,
-            completed,
-            workers,
-        }
-    }
-
-    /// Waits until `count` more requests have succeeded.
-    async fn wait_for(&self, count: usize) {
-        let target = self.completed.load(Ordering::Relaxed) + count;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.completed.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "traffic made no progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Stops the loop; the failures seen.
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for worker in self.workers {
-            failures.extend(worker.await.unwrap());
-        }
-        (self.completed.load(Ordering::Relaxed), failures)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_verb_changes_the_running_gateway() {
     let (a, b) = (echo("a").await, echo("b").await);
@@ -589,7 +532,7 @@ async fn an_invalid_change_is_refused_with_its_json_path_while_traffic_flows() {
     let backend = echo("a").await;
     let port = backend.addresses()[0].port();
     let gateway = GatewayProcess::start(&web_config(&[port])).await;
-    let traffic = Traffic::start(gateway.url("/web/x"));
+    let traffic = Traffic::start(gateway.url("/web/x"), false);
     traffic.wait_for(20).await;
     let route = admin(&gateway, Method::GET, "/routes/web", &[], None)
         .await

@@ -491,3 +491,71 @@ pub fn check_config_file(path: &Path, config: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Requests through the gateway in a loop until stopped (two workers): how many got a 200 and
+/// what went wrong for the others. `fresh_connections` opens a new connection per request.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    completed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Traffic {
+    pub fn start(url: String, fresh_connections: bool) -> Traffic {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let completed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers = (0..2)
+            .map(|_| {
+                let (url, stop, completed) = (url.clone(), stop.clone(), completed.clone());
+                tokio::spawn(async move {
+                    let mut builder = reqwest::Client::builder()
+                        .no_proxy()
+                        .timeout(Duration::from_secs(20));
+                    if fresh_connections {
+                        builder = builder.pool_max_idle_per_host(0);
+                    }
+                    let client = builder.build().unwrap();
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.get(&url).send().await {
+                            Ok(response) if response.status() == 200 => {
+                                completed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(response) => failures.push(format!("status {}", response.status())),
+                            Err(error) => failures.push(error.to_string()),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            completed,
+            workers,
+        }
+    }
+
+    /// Waits until `count` more requests have succeeded.
+    pub async fn wait_for(&self, count: usize) {
+        use std::sync::atomic::Ordering;
+        let target = self.completed.load(Ordering::Relaxed) + count;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.completed.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "traffic made no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the loop: how many succeeded, and the failures.
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for worker in self.workers {
+            failures.extend(worker.await.unwrap());
+        }
+        (self.completed.load(Ordering::Relaxed), failures)
+    }
+}

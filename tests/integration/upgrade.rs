@@ -106,67 +106,6 @@ async fn upgrade_hands_the_sockets_over_without_refusing_a_connection() {
     assert!(served_before > 0);
 }
 
-/// Clients that keep sending, one new connection per request, and what went wrong for them.
-struct Load {
-    stop: Arc<AtomicBool>,
-    completed: Arc<AtomicUsize>,
-    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(url: String) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let completed = Arc::new(AtomicUsize::new(0));
-        let workers = (0..2)
-            .map(|_| {
-                let (url, stop, completed) = (url.clone(), stop.clone(), completed.clone());
-                tokio::spawn(async move {
-                    let client = reqwest::Client::builder()
-                        .no_proxy()
-                        .pool_max_idle_per_host(0)
-                        .build()
-                        .unwrap();
-                    let mut failures = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match client.get(&url).send().await {
-                            Ok(response) if response.status() == 200 => {
-                                completed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(response) => failures.push(format!("status {}", response.status())),
-                            Err(error) => failures.push(error.to_string()),
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            completed,
-            workers,
-        }
-    }
-
-    /// Waits until `more` requests beyond now have been served.
-    async fn wait_for(&self, more: usize) {
-        let target = self.completed.load(Ordering::Relaxed) + more;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.completed.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "the gateway stopped serving");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for worker in self.workers {
-            failures.extend(worker.await.unwrap());
-        }
-        (self.completed.load(Ordering::Relaxed), failures)
-    }
-}
-
 /// `loom upgrade` with these arguments: exit success, stdout and stderr. Its stderr goes to a
 /// file: a new gateway it starts keeps logging there after the command ends.
 fn loom_upgrade(log: &std::path::Path, arguments: &[&std::ffi::OsStr]) -> (bool, String, String) {
@@ -201,7 +140,7 @@ async fn loom_upgrade_hands_over_only_to_a_process_that_is_ready() {
         old_pid.to_string(),
         "the foreground gateway writes its pid file"
     );
-    let load = Load::start(gateway.url("/during-upgrade"));
+    let load = Traffic::start(gateway.url("/during-upgrade"), true);
     load.wait_for(20).await;
     let config = gateway.config_path.clone();
 
