@@ -634,3 +634,61 @@ async fn http3_refusals_answer_their_status_without_a_panic() {
     let log = std::fs::read_to_string(server.directory.path().join("stream.log")).unwrap();
     assert!(!log.contains("panicked"), "a server task panicked:\n{log}");
 }
+
+/// `loom upgrade` on a gateway with a stream section returns only once the new process
+/// serves streams on the UDP port too.
+#[tokio::test]
+async fn loom_upgrade_waits_for_the_stream_port() {
+    let udp = free_udp_port();
+    let template = gateway_with_stream(udp, "");
+    let mut gateway = GatewayProcess::start(&template).await;
+    let old_pid = gateway.pid();
+    let log_path = gateway.directory.path().join("upgrade.log");
+    let output = Command::new(env!("CARGO_BIN_EXE_loom"))
+        .arg("upgrade")
+        .arg("-c")
+        .arg(&gateway.config_path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .output()
+        .expect("loom upgrade runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(
+        stdout.contains(&format!("pid {old_pid} handed over")),
+        "{stdout}"
+    );
+    assert!(
+        gateway.wait_exit(Duration::from_secs(30)).await,
+        "the old process did not exit:\n{}",
+        gateway.log()
+    );
+    // The command said the new process serves: a pair of streams works at once.
+    let mut consumer = Consumer::connect(&options(udp, ClientTransport::Quic, "upgraded", ""))
+        .await
+        .expect("the new process accepts a consumer");
+    let mut producer = Producer::connect(&options(udp, ClientTransport::Quic, "upgraded", ""))
+        .await
+        .expect("the new process accepts a producer");
+    producer.send(b"k", b"served").await.expect("sent");
+    let message = tokio::time::timeout(Duration::from_secs(10), consumer.receive())
+        .await
+        .expect("delivered in time")
+        .expect("no stream error")
+        .expect("a message");
+    assert_eq!(message.body, b"served");
+    let new_pid: i32 = std::fs::read_to_string(gateway.directory.path().join("loom.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the gateway `loom upgrade` started for this test.
+    unsafe {
+        libc::kill(new_pid, libc::SIGTERM);
+    }
+}
