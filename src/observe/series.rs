@@ -196,17 +196,7 @@ pub fn counter_family(
     help: &str,
     label_names: &'static [&'static str],
 ) -> Family<IntCounter> {
-    let (metric_name, metric_help) = (name.to_string(), help.to_string());
-    Family::new(
-        name,
-        help,
-        label_names,
-        Box::new(move |labels| {
-            IntCounter::with_opts(
-                Opts::new(metric_name.clone(), metric_help.clone()).const_labels(labels),
-            )
-        }),
-    )
+    opts_family(name, help, label_names, IntCounter::with_opts)
 }
 
 pub fn gauge_family(
@@ -214,15 +204,23 @@ pub fn gauge_family(
     help: &str,
     label_names: &'static [&'static str],
 ) -> Family<IntGauge> {
+    opts_family(name, help, label_names, IntGauge::with_opts)
+}
+
+/// A family of metrics built from plain `Opts` (counters, gauges).
+fn opts_family<M: Collector + Clone + 'static>(
+    name: &str,
+    help: &str,
+    label_names: &'static [&'static str],
+    build: fn(Opts) -> prometheus::Result<M>,
+) -> Family<M> {
     let (metric_name, metric_help) = (name.to_string(), help.to_string());
     Family::new(
         name,
         help,
         label_names,
         Box::new(move |labels| {
-            IntGauge::with_opts(
-                Opts::new(metric_name.clone(), metric_help.clone()).const_labels(labels),
-            )
+            build(Opts::new(metric_name.clone(), metric_help.clone()).const_labels(labels))
         }),
     )
 }

@@ -2,9 +2,7 @@
 //! process through Pingora's socket handoff while clients keep connecting.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -21,34 +19,8 @@ async fn upgrade_hands_the_sockets_over_without_refusing_a_connection() {
 
     // New connection per request: the point is that the listening socket never refuses
     // (keep-alive connections to the old process close as it drains, which is HTTP's concern).
-    let stop = Arc::new(AtomicBool::new(false));
-    let completed = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..2 {
-        let (url, stop, completed) = (
-            gateway.url("/during-upgrade"),
-            stop.clone(),
-            completed.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap();
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.get(&url).send().await {
-                    Ok(response) if response.status() == 200 => {
-                        completed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(response) => failures.push(format!("status {}", response.status())),
-                    Err(error) => failures.push(error.to_string()),
-                }
-            }
-            failures
-        }));
-    }
+    let traffic = Traffic::start(gateway.url("/during-upgrade"), true);
+    traffic.wait_for(20).await;
 
     let new_log = std::fs::File::create(gateway.directory.path().join("new.log")).unwrap();
     let mut new_process = Command::new(env!("CARGO_BIN_EXE_loom"))
@@ -72,22 +44,9 @@ async fn upgrade_hands_the_sockets_over_without_refusing_a_connection() {
         "the old process did not exit after the handoff:\n{}",
         gateway.log()
     );
-    let served_before = completed.load(Ordering::Relaxed);
     // Only the new process holds the sockets now; it keeps serving.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while completed.load(Ordering::Relaxed) < served_before + 50 {
-        assert!(
-            Instant::now() < deadline,
-            "the new process is not serving:\n{}",
-            std::fs::read_to_string(gateway.directory.path().join("new.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for worker in workers {
-        failures.extend(worker.await.unwrap());
-    }
+    traffic.wait_for(50).await;
+    let (served, failures) = traffic.finish().await;
     let _ = new_process.kill();
     let _ = new_process.wait();
     // Known Pingora limitation: when the old process starts its graceful shutdown, a
@@ -100,10 +59,9 @@ async fn upgrade_hands_the_sockets_over_without_refusing_a_connection() {
         failures.len() <= 2,
         "{} failed requests during the upgrade out of {}: {:?}",
         failures.len(),
-        completed.load(Ordering::Relaxed),
+        served,
         &failures[..failures.len().min(5)]
     );
-    assert!(served_before > 0);
 }
 
 /// `loom upgrade` with these arguments: exit success, stdout and stderr. Its stderr goes to a
