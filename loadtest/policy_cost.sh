@@ -6,7 +6,9 @@
 #
 # Usage: loadtest/policy_cost.sh [--binary target/release/loom] [--n1 1000] [--n2 4000]
 #                                [--routes "plain cors security_headers access_log"]
-#                                [--tracing-rate 0.01]
+#                                [--tracing-rate 0.01] [--keep DIR]
+# With --keep, every callgrind profile is kept in DIR as ROUTE-COUNT.callgrind, for
+# callgrind_annotate (compare two routes' profiles to see where a policy's instructions go).
 # With --tracing-rate, OpenTelemetry tracing is on at that sample rate and spans go to a local
 # OTLP/HTTP sink that answers 200 (export and encoding are counted: they run in Loom).
 # Needs: valgrind, h2load, openssl, htpasswd (apt-get install -y valgrind nghttp2-client openssl
@@ -20,6 +22,7 @@ binary=target/release/loom
 n1=1000
 n2=4000
 tracing_rate=
+keep=
 routes="plain cors security_headers access_log transform ip_restriction request_size_limit compression key_auth rate_limit key_auth_rate_limit jwt_rs256 jwt_es256 basic_auth"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --n2) n2=$2; shift 2 ;;
     --routes) routes=$2; shift 2 ;;
     --tracing-rate) tracing_rate=$2; shift 2 ;;
+    --keep) keep=$2; mkdir -p "$keep"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -193,6 +197,7 @@ instructions() {
     || { cat "$work/h2load.log" >&2; exit 1; }
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
+  [ -z "$keep" ] || cp "$output" "$keep/$route-$count${3:+-as-$3}.callgrind"
   awk '/^summary:/ {print $2}' "$output"
 }
 

@@ -25,6 +25,12 @@ pub async fn request_body(
     let Some(plugins) = ctx.plugins.as_mut() else {
         return Ok(());
     };
+    // Envoy calls on_request_body only when the request has a body: on_request_headers
+    // already told the plugins end_of_stream. Pingora still calls this filter once, empty.
+    if end_of_stream && body.as_ref().is_none_or(Bytes::is_empty) && session.is_body_empty() {
+        *body = None;
+        return Ok(());
+    }
     let snapshot = ctx.snapshot.clone();
     let upstreams = snapshot
         .as_ref()

@@ -352,7 +352,9 @@ impl RequestPlugins {
             }
             chunk = self.contexts[index].request_body.split().freeze();
         }
-        if !chunk.is_empty() || end_of_stream {
+        // An empty last chunk stays None: Pingora would hand `Some("")` to an upstream body
+        // that is already complete and warn once per request.
+        if !chunk.is_empty() {
             *body = Some(chunk);
         }
         Flow::Continue
@@ -475,7 +477,8 @@ impl RequestPlugins {
             }
             chunk = self.contexts[index].response_body.split().freeze();
         }
-        if !chunk.is_empty() || end_of_stream {
+        // An empty chunk stays None, as the request side does: nothing to write.
+        if !chunk.is_empty() {
             *body = Some(chunk);
         }
         Flow::Continue

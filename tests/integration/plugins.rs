@@ -914,3 +914,50 @@ upstreams:
     assert_eq!(body["headers"]["x-consumer"], "alice");
     assert!(body["headers"].get("x-api-key").is_none());
 }
+
+/// A plugin route answers body-less and body-carrying requests without a warning per request:
+/// on_request_body is skipped when there is no body (as in Envoy), and an empty last chunk is
+/// never handed to an upstream body that is already complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_route_logs_no_warning_per_request() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: headers
+    path: loom_headers.wasm
+    config:
+      request: {set: {x-gateway: loom}}
+      response: {set: {x-served-by: loom}}"#,
+        r#"  - id: api
+    path: /api/*
+    upstream: echo
+    plugins: [headers]"#,
+    ))
+    .await;
+    let client = client();
+    for round in 0..40 {
+        let response = if round % 4 == 0 {
+            client
+                .post(gateway.url("/api/upload"))
+                .body(vec![b'x'; 1000 + round])
+                .send()
+                .await
+                .unwrap()
+        } else {
+            client.get(gateway.url("/api/x")).send().await.unwrap()
+        };
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-served-by"], "loom");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let expected = if round % 4 == 0 { 1000 + round } else { 0 };
+        assert_eq!(body["body_size"], expected, "{body}");
+        assert_eq!(body["headers"]["x-gateway"], "loom");
+    }
+    let log = gateway.log();
+    assert!(
+        !log.contains("already finished"),
+        "Pingora warned about a body written after its end:\n{log}"
+    );
+    let warnings = log.lines().filter(|line| line.contains("WARN")).count();
+    assert!(warnings < 5, "{warnings} warnings for 40 requests:\n{log}");
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Instructions per request of Loom next to its peers, counted exactly with callgrind (the
+# method of ../shared/notes/measuring.md): each proxy runs alone under callgrind with one
+# worker, the backend (nginx answering 128 bytes) and h2load run outside it. Every proxy is
+# started twice and sent N1 and N2 requests; (I(N2) - I(N1)) / (N2 - N1) cancels start-up and
+# shutdown out. Counts do not drift with machine load: run it before every hot-path commit.
+#
+# Usage: loadtest/instructions.sh [--binary target/release/loom] [--n1 1000] [--n2 4000]
+#                                 [--targets "nginx bare_pingora plain headers_plugin ..."]
+#                                 [--keep DIR]
+# Targets: nginx (proxy_pass with keep-alive), bare_pingora (loadtest/bare_pingora.rs, the
+# floor), and Loom routes: plain (no policy), headers_plugin (the shipped loom_headers Proxy-Wasm
+# plugin: one request and one response header), five_plugins (five of them), policies (the
+# built-in cors, security_headers, access_log and a local rate_limit on one route).
+# With --keep, every callgrind profile is kept in DIR as TARGET-COUNT.callgrind for
+# callgrind_annotate.
+# Needs: valgrind, h2load, nginx (apt-get install -y valgrind nghttp2-client nginx), a release
+# build with the example (cargo build --release --bins --example bare_pingora) and the plugins
+# (plugins/build.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
+
+binary=target/release/loom
+bare=target/release/examples/bare_pingora
+n1=1000
+n2=4000
+targets="nginx bare_pingora plain headers_plugin five_plugins policies"
+keep=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --binary) binary=$2; shift 2 ;;
+    --bare) bare=$2; shift 2 ;;
+    --n1) n1=$2; shift 2 ;;
+    --n2) n2=$2; shift 2 ;;
+    --targets) targets=$2; shift 2 ;;
+    --keep) keep=$2; mkdir -p "$keep"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+for tool in valgrind h2load nginx; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind nghttp2-client nginx" >&2; exit 1; }
+done
+[ -x "$binary" ] || { echo "missing $binary: cargo build --release --bins" >&2; exit 1; }
+[ -x "$bare" ] || { echo "missing $bare: cargo build --release --example bare_pingora" >&2; exit 1; }
+[ -f plugins/dist/loom_headers.wasm ] || { echo "missing plugins: run plugins/build.sh" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The backend: nginx answering a 128-byte body, outside callgrind.
+backend_port=$(free_port)
+body=$(printf '%0128d' 0)
+cat >"$work/backend.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/backend.pid;
+error_log $work/backend-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$backend_port;
+    keepalive_requests 1000000;
+    location / { default_type text/plain; return 200 "$body"; }
+  }
+}
+NGINX
+nginx -c "$work/backend.conf" -p "$work" &
+pids+=($!)
+wait_port "$backend_port"
+
+proxy_port=$(free_port)
+admin_port=$(free_port)
+
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$backend_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$proxy_port;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+
+plugin_entries=""
+for index in 1 2 3 4 5; do
+  plugin_entries+="  - name: headers$index
+    path: loom_headers.wasm
+    config: {request: {set: {x-plugin-$index: \"on\"}}, response: {set: {x-plugin-$index: \"on\"}}}
+"
+done
+# Every path has the same length, so that routing costs the same on every route.
+declare -A paths=([plain]=/p0 [headers_plugin]=/p1 [five_plugins]=/p2 [policies]=/p3
+  [nginx]=/p0 [bare_pingora]=/p0)
+cat >"$work/loom.yaml" <<YAML
+server:
+  threads: 1
+  pid_file: $work/loom.pid
+  upgrade_sock: $work/upgrade.sock
+  grace_period_seconds: 0
+  graceful_shutdown_timeout_seconds: 1
+admin:
+  address: "127.0.0.1:$admin_port"
+reload:
+  watch: false
+listeners:
+  - name: http
+    address: "127.0.0.1:$proxy_port"
+upstreams:
+  - name: backend
+    endpoints: ["127.0.0.1:$backend_port"]
+plugin_dir: $PWD/plugins/dist
+plugin_cache_dir: $PWD/target/plugin-cache
+routes:
+  - {id: plain, path: /p0, upstream: backend}
+  - {id: headers_plugin, path: /p1, upstream: backend, plugins: [headers1]}
+  - {id: five_plugins, path: /p2, upstream: backend, plugins: [headers1, headers2, headers3, headers4, headers5]}
+  - {id: policies, path: /p3, upstream: backend, plugins: [cors, security_headers, access_log, rate_limit]}
+plugins:
+$plugin_entries  - {name: cors, type: cors, config: {allow_origins: ["https://app.example.com"], max_age: 600}}
+  - {name: security_headers, type: security_headers}
+  - {name: access_log, type: access_log, config: {path: "$work/access.log"}}
+  # Far above what the run sends: every request is decided, none refused.
+  - {name: rate_limit, type: rate_limit, config: {rate: 100000, period: 1s, key: client_ip}}
+YAML
+"$binary" -t -c "$work/loom.yaml" >/dev/null
+# One run outside callgrind first: it compiles the plugins into the cache, so that every
+# measured run starts the same way.
+"$binary" -c "$work/loom.yaml" >"$work/warm-up.log" 2>&1 &
+warm_up=$!
+for _ in $(seq 1 600); do
+  curl -sf "http://127.0.0.1:$admin_port/ready" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+kill -TERM "$warm_up"
+wait "$warm_up" 2>/dev/null || true
+
+# Starts target $1 under callgrind, sends it $2 requests and prints the instructions it ran.
+instructions() {
+  local target=$1 count=$2 output="$work/callgrind.out" command
+  case "$target" in
+    nginx) command=(nginx -c "$work/nginx.conf" -p "$work") ;;
+    bare_pingora) command=("$bare" "127.0.0.1:$proxy_port" "127.0.0.1:$backend_port" 1) ;;
+    *) command=("$binary" -c "$work/loom.yaml") ;;
+  esac
+  rm -f "$output"
+  valgrind --tool=callgrind --callgrind-out-file="$output" "${command[@]}" >"$work/$target.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  case "$target" in
+    nginx | bare_pingora) wait_port "$proxy_port" ;;
+    *)
+      for _ in $(seq 1 600); do
+        curl -sf "http://127.0.0.1:$admin_port/ready" >/dev/null 2>&1 && break
+        sleep 0.1
+      done ;;
+  esac
+  # Browsers send Origin on cross-site requests: the policies route gets an allowed one.
+  h2load --h1 -n "$count" -c 8 -m 1 -H "origin: https://app.example.com" \
+    "http://127.0.0.1:$proxy_port${paths[$target]}" >"$work/h2load.log"
+  grep -q "$count succeeded" "$work/h2load.log" && grep -q "status codes: $count 2xx" "$work/h2load.log" \
+    || { cat "$work/h2load.log" >&2; exit 1; }
+  # nginx without a master process stops on QUIT once its connections are done.
+  if [ "$target" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
+  wait "$pid" 2>/dev/null || true
+  [ -z "$keep" ] || cp "$output" "$keep/$target-$count.callgrind"
+  awk '/^summary:/ {print $2}' "$output"
+}
+
+declare -A cost
+printf '| target | instructions per request | / bare Pingora | / nginx | / plain route |\n|---|---|---|---|---|\n'
+for target in $targets; do
+  first=$(instructions "$target" "$n1")
+  second=$(instructions "$target" "$n2")
+  cost[$target]=$(( (second - first) / (n2 - n1) ))
+  ratio() { [ -n "${cost[$1]:-}" ] && awk -v a="${cost[$target]}" -v b="${cost[$1]}" 'BEGIN { printf "%.2f", a / b }'; }
+  printf '| %s | %s | %s | %s | %s |\n' "$target" "${cost[$target]}" "$(ratio bare_pingora)" \
+    "$(ratio nginx)" "$(ratio plain)"
+done
