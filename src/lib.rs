@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod echo;
 pub mod gateway;
+pub mod ip_text;
 pub mod observe;
 pub mod outbound;
 pub mod plugin;

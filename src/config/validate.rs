@@ -109,6 +109,18 @@ pub struct ResolvedEndpoint {
     pub host: String,
     /// Draining: selection skips the endpoint (see [`crate::upstream::UpstreamPool`]).
     pub drain: bool,
+    /// `address` as the Host header sent upstream on routes that do not keep the client's,
+    /// built once: a clone shares its bytes.
+    pub host_header: http::HeaderValue,
+}
+
+/// The Host header for an endpoint written as `address`; the socket address's text when the
+/// address is not header text (it always is for a valid `host:port`).
+fn host_header(address: &str, socket: SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(address).unwrap_or_else(|_| {
+        http::HeaderValue::from_str(&socket.to_string())
+            .unwrap_or(http::HeaderValue::from_static("localhost"))
+    })
 }
 
 /// Where `consistent_hash` takes its key from.
@@ -915,6 +927,7 @@ fn resolve_listed_endpoints(
                 weight: endpoint.weight().max(1),
                 host,
                 drain: endpoint.drain(),
+                host_header: host_header(endpoint.address(), socket),
             }),
             Err(message) => checker.error(endpoint_key, message),
         }
@@ -1052,6 +1065,7 @@ fn resolve_service(
             weight: 1,
             host: service.name.clone(),
             drain: false,
+            host_header: host_header(&socket.to_string(), socket),
         })
         .collect()
 }

@@ -47,6 +47,9 @@ pub struct RouteChain {
     body_limits: Box<[Arc<PolicyStep>]>,
     access_logs: Box<[Arc<PolicyStep>]>,
     has_response_steps: bool,
+    /// About how many headers the chain adds to a response (see
+    /// [`crate::policy::Policy::response_header_room`]; a Proxy-Wasm plugin counts 2).
+    pub response_header_room: usize,
 }
 
 impl RouteChain {
@@ -86,12 +89,17 @@ impl RouteChain {
             .collect();
         let has_response_steps =
             !wasm.is_empty() || policies().any(|step| step.policy.acts_on_response());
+        let response_header_room = 2 * wasm.len()
+            + policies()
+                .map(|step| step.policy.response_header_room())
+                .sum::<usize>();
         RouteChain {
             steps: steps.into_boxed_slice(),
             wasm: wasm.into(),
             body_limits,
             access_logs,
             has_response_steps,
+            response_header_room,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::prelude::*;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -62,53 +62,151 @@ pub fn request_host(request: &RequestHeader) -> Option<&str> {
         })
 }
 
-/// Sets the X-Forwarded-* and X-Request-ID headers.
+/// Header names Loom writes itself, parsed once: an insert through Pingora's
+/// `insert_header` re-parses the name (and copies it when it is not a standard one).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Runs `edit` on the request's header map itself, with room for `additional` more headers.
+///
+/// Pingora keeps each header name's original case in a second map, and every
+/// `insert_header` parses the name again and updates both maps, growing them when full:
+/// about 1,700 instructions per header on a request the client sent with few headers. Loom
+/// sends header names in canonical case instead (standard names title-cased, others lower
+/// case), as Envoy does; HTTP header names are case-insensitive. After the first call the
+/// request has no case map, so later calls and Pingora's own inserts update one map.
+///
+/// The request-target Pingora keeps when it does not round-trip through the URI (a
+/// non-UTF-8 path, for one) and the HTTP/2 end-of-stream flag are carried over.
+pub fn edit_request_headers<T>(
+    request: &mut RequestHeader,
+    additional: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> T,
+) -> T {
+    let uri_target = request
+        .uri
+        .path_and_query()
+        .map(|path| path.as_str().as_bytes());
+    let raw_target = (Some(request.raw_path()) != uri_target).then(|| request.raw_path().to_vec());
+    let send_end_stream = request.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(request, placeholder));
+    parts.headers.reserve(additional);
+    let result = edit(&mut parts.headers);
+    *request = RequestHeader::from(parts);
+    if let Some(send_end_stream) = send_end_stream {
+        request.set_send_end_stream(send_end_stream);
+    }
+    if let Some(raw_target) = raw_target {
+        // It was parsed from this very text once, so it parses again; on the impossible
+        // failure the URI form, which carries the same path, is sent.
+        let _ = request.set_raw_path(&raw_target);
+    }
+    result
+}
+
+/// [`edit_request_headers`] for a response: the same single map afterwards. A reason phrase
+/// other than the status code's standard one is kept.
+pub fn edit_response_headers<T>(
+    response: &mut ResponseHeader,
+    additional: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> T,
+) -> T {
+    let reason = response.get_reason_phrase().map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(response, placeholder));
+    parts.headers.reserve(additional);
+    let result = edit(&mut parts.headers);
+    *response = ResponseHeader::from(parts);
+    if reason.is_some() {
+        // It came from a parsed status line, so it is a valid phrase.
+        let _ = response.set_reason_phrase(reason.as_deref());
+    }
+    result
+}
+
+/// Sets the X-Forwarded-* and X-Request-ID headers, the W3C `traceparent` of this attempt
+/// when tracing is on (`starts_trace`: the caller's `tracestate` is dropped), and `host`
+/// (the endpoint's address, on routes that do not keep the client's Host).
 pub fn prepare_upstream_request(
     session: &Session,
     upstream_request: &mut RequestHeader,
     request_id: &HeaderValue,
-) -> pingora::Result<()> {
+    traceparent: Option<(HeaderValue, bool)>,
+    host: Option<HeaderValue>,
+) {
     let client_ip = session
         .client_addr()
         .and_then(|address| address.as_inet())
-        .map(|address| address.ip().to_string());
-    if let Some(client_ip) = client_ip {
-        // Several X-Forwarded-For lines form one list (RFC 9110 5.3).
-        let mut forwarded_for = String::new();
-        for previous in upstream_request
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .filter(|value| !value.trim().is_empty())
-        {
-            forwarded_for.push_str(previous.trim());
-            forwarded_for.push_str(", ");
-        }
-        forwarded_for.push_str(&client_ip);
-        upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
-    }
+        .map(|address| address.ip());
     let is_tls = session
         .digest()
         .is_some_and(|digest| digest.ssl_digest.is_some());
-    upstream_request.insert_header("x-forwarded-proto", if is_tls { "https" } else { "http" })?;
     let request = session.req_header();
-    let host = match request.uri.authority() {
+    let forwarded_host = match request.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers.get(http::header::HOST).cloned(),
     };
-    if let Some(host) = host {
-        upstream_request.insert_header("x-forwarded-host", host)?;
-    }
-    upstream_request.insert_header(REQUEST_ID, request_id.clone())?;
-    Ok(())
+    edit_request_headers(upstream_request, 6, |headers| {
+        if let Some(client_ip) = client_ip {
+            // Several X-Forwarded-For lines form one list (RFC 9110 5.3).
+            let mut forwarded_for = Vec::with_capacity(crate::ip_text::MAX_IP_TEXT);
+            for previous in headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|value| value.as_bytes().trim_ascii())
+                .filter(|value| !value.is_empty())
+            {
+                forwarded_for.extend_from_slice(previous);
+                forwarded_for.extend_from_slice(b", ");
+            }
+            crate::ip_text::push_ip(&mut forwarded_for, client_ip);
+            // The client's values were header values already and an address is plain text.
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded_for)) {
+                headers.insert(X_FORWARDED_FOR, value);
+            }
+        }
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if is_tls { "https" } else { "http" }),
+        );
+        if let Some(forwarded_host) = forwarded_host {
+            headers.insert(X_FORWARDED_HOST, forwarded_host);
+        }
+        if let Some(host) = host {
+            headers.insert(http::header::HOST, host);
+        }
+        headers.insert(X_REQUEST_ID, request_id.clone());
+        if let Some((traceparent, starts_trace)) = traceparent {
+            // The caller's traceparent (forwarded with the other headers) is replaced: the
+            // upstream's parent is this attempt.
+            headers.insert(HeaderName::from_static(TRACEPARENT), traceparent);
+            if starts_trace {
+                headers.remove(&TRACESTATE);
+            }
+        }
+    });
 }
 
-/// Removes hop-by-hop headers from the upstream's response.
-pub fn clean_response(response: &mut ResponseHeader) {
-    for name in ["keep-alive", "proxy-connection"] {
-        response.remove_header(name);
-    }
+/// Removes hop-by-hop headers from the upstream's response. The response has one header
+/// map afterwards (see [`edit_response_headers`]), with room for the request id and
+/// `additional` more headers from the route's chain.
+pub fn prepare_response(response: &mut ResponseHeader, additional: usize) {
+    edit_response_headers(response, additional + 1, |headers| {
+        // Both are rare: one look over the names costs less than two hash lookups.
+        if headers
+            .keys()
+            .any(|name| *name == KEEP_ALIVE || *name == PROXY_CONNECTION)
+        {
+            headers.remove(&KEEP_ALIVE);
+            headers.remove(&PROXY_CONNECTION);
+        }
+    });
 }
 
 /// Extracts one cookie's value from the Cookie header(s).

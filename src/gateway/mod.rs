@@ -228,26 +228,25 @@ impl ProxyHttp for Gateway {
         if let Some(uri) = &ctx.upstream_uri {
             upstream_request.set_uri(uri.clone());
         }
-        headers::prepare_upstream_request(session, upstream_request, &ctx.request_id)?;
-        if let Some(traceparent) = ctx.trace.upstream_traceparent() {
-            // The caller's traceparent (forwarded with the other headers) is replaced: the
-            // upstream's parent is this attempt.
-            upstream_request.insert_header(
-                headers::TRACEPARENT,
-                http::HeaderValue::from_bytes(&traceparent)
-                    .map_err(|_| Error::new(ErrorType::InternalError))?,
-            )?;
-            if ctx.trace.starts_trace {
-                upstream_request.remove_header("tracestate");
-            }
-        }
-        if let Some(route) = ctx.route()
-            && !route.preserve_host
-            && let Some(index) = ctx.endpoint_index
-            && let Some(endpoint) = route.upstream.endpoints().get(index)
-        {
-            upstream_request.insert_header(http::header::HOST, endpoint.address.as_str())?;
-        }
+        let traceparent = ctx.trace.upstream_traceparent().and_then(|traceparent| {
+            let value = http::HeaderValue::from_bytes(&traceparent).ok()?;
+            Some((value, ctx.trace.starts_trace))
+        });
+        let host = ctx
+            .route()
+            .filter(|route| !route.preserve_host)
+            .and_then(|route| {
+                let index = ctx.endpoint_index?;
+                route.upstream.endpoints().get(index)
+            })
+            .map(|endpoint| endpoint.host_header.clone());
+        headers::prepare_upstream_request(
+            session,
+            upstream_request,
+            &ctx.request_id,
+            traceparent,
+            host,
+        );
         Ok(())
     }
 
@@ -257,7 +256,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        headers::clean_response(upstream_response);
+        let room = ctx
+            .chain_route()
+            .map_or(0, |route| route.chain.response_header_room);
+        headers::prepare_response(upstream_response, room);
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = status;
         self.check_deadline(ctx)?;

@@ -450,20 +450,10 @@ impl AccessLogRecord<'_> {
         }
         line.extend_from_slice(b",\"client_ip\":");
         match self.client_ip {
-            Some(std::net::IpAddr::V4(address)) => {
-                line.push(b'"');
-                for (index, octet) in address.octets().into_iter().enumerate() {
-                    if index > 0 {
-                        line.push(b'.');
-                    }
-                    push_padded_decimal(&mut line, u64::from(octet), 1);
-                }
-                line.push(b'"');
-            }
             Some(address) => {
+                // An address's text needs no escaping.
                 line.push(b'"');
-                // Writing into a Vec cannot fail, and an address's text needs no escaping.
-                let _ = write!(line, "{address}");
+                crate::ip_text::push_ip(&mut line, address);
                 line.push(b'"');
             }
             None => line.extend_from_slice(b"null"),

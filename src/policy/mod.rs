@@ -175,6 +175,20 @@ impl Policy {
         ) || matches!(self, Policy::RateLimit(limit) if limit.writes_headers())
     }
 
+    /// About how many headers the step may add to a response: the gateway makes room for
+    /// them once instead of letting the header map grow while the chain runs.
+    pub fn response_header_room(&self) -> usize {
+        match self {
+            Policy::Cors(_) => 4,
+            Policy::SecurityHeaders(headers) => headers.header_count(),
+            Policy::Compression(_) => 2,
+            Policy::Transform(_) => 4,
+            // RateLimit-* and X-RateLimit-* (`headers: both`) and Retry-After.
+            Policy::RateLimit(limit) if limit.writes_headers() => 7,
+            _ => 0,
+        }
+    }
+
     /// Async for the steps that may wait (Redis, bcrypt on the blocking pool, a JWKS fetch);
     /// the others never reach an await point.
     pub async fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {

@@ -111,6 +111,11 @@ impl SecurityHeaders {
         })
     }
 
+    /// How many headers it sets on every response.
+    pub fn header_count(&self) -> usize {
+        self.set.len()
+    }
+
     pub fn on_response(&self, response: &mut ResponseHeader) {
         for name in &self.remove {
             response.remove_header(name);

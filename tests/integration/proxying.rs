@@ -298,3 +298,92 @@ async fn http2_cleartext_tls_and_h2_upstreams() {
     assert_eq!(body["version"], "HTTP/2.0");
     assert_eq!(body["path"], "/upstream");
 }
+
+/// Loom edits headers on one plain header map (it sends names in canonical case, as Envoy
+/// does): what must survive that is checked on the wire, against a backend that records the
+/// raw request and answers with a non-standard status, reason phrase and hop-by-hop headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_target_reason_phrase_and_hop_by_hop_headers_survive_header_edits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_port = listener.local_addr().unwrap().port();
+    let (seen_sender, mut seen) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen_sender = seen_sender.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let _ = seen_sender.send(request);
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 299 Quite Fine\r\nX-Mixed-Case: kept\r\nKeep-Alive: timeout=5\r\n\
+                          Proxy-Connection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let gateway = GatewayProcess::start(&single_route(&format!(
+        "  - name: pool\n    endpoints: [\"127.0.0.1:{backend_port}\"]\n"
+    )))
+    .await;
+
+    let mut request = b"GET /raw/caf\xc3\xa9/?q=a%20b HTTP/1.1\r\nHost: example.test\r\n".to_vec();
+    request.extend_from_slice(b"X-Forwarded-For: 198.51.100.1\r\nConnection: close\r\n\r\n");
+    let answer = raw_request(gateway.http_port, &request).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 299 Quite Fine\r\n"),
+        "{answer}"
+    );
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("\r\nx-mixed-case: kept\r\n"), "{answer}");
+    assert!(!lower.contains("keep-alive: timeout"), "{answer}");
+    assert!(!lower.contains("proxy-connection"), "{answer}");
+    assert!(lower.contains("\r\nx-request-id: "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+
+    let upstream = seen.recv().await.expect("the backend got the request");
+    let request_line = upstream.split(|byte| *byte == b'\r').next().unwrap();
+    assert_eq!(
+        request_line,
+        b"GET /raw/caf\xc3\xa9/?q=a%20b HTTP/1.1",
+        "{}",
+        String::from_utf8_lossy(&upstream)
+    );
+    let text = String::from_utf8_lossy(&upstream).to_ascii_lowercase();
+    assert!(text.contains("\r\nhost: example.test\r\n"), "{text}");
+    assert!(
+        text.contains("\r\nx-forwarded-for: 198.51.100.1, 127.0.0.1\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("\r\nx-forwarded-proto: http\r\n"), "{text}");
+    assert!(
+        text.contains("\r\nx-forwarded-host: example.test\r\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\r\nx-request-id: ").count(), 1, "{text}");
+
+    // An absolute-form target (as sent to a forward proxy) goes upstream as it came.
+    let answer = raw_request(
+        gateway.http_port,
+        b"GET http://example.test/absolute?x=1 HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 299 Quite Fine\r\n"),
+        "{answer}"
+    );
+    let upstream = seen.recv().await.expect("the backend got the request");
+    let request_line = upstream.split(|byte| *byte == b'\r').next().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(request_line),
+        "GET http://example.test/absolute?x=1 HTTP/1.1"
+    );
+}
