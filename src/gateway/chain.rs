@@ -22,6 +22,7 @@ use pingora::prelude::*;
 
 use super::context::RequestContext;
 use super::errors;
+use super::headers;
 use super::plugins;
 use crate::config::validate::ChainEntry;
 use crate::observe::access_log::AccessLogRecord;
@@ -385,7 +386,9 @@ pub async fn response_headers(
                     path_parameters: &ctx.path_parameters,
                     state: &ctx.policy_state,
                 };
-                step.policy.on_response(session, response, &input);
+                headers::edit_response(response, 0, |parts| {
+                    step.policy.on_response(session, parts, &input)
+                });
             }
             ChainStep::Wasm(index) => {
                 let Some(request_plugins) = ctx.plugins.as_mut() else {

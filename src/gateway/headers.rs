@@ -110,18 +110,19 @@ pub fn edit_request_headers<T>(
     result
 }
 
-/// [`edit_request_headers`] for a response: the same single map afterwards. A reason phrase
-/// other than the status code's standard one is kept.
-pub fn edit_response_headers<T>(
+/// [`edit_request_headers`] for a response, whose parts (status and a plain header map)
+/// `edit` gets: the same single map afterwards. A reason phrase other than the status
+/// code's standard one is kept.
+pub fn edit_response<T>(
     response: &mut ResponseHeader,
     additional: usize,
-    edit: impl FnOnce(&mut HeaderMap) -> T,
+    edit: impl FnOnce(&mut http::response::Parts) -> T,
 ) -> T {
     let reason = response.get_reason_phrase().map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(response, placeholder));
     parts.headers.reserve(additional);
-    let result = edit(&mut parts.headers);
+    let result = edit(&mut parts);
     *response = ResponseHeader::from(parts);
     if reason.is_some() {
         // It came from a parsed status line, so it is a valid phrase.
@@ -194,10 +195,11 @@ pub fn prepare_upstream_request(
 }
 
 /// Removes hop-by-hop headers from the upstream's response. The response has one header
-/// map afterwards (see [`edit_response_headers`]), with room for the request id and
-/// `additional` more headers from the route's chain.
+/// map afterwards (see [`edit_response`]), with room for the request id and `additional`
+/// more headers from the route's chain.
 pub fn prepare_response(response: &mut ResponseHeader, additional: usize) {
-    edit_response_headers(response, additional + 1, |headers| {
+    edit_response(response, additional + 1, |parts| {
+        let headers = &mut parts.headers;
         // Both are rare: one look over the names costs less than two hash lookups.
         if headers
             .keys()

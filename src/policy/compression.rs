@@ -174,7 +174,7 @@ impl Compression {
     }
 
     /// Switches the module off again for answers that should go out as they are.
-    pub fn on_response(&self, session: &mut Session, response: &ResponseHeader) {
+    pub fn on_response(&self, session: &mut Session, response: &http::response::Parts) {
         if self.should_compress(response) {
             if response
                 .headers
@@ -193,7 +193,7 @@ impl Compression {
         }
     }
 
-    fn should_compress(&self, response: &ResponseHeader) -> bool {
+    fn should_compress(&self, response: &http::response::Parts) -> bool {
         let too_small = response
             .headers
             .get(http::header::CONTENT_LENGTH)

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
-    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 
 use super::Verdict;
@@ -272,7 +272,7 @@ impl Cors {
         Verdict::Respond(super::local_answer(204, headers, Bytes::new()))
     }
 
-    pub fn on_response(&self, request: &RequestHeader, response: &mut ResponseHeader) {
+    pub fn on_response(&self, request: &RequestHeader, response: &mut http::response::Parts) {
         if !self.enabled {
             return;
         }
@@ -284,20 +284,20 @@ impl Cors {
         }
         let Some(allowed) = self.allowed_origin(origin) else {
             // The upstream's own CORS headers would undo the refusal.
-            response.remove_header(&ACCESS_CONTROL_ALLOW_ORIGIN);
-            response.remove_header(&ACCESS_CONTROL_ALLOW_CREDENTIALS);
+            response.headers.remove(ACCESS_CONTROL_ALLOW_ORIGIN);
+            response.headers.remove(ACCESS_CONTROL_ALLOW_CREDENTIALS);
             return;
         };
-        // Static title-case names: Pingora stores them as the header's case without copying.
-        let _ = response.insert_header("Access-Control-Allow-Origin", allowed);
+        let headers = &mut response.headers;
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
         if self.allow_credentials {
-            let _ = response.insert_header(
-                "Access-Control-Allow-Credentials",
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
             );
         }
         if let Some(expose) = &self.expose_headers {
-            let _ = response.insert_header("Access-Control-Expose-Headers", expose.clone());
+            headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
         }
     }
 
@@ -315,7 +315,7 @@ impl Cors {
 }
 
 /// Adds `Origin` to the response's `Vary` unless it is already there.
-fn append_vary(response: &mut ResponseHeader) {
+fn append_vary(response: &mut http::response::Parts) {
     let already = response
         .headers
         .get_all(VARY)
@@ -327,7 +327,9 @@ fn append_vary(response: &mut ResponseHeader) {
             item == "*" || item.eq_ignore_ascii_case("origin")
         });
     if !already {
-        let _ = response.append_header("Vary", HeaderValue::from_static("Origin"));
+        response
+            .headers
+            .append(VARY, HeaderValue::from_static("Origin"));
     }
 }
 
@@ -454,10 +456,10 @@ mod tests {
             ..origins(&["https://app.example.com"])
         })
         .unwrap();
-        let mut response = ResponseHeader::build(200, None).unwrap();
+        let mut response = http::Response::new(()).into_parts().0;
         response
-            .insert_header("access-control-allow-origin", "*")
-            .unwrap();
+            .headers
+            .insert("access-control-allow-origin", HeaderValue::from_static("*"));
         cors.on_response(
             &test_request("GET", "/", &[("origin", "https://other.example")]),
             &mut response,
@@ -470,7 +472,7 @@ mod tests {
         );
         assert_eq!(response.headers.get("vary").unwrap(), "Origin");
 
-        let mut response = ResponseHeader::build(200, None).unwrap();
+        let mut response = http::Response::new(()).into_parts().0;
         cors.on_response(
             &test_request("GET", "/", &[("origin", "https://app.example.com")]),
             &mut response,

@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::de::DeserializeOwned;
 
@@ -211,10 +210,12 @@ impl Policy {
         }
     }
 
+    /// Works on the response's parts: the gateway hands the policies a plain header map
+    /// (see [`crate::gateway::headers::edit_response`]), so setting a header parses nothing.
     pub fn on_response(
         &self,
         session: &mut Session,
-        response: &mut ResponseHeader,
+        response: &mut http::response::Parts,
         input: &ResponseInput<'_>,
     ) {
         match self {

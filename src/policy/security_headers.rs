@@ -7,7 +7,6 @@
 //! string removes it. The values are validated and turned into header values once, at load.
 
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -44,9 +43,8 @@ impl Default for SecurityHeadersConfig {
 
 #[derive(Debug)]
 pub struct SecurityHeaders {
-    /// Each header under its title-case name as a static string: Pingora keeps header names'
-    /// case for HTTP/1, and a static name is the one it stores without copying.
-    set: Vec<(&'static str, HeaderValue)>,
+    /// Each header under its parsed name, so that setting it parses nothing.
+    set: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
     config: SecurityHeadersConfig,
 }
@@ -60,28 +58,32 @@ impl SecurityHeaders {
         for (field, name, value) in [
             (
                 "strict_transport_security",
-                "Strict-Transport-Security",
+                http::header::STRICT_TRANSPORT_SECURITY,
                 &config.strict_transport_security,
             ),
             (
                 "content_type_options",
-                "X-Content-Type-Options",
+                http::header::X_CONTENT_TYPE_OPTIONS,
                 &config.content_type_options,
             ),
-            ("frame_options", "X-Frame-Options", &config.frame_options),
+            (
+                "frame_options",
+                http::header::X_FRAME_OPTIONS,
+                &config.frame_options,
+            ),
             (
                 "referrer_policy",
-                "Referrer-Policy",
+                http::header::REFERRER_POLICY,
                 &config.referrer_policy,
             ),
             (
                 "content_security_policy",
-                "Content-Security-Policy",
+                http::header::CONTENT_SECURITY_POLICY,
                 &config.content_security_policy,
             ),
             (
                 "permissions_policy",
-                "Permissions-Policy",
+                HeaderName::from_static("permissions-policy"),
                 &config.permissions_policy,
             ),
         ] {
@@ -116,12 +118,12 @@ impl SecurityHeaders {
         self.set.len()
     }
 
-    pub fn on_response(&self, response: &mut ResponseHeader) {
+    pub fn on_response(&self, response: &mut http::response::Parts) {
         for name in &self.remove {
-            response.remove_header(name);
+            response.headers.remove(name);
         }
         for (name, value) in &self.set {
-            let _ = response.insert_header(*name, value.clone());
+            response.headers.insert(name.clone(), value.clone());
         }
     }
 
@@ -150,12 +152,16 @@ mod tests {
         let policy =
             SecurityHeaders::compile(config, &mut |field, message| panic!("{field}: {message}"))
                 .unwrap();
-        let mut response = ResponseHeader::build(200, None).unwrap();
-        response.insert_header("server", "nginx/1.2").unwrap();
-        response.insert_header("x-powered-by", "PHP").unwrap();
-        response
-            .insert_header("x-frame-options", "ALLOWALL")
-            .unwrap();
+        let mut response = http::Response::new(()).into_parts().0;
+        for (name, value) in [
+            ("server", "nginx/1.2"),
+            ("x-powered-by", "PHP"),
+            ("x-frame-options", "ALLOWALL"),
+        ] {
+            response
+                .headers
+                .insert(name, HeaderValue::from_static(value));
+        }
         policy.on_response(&mut response);
         let header = |name: &str| {
             response

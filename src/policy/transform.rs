@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use http::{HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use serde::Deserialize;
 
 use super::{RequestInput, ResponseInput, Verdict};
@@ -380,17 +380,21 @@ impl EditableHeaders for RequestHeader {
     }
 }
 
-impl EditableHeaders for ResponseHeader {
+impl EditableHeaders for http::response::Parts {
     fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
+        self.headers.remove(name);
     }
 
     fn put(&mut self, name: bytes::Bytes, value: HeaderValue, replace: bool) {
-        let _ = if replace {
-            self.insert_header(name, value)
-        } else {
-            self.append_header(name, value).map(|_| ())
+        // The name was validated at load, so this cannot fail.
+        let Ok(name) = HeaderName::from_bytes(&name) else {
+            return;
         };
+        if replace {
+            self.headers.insert(name, value);
+        } else {
+            self.headers.append(name, value);
+        }
     }
 }
 
@@ -610,7 +614,7 @@ impl Transform {
     pub fn on_response(
         &self,
         request: &RequestHeader,
-        response: &mut ResponseHeader,
+        response: &mut http::response::Parts,
         input: &ResponseInput<'_>,
     ) {
         if self.response_headers.is_empty() {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
@@ -109,8 +108,8 @@ impl Quota {
     /// Writes the budget headers.
     /// Writes the budget headers. Names go to Pingora as `&'static str`, which it stores
     /// without copying; small numbers come from a table built once (see [`number`]).
-    pub fn write(&self, mut put: impl FnMut(&'static str, HeaderValue)) {
-        let names: &[[&'static str; 3]] = match self.style {
+    pub fn write(&self, mut put: impl FnMut(&HeaderName, HeaderValue)) {
+        let names: &[[HeaderName; 3]] = match self.style {
             HeaderStyle::Draft => &[DRAFT],
             HeaderStyle::XRatelimit => &[KONG],
             HeaderStyle::Both => &[DRAFT, KONG],
@@ -136,11 +135,16 @@ fn number(value: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(value))
 }
 
-const DRAFT: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
-const KONG: [&str; 3] = [
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
+// Parsed once: the names go on every answer of a limited route.
+const DRAFT: [HeaderName; 3] = [
+    HeaderName::from_static("ratelimit-limit"),
+    HeaderName::from_static("ratelimit-remaining"),
+    HeaderName::from_static("ratelimit-reset"),
+];
+const KONG: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit"),
+    HeaderName::from_static("x-ratelimit-remaining"),
+    HeaderName::from_static("x-ratelimit-reset"),
 ];
 
 pub struct RateLimit {
@@ -321,7 +325,7 @@ impl RateLimit {
         let mut error = GatewayError::new(429, "rate_limited", "too many requests")
             .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
         quota.write(|name, value| {
-            error.headers.push((HeaderName::from_static(name), value));
+            error.headers.push((name.clone(), value));
         });
         Verdict::Fail(error)
     }
@@ -332,10 +336,10 @@ impl RateLimit {
     }
 
     /// Reports the request's budget on the response.
-    pub fn on_response(&self, response: &mut ResponseHeader, quota: Option<&Quota>) {
+    pub fn on_response(&self, response: &mut http::response::Parts, quota: Option<&Quota>) {
         if let Some(quota) = quota {
             quota.write(|name, value| {
-                let _ = response.insert_header(name, value);
+                response.headers.insert(name.clone(), value);
             });
         }
     }
