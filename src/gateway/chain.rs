@@ -428,7 +428,7 @@ pub async fn response_headers(
 
 /// Writes the access-log lines of the route's chain; a request no route matched is written
 /// to the global access logs.
-pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
+pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::time::Duration) {
     let Some(snapshot) = ctx.snapshot.as_ref() else {
         return;
     };
@@ -462,7 +462,6 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16) {
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
-    let elapsed = ctx.started.elapsed();
     let trace_id = ctx.trace.trace_id_hex();
     let record = AccessLogRecord {
         // When the request started, as access logs usually stamp it.

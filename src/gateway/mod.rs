@@ -437,9 +437,9 @@ impl ProxyHttp for Gateway {
             None => RouteMetrics::unmatched(),
         };
         route_metrics.count_request(&session.req_header().method, status);
-        route_metrics
-            .duration
-            .observe(ctx.started.elapsed().as_secs_f64());
+        // One clock read for the metric and the access log.
+        let elapsed = ctx.started.elapsed();
+        route_metrics.duration.observe(elapsed.as_secs_f64());
         route_metrics
             .request_body_bytes
             .inc_by(session.body_bytes_read() as u64);
@@ -460,7 +460,7 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.lease = None;
-        chain::log(session, ctx, status);
+        chain::log(session, ctx, status, elapsed);
         plugins::finish(session, ctx);
         if ctx.trace.sampled {
             trace_request(session, ctx, status, error);

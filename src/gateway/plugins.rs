@@ -163,6 +163,13 @@ pub(super) fn replace_response(
     Ok(())
 }
 
+/// The `connection.tls_version` of a plaintext connection, shared: an `Arc<str>` made from
+/// "" allocates every time.
+fn no_tls_version() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    Arc::clone(&EMPTY)
+}
+
 pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
     let socket = |address: Option<&pingora::protocols::l4::socket::SocketAddr>| {
         address.and_then(|address| address.as_inet()).copied()
@@ -196,7 +203,7 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
         tls_version: session
             .digest()
             .and_then(|digest| digest.ssl_digest.as_ref())
-            .map_or_else(|| Arc::from(""), |ssl| Arc::from(ssl.version.as_ref())),
+            .map_or_else(no_tls_version, |ssl| Arc::from(ssl.version.as_ref())),
         client_certificate: super::client_cert::identity_of(session),
         trace_id: ctx.trace.trace_id,
     }
