@@ -373,10 +373,31 @@ pub async fn response_headers(
     if let Some(request_plugins) = ctx.plugins.as_mut() {
         request_plugins.facts.response_code = response.status.as_u16();
     }
-    for step in chain.steps.iter().rev() {
-        match step {
-            ChainStep::Policy(step) => {
-                if !step.policy.acts_on_response() {
+    let steps = &chain.steps;
+    // The response phase walks the chain backwards.
+    let mut position = steps.len();
+    while position > 0 {
+        position -= 1;
+        match &steps[position] {
+            ChainStep::Policy(_) => {
+                // This policy step and the ones just before it share one edit of the
+                // response's parts: each switch between Pingora's header and the plain
+                // parts costs a few hundred instructions.
+                let mut first = position;
+                while first > 0 && matches!(steps[first - 1], ChainStep::Policy(_)) {
+                    first -= 1;
+                }
+                let run = &steps[first..=position];
+                position = first;
+                fn acting(step: &ChainStep) -> Option<&PolicyStep> {
+                    match step {
+                        ChainStep::Policy(step) => {
+                            step.policy.acts_on_response().then_some(step.as_ref())
+                        }
+                        ChainStep::Wasm(_) => None,
+                    }
+                }
+                if !run.iter().any(|step| acting(step).is_some()) {
                     continue;
                 }
                 let input = ResponseInput {
@@ -387,7 +408,9 @@ pub async fn response_headers(
                     state: &ctx.policy_state,
                 };
                 headers::edit_response(response, 0, |parts| {
-                    step.policy.on_response(session, parts, &input)
+                    for step in run.iter().rev().filter_map(acting) {
+                        step.policy.on_response(session, parts, &input);
+                    }
                 });
             }
             ChainStep::Wasm(index) => {

@@ -407,6 +407,11 @@ impl UpstreamPool {
         if !(0..self.endpoint_states.len()).any(admissible) {
             return None;
         }
+        // One endpoint: nothing to balance, and every algorithm picks it when it is usable;
+        // Pingora's selector would walk its ring to find it (about 1,500 instructions).
+        if self.endpoint_states.len() == 1 {
+            return usable(0).then_some(0);
+        }
         match self.plan.config.load_balancer {
             LoadBalancerAlgorithm::LeastConn => self.least_connections(&usable),
             LoadBalancerAlgorithm::P2c => self.power_of_two_choices(&usable),
