@@ -139,7 +139,7 @@ $plugin_entries  - {name: cors, type: cors, config: {allow_origins: ["https://ap
   # Far above what the run sends: every request is decided, none refused.
   - {name: rate_limit, type: rate_limit, config: {rate: 100000, period: 1s, key: client_ip}}
 YAML
-"$binary" -t -c "$work/loom.yaml" >/dev/null
+"$binary" -t -c "$work/loom.yaml" >"$work/check.log" 2>&1 || { cat "$work/check.log" >&2; exit 1; }
 # One run outside callgrind first: it compiles the plugins into the cache, so that every
 # measured run starts the same way.
 "$binary" -c "$work/loom.yaml" >"$work/warm-up.log" 2>&1 &

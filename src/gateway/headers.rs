@@ -118,7 +118,11 @@ pub fn edit_response<T>(
     additional: usize,
     edit: impl FnOnce(&mut http::response::Parts) -> T,
 ) -> T {
-    let reason = response.get_reason_phrase().map(str::to_owned);
+    // `get_reason_phrase` falls back to the standard phrase; only another one is kept.
+    let reason = response
+        .get_reason_phrase()
+        .filter(|reason| Some(*reason) != response.status.canonical_reason())
+        .map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(response, placeholder));
     parts.headers.reserve(additional);
