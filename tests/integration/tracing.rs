@@ -536,13 +536,21 @@ async fn a_collector_that_refuses_exports_is_counted_and_recovers() {
             !by_kind(spans, trace, SPAN_KIND_SERVER).is_empty()
         })
         .await;
-    assert!(
-        gateway
-            .metric("loom_trace_spans_exported_total")
-            .await
-            .unwrap_or(0.0)
-            >= 2.0
-    );
+    // The collector holds the spans before the exporter has read its answer and counted
+    // them: wait for the count rather than read it once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway
+        .metric("loom_trace_spans_exported_total")
+        .await
+        .unwrap_or(0.0)
+        < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the spans sent after the collector recovered were not counted as exported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[test]
