@@ -366,6 +366,23 @@ impl GatewayProcess {
     pub async fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         sum_samples(&self.metrics().await, name, labels)
     }
+
+    /// Waits (up to `limit`) until [`Self::metric_with`] reaches `at_least`; panics with
+    /// `what` otherwise.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+        limit: Duration,
+        what: &str,
+    ) {
+        let deadline = Instant::now() + limit;
+        while self.metric_with(name, labels).await.unwrap_or(0.0) < at_least {
+            assert!(Instant::now() < deadline, "{what}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// See [`GatewayProcess::metric_with`].

@@ -507,22 +507,15 @@ async fn a_collector_that_refuses_exports_is_counted_and_recovers() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gateway
-        .metric_with(
+    gateway
+        .wait_for_metric(
             "loom_trace_spans_dropped_total",
             &[("reason", "export_failed")],
+            1.0,
+            Duration::from_secs(20),
+            "a refused export was not counted",
         )
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "a refused export was not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .await;
     collector.answer_with(200);
     let trace = "55555555555555555555555555555555";
     client
@@ -538,19 +531,15 @@ async fn a_collector_that_refuses_exports_is_counted_and_recovers() {
         .await;
     // The collector holds the spans before the exporter has read its answer and counted
     // them: wait for the count rather than read it once.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gateway
-        .metric("loom_trace_spans_exported_total")
-        .await
-        .unwrap_or(0.0)
-        < 2.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the spans sent after the collector recovered were not counted as exported"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gateway
+        .wait_for_metric(
+            "loom_trace_spans_exported_total",
+            &[],
+            2.0,
+            Duration::from_secs(10),
+            "the spans sent after the collector recovered were not counted as exported",
+        )
+        .await;
 }
 
 #[test]
