@@ -140,12 +140,15 @@ $plugin_entries  - {name: cors, type: cors, config: {allow_origins: ["https://ap
   - {name: rate_limit, type: rate_limit, config: {rate: 100000, period: 1s, key: client_ip}}
 YAML
 "$binary" -t -c "$work/loom.yaml" >"$work/check.log" 2>&1 || { cat "$work/check.log" >&2; exit 1; }
+loom_ready() { curl -sf "http://127.0.0.1:$admin_port/ready" >/dev/null 2>&1; }
+port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$proxy_port") 2>/dev/null; }
+
 # One run outside callgrind first: it compiles the plugins into the cache, so that every
 # measured run starts the same way.
 "$binary" -c "$work/loom.yaml" >"$work/warm-up.log" 2>&1 &
 warm_up=$!
 for _ in $(seq 1 600); do
-  curl -sf "http://127.0.0.1:$admin_port/ready" >/dev/null 2>&1 && break
+  loom_ready && break
   sleep 0.1
 done
 kill -TERM "$warm_up"
@@ -153,46 +156,21 @@ wait "$warm_up" 2>/dev/null || true
 
 # Starts target $1 under callgrind, sends it $2 requests and prints the instructions it ran.
 instructions() {
-  local target=$1 count=$2 output="$work/callgrind.out" command
+  local target=$1 count=$2 output="$work/callgrind.out" command ready=loom_ready signal=TERM
   case "$target" in
-    nginx) command=(nginx -c "$work/nginx.conf" -p "$work") ;;
-    bare_pingora) command=("$bare" "127.0.0.1:$proxy_port" "127.0.0.1:$backend_port" 1) ;;
+    nginx) command=(nginx -c "$work/nginx.conf" -p "$work") ready=port_open
+      # nginx without a master process stops on QUIT once its connections are done.
+      signal=QUIT ;;
+    bare_pingora) command=("$bare" "127.0.0.1:$proxy_port" "127.0.0.1:$backend_port" 1) ready=port_open
+      # Pingora's default graceful shutdown on TERM waits 5 minutes; INT stops it at once.
+      signal=INT ;;
     *) command=("$binary" -c "$work/loom.yaml") ;;
   esac
-  local pid attempt ready
-  # Under valgrind, bare Pingora now and then never finishes starting (its threads are
-  # serialised there); such a run is stopped and started again. Counts are per run, so a
-  # retried run counts the same.
-  for attempt in 1 2 3; do
-    rm -f "$output"
-    valgrind --tool=callgrind --callgrind-out-file="$output" "${command[@]}" >"$work/$target.log" 2>&1 &
-    pid=$!
-    pids+=("$pid")
-    ready=no
-    for _ in $(seq 1 600); do
-      case "$target" in
-        nginx | bare_pingora) (exec 3<>/dev/tcp/127.0.0.1/"$proxy_port") 2>/dev/null && ready=yes ;;
-        *) curl -sf "http://127.0.0.1:$admin_port/ready" >/dev/null 2>&1 && ready=yes ;;
-      esac
-      [ "$ready" = yes ] && break
-      sleep 0.1
-    done
-    [ "$ready" = yes ] && break
-    echo "$target did not start under callgrind within 60 s (attempt $attempt)" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  [ "$ready" = yes ] || { cat "$work/$target.log" >&2; exit 1; }
+  callgrind_start "$output" "$work/$target.log" "$ready" "${command[@]}" || exit 1
   # Browsers send Origin on cross-site requests: the policies route gets an allowed one.
-  h2load --h1 -n "$count" -c 8 -m 1 -H "origin: https://app.example.com" \
-    "http://127.0.0.1:$proxy_port${paths[$target]}" >"$work/h2load.log"
-  grep -q "$count succeeded" "$work/h2load.log" && grep -q "status codes: $count 2xx" "$work/h2load.log" \
-    || { cat "$work/h2load.log" >&2; exit 1; }
-  # nginx without a master process stops on QUIT once its connections are done.
-  if [ "$target" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
-  wait "$pid" 2>/dev/null || true
-  [ -z "$keep" ] || cp "$output" "$keep/$target-$count.callgrind"
-  awk '/^summary:/ {print $2}' "$output"
+  callgrind_load "$count" "http://127.0.0.1:$proxy_port${paths[$target]}" \
+    -H "origin: https://app.example.com" || exit 1
+  callgrind_stop "$output" "$signal" "${keep:+$keep/$target-$count.callgrind}"
 }
 
 declare -A cost

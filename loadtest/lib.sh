@@ -19,3 +19,53 @@ measure() {
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$output")
   echo "$rps $p99"
 }
+
+# The callgrind method of ../shared/notes/measuring.md, shared by instructions.sh and
+# policy_cost.sh: start a proxy under callgrind, send it N requests, stop it, read the total.
+
+# Starts "$@" under callgrind, writing its profile to OUTPUT and its output to LOG, and waits
+# until the function READY succeeds; sets `callgrind_pid`. Under valgrind, bare Pingora now
+# and then never finishes starting (its threads are serialised there): a run not ready within
+# 60 s is killed and started again. Counts are per run, so a retried run counts the same.
+# Usage: callgrind_start OUTPUT LOG READY COMMAND...
+callgrind_start() {
+  local output=$1 log=$2 ready=$3 attempt
+  shift 3
+  for attempt in 1 2 3; do
+    rm -f "$output"
+    valgrind --tool=callgrind --callgrind-out-file="$output" "$@" >"$log" 2>&1 &
+    callgrind_pid=$!
+    pids+=("$callgrind_pid")
+    for _ in $(seq 1 600); do
+      "$ready" && return 0
+      sleep 0.1
+    done
+    echo "$1 did not start under callgrind within 60 s (attempt $attempt)" >&2
+    kill -KILL "$callgrind_pid" 2>/dev/null || true
+    wait "$callgrind_pid" 2>/dev/null || true
+  done
+  cat "$log" >&2
+  return 1
+}
+
+# Sends COUNT requests to URL with h2load (8 connections; extra h2load arguments after URL)
+# and fails unless every answer was a 2xx: a refused request would measure the refusal.
+# Usage: callgrind_load COUNT URL [H2LOAD ARGUMENTS...]
+callgrind_load() {
+  local count=$1 url=$2 report
+  shift 2
+  report=$(h2load --h1 -n "$count" -c 8 -m 1 "$@" "$url")
+  grep -q "$count succeeded" <<<"$report" && grep -q "status codes: $count 2xx" <<<"$report" \
+    || { echo "$report" >&2; return 1; }
+}
+
+# Stops `callgrind_pid` with SIGNAL (TERM unless given), waits for its profile OUTPUT, copies
+# it to KEEP_AS when that is set, and prints the instructions it counted.
+# Usage: callgrind_stop OUTPUT [SIGNAL] [KEEP_AS]
+callgrind_stop() {
+  local output=$1 signal=${2:-TERM} keep_as=${3:-}
+  kill -"$signal" "$callgrind_pid"
+  wait "$callgrind_pid" 2>/dev/null || true
+  [ -z "$keep_as" ] || cp "$output" "$keep_as"
+  awk '/^summary:/ {print $2}' "$output"
+}

@@ -176,29 +176,15 @@ YAML
 
 # Instructions of one Loom run that serves $2 requests to route $1, with the request headers of
 # route $3 (default: $1's own).
+loom_ready() { curl -sf "http://127.0.0.1:$admin_port/ready" >/dev/null 2>&1; }
 instructions() {
   local route=$1 count=$2 headers_of=${3:-$1} output="$work/callgrind.out"
-  rm -f "$output"
-  valgrind --tool=callgrind --callgrind-out-file="$output" "$binary" -c "$work/loom.yaml" \
-    >"$work/loom.log" 2>&1 &
-  local pid=$!
-  pids+=("$pid")
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$admin_port/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  callgrind_start "$output" "$work/loom.log" loom_ready "$binary" -c "$work/loom.yaml" || exit 1
   # Browsers send Origin on cross-site requests: the CORS route gets an allowed one.
   local extra=(-H "origin: https://app.example.com")
   [ -n "${credentials[$headers_of]:-}" ] && extra+=(-H "${credentials[$headers_of]}")
-  h2load --h1 -n "$count" -c 8 -m 1 "${extra[@]}" \
-    "http://127.0.0.1:$loom_port${paths[$route]}" >"$work/h2load.log"
-  # Every answer must be a 2xx: a refused request (401, 429) would measure the refusal.
-  grep -q "$count succeeded" "$work/h2load.log" && grep -q "status codes: $count 2xx" "$work/h2load.log" \
-    || { cat "$work/h2load.log" >&2; exit 1; }
-  kill -TERM "$pid"
-  wait "$pid" 2>/dev/null || true
-  [ -z "$keep" ] || cp "$output" "$keep/$route-$count${3:+-as-$3}.callgrind"
-  awk '/^summary:/ {print $2}' "$output"
+  callgrind_load "$count" "http://127.0.0.1:$loom_port${paths[$route]}" "${extra[@]}" || exit 1
+  callgrind_stop "$output" TERM "${keep:+$keep/$route-$count${3:+-as-$3}.callgrind}"
 }
 
 write_config yes

@@ -83,11 +83,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 ///
 /// The request-target Pingora keeps when it does not round-trip through the URI (a
 /// non-UTF-8 path, for one) and the HTTP/2 end-of-stream flag are carried over.
-pub fn edit_request_headers<T>(
+pub fn edit_request_headers(
     request: &mut RequestHeader,
     additional: usize,
-    edit: impl FnOnce(&mut HeaderMap) -> T,
-) -> T {
+    edit: impl FnOnce(&mut HeaderMap),
+) {
     let uri_target = request
         .uri
         .path_and_query()
@@ -97,7 +97,7 @@ pub fn edit_request_headers<T>(
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = http::request::Parts::from(std::mem::replace(request, placeholder));
     parts.headers.reserve(additional);
-    let result = edit(&mut parts.headers);
+    edit(&mut parts.headers);
     *request = RequestHeader::from(parts);
     if let Some(send_end_stream) = send_end_stream {
         request.set_send_end_stream(send_end_stream);
@@ -107,17 +107,16 @@ pub fn edit_request_headers<T>(
         // failure the URI form, which carries the same path, is sent.
         let _ = request.set_raw_path(&raw_target);
     }
-    result
 }
 
 /// [`edit_request_headers`] for a response, whose parts (status and a plain header map)
 /// `edit` gets: the same single map afterwards. A reason phrase other than the status
 /// code's standard one is kept.
-pub fn edit_response<T>(
+pub fn edit_response(
     response: &mut ResponseHeader,
     additional: usize,
-    edit: impl FnOnce(&mut http::response::Parts) -> T,
-) -> T {
+    edit: impl FnOnce(&mut http::response::Parts),
+) {
     // `get_reason_phrase` falls back to the standard phrase; only another one is kept.
     let reason = response
         .get_reason_phrase()
@@ -126,13 +125,12 @@ pub fn edit_response<T>(
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(response, placeholder));
     parts.headers.reserve(additional);
-    let result = edit(&mut parts);
+    edit(&mut parts);
     *response = ResponseHeader::from(parts);
     if reason.is_some() {
         // It came from a parsed status line, so it is a valid phrase.
         let _ = response.set_reason_phrase(reason.as_deref());
     }
-    result
 }
 
 /// Sets the X-Forwarded-* and X-Request-ID headers, the W3C `traceparent` of this attempt
