@@ -5,6 +5,7 @@
 //! - [`router`]: the route table compiled once per snapshot.
 //! - [`upstream`]: load-balanced endpoint pools on Pingora's `LoadBalancer`, health checks.
 //! - [`gateway`]: the `ProxyHttp` implementation that carries one request from listener to upstream.
+//! - [`traffic`]: canary releases and shadow traffic on a route.
 //! - [`control`]: the background service that runs health checks and reloads the config.
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/info`, `/metrics`).
 //! - [`observe`]: Prometheus metrics, the access log, OpenTelemetry traces and metrics push.
@@ -24,4 +25,5 @@ pub mod plugin;
 pub mod policy;
 pub mod router;
 pub mod stream;
+pub mod traffic;
 pub mod upstream;

@@ -19,6 +19,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::auth::Principal;
+use super::canary::CanaryAction;
 use super::redact::redacted;
 use super::reply::Reply;
 use crate::config::effective::revision_of;
@@ -36,6 +37,8 @@ enum Target {
     AddEndpoint(String),
     SetEndpoint(String, String),
     RemoveEndpoint(String, String),
+    /// A route's canary split (see [`super::canary`]).
+    Canary(String, CanaryAction),
 }
 
 impl Target {
@@ -57,6 +60,9 @@ impl Target {
             (&Method::DELETE, [name, "endpoints", address]) if upstream => {
                 Target::RemoveEndpoint(name.to_string(), address.to_string())
             }
+            (method, [id, "canary", rest @ ..]) if kind == ResourceKind::Route => {
+                Target::Canary(id.to_string(), CanaryAction::parse(method, rest)?)
+            }
             _ => return None,
         })
     }
@@ -66,6 +72,7 @@ impl Target {
         match self {
             Target::Create(kind) => (*kind, None),
             Target::Replace(kind, id) | Target::Delete(kind, id) => (*kind, Some(id)),
+            Target::Canary(id, _) => (ResourceKind::Route, Some(id)),
             Target::AddEndpoint(name)
             | Target::SetEndpoint(name, _)
             | Target::RemoveEndpoint(name, _) => (ResourceKind::Upstream, Some(name)),
@@ -178,6 +185,14 @@ pub fn is_write(method: &Method, segments: &[String]) -> bool {
     Target::parse(method, segments).is_some()
 }
 
+/// Whether the write may come without a body (and so without a JSON content type).
+pub fn body_optional(method: &Method, segments: &[String]) -> bool {
+    matches!(
+        Target::parse(method, segments),
+        Some(Target::Canary(_, action)) if action.body_optional()
+    )
+}
+
 /// Answers a write request (see [`is_write`]).
 pub async fn handle(reloader: &Reloader, request: WriteRequest<'_>) -> Reply {
     let reply = match prepare(&request) {
@@ -234,7 +249,7 @@ fn prepare(request: &WriteRequest) -> Result<(Target, Preconditions, Option<Valu
     })?;
     let preconditions = Preconditions::from_headers(request.headers);
     let needs_if_match = match &target {
-        Target::Create(_) => false,
+        Target::Create(_) | Target::Canary(..) => false,
         Target::Replace(..) => !preconditions.if_none_match_any,
         _ => true,
     };
@@ -246,7 +261,10 @@ fn prepare(request: &WriteRequest) -> Result<(Target, Preconditions, Option<Valu
              If-None-Match: *",
         ));
     }
-    let body = if target.takes_body() {
+    let optional_body = matches!(&target, Target::Canary(_, action) if action.body_optional());
+    let body = if optional_body && request.body.iter().all(u8::is_ascii_whitespace) {
+        Some(Value::Null)
+    } else if target.takes_body() {
         let value: Value = serde_json::from_slice(request.body).map_err(|error| {
             Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -361,7 +379,8 @@ fn edit(
                 ),
             ));
         };
-        if !preconditions.matches(revision, &before.revision) {
+        let unconditional = matches!(target, Target::Canary(..)) && preconditions.if_match.is_none();
+        if !unconditional && !preconditions.matches(revision, &before.revision) {
             return Err(Refusal::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
@@ -392,6 +411,14 @@ fn edit(
             let index = change_endpoint(&mut upstream, target, body)?;
             overlay.put(kind, &id, node(&upstream));
             outcome.body_path = index.map(|index| format!("{entry_path}.endpoints[{index}]"));
+        }
+        Target::Canary(_, action) => {
+            let mut route = current.cloned().unwrap_or(Value::Null);
+            super::canary::edit_route(&mut route, *action, body).map_err(|refusal| {
+                Refusal::new(refusal.status, refusal.code, refusal.message)
+            })?;
+            overlay.put(kind, &id, node(&route));
+            outcome.body_path = Some(format!("{entry_path}.canary"));
         }
     }
     Ok((overlay, outcome))
@@ -530,7 +557,7 @@ fn endpoint_address(endpoint: &Value) -> Option<&str> {
     }
 }
 
-fn node(value: &Value) -> Node {
+pub(super) fn node(value: &Value) -> Node {
     Node::from_json(value, Mark { line: 1, column: 1 })
 }
 

@@ -15,6 +15,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 pub mod auth;
+pub mod canary;
 pub mod changes;
 pub mod config_view;
 pub mod explain;
@@ -190,7 +191,13 @@ impl AdminApp {
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|value| value.to_str().ok())
                 .is_some_and(|value| value.trim_start().starts_with("application/json"));
-            if method != Method::DELETE && !json_body {
+            let declared_empty = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_none_or(|length| length.as_bytes() == b"0");
+            let body_optional = changes::body_optional(&method, &segments) && declared_empty;
+            if method != Method::DELETE && !json_body && !body_optional {
                 changes::audit_refusal(
                     &principal,
                     &method,

@@ -19,6 +19,7 @@ pub mod resilience;
 pub mod schema;
 pub mod stream;
 pub mod tracing;
+pub mod traffic;
 pub mod units;
 pub mod validate;
 pub mod yaml;

@@ -202,6 +202,12 @@ pub struct RouteConfig {
     /// Global policies (top-level `cors:`, `access_log:`) switched off on this route, by type.
     #[serde(default)]
     pub disable: Vec<String>,
+    /// A weighted split to other upstreams (new versions), see `crate::traffic::canary`.
+    #[serde(default)]
+    pub canary: Option<super::traffic::CanaryConfig>,
+    /// Requests mirrored to another upstream, see `crate::traffic::shadow`.
+    #[serde(default)]
+    pub shadow: Option<super::traffic::ShadowConfig>,
 }
 
 /// An endpoint is `"host:port"` or `{address, weight, drain}`.

@@ -222,6 +222,8 @@ pub struct RoutePlan {
     pub retry: Option<RetryPolicy>,
     /// Global policies first, then the route's plugins by priority (ties keep its order).
     pub chain: Vec<ChainEntry>,
+    pub canary: Option<super::traffic::CanaryPlan>,
+    pub shadow: Option<super::traffic::ShadowPlan>,
 }
 
 pub(crate) struct Checker<'a> {
@@ -1259,6 +1261,26 @@ fn check_health(checker: &mut Checker, key: &str, health: &HealthCheckConfig) ->
     plan
 }
 
+/// The route's timeouts, each falling back to `upstream`'s (the defaults without one).
+fn route_timeouts(route: &RouteConfig, upstream: Option<&UpstreamPlan>) -> EffectiveTimeouts {
+    let detailed = route.timeouts.clone().unwrap_or_default();
+    EffectiveTimeouts {
+        connect: detailed.connect.map_or(
+            upstream.map_or(DEFAULT_CONNECT_TIMEOUT, |u| u.connect_timeout),
+            |v| v.0,
+        ),
+        read: detailed.read.map_or(
+            upstream.map_or(DEFAULT_READ_TIMEOUT, |u| u.read_timeout),
+            |v| v.0,
+        ),
+        write: detailed.write.map_or(
+            upstream.map_or(DEFAULT_WRITE_TIMEOUT, |u| u.write_timeout),
+            |v| v.0,
+        ),
+        total: detailed.total.or(route.timeout).map(|v| v.0),
+    }
+}
+
 fn check_routes(
     checker: &mut Checker,
     config: &FileConfig,
@@ -1320,21 +1342,7 @@ fn check_routes(
         // With an unknown upstream the config is rejected anyway; defaults keep checking going.
         let upstream = upstream_index.and_then(|index| upstreams.get(index));
         let detailed = route.timeouts.clone().unwrap_or_default();
-        let timeouts = EffectiveTimeouts {
-            connect: detailed.connect.map_or(
-                upstream.map_or(DEFAULT_CONNECT_TIMEOUT, |u| u.connect_timeout),
-                |v| v.0,
-            ),
-            read: detailed.read.map_or(
-                upstream.map_or(DEFAULT_READ_TIMEOUT, |u| u.read_timeout),
-                |v| v.0,
-            ),
-            write: detailed.write.map_or(
-                upstream.map_or(DEFAULT_WRITE_TIMEOUT, |u| u.write_timeout),
-                |v| v.0,
-            ),
-            total: detailed.total.or(route.timeout).map(|v| v.0),
-        };
+        let timeouts = route_timeouts(route, upstream);
         if timeouts.total.is_some_and(|total| total.is_zero()) {
             checker.error(format!("{key}.timeout"), "must be greater than zero");
         }
@@ -1351,6 +1359,20 @@ fn check_routes(
             }
         }
         let chain = route_chain(checker, &key, route, config, plugins, global_policies);
+        let canary = route.canary.as_ref().map(|canary| {
+            super::traffic::canary_plan(
+                checker,
+                &key,
+                route,
+                canary,
+                &upstream_by_name,
+                |upstream| route_timeouts(route, Some(upstream)),
+                upstreams,
+            )
+        });
+        let shadow = route.shadow.as_ref().and_then(|shadow| {
+            super::traffic::shadow_plan(checker, &key, route, shadow, &upstream_by_name)
+        });
         let retry = route.retry.as_ref().map(|config| {
             let mut problems = Vec::new();
             let policy = resilience::retry_policy(config, "retry", &mut problems);
@@ -1388,6 +1410,8 @@ fn check_routes(
                 timeouts,
                 retry,
                 chain,
+                canary,
+                shadow,
             },
         ));
     }

@@ -1,6 +1,7 @@
 //! The control service: a Pingora background service that starts the first snapshot's
 //! health checks, reloads the config on SIGHUP, when the file changes or when DNS service
-//! discovery sees an upstream's addresses move, and reopens the access log files on SIGHUP
+//! discovery sees an upstream's addresses move, writes automatic canary rollbacks to the
+//! config overlay, and reopens the access log files on SIGHUP
 //! or SIGUSR1 (logrotate).
 //!
 //! Reloads go through the [`Reloader`], the same one the admin API changes the config with.
@@ -102,6 +103,12 @@ impl BackgroundService for ControlService {
                 }
                 () = watch.changed(), if watching => {
                     self.reloader.reload("file changed", false).await;
+                }
+                // An automatic canary rollback is in effect already; this writes it down.
+                () = crate::traffic::canary_analysis::rollback_requested() => {
+                    for (route, upstream) in crate::traffic::canary_analysis::take_pending_rollbacks() {
+                        crate::admin::canary::persist_rollback(&self.reloader, route, upstream).await;
+                    }
                 }
                 // Forced: the file may be unchanged while the names in it resolve elsewhere.
                 () = self.reloader.discovery_changed().notified() => {

@@ -39,9 +39,9 @@ pub async fn admit(ctx: &mut RequestContext, pool: &Arc<UpstreamPool>) -> Result
             }
         }
         ctx.budget_request = Some(pool.budget.start_request_owned());
-    } else if let Some(route) = ctx.route() {
-        let delay = route.retry.backoff(ctx.attempts, fastrand::f64);
-        let past_deadline = route
+    } else if let Some(target) = ctx.target() {
+        let delay = target.retry.backoff(ctx.attempts, fastrand::f64);
+        let past_deadline = target
             .timeouts
             .total
             .is_some_and(|total| ctx.started.elapsed() + delay >= total);
@@ -172,11 +172,11 @@ pub fn should_retry(
     ctx: &mut RequestContext,
     condition: RetryCondition,
 ) -> bool {
-    let Some(route) = ctx.route() else {
+    let Some(target) = ctx.target() else {
         return false;
     };
-    let policy = &route.retry;
-    let pool = Arc::clone(&route.upstream);
+    let policy = &target.retry;
+    let pool = Arc::clone(&target.pool);
     if !policy.retries_on(condition) {
         return false;
     }

@@ -456,6 +456,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         return;
     };
     let route = ctx.route();
+    let target = ctx.target();
     let access_logs = match ctx.chain_route() {
         Some(chain_route) => &chain_route.chain.access_logs[..],
         None => &snapshot.global_access_logs[..],
@@ -464,9 +465,9 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         return;
     }
     let request = session.req_header();
-    let endpoint = route.and_then(|route| {
+    let endpoint = target.and_then(|target| {
         ctx.endpoint_index
-            .and_then(|index| route.upstream.endpoints().get(index))
+            .and_then(|index| target.pool.endpoints().get(index))
             .map(|endpoint| endpoint.address.as_str())
     });
     let client_ip = ctx.client_ip.or_else(|| {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::errors::GatewayError;
-use super::snapshot::{RouteRuntime, Snapshot};
+use super::snapshot::{RouteRuntime, RouteTarget, Snapshot};
 use crate::observe::metrics;
 use crate::plugin::host::LocalResponse;
 use crate::plugin::pipeline::RequestPlugins;
@@ -67,6 +67,10 @@ pub struct RequestContext {
     pub policy_state: crate::policy::PolicyState,
     /// The request's trace ids and, when sampled, what its spans record.
     pub trace: crate::observe::tracing::request::RequestTrace,
+    /// Which of the route's upstreams a canary route sent the request to.
+    pub canary: Option<crate::traffic::canary::CanaryChoice>,
+    /// The request and the primary's answer, when this request is mirrored.
+    pub shadow: Option<Box<crate::traffic::shadow::ShadowCapture>>,
 }
 
 impl RequestContext {
@@ -100,12 +104,21 @@ impl RequestContext {
             upstream_elapsed: None,
             policy_state: crate::policy::PolicyState::default(),
             trace: crate::observe::tracing::request::RequestTrace::default(),
+            canary: None,
+            shadow: None,
         }
     }
 
     pub fn route(&self) -> Option<&RouteRuntime> {
         let snapshot = self.snapshot.as_ref()?;
         snapshot.routes.get(self.route_index?)
+    }
+
+    /// The upstream the request goes to: the route's own, or the canary target chosen for it.
+    pub fn target(&self) -> Option<&RouteTarget> {
+        let route = self.route()?;
+        let index = self.canary.map_or(0, |choice| choice.target);
+        route.targets.get(index).or_else(|| route.targets.first())
     }
 
     /// The route whose chain (policies and plugins) this request runs: the route it matched

@@ -25,6 +25,7 @@ pub mod headers;
 pub mod plugins;
 pub mod routing;
 pub mod snapshot;
+pub mod traffic;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -135,7 +136,13 @@ impl ProxyHttp for Gateway {
         let outcome = routing::route_request(&snapshot, session, ctx);
         ctx.snapshot = Some(snapshot);
         match outcome {
-            Ok(()) => chain::request_headers(session, ctx).await,
+            Ok(()) => {
+                if chain::request_headers(session, ctx).await? {
+                    return Ok(true);
+                }
+                traffic::request_admitted(session, ctx);
+                Ok(false)
+            }
             Err(error) => {
                 errors::respond(session, &error, &ctx.request_id, true).await;
                 ctx.failure = Some(error);
@@ -149,15 +156,15 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route() else {
+        let Some(target) = ctx.target() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "upstream_peer without a route",
             ));
         };
-        let pool = Arc::clone(&route.upstream);
-        let timeouts = route.timeouts;
-        let per_try_timeout = route.retry.per_try_timeout;
+        let pool = Arc::clone(&target.pool);
+        let timeouts = target.timeouts;
+        let per_try_timeout = target.retry.per_try_timeout;
         // A retry replays the body through `request_body_filter`: the size limits count it
         // afresh.
         ctx.request_body_bytes = 0;
@@ -213,8 +220,8 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        if let Some(route) = ctx.route() {
-            route.upstream.count_connection(reused);
+        if let Some(target) = ctx.target() {
+            target.pool.count_connection(reused);
         }
         Ok(())
     }
@@ -235,9 +242,9 @@ impl ProxyHttp for Gateway {
         let host = ctx
             .route()
             .filter(|route| !route.preserve_host)
-            .and_then(|route| {
+            .and_then(|_| {
                 let index = ctx.endpoint_index?;
-                route.upstream.endpoints().get(index)
+                ctx.target()?.pool.endpoints().get(index)
             })
             .map(|endpoint| endpoint.host_header.clone());
         headers::prepare_upstream_request(
@@ -247,6 +254,7 @@ impl ProxyHttp for Gateway {
             traceparent,
             host,
         );
+        traffic::upstream_request(upstream_request, ctx);
         Ok(())
     }
 
@@ -262,11 +270,12 @@ impl ProxyHttp for Gateway {
         headers::prepare_response(upstream_response, room);
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = status;
+        traffic::upstream_response(upstream_response, ctx);
         self.check_deadline(ctx)?;
         let condition = RetryCondition::Status(status);
         if ctx
-            .route()
-            .is_some_and(|route| route.retry.retries_on(condition))
+            .target()
+            .is_some_and(|target| target.retry.retries_on(condition))
         {
             attempts::finish(ctx, Outcome::Answered(status));
             if attempts::should_retry(session, ctx, condition) {
@@ -293,7 +302,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         chain::request_body(body, ctx)?;
-        plugins::request_body(session, body, end_of_stream, ctx).await
+        plugins::request_body(session, body, end_of_stream, ctx).await?;
+        traffic::request_body(body, ctx);
+        Ok(())
     }
 
     async fn response_filter(
@@ -304,7 +315,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         chain::response_headers(session, upstream_response, ctx).await?;
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
-        Ok(())
+        traffic::response(upstream_response, ctx)
     }
 
     fn response_body_filter(
@@ -329,10 +340,11 @@ impl ProxyHttp for Gateway {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> Result<Option<Duration>> {
+        traffic::upstream_response_body(body, ctx);
         self.check_deadline(ctx).map(|()| None)
     }
 
@@ -460,6 +472,7 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.lease = None;
+        traffic::request_finished(ctx, status, elapsed);
         chain::log(session, ctx, status, elapsed);
         plugins::finish(session, ctx);
         if ctx.trace.sampled {
@@ -483,7 +496,7 @@ impl Gateway {
         if ctx.upgraded {
             return Ok(());
         }
-        let Some(total) = ctx.route().and_then(|route| route.timeouts.total) else {
+        let Some(total) = ctx.target().and_then(|target| target.timeouts.total) else {
             return Ok(());
         };
         if ctx.started.elapsed() > total {
@@ -495,14 +508,14 @@ impl Gateway {
 
     /// Counts one upstream attempt and its duration; `status` 0 means no response.
     fn record_attempt(&self, ctx: &mut RequestContext, status: u16, error: Option<&Error>) {
-        let (Some(route), Some(index), Some(started)) =
-            (ctx.route(), ctx.endpoint_index, ctx.upstream_started)
+        let (Some(target), Some(index), Some(started)) =
+            (ctx.target(), ctx.endpoint_index, ctx.upstream_started)
         else {
             return;
         };
-        route.upstream.count_response(index, status);
+        target.pool.count_response(index, status);
         let elapsed = started.elapsed();
-        route.upstream_duration.observe(elapsed.as_secs_f64());
+        target.upstream_duration.observe(elapsed.as_secs_f64());
         ctx.upstream_elapsed = Some(elapsed);
         ctx.upstream_started = None;
         if ctx.trace.sampled {

@@ -19,22 +19,37 @@ use crate::observe::route_metrics::RouteMetrics;
 use crate::plugin::registry::PluginSet;
 use crate::policy::client_ip::Cidr;
 use crate::router::Router;
+use crate::traffic::canary::Canary;
+use crate::traffic::shadow::Shadow;
 use crate::upstream::UpstreamPool;
 use crate::upstream::retry::RetryPolicy;
+
+/// One upstream a route's requests can go to: its own, or a canary target.
+pub struct RouteTarget {
+    pub pool: Arc<UpstreamPool>,
+    /// The route's timeouts over this upstream's.
+    pub timeouts: EffectiveTimeouts,
+    /// The route's retry policy, or this upstream's.
+    pub retry: RetryPolicy,
+    /// Pre-resolved `loom_upstream_duration_seconds{upstream}`.
+    pub upstream_duration: Histogram,
+}
 
 /// What a matched request needs about its route.
 pub struct RouteRuntime {
     pub id: Arc<str>,
+    /// The route's own upstream (the stable version when it has a canary).
     pub upstream: Arc<UpstreamPool>,
+    /// Where its requests can go: `targets[0]` is `upstream`, then the canary targets.
+    pub targets: Vec<RouteTarget>,
+    /// The weighted split among `targets`, when the route has `canary:`.
+    pub canary: Option<Canary>,
+    /// Requests mirrored to another upstream, when the route has `shadow:`.
+    pub shadow: Option<Shadow>,
     pub strip_prefix: bool,
     pub preserve_host: bool,
-    pub timeouts: EffectiveTimeouts,
-    /// The route's retry policy, or its upstream's.
-    pub retry: RetryPolicy,
     /// The route's metric handles (requests, duration, bytes), kept across reloads.
     pub metrics: Arc<RouteMetrics>,
-    /// Pre-resolved `loom_upstream_duration_seconds{upstream}`.
-    pub upstream_duration: Histogram,
     /// The route's built-in policies and plugins, in request order.
     pub chain: RouteChain,
     /// The route as configured, for the admin API.
@@ -119,19 +134,53 @@ impl Snapshot {
             .routes
             .into_iter()
             .map(|plan| {
+                let id: Arc<str> = Arc::from(plan.config.id.as_str());
+                let previous_route = previous.and_then(|snapshot| {
+                    snapshot.routes.iter().find(|route| route.id == id)
+                });
                 let upstream = Arc::clone(&upstreams[plan.upstream_index]);
-                RouteRuntime {
+                let target = |pool: &Arc<UpstreamPool>, timeouts: EffectiveTimeouts| RouteTarget {
+                    pool: Arc::clone(pool),
+                    timeouts,
                     retry: plan
                         .retry
                         .clone()
-                        .unwrap_or_else(|| upstream.plan.resilience.retry.clone()),
-                    id: Arc::from(plan.config.id.as_str()),
-                    metrics: RouteMetrics::for_route(&Arc::from(plan.config.id.as_str())),
-                    upstream_duration: metrics::upstream_duration(&upstream.name),
+                        .unwrap_or_else(|| pool.plan.resilience.retry.clone()),
+                    upstream_duration: metrics::upstream_duration(&pool.name),
+                };
+                let mut targets = vec![target(&upstream, plan.timeouts)];
+                let canary = plan.canary.as_ref().map(|canary| {
+                    for canary_target in &canary.targets {
+                        targets.push(target(
+                            &upstreams[canary_target.upstream_index],
+                            canary_target.timeouts,
+                        ));
+                    }
+                    let names = targets.iter().map(|target| Arc::clone(&target.pool.name)).collect();
+                    Canary::new(
+                        &id,
+                        canary,
+                        names,
+                        previous_route.and_then(|route| route.canary.as_ref()),
+                    )
+                });
+                let shadow = plan.shadow.as_ref().map(|shadow| {
+                    Shadow::new(
+                        &id,
+                        shadow,
+                        Arc::clone(&upstreams[shadow.upstream_index]),
+                        previous_route.and_then(|route| route.shadow.as_ref()),
+                    )
+                });
+                RouteRuntime {
+                    metrics: RouteMetrics::for_route(&id),
+                    id,
                     upstream,
+                    targets,
+                    canary,
+                    shadow,
                     strip_prefix: plan.config.strip_prefix,
                     preserve_host: plan.config.preserve_host,
-                    timeouts: plan.timeouts,
                     chain: RouteChain::build(&plan.chain, &plugins),
                     metadata: Arc::new(plan.config.metadata.clone()),
                     config: plan.config.clone(),
