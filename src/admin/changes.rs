@@ -379,7 +379,8 @@ fn edit(
                 ),
             ));
         };
-        let unconditional = matches!(target, Target::Canary(..)) && preconditions.if_match.is_none();
+        let unconditional =
+            matches!(target, Target::Canary(..)) && preconditions.if_match.is_none();
         if !unconditional && !preconditions.matches(revision, &before.revision) {
             return Err(Refusal::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -414,9 +415,8 @@ fn edit(
         }
         Target::Canary(_, action) => {
             let mut route = current.cloned().unwrap_or(Value::Null);
-            super::canary::edit_route(&mut route, *action, body).map_err(|refusal| {
-                Refusal::new(refusal.status, refusal.code, refusal.message)
-            })?;
+            super::canary::edit_route(&mut route, *action, body)
+                .map_err(|refusal| Refusal::new(refusal.status, refusal.code, refusal.message))?;
             overlay.put(kind, &id, node(&route));
             outcome.body_path = Some(format!("{entry_path}.canary"));
         }

@@ -357,7 +357,9 @@ pub(crate) fn canary_plan(
                 "a share of requests: at least 0 and below 1 (0.05 is five percentage points)",
             );
         }
-        let window = rollback.window.map_or(DEFAULT_ROLLBACK_WINDOW, |value| value.0);
+        let window = rollback
+            .window
+            .map_or(DEFAULT_ROLLBACK_WINDOW, |value| value.0);
         if window < Duration::from_secs(1) {
             checker.error(format!("{rollback_key}.window"), "at least 1s");
         }
@@ -396,11 +398,13 @@ fn stickiness(checker: &mut Checker, key: &str, config: &CanaryConfig) -> Sticki
         }
         let source = match hash.split_once(':') {
             None if hash == "client_ip" => Some(ForceSourceOrIp::ClientIp),
-            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
-                .ok()
-                .map(|name| {
-                    ForceSourceOrIp::Request(ForceSource::Header(name.as_str().to_string()))
-                }),
+            Some(("header", name)) => {
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .ok()
+                    .map(|name| {
+                        ForceSourceOrIp::Request(ForceSource::Header(name.as_str().to_string()))
+                    })
+            }
             Some(("cookie", name)) if !name.is_empty() => Some(ForceSourceOrIp::Request(
                 ForceSource::Cookie(name.to_string()),
             )),
@@ -411,9 +415,7 @@ fn stickiness(checker: &mut Checker, key: &str, config: &CanaryConfig) -> Sticki
             None => {
                 checker.error(
                     format!("{key}.sticky_hash"),
-                    format!(
-                        "\"{hash}\" is not one of client_ip, header:<name> or cookie:<name>"
-                    ),
+                    format!("\"{hash}\" is not one of client_ip, header:<name> or cookie:<name>"),
                 );
                 Stickiness::None
             }
@@ -443,7 +445,9 @@ fn stickiness(checker: &mut Checker, key: &str, config: &CanaryConfig) -> Sticki
             format!("\"{name}\" is not a cookie name"),
         );
     }
-    let ttl = config.sticky_ttl.map_or(DEFAULT_STICKY_TTL, |value| value.0);
+    let ttl = config
+        .sticky_ttl
+        .map_or(DEFAULT_STICKY_TTL, |value| value.0);
     if ttl.as_secs() == 0 {
         checker.error(format!("{key}.sticky_ttl"), "at least 1s");
     }
@@ -501,16 +505,16 @@ pub(crate) fn shadow_plan(
             None
         }
     };
-    let max_in_flight = config
-        .max_in_flight
-        .unwrap_or(DEFAULT_SHADOW_MAX_IN_FLIGHT);
+    let max_in_flight = config.max_in_flight.unwrap_or(DEFAULT_SHADOW_MAX_IN_FLIGHT);
     if max_in_flight == 0 {
         checker.error(
             format!("{key}.max_in_flight"),
             "at least 1 (set percentage: 0 to mirror nothing)",
         );
     }
-    let timeout = config.timeout.map_or(DEFAULT_SHADOW_TIMEOUT, |value| value.0);
+    let timeout = config
+        .timeout
+        .map_or(DEFAULT_SHADOW_TIMEOUT, |value| value.0);
     if timeout.is_zero() {
         checker.error(format!("{key}.timeout"), "must be greater than zero");
     }
@@ -521,7 +525,9 @@ pub(crate) fn shadow_plan(
     Some(ShadowPlan {
         upstream_index: upstream_index?,
         per_million: (percentage * 10_000.0).round() as u32,
-        max_body: config.max_body.map_or(DEFAULT_SHADOW_MAX_BODY, |value| value.0),
+        max_body: config
+            .max_body
+            .map_or(DEFAULT_SHADOW_MAX_BODY, |value| value.0),
         header: header?,
         timeout,
         max_in_flight,
@@ -588,4 +594,111 @@ fn compare_plan(checker: &mut Checker, key: &str, config: &CompareConfig) -> Opt
             .map_or(DEFAULT_COMPARE_MAX_BODY, |value| value.0),
         keep_diffs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Three upstreams (v1, v2, v3) and one route on v1 with `route_keys` (indented as its
+    /// keys); the errors as `file:line:column: key: message`, or `Ok`.
+    fn load(route_keys: &str) -> Result<super::super::validate::ValidatedConfig, Vec<String>> {
+        let text = format!(
+            "listeners:\n  - name: http\n    address: \"127.0.0.1:18080\"\nupstreams:\n\
+             \x20 - name: v1\n    endpoints: [\"127.0.0.1:9001\"]\n\
+             \x20 - name: v2\n    endpoints: [\"127.0.0.1:9002\"]\n\
+             \x20 - name: v3\n    endpoints: [\"127.0.0.1:9003\"]\n\
+             routes:\n  - id: api\n    path: /api\n    upstream: v1\n{route_keys}"
+        );
+        super::super::load_text(Path::new("traffic-test.yaml"), &text)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
+
+    fn errors(route_keys: &str) -> String {
+        match load(route_keys) {
+            Ok(_) => panic!("accepted:\n{route_keys}"),
+            Err(errors) => errors.join("\n"),
+        }
+    }
+
+    #[test]
+    fn a_full_canary_and_shadow_load() {
+        let validated = load(
+            "    canary:\n      targets:\n        - upstream: v2\n          weight: 10\n\
+             \x20     force:\n        - header: X-Canary\n          value: \"true\"\n\
+             \x20       - cookie: canary\n          upstream: v1\n\
+             \x20     sticky: true\n      sticky_ttl: 1h\n\
+             \x20     rollback:\n        window: 10s\n        max_error_rate_increase: 0.05\n        max_p99_increase: 200ms\n\
+             \x20   shadow:\n      upstream: v3\n      percentage: 12.5\n      compare:\n        body: json\n        headers: [content-type]\n        ignore_fields: [meta.at]\n",
+        )
+        .unwrap_or_else(|errors| panic!("{}", errors.join("\n")));
+        let route = &validated.routes[0];
+        let canary = route.canary.as_ref().unwrap();
+        assert_eq!(canary.targets[0].weight, 10);
+        assert_eq!(
+            canary.force[0].source,
+            super::ForceSource::Header("x-canary".into())
+        );
+        assert_eq!(canary.force[1].target, 0);
+        assert_eq!(
+            canary.stickiness,
+            super::Stickiness::Cookie {
+                name: "loom_canary".into(),
+                ttl: std::time::Duration::from_secs(3600)
+            }
+        );
+        let shadow = route.shadow.as_ref().unwrap();
+        assert_eq!(shadow.per_million, 125_000);
+        assert_eq!(shadow.header.as_str(), "x-shadow");
+        assert_eq!(
+            shadow.compare.as_ref().unwrap().ignore_fields,
+            vec![vec!["meta", "at"]]
+        );
+    }
+
+    #[test]
+    fn canary_mistakes_name_their_key_and_line() {
+        let found = errors(
+            "    canary:\n      targets:\n        - upstream: v1\n          weight: 10\n\
+             \x20       - upstream: v2\n          weight: 195\n\
+             \x20       - upstream: nowhere\n          weight: 1\n\
+             \x20     force:\n        - header: X-Canary\n          cookie: c\n\
+             \x20     sticky_hash: ip\n\
+             \x20     rollback:\n        window: 10s\n",
+        );
+        for expected in [
+            "traffic-test.yaml:17:21: routes[0].canary.targets[0].upstream: \"v1\" is the route's own upstream",
+            "routes[0].canary.targets[1].weight: weights are percentages: 195 is over 100",
+            "routes[0].canary.targets[2].upstream: unknown upstream \"nowhere\"",
+            "routes[0].canary.targets: the weights add up to 206",
+            "routes[0].canary.force[0]: name exactly one of header and cookie",
+            "routes[0].canary.sticky_hash: \"ip\" is not one of client_ip",
+            "routes[0].canary.rollback: set max_error_rate_increase, max_p99_increase or both",
+        ] {
+            assert!(
+                found.contains(expected),
+                "missing {expected:?} in:\n{found}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_shadow_must_be_another_upstream() {
+        let found = errors(
+            "    canary:\n      targets:\n        - upstream: v2\n          weight: 10\n\
+             \x20   shadow:\n      upstream: v2\n      percentage: 120\n      compare:\n        body: text\n",
+        );
+        for expected in [
+            "routes[0].shadow.upstream: \"v2\" already serves this route's requests",
+            "routes[0].shadow.percentage: from 0 to 100",
+            "routes[0].shadow.compare.body: \"text\" is not one of exact, json, none",
+        ] {
+            assert!(
+                found.contains(expected),
+                "missing {expected:?} in:\n{found}"
+            );
+        }
+        let unknown_key = errors("    shadow:\n      upstream: v3\n      mirror_percent: 5\n");
+        assert!(unknown_key.contains("mirror_percent"), "{unknown_key}");
+    }
 }

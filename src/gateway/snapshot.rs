@@ -135,9 +135,8 @@ impl Snapshot {
             .into_iter()
             .map(|plan| {
                 let id: Arc<str> = Arc::from(plan.config.id.as_str());
-                let previous_route = previous.and_then(|snapshot| {
-                    snapshot.routes.iter().find(|route| route.id == id)
-                });
+                let previous_route = previous
+                    .and_then(|snapshot| snapshot.routes.iter().find(|route| route.id == id));
                 let upstream = Arc::clone(&upstreams[plan.upstream_index]);
                 let target = |pool: &Arc<UpstreamPool>, timeouts: EffectiveTimeouts| RouteTarget {
                     pool: Arc::clone(pool),
@@ -156,7 +155,10 @@ impl Snapshot {
                             canary_target.timeouts,
                         ));
                     }
-                    let names = targets.iter().map(|target| Arc::clone(&target.pool.name)).collect();
+                    let names = targets
+                        .iter()
+                        .map(|target| Arc::clone(&target.pool.name))
+                        .collect();
                     Canary::new(
                         &id,
                         canary,

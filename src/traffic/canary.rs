@@ -77,8 +77,7 @@ impl Canary {
                         "{name}={upstream}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
                         ttl.as_secs()
                     );
-                    http::HeaderValue::from_str(&text)
-                        .unwrap_or(http::HeaderValue::from_static(""))
+                    http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static(""))
                 })
                 .collect(),
             _ => Vec::new(),
@@ -359,8 +358,16 @@ mod tests {
             target: 1,
         }];
         let canary = canary(&[0], Stickiness::None, force);
-        assert_eq!(canary.choose(&request(&[("x-canary", "true")]), None).target, 1);
-        assert_eq!(canary.choose(&request(&[("x-canary", "no")]), None).target, 0);
+        assert_eq!(
+            canary
+                .choose(&request(&[("x-canary", "true")]), None)
+                .target,
+            1
+        );
+        assert_eq!(
+            canary.choose(&request(&[("x-canary", "no")]), None).target,
+            0
+        );
         assert_eq!(canary.choose(&request(&[]), None).target, 0);
     }
 

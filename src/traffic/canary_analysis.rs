@@ -209,12 +209,10 @@ impl CanaryState {
         let stable = summaries[0];
         let mut verdicts = Vec::new();
         let mut rolled_back_any = false;
-        for target in 1..summaries.len() {
-            let canary = summaries[target];
+        for (target, &canary) in summaries.iter().enumerate().skip(1) {
             let verdict = if self.is_rolled_back(target) {
                 "rolled_back".to_string()
-            } else if canary.requests < plan.min_requests || stable.requests < plan.min_requests
-            {
+            } else if canary.requests < plan.min_requests || stable.requests < plan.min_requests {
                 format!(
                     "not judged: each side needs {} requests in the window",
                     plan.min_requests
@@ -245,7 +243,13 @@ impl CanaryState {
         rolled_back_any
     }
 
-    fn roll_back(&self, target: usize, reason: &str, stable: &WindowSummary, canary: &WindowSummary) {
+    fn roll_back(
+        &self,
+        target: usize,
+        reason: &str,
+        stable: &WindowSummary,
+        canary: &WindowSummary,
+    ) {
         self.rolled_back[target].store(true, Ordering::Relaxed);
         self.metrics(target).rollbacks.inc();
         let upstream = &self.names[target];
@@ -275,10 +279,7 @@ impl CanaryState {
         let plan = self.plan.lock().ok().and_then(|plan| plan.clone());
         let history = self.history.lock();
         let (last, rollbacks) = match &history {
-            Ok(history) => (
-                history.last_judgement.clone(),
-                history.rollbacks.clone(),
-            ),
+            Ok(history) => (history.last_judgement.clone(), history.rollbacks.clone()),
             Err(_) => (None, Vec::new()),
         };
         serde_json::json!({
@@ -407,7 +408,10 @@ mod tests {
             let index = latency_bucket(Duration::from_micros(micros));
             assert!(bucket_upper_micros(index) > micros, "{micros} in {index}");
             if index > 0 {
-                assert!(bucket_upper_micros(index - 1) <= micros, "{micros} in {index}");
+                assert!(
+                    bucket_upper_micros(index - 1) <= micros,
+                    "{micros} in {index}"
+                );
             }
         }
     }
@@ -418,7 +422,10 @@ mod tests {
         counts[latency_bucket(Duration::from_millis(10))] = 99;
         counts[latency_bucket(Duration::from_millis(900))] = 1;
         let p99 = percentile(&counts, 0.99);
-        assert!(p99 >= Duration::from_millis(10) && p99 < Duration::from_millis(13), "{p99:?}");
+        assert!(
+            p99 >= Duration::from_millis(10) && p99 < Duration::from_millis(13),
+            "{p99:?}"
+        );
         counts[latency_bucket(Duration::from_millis(900))] = 2;
         assert!(percentile(&counts, 0.99) >= Duration::from_millis(900));
     }
@@ -436,8 +443,7 @@ mod tests {
         assert!(state.record(0, 200, fast, start + Duration::from_secs(11)));
         assert!(state.is_rolled_back(1));
         assert!(
-            take_pending_rollbacks()
-                .contains(&("analysis-unit".to_string(), "v2".to_string()))
+            take_pending_rollbacks().contains(&("analysis-unit".to_string(), "v2".to_string()))
         );
         let described = state.describe();
         assert!(
@@ -457,13 +463,36 @@ mod tests {
             state.record(0, 200, Duration::from_millis(5), start);
             state.record(1, 200, Duration::from_millis(60), start);
         }
-        assert!(!state.record(0, 200, Duration::from_millis(5), start + Duration::from_secs(11)));
-        assert!(!state.is_rolled_back(1), "55 ms slower is within the 100 ms margin");
+        assert!(!state.record(
+            0,
+            200,
+            Duration::from_millis(5),
+            start + Duration::from_secs(11)
+        ));
+        assert!(
+            !state.is_rolled_back(1),
+            "55 ms slower is within the 100 ms margin"
+        );
         for _ in 0..20 {
-            state.record(0, 200, Duration::from_millis(5), start + Duration::from_secs(12));
-            state.record(1, 200, Duration::from_millis(400), start + Duration::from_secs(12));
+            state.record(
+                0,
+                200,
+                Duration::from_millis(5),
+                start + Duration::from_secs(12),
+            );
+            state.record(
+                1,
+                200,
+                Duration::from_millis(400),
+                start + Duration::from_secs(12),
+            );
         }
-        assert!(state.record(0, 200, Duration::from_millis(5), start + Duration::from_secs(22)));
+        assert!(state.record(
+            0,
+            200,
+            Duration::from_millis(5),
+            start + Duration::from_secs(22)
+        ));
         assert!(state.is_rolled_back(1));
     }
 
@@ -475,7 +504,12 @@ mod tests {
             state.record(0, 200, Duration::from_millis(5), start);
             state.record(1, 500, Duration::from_millis(5), start);
         }
-        assert!(!state.record(0, 200, Duration::from_millis(5), start + Duration::from_secs(11)));
+        assert!(!state.record(
+            0,
+            200,
+            Duration::from_millis(5),
+            start + Duration::from_secs(11)
+        ));
         assert!(!state.is_rolled_back(1));
     }
 }

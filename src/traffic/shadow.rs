@@ -29,13 +29,14 @@ use crate::upstream::endpoint::Outcome;
 type ShadowClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One pooled client for every shadow copy: connections to shadow upstreams are reused.
-static CLIENT: LazyLock<Option<ShadowClient>> = LazyLock::new(|| match crate::outbound::connector() {
-    Ok(connector) => Some(Client::builder(TokioExecutor::new()).build(connector)),
-    Err(error) => {
-        log::error!("shadow traffic disabled: {error}");
-        None
-    }
-});
+static CLIENT: LazyLock<Option<ShadowClient>> =
+    LazyLock::new(|| match crate::outbound::connector() {
+        Ok(connector) => Some(Client::builder(TokioExecutor::new()).build(connector)),
+        Err(error) => {
+            log::error!("shadow traffic disabled: {error}");
+            None
+        }
+    });
 
 /// A route's shadow settings, built with each snapshot; its [`ShadowRecord`] outlives
 /// reloads.
@@ -344,10 +345,7 @@ impl ShadowJob {
             .endpoints()
             .get(lease.endpoint_index())
             .ok_or("endpoint vanished")?;
-        let path = head
-            .uri
-            .path_and_query()
-            .map_or("/", |path| path.as_str());
+        let path = head.uri.path_and_query().map_or("/", |path| path.as_str());
         let uri = if self.pool.plan.config.tls.is_some() {
             format!("https://{}{path}", endpoint.address)
         } else {

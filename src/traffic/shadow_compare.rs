@@ -92,7 +92,10 @@ fn header_text(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<Str
 /// The body as compared and shown: normalised JSON when asked for and it parses, else the
 /// bytes as text (or a digest line for binary bodies).
 fn body_text(plan: &ComparePlan, chunks: &[Bytes]) -> String {
-    let bytes: Vec<u8> = chunks.iter().flat_map(|chunk| chunk.iter().copied()).collect();
+    let bytes: Vec<u8> = chunks
+        .iter()
+        .flat_map(|chunk| chunk.iter().copied())
+        .collect();
     if plan.body == BodyComparison::Json
         && let Ok(mut value) = serde_json::from_slice::<Value>(&bytes)
     {
@@ -106,9 +109,8 @@ fn body_text(plan: &ComparePlan, chunks: &[Bytes]) -> String {
         Ok(text) => text,
         Err(error) => {
             let bytes = error.into_bytes();
-            let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-                &bytes,
-            ));
+            let digest =
+                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes));
             let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
             format!("(binary body, {} bytes, sha256 {hex})", bytes.len())
         }
@@ -212,14 +214,25 @@ mod tests {
         )
         .expect("ts differs");
         assert_eq!(mismatch.differences, vec!["body".to_string()]);
-        assert!(mismatch.unified_diff.contains("-      \"ts\": 5"), "{}", mismatch.unified_diff);
-        assert!(mismatch.unified_diff.contains("+      \"ts\": 9"), "{}", mismatch.unified_diff);
+        assert!(
+            mismatch.unified_diff.contains("-      \"ts\": 5"),
+            "{}",
+            mismatch.unified_diff
+        );
+        assert!(
+            mismatch.unified_diff.contains("+      \"ts\": 9"),
+            "{}",
+            mismatch.unified_diff
+        );
     }
 
     #[test]
     fn status_and_header_differences_are_named_and_diffed() {
         let mut json = http::HeaderMap::new();
-        json.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+        json.insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
         let mut text = http::HeaderMap::new();
         text.insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
         let body = [Bytes::from_static(b"same")];

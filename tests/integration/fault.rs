@@ -22,6 +22,8 @@ pub enum Mode {
 pub struct FaultServer {
     pub port: u16,
     hits: Arc<AtomicU64>,
+    /// Every request head received, lower-cased.
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
     mode: Arc<AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -34,17 +36,20 @@ impl FaultServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mode_cell = Arc::new(AtomicU8::new(mode as u8));
-        let (task_hits, task_mode) = (hits.clone(), mode_cell.clone());
+        let (task_hits, task_mode, task_heads) = (hits.clone(), mode_cell.clone(), heads.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (hits, mode) = (task_hits.clone(), task_mode.clone());
-                tokio::spawn(serve(stream, name, hits, mode));
+                let (hits, mode, heads) =
+                    (task_hits.clone(), task_mode.clone(), task_heads.clone());
+                tokio::spawn(serve(stream, name, hits, mode, heads));
             }
         });
         FaultServer {
             port,
             hits,
+            heads,
             mode: mode_cell,
             task,
         }
@@ -52,6 +57,11 @@ impl FaultServer {
 
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The request heads received so far, lower-cased.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -69,7 +79,13 @@ impl Drop for FaultServer {
     }
 }
 
-async fn serve(mut stream: TcpStream, name: &str, hits: Arc<AtomicU64>, mode: Arc<AtomicU8>) {
+async fn serve(
+    mut stream: TcpStream,
+    name: &str,
+    hits: Arc<AtomicU64>,
+    mode: Arc<AtomicU8>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let mut buffer = Vec::new();
     loop {
         // Read one request head, then skip its body by Content-Length.
@@ -97,6 +113,7 @@ async fn serve(mut stream: TcpStream, name: &str, hits: Arc<AtomicU64>, mode: Ar
             }
         }
         buffer.drain(..head_end + body_length);
+        heads.lock().unwrap().push(head.clone());
         hits.fetch_add(1, Ordering::SeqCst);
         let body = format!("{{\"instance\":\"{name}\"}}");
         let answer = |status: &str| {

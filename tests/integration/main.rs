@@ -24,4 +24,5 @@ mod stream_process;
 mod stream_support;
 mod support;
 mod tracing;
+mod traffic;
 mod upgrade;
