@@ -5,6 +5,7 @@
 //! - [`router`]: the route table compiled once per snapshot.
 //! - [`upstream`]: load-balanced endpoint pools on Pingora's `LoadBalancer`, health checks.
 //! - [`gateway`]: the `ProxyHttp` implementation that carries one request from listener to upstream.
+//! - [`cache`]: the response cache and request coalescing on Pingora's HTTP cache.
 //! - [`traffic`]: canary releases and shadow traffic on a route.
 //! - [`control`]: the background service that runs health checks and reloads the config.
 //! - [`admin`]: the admin listener (`/health`, `/ready`, `/info`, `/metrics`).
@@ -14,6 +15,7 @@
 //! - [`echo`]: the echo backend shipped as `loom-echo` for demos, tests and load tests.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod echo;

@@ -15,6 +15,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 pub mod auth;
+pub mod cache_view;
 pub mod canary;
 pub mod changes;
 pub mod config_view;
@@ -164,7 +165,8 @@ impl AdminApp {
         };
         let segments = decoded_segments(&path);
         let reset = upstreams::is_reset(&method, &segments);
-        let writes = changes::is_write(&method, &segments) || reset;
+        let cache_purge = method == Method::DELETE && path == "/cache";
+        let writes = changes::is_write(&method, &segments) || reset || cache_purge;
         if writes && principal.role < AdminRole::Write {
             changes::audit_refusal(&principal, &method, &path, StatusCode::FORBIDDEN);
             return Reply::error(
@@ -178,6 +180,12 @@ impl AdminApp {
                         .to_string()
                 },
             );
+        }
+        if cache_purge {
+            return cache_view::purge(&principal, session.req_header().uri.query());
+        }
+        if method == Method::GET && path == "/cache" {
+            return cache_view::show();
         }
         if path == "/explain" {
             let query = session.req_header().uri.query();

@@ -12,6 +12,7 @@
 //! (see [`crate::gateway::snapshot`]).
 
 pub mod atomic_file;
+pub mod cache;
 pub mod effective;
 pub mod overlay;
 pub mod plugins;

@@ -208,6 +208,27 @@ pub struct RouteConfig {
     /// Requests mirrored to another upstream, see `crate::traffic::shadow`.
     #[serde(default)]
     pub shadow: Option<super::traffic::ShadowConfig>,
+    /// The response cache's settings for this route, over the top-level `cache:`.
+    #[serde(default)]
+    pub cache: Option<CacheSection>,
+    /// Identical requests in flight at once share one upstream request, see
+    /// `crate::cache::coalesce`.
+    #[serde(default)]
+    pub coalesce: Option<CoalesceConfig>,
+}
+
+/// `coalesce:` on a route.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct CoalesceConfig {
+    pub enabled: bool,
+    /// Request headers that make requests different (besides method and URL).
+    pub headers: Vec<String>,
+    /// Longest a request waits for the one it joined (default 10s); then it goes alone.
+    pub timeout: Option<DurationValue>,
+    /// Largest answer shared (default 1MB); a larger one is answered to its own request
+    /// only, and the others go alone.
+    pub max_body: Option<SizeValue>,
 }
 
 /// An endpoint is `"host:port"` or `{address, weight, drain}`.
@@ -708,7 +729,7 @@ pub struct FileConfig {
     pub reload: ReloadConfig,
     /// Loom message streaming over QUIC and HTTP/3 (the reference server's schema).
     pub stream: Option<super::stream::StreamSection>,
-    /// Go Loom sections whose feature is not built yet: accepted only switched off.
+    /// Go Loom's global `rate_limit:`, `tracing:` and `cache:` sections.
     pub rate_limit: Option<RateLimitSection>,
     pub tracing: Option<TracingSection>,
     pub cache: Option<CacheSection>,
@@ -751,7 +772,10 @@ pub struct TracingSection {
     pub step_threshold: Option<DurationValue>,
 }
 
-/// Go Loom's `cache:`.
+/// Go Loom's `cache:` (its keys first), plus Loom's. At the top level it sets up the store and
+/// caches every route (its `included_paths`/`excluded_paths` permitting, `disable: [cache]`
+/// opting a route out); on a route it overrides the top level's settings for that route.
+/// Validated by `crate::config::cache`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct CacheSection {
@@ -763,6 +787,19 @@ pub struct CacheSection {
     pub excluded_paths: Vec<String>,
     pub included_paths: Vec<String>,
     pub bypass_header: Option<String>,
+    /// Serve a stale answer this long past its freshness when the upstream fails.
+    pub stale_if_error: Option<DurationValue>,
+    /// Largest answer stored (default 8MB, at most 64MB).
+    pub max_entry_size: Option<SizeValue>,
+    /// How long requests for a key being fetched wait for that fetch (default 10s).
+    pub lock_timeout: Option<DurationValue>,
+    /// Cache answers to requests with `Authorization` (default: only when the answer says
+    /// `public`, `s-maxage` or `must-revalidate`).
+    pub cache_authorized: Option<bool>,
+    /// Cache answers that set cookies (default false).
+    pub cache_set_cookie: Option<bool>,
+    /// Client CIDRs allowed to send `PURGE` (default none: PURGE is refused).
+    pub purge_allowed: Vec<String>,
 }
 
 /// Go Loom's `metrics.opentelemetry:`, plus the push interval, timeout and headers.

@@ -69,6 +69,8 @@ pub struct ValidatedConfig {
     pub tracing: Option<crate::observe::tracing::TracingPlan>,
     /// `metrics.opentelemetry:` when it is switched on.
     pub metrics_push: Option<crate::observe::metrics_push::MetricsPushPlan>,
+    /// The response cache's store, when some route caches.
+    pub cache_store: Option<super::cache::CacheStorePlan>,
 }
 
 /// One step of a route's chain, in the order it runs.
@@ -224,6 +226,8 @@ pub struct RoutePlan {
     pub chain: Vec<ChainEntry>,
     pub canary: Option<super::traffic::CanaryPlan>,
     pub shadow: Option<super::traffic::ShadowPlan>,
+    pub cache: Option<Arc<super::cache::CachePolicy>>,
+    pub coalesce: Option<super::cache::CoalescePlan>,
 }
 
 pub(crate) struct Checker<'a> {
@@ -315,7 +319,7 @@ pub fn validate(
     let upstreams = check_upstreams(&mut checker, &file_config, indexes, &ca_file);
     let plugins = super::plugins::check_plugins(&mut checker, &file_config, indexes, &base_dir);
     let global_policies = check_global_policies(&mut checker, &file_config);
-    check_unbuilt_features(&mut checker, &file_config);
+    let cache_store = super::cache::store_plan(&mut checker, &file_config);
     let tracing = super::tracing::check_tracing(&mut checker, &file_config);
     let metrics_push = super::tracing::check_metrics_push(&mut checker, &file_config);
     let trusted_proxies = crate::policy::client_ip::parse_list(
@@ -399,6 +403,7 @@ pub fn validate(
         global_policies,
         tracing,
         metrics_push,
+        cache_store,
     }
 }
 
@@ -457,21 +462,6 @@ fn go_loom_rate_limit(checker: &mut Checker, config: &FileConfig) -> Option<Poli
     .map(Policy::RateLimit)
 }
 
-/// Go Loom sections whose feature Loom does not have yet: a switched-off section loads (it
-/// means what it means in Go Loom: nothing runs), a switched-on one is an error rather than a
-/// setting silently ignored.
-fn check_unbuilt_features(checker: &mut Checker, config: &FileConfig) {
-    let not_built = |feature: &str| {
-        format!(
-            "{feature} is not built into Loom yet; set enabled: false or remove the section \
-             (see the README's status table)"
-        )
-    };
-    if config.cache.as_ref().is_some_and(|section| section.enabled) {
-        checker.error("cache.enabled".into(), not_built("the response cache"));
-    }
-}
-
 /// Builds a route's chain: the global policies it does not switch off (nor replace with its
 /// own policy of the same type), then its `plugins:` by priority, higher first; equal
 /// priorities keep the order the route lists them in.
@@ -483,10 +473,12 @@ fn route_chain(
     plugins: &super::plugins::PluginsPlan,
     global_policies: &[Arc<PolicyStep>],
 ) -> Vec<ChainEntry> {
+    let global_cache = config.cache.as_ref().is_some_and(|cache| cache.enabled);
     for (index, disabled) in route.disable.iter().enumerate() {
         if !global_policies
             .iter()
             .any(|step| step.policy.kind() == disabled)
+            && !(global_cache && disabled == "cache")
         {
             checker.error(
                 format!("{key}.disable[{index}]"),
@@ -1373,6 +1365,17 @@ fn check_routes(
         let shadow = route.shadow.as_ref().and_then(|shadow| {
             super::traffic::shadow_plan(checker, &key, route, shadow, &upstream_by_name)
         });
+        let cache = super::cache::route_policy(checker, &key, route, config);
+        let coalesce = route
+            .coalesce
+            .as_ref()
+            .and_then(|coalesce| super::cache::coalesce_plan(checker, &key, coalesce));
+        if cache.is_some() && coalesce.is_some() {
+            checker.error(
+                format!("{key}.coalesce"),
+                "this route caches, and the cache already makes identical misses share one                  upstream request (its lock); switch one off",
+            );
+        }
         let retry = route.retry.as_ref().map(|config| {
             let mut problems = Vec::new();
             let policy = resilience::retry_policy(config, "retry", &mut problems);
@@ -1412,6 +1415,8 @@ fn check_routes(
                 chain,
                 canary,
                 shadow,
+                cache,
+                coalesce,
             },
         ));
     }

@@ -87,10 +87,13 @@ impl BackgroundService for ControlService {
             self.loaded_fingerprint.clone(),
         );
         let watching = snapshot.reload_watch;
+        let mut cleanup_every = snapshot.cache_cleanup_interval;
+        let mut cleanup = cache_cleanup_timer(cleanup_every);
         drop(snapshot);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = cleanup.tick(), if cleanup_every.is_some() => crate::cache::drop_expired(),
                 Some(()) = async { match hangup.as_mut() { Some(stream) => stream.recv().await, None => std::future::pending().await } } => {
                     // Before the reload, which can take seconds: the writers reopen meanwhile.
                     access_log::reopen_all();
@@ -115,8 +118,23 @@ impl BackgroundService for ControlService {
                     self.reloader.reload("service discovery", true).await;
                 }
             }
-            // A reload or an admin change may have brought a new `reload.interval`.
-            watch.set_interval(self.reloader.state().current().reload_interval);
+            // A reload or an admin change may have brought a new `reload.interval` or
+            // `cache.cleanup_interval`.
+            let snapshot = self.reloader.state().current();
+            watch.set_interval(snapshot.reload_interval);
+            if snapshot.cache_cleanup_interval != cleanup_every {
+                cleanup_every = snapshot.cache_cleanup_interval;
+                cleanup = cache_cleanup_timer(cleanup_every);
+            }
         }
     }
+}
+
+/// Ticks every `cache.cleanup_interval` (first after one interval); an hour when there is
+/// no cache, where it is not polled.
+fn cache_cleanup_timer(every: Option<std::time::Duration>) -> tokio::time::Interval {
+    let period = every.unwrap_or(std::time::Duration::from_secs(3600));
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
 }

@@ -71,6 +71,11 @@ pub struct RequestContext {
     pub canary: Option<crate::traffic::canary::CanaryChoice>,
     /// The request and the primary's answer, when this request is mirrored.
     pub shadow: Option<Box<crate::traffic::shadow::ShadowCapture>>,
+    /// How the request uses the response cache or coalescing.
+    pub cache_use: crate::cache::decide::CacheUse,
+    /// When a coalescible request started (wall clock, to compare with when a shared answer
+    /// was complete).
+    pub coalesce_started: Option<std::time::SystemTime>,
 }
 
 impl RequestContext {
@@ -106,6 +111,8 @@ impl RequestContext {
             trace: crate::observe::tracing::request::RequestTrace::default(),
             canary: None,
             shadow: None,
+            cache_use: crate::cache::decide::CacheUse::Off,
+            coalesce_started: None,
         }
     }
 

@@ -8,6 +8,10 @@
 //! 4. `upstream_request_filter`: rewritten path, X-Forwarded-*, hop-by-hop removal ([`headers`]).
 //! 5. `response_filter`: X-Request-ID on the response.
 //!
+//! Caching routes and coalescing ([`caching`], on Pingora's cache) answer from the cache
+//! between 2 and 3: `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, and
+//! after the upstream's answer `response_cache_filter` and `cache_vary_filter`.
+//!
 //! The route's chain ([`chain`]: built-in policies from `crate::policy` and Proxy-Wasm plugins,
 //! [`plugins`]) runs in `request_filter` (request headers, in chain order),
 //! `request_body_filter` (size limits, then plugins), `response_filter` (in reverse order),
@@ -16,6 +20,7 @@
 //! 7. `logging`: metrics.
 
 pub mod attempts;
+pub mod caching;
 pub mod chain;
 pub mod client_cert;
 pub mod context;
@@ -36,6 +41,9 @@ use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
+use pingora_cache::key::HashBinary;
+use pingora_cache::storage::HitHandler;
+use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
 use pingora_error::{ErrorType, RetryType};
 
 use crate::config::validate::HashKeySource;
@@ -137,7 +145,9 @@ impl ProxyHttp for Gateway {
         ctx.snapshot = Some(snapshot);
         match outcome {
             Ok(()) => {
-                if chain::request_headers(session, ctx).await? {
+                if chain::request_headers(session, ctx).await?
+                    || caching::check_purge(session, ctx).await
+                {
                     return Ok(true);
                 }
                 traffic::request_admitted(session, ctx);
@@ -149,6 +159,57 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
         }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<()> {
+        caching::enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestContext) -> Result<CacheKey> {
+        Ok(caching::key(session, ctx))
+    }
+
+    fn is_purge(&self, _session: &Session, ctx: &RequestContext) -> bool {
+        ctx.cache_use == crate::cache::decide::CacheUse::Purge
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(caching::hit(meta, ctx))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        response: &ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<RespCacheable> {
+        Ok(caching::cacheable(session, response, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestContext,
+        request: &RequestHeader,
+    ) -> Option<HashBinary> {
+        caching::variance(meta, request)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+        error: Option<&Error>,
+    ) -> bool {
+        caching::serve_stale(ctx, error)
     }
 
     async fn upstream_peer(
@@ -315,6 +376,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         chain::response_headers(session, upstream_response, ctx).await?;
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
+        caching::response(session, upstream_response, ctx)?;
         traffic::response(upstream_response, ctx)
     }
 
@@ -473,6 +535,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.lease = None;
         traffic::request_finished(ctx, status, elapsed);
+        caching::request_finished(session, ctx);
         chain::log(session, ctx, status, elapsed);
         plugins::finish(session, ctx);
         if ctx.trace.sampled {

@@ -42,7 +42,12 @@ pub fn route_request(
             .and_then(|value| value.to_str().ok())
     };
     let view = RequestView {
-        method: request.method.as_str(),
+        // A PURGE names a cached URL: it goes where a GET of that URL goes.
+        method: if super::caching::is_purge_method(request) {
+            "GET"
+        } else {
+            request.method.as_str()
+        },
         host: request_host(request),
         path: &path,
         query,

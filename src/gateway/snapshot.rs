@@ -46,6 +46,10 @@ pub struct RouteRuntime {
     pub canary: Option<Canary>,
     /// Requests mirrored to another upstream, when the route has `shadow:`.
     pub shadow: Option<Shadow>,
+    /// How the route caches, when it does.
+    pub cache: Option<Arc<crate::config::cache::CachePolicy>>,
+    /// How identical requests in flight share one upstream request, when they do.
+    pub coalesce: Option<crate::config::cache::CoalescePlan>,
     pub strip_prefix: bool,
     pub preserve_host: bool,
     /// The route's metric handles (requests, duration, bytes), kept across reloads.
@@ -94,6 +98,12 @@ pub struct Snapshot {
     /// The config this snapshot runs (YAML and overlay) in JSON, with its revisions: what the
     /// admin API shows and hands out as `ETag`s.
     pub effective: Arc<crate::config::EffectiveConfig>,
+    /// The response cache's store, when some route caches.
+    pub cache_store: Option<&'static crate::cache::storage::MemoryStore>,
+    /// `cache.purge_allowed`: who may send `PURGE`.
+    pub purge_allowed: Vec<Cidr>,
+    /// `cache.cleanup_interval`, when there is a store.
+    pub cache_cleanup_interval: Option<std::time::Duration>,
 }
 
 impl Snapshot {
@@ -181,6 +191,8 @@ impl Snapshot {
                     targets,
                     canary,
                     shadow,
+                    cache: plan.cache.clone(),
+                    coalesce: plan.coalesce.clone(),
                     strip_prefix: plan.config.strip_prefix,
                     preserve_host: plan.config.preserve_host,
                     chain: RouteChain::build(&plan.chain, &plugins),
@@ -230,6 +242,16 @@ impl Snapshot {
             tracing: validated.tracing.map(Arc::new),
             metrics_push: validated.metrics_push,
             effective: loaded.effective,
+            cache_store: validated.cache_store.as_ref().map(crate::cache::store),
+            purge_allowed: validated
+                .cache_store
+                .as_ref()
+                .map(|plan| plan.purge_allowed.clone())
+                .unwrap_or_default(),
+            cache_cleanup_interval: validated
+                .cache_store
+                .as_ref()
+                .map(|plan| plan.cleanup_interval),
         }
     }
 
