@@ -42,8 +42,8 @@ pub fn cache_use(policy: &CachePolicy, request: &RequestHeader) -> CacheUse {
         .bypass_header
         .as_ref()
         .is_some_and(|name| request.headers.contains_key(name));
-    let authorized = !policy.cache_authorized
-        && request.headers.contains_key(http::header::AUTHORIZATION);
+    let authorized =
+        !policy.cache_authorized && request.headers.contains_key(http::header::AUTHORIZATION);
     if method_allowed && !bypassed && !authorized {
         CacheUse::Cache
     } else {
@@ -99,14 +99,22 @@ pub fn cacheable(
         .headers
         .get_all(http::header::VARY)
         .iter()
-        .any(|value| value.as_bytes().split(|byte| *byte == b',').any(|name| name.trim_ascii() == b"*"));
+        .any(|value| {
+            value
+                .as_bytes()
+                .split(|byte| *byte == b',')
+                .any(|name| name.trim_ascii() == b"*")
+        });
     if varies_on_everything {
         return RespCacheable::Uncacheable(NoCacheReason::Custom("vary: *"));
     }
     let cache_control = CacheControl::from_resp_headers(response);
     // Our defaults only fill in the stale windows; freshness from `default_ttl` is below.
-    let defaults =
-        CacheMetaDefaults::new(|_| None, policy.stale_while_revalidate, policy.stale_if_error);
+    let defaults = CacheMetaDefaults::new(
+        |_| None,
+        policy.stale_while_revalidate,
+        policy.stale_if_error,
+    );
     let authorization_present = request_authorized && !policy.cache_authorized;
     let decided = pingora_cache::filters::resp_cacheable(
         cache_control.as_ref(),
@@ -269,20 +277,49 @@ mod tests {
     fn freshness_comes_from_the_origin_then_the_default() {
         let with_default = policy(Some(30));
         let without = policy(None);
-        let fresh = |policy: &CachePolicy, status: u16, headers: &[(&str, &str)], authorized: bool| {
-            fresh_for(cacheable(policy, &response(status, headers), authorized))
-        };
-        assert_eq!(fresh(&with_default, 200, &[("cache-control", "max-age=100")], false), Some(100));
+        let fresh =
+            |policy: &CachePolicy, status: u16, headers: &[(&str, &str)], authorized: bool| {
+                fresh_for(cacheable(policy, &response(status, headers), authorized))
+            };
+        assert_eq!(
+            fresh(
+                &with_default,
+                200,
+                &[("cache-control", "max-age=100")],
+                false
+            ),
+            Some(100)
+        );
         assert_eq!(fresh(&with_default, 200, &[], false), Some(30));
         assert_eq!(fresh(&without, 200, &[], false), None);
-        assert_eq!(fresh(&with_default, 200, &[("cache-control", "no-store")], false), None);
-        assert_eq!(fresh(&with_default, 200, &[("cache-control", "private")], false), None);
+        assert_eq!(
+            fresh(&with_default, 200, &[("cache-control", "no-store")], false),
+            None
+        );
+        assert_eq!(
+            fresh(&with_default, 200, &[("cache-control", "private")], false),
+            None
+        );
         assert_eq!(fresh(&with_default, 500, &[], false), None);
-        assert_eq!(fresh(&with_default, 200, &[("set-cookie", "a=1")], false), None);
-        assert_eq!(fresh(&with_default, 200, &[("vary", "Accept, *")], false), None);
+        assert_eq!(
+            fresh(&with_default, 200, &[("set-cookie", "a=1")], false),
+            None
+        );
+        assert_eq!(
+            fresh(&with_default, 200, &[("vary", "Accept, *")], false),
+            None
+        );
         // A request with credentials: only what the origin marks public.
         assert_eq!(fresh(&with_default, 200, &[], true), None);
-        assert_eq!(fresh(&with_default, 200, &[("cache-control", "public, max-age=10")], true), Some(10));
+        assert_eq!(
+            fresh(
+                &with_default,
+                200,
+                &[("cache-control", "public, max-age=10")],
+                true
+            ),
+            Some(10)
+        );
     }
 
     #[test]
@@ -295,19 +332,43 @@ mod tests {
             }
             request
         };
-        assert_eq!(cache_use(&policy, &request("GET", "/a", &[])), CacheUse::Cache);
-        assert_eq!(cache_use(&policy, &request("HEAD", "/a", &[])), CacheUse::Cache);
-        assert_eq!(cache_use(&policy, &request("POST", "/a", &[])), CacheUse::Bypass);
-        assert_eq!(cache_use(&policy, &request("GET", "/a", &[("x-no-cache", "1")])), CacheUse::Bypass);
-        assert_eq!(cache_use(&policy, &request("GET", "/a", &[("authorization", "Bearer x")])), CacheUse::Bypass);
-        assert_eq!(cache_use(&policy, &request("GET", "/private/a", &[])), CacheUse::Off);
+        assert_eq!(
+            cache_use(&policy, &request("GET", "/a", &[])),
+            CacheUse::Cache
+        );
+        assert_eq!(
+            cache_use(&policy, &request("HEAD", "/a", &[])),
+            CacheUse::Cache
+        );
+        assert_eq!(
+            cache_use(&policy, &request("POST", "/a", &[])),
+            CacheUse::Bypass
+        );
+        assert_eq!(
+            cache_use(&policy, &request("GET", "/a", &[("x-no-cache", "1")])),
+            CacheUse::Bypass
+        );
+        assert_eq!(
+            cache_use(
+                &policy,
+                &request("GET", "/a", &[("authorization", "Bearer x")])
+            ),
+            CacheUse::Bypass
+        );
+        assert_eq!(
+            cache_use(&policy, &request("GET", "/private/a", &[])),
+            CacheUse::Off
+        );
     }
 
     #[test]
     fn keys_hold_host_target_and_chosen_headers() {
         let mut request = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
         request.append_header("x-tenant", "t1").unwrap();
-        assert_eq!(key(&request, "example.com", None).primary_key(), b"example.com/a?b=1");
+        assert_eq!(
+            key(&request, "example.com", None).primary_key(),
+            b"example.com/a?b=1"
+        );
         let plan = CoalescePlan {
             headers: vec![http::HeaderName::from_static("x-tenant")],
             timeout: Duration::from_secs(1),

@@ -38,7 +38,8 @@ const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The store for `plan` (made on first use).
 pub fn store(plan: &CacheStorePlan) -> &'static MemoryStore {
     let store = STORE.get_or_init(|| {
-        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(plan.max_size, true)));
+        let store: &'static MemoryStore =
+            Box::leak(Box::new(MemoryStore::new(plan.max_size, true)));
         metrics::register_store(store);
         store
     });

@@ -455,7 +455,7 @@ mod tests {
             0,
             ResponseHeader::build(200, None).unwrap(),
         );
-        let trace = SpanHandle::Inactive;
+        let trace = pingora_cache::trace::Span::inactive().handle();
         let mut writer = store.get_miss_handler(&key, &meta, &trace).await.unwrap();
         writer
             .write_body(Bytes::copy_from_slice(body), true)
@@ -466,7 +466,10 @@ mod tests {
 
     async fn read(store: &'static MemoryStore, url: &str) -> Option<Bytes> {
         let key = CacheKey::new(url.as_bytes().to_vec(), "");
-        let (_, mut hit) = store.lookup(&key, &SpanHandle::Inactive).await.unwrap()?;
+        let (_, mut hit) = store
+            .lookup(&key, &pingora_cache::trace::Span::inactive().handle())
+            .await
+            .unwrap()?;
         hit.read_body().await.unwrap()
     }
 
@@ -505,7 +508,7 @@ mod tests {
         fill(store, "example.com/r", b"0123456789").await;
         let key = CacheKey::new(b"example.com/r".to_vec(), "");
         let (_, mut hit) = store
-            .lookup(&key, &SpanHandle::Inactive)
+            .lookup(&key, &pingora_cache::trace::Span::inactive().handle())
             .await
             .unwrap()
             .unwrap();

@@ -81,10 +81,10 @@ pub(crate) fn store_plan(checker: &mut Checker, config: &FileConfig) -> Option<C
     if cleanup_interval < Duration::from_secs(1) {
         checker.error("cache.cleanup_interval".into(), "at least 1s");
     }
-    let purge_allowed = crate::policy::client_ip::parse_list(
-        &section.purge_allowed,
-        &mut |index, message| checker.error(format!("cache.purge_allowed[{index}]"), message),
-    );
+    let purge_allowed =
+        crate::policy::client_ip::parse_list(&section.purge_allowed, &mut |index, message| {
+            checker.error(format!("cache.purge_allowed[{index}]"), message)
+        });
     Some(CacheStorePlan {
         max_size,
         cleanup_interval,
@@ -136,7 +136,9 @@ pub(crate) fn route_policy(
         }
     };
     let seconds = |value: Option<Duration>| -> u32 {
-        value.map_or(0, |duration| duration.as_secs().min(u64::from(u32::MAX)) as u32)
+        value.map_or(0, |duration| {
+            duration.as_secs().min(u64::from(u32::MAX)) as u32
+        })
     };
     let default_ttl = own.default_ttl.or(base.default_ttl).map(|ttl| ttl.0);
     if default_ttl.is_some_and(|ttl| ttl.is_zero()) {
@@ -209,8 +211,14 @@ pub(crate) fn route_policy(
             .lock_timeout
             .or(base.lock_timeout)
             .map_or(DEFAULT_LOCK_TIMEOUT, |value| value.0),
-        cache_authorized: own.cache_authorized.or(base.cache_authorized).unwrap_or(false),
-        cache_set_cookie: own.cache_set_cookie.or(base.cache_set_cookie).unwrap_or(false),
+        cache_authorized: own
+            .cache_authorized
+            .or(base.cache_authorized)
+            .unwrap_or(false),
+        cache_set_cookie: own
+            .cache_set_cookie
+            .or(base.cache_set_cookie)
+            .unwrap_or(false),
     }))
 }
 
@@ -249,4 +257,84 @@ pub(crate) fn coalesce_plan(
             .max_body
             .map_or(DEFAULT_COALESCE_MAX_BODY, |value| value.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// One upstream and routes with `routes` (their YAML), under `top` (top-level keys).
+    fn load(top: &str, routes: &str) -> Result<super::super::validate::ValidatedConfig, String> {
+        let text = format!(
+            "listeners:\n  - name: http\n    address: \"127.0.0.1:18080\"\nupstreams:\n\
+             \x20 - name: origin\n    endpoints: [\"127.0.0.1:9001\"]\n{top}routes:\n{routes}"
+        );
+        super::super::load_text(Path::new("cache-test.yaml"), &text).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    #[test]
+    fn the_go_loom_section_caches_every_route_but_those_that_opt_out() {
+        let validated = load(
+            "cache:\n  enabled: true\n  max_size: 64MB\n  default_ttl: 5m\n  cleanup_interval: 30s\n  \
+             stale_while_revalidate: 10s\n  excluded_paths: [/admin/*]\n  included_paths: []\n  \
+             bypass_header: X-Skip\n",
+            "  - id: a\n    path: /a/*\n    upstream: origin\n\
+             \x20 - id: b\n    path: /b/*\n    upstream: origin\n    disable: [cache]\n\
+             \x20 - id: c\n    path: /c/*\n    upstream: origin\n    cache:\n      enabled: true\n      default_ttl: 1s\n",
+        )
+        .unwrap_or_else(|errors| panic!("{errors}"));
+        let store = validated.cache_store.as_ref().unwrap();
+        assert_eq!(store.max_size, 64 * 1024 * 1024);
+        assert_eq!(store.cleanup_interval, std::time::Duration::from_secs(30));
+        let a = validated.routes[0].cache.as_ref().unwrap();
+        assert_eq!(a.default_ttl, Some(std::time::Duration::from_secs(300)));
+        assert_eq!(a.stale_while_revalidate, 10);
+        assert_eq!(a.excluded_paths, vec!["/admin/".to_string()]);
+        assert!(!a.covers("/admin/x") && a.covers("/a/x"));
+        assert_eq!(a.bypass_header.as_ref().unwrap().as_str(), "x-skip");
+        assert!(validated.routes[1].cache.is_none());
+        let c = validated.routes[2].cache.as_ref().unwrap();
+        assert_eq!(c.default_ttl, Some(std::time::Duration::from_secs(1)));
+        assert_eq!(c.stale_while_revalidate, 10, "the rest from the top level");
+    }
+
+    #[test]
+    fn cache_mistakes_are_named_with_their_key() {
+        let errors = load(
+            "cache:\n  enabled: true\n  max_size: 10KB\n  max_entry_size: 100MB\n  purge_allowed: [nonsense]\n",
+            "  - id: a\n    path: /a/*\n    upstream: origin\n    cache:\n      enabled: true\n      max_size: 1GB\n      excluded_paths: [admin]\n\
+             \x20   coalesce:\n      enabled: true\n",
+        )
+        .err()
+        .expect("refused");
+        for expected in [
+            "cache.max_size: at least 1MB",
+            "cache.max_entry_size: from 1 byte to 64MB",
+            "cache.purge_allowed[0]",
+            "routes[0].cache.max_size: a setting of the whole store",
+            "routes[0].cache.excluded_paths[0]: \"admin\" is not a path",
+            "routes[0].coalesce: this route caches",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+        let without_store = load(
+            "",
+            "  - id: a\n    path: /a/*\n    upstream: origin\n    disable: [cache]\n",
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            without_store.contains("\"cache\" is not a global policy"),
+            "{without_store}"
+        );
+    }
 }

@@ -475,11 +475,10 @@ fn route_chain(
 ) -> Vec<ChainEntry> {
     let global_cache = config.cache.as_ref().is_some_and(|cache| cache.enabled);
     for (index, disabled) in route.disable.iter().enumerate() {
-        if !global_policies
+        let global_policy = global_policies
             .iter()
-            .any(|step| step.policy.kind() == disabled)
-            && !(global_cache && disabled == "cache")
-        {
+            .any(|step| step.policy.kind() == disabled);
+        if !global_policy && (!global_cache || disabled != "cache") {
             checker.error(
                 format!("{key}.disable[{index}]"),
                 format!(

@@ -4,9 +4,9 @@
 use std::time::SystemTime;
 
 use pingora::prelude::*;
+use pingora_cache::CacheOptionOverrides;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, NoCacheReason, RespCacheable};
-use pingora_cache::CacheOptionOverrides;
 
 use super::context::RequestContext;
 use super::errors::{self, GatewayError};
@@ -61,20 +61,31 @@ pub fn enable(session: &mut Session, ctx: &mut RequestContext) {
         return;
     };
     if ctx.cache_use == CacheUse::Purge {
-        if let Some(store) = ctx.snapshot.as_deref().and_then(|snapshot| snapshot.cache_store) {
+        if let Some(store) = ctx
+            .snapshot
+            .as_deref()
+            .and_then(|snapshot| snapshot.cache_store)
+        {
             session.cache.enable(store, None, None, None, None);
         }
         return;
     }
     if let Some(policy) = &route.cache {
         let use_ = decide::cache_use(policy, session.req_header());
-        let store = ctx.snapshot.as_deref().and_then(|snapshot| snapshot.cache_store);
+        let store = ctx
+            .snapshot
+            .as_deref()
+            .and_then(|snapshot| snapshot.cache_store);
         if let (CacheUse::Cache, Some(store)) = (use_, store) {
             let mut overrides = CacheOptionOverrides::default();
             overrides.wait_timeout = Some(policy.lock_timeout);
-            session
-                .cache
-                .enable(store, None, None, Some(crate::cache::lock()), Some(overrides));
+            session.cache.enable(
+                store,
+                None,
+                None,
+                Some(crate::cache::lock()),
+                Some(overrides),
+            );
             session.cache.set_max_file_size_bytes(policy.max_entry_size);
         }
         ctx.cache_use = use_;
@@ -91,7 +102,9 @@ pub fn enable(session: &mut Session, ctx: &mut RequestContext) {
             Some(crate::cache::lock()),
             Some(overrides),
         );
-        session.cache.set_max_file_size_bytes(plan.max_body as usize);
+        session
+            .cache
+            .set_max_file_size_bytes(plan.max_body as usize);
         ctx.cache_use = CacheUse::Coalesce;
         ctx.coalesce_started = Some(SystemTime::now());
     }
@@ -116,7 +129,11 @@ pub fn hit(meta: &CacheMeta, ctx: &RequestContext) -> Option<ForcedFreshness> {
 }
 
 /// `response_cache_filter`.
-pub fn cacheable(session: &Session, response: &ResponseHeader, ctx: &RequestContext) -> RespCacheable {
+pub fn cacheable(
+    session: &Session,
+    response: &ResponseHeader,
+    ctx: &RequestContext,
+) -> RespCacheable {
     let Some(route) = ctx.route() else {
         return RespCacheable::Uncacheable(NoCacheReason::Custom("no route"));
     };
@@ -159,7 +176,11 @@ pub fn serve_stale(ctx: &RequestContext, error: Option<&Error>) -> bool {
 }
 
 /// `X-Cache` on the answer, for requests on caching routes.
-pub fn response(session: &Session, response: &mut ResponseHeader, ctx: &RequestContext) -> Result<()> {
+pub fn response(
+    session: &Session,
+    response: &mut ResponseHeader,
+    ctx: &RequestContext,
+) -> Result<()> {
     if let Some(result) = decide::result(ctx.cache_use, session.cache.phase()) {
         response.insert_header("x-cache", result)?;
     }

@@ -3,6 +3,8 @@
 mod admin_api;
 mod auth;
 mod balancing;
+mod cache;
+mod cache_origin;
 mod cli;
 mod explain;
 mod fault;
