@@ -7,13 +7,19 @@
 #
 # Usage: loadtest/instructions.sh [--binary target/release/loom] [--n1 1000] [--n2 4000]
 #                                 [--targets "nginx bare_pingora plain headers_plugin ..."]
-#                                 [--keep DIR]
+#                                 [--keep DIR] [--rps DURATION]
 # Targets: nginx (proxy_pass with keep-alive), bare_pingora (loadtest/bare_pingora.rs, the
 # floor), and Loom routes: plain (no policy), headers_plugin (the shipped loom_headers Proxy-Wasm
 # plugin: one request and one response header), five_plugins (five of them), policies (the
-# built-in cors, security_headers, access_log and a local rate_limit on one route).
+# built-in cors, security_headers, access_log and a local rate_limit on one route). Cache targets
+# (not run unless named): cache_hit (a caching route answering from its store), cache_miss (a
+# caching route whose backend says no-store: lookup, fetch, nothing stored) and nginx_cache_hit
+# (nginx's proxy_cache answering from its cache).
 # With --keep, every callgrind profile is kept in DIR as TARGET-COUNT.callgrind for
-# callgrind_annotate.
+# callgrind_annotate. With --rps, each target also runs natively, pinned to CPU 1 with wrk
+# (64 connections) and the backend on CPU 0, for DURATION, three rounds alternating the
+# targets: the medians of req/s and of CPU time per request (the proxy's utime + stime over the
+# requests completed) follow the instructions table (measuring.md's second method; needs wrk).
 # Needs: valgrind, h2load, nginx (apt-get install -y valgrind nghttp2-client nginx), a release
 # build with the example (cargo build --release --bins --example bare_pingora) and the plugins
 # (plugins/build.sh).
@@ -28,6 +34,7 @@ n1=1000
 n2=4000
 targets="nginx bare_pingora plain headers_plugin five_plugins policies"
 keep=
+rps=
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary=$2; shift 2 ;;
@@ -36,6 +43,7 @@ while [ $# -gt 0 ]; do
     --n2) n2=$2; shift 2 ;;
     --targets) targets=$2; shift 2 ;;
     --keep) keep=$2; mkdir -p "$keep"; shift 2 ;;
+    --rps) rps=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -66,10 +74,11 @@ http {
     listen 127.0.0.1:$backend_port;
     keepalive_requests 1000000;
     location / { default_type text/plain; return 200 "$body"; }
+    location /p5 { default_type text/plain; add_header Cache-Control no-store; return 200 "$body"; }
   }
 }
 NGINX
-nginx -c "$work/backend.conf" -p "$work" &
+taskset -c 0 nginx -c "$work/backend.conf" -p "$work" &
 pids+=($!)
 wait_port "$backend_port"
 
@@ -98,6 +107,12 @@ http {
 }
 NGINX
 
+# nginx's own cache in front of the same backend, for the cache targets.
+mkdir -p "$work/nginx-cache"
+sed -e "s|location / {|location / {\n      proxy_cache answers;\n      proxy_cache_valid 200 60s;|" \
+  -e "s|upstream backend|proxy_cache_path $work/nginx-cache keys_zone=answers:10m;\n  upstream backend|" \
+  "$work/nginx.conf" >"$work/nginx-cache.conf"
+
 plugin_entries=""
 for index in 1 2 3 4 5; do
   plugin_entries+="  - name: headers$index
@@ -107,7 +122,7 @@ for index in 1 2 3 4 5; do
 done
 # Every path has the same length, so that routing costs the same on every route.
 declare -A paths=([plain]=/p0 [headers_plugin]=/p1 [five_plugins]=/p2 [policies]=/p3
-  [nginx]=/p0 [bare_pingora]=/p0)
+  [nginx]=/p0 [bare_pingora]=/p0 [cache_hit]=/p4 [cache_miss]=/p5 [nginx_cache_hit]=/p4)
 cat >"$work/loom.yaml" <<YAML
 server:
   threads: 1
@@ -132,6 +147,8 @@ routes:
   - {id: headers_plugin, path: /p1, upstream: backend, plugins: [headers1]}
   - {id: five_plugins, path: /p2, upstream: backend, plugins: [headers1, headers2, headers3, headers4, headers5]}
   - {id: policies, path: /p3, upstream: backend, plugins: [cors, security_headers, access_log, rate_limit]}
+  - {id: cache_hit, path: /p4, upstream: backend, cache: {enabled: true, default_ttl: 600s}}
+  - {id: cache_miss, path: /p5, upstream: backend, cache: {enabled: true, default_ttl: 600s}}
 plugins:
 $plugin_entries  - {name: cors, type: cors, config: {allow_origins: ["https://app.example.com"], max_age: 600}}
   - {name: security_headers, type: security_headers}
@@ -161,6 +178,8 @@ instructions() {
     nginx) command=(nginx -c "$work/nginx.conf" -p "$work") ready=port_open
       # nginx without a master process stops on QUIT once its connections are done.
       signal=QUIT ;;
+    nginx_cache_hit) command=(nginx -c "$work/nginx-cache.conf" -p "$work") ready=port_open
+      signal=QUIT ;;
     bare_pingora) command=("$bare" "127.0.0.1:$proxy_port" "127.0.0.1:$backend_port" 1) ready=port_open
       # Pingora's default graceful shutdown on TERM waits 5 minutes; INT stops it at once.
       signal=INT ;;
@@ -182,4 +201,47 @@ for target in $targets; do
   ratio() { [ -n "${cost[$1]:-}" ] && awk -v a="${cost[$target]}" -v b="${cost[$1]}" 'BEGIN { printf "%.2f", a / b }'; }
   printf '| %s | %s | %s | %s | %s |\n' "$target" "${cost[$target]}" "$(ratio bare_pingora)" \
     "$(ratio nginx)" "$(ratio plain)"
+done
+
+[ -n "$rps" ] || exit 0
+command -v wrk >/dev/null || { echo "missing wrk: apt-get install -y wrk" >&2; exit 1; }
+# The command that runs target $1 natively.
+native_command() {
+  case "$1" in
+    nginx) echo nginx -c "$work/nginx.conf" -p "$work" ;;
+    nginx_cache_hit) echo nginx -c "$work/nginx-cache.conf" -p "$work" ;;
+    bare_pingora) echo "$bare" "127.0.0.1:$proxy_port" "127.0.0.1:$backend_port" 1 ;;
+    *) echo "$binary" -c "$work/loom.yaml" ;;
+  esac
+}
+# Runs target $1 pinned to CPU 1 under wrk for $rps; prints "req/s cpu_microseconds_per_request".
+native_round() {
+  local target=$1 pid output requests ticks_before ticks_after
+  # shellcheck disable=SC2046
+  taskset -c 1 $(native_command "$target") >"$work/$target-native.log" 2>&1 &
+  pid=$!
+  if [[ "$target" == nginx* || "$target" == bare_pingora ]]; then wait_port "$proxy_port"; else
+    for _ in $(seq 1 600); do loom_ready && break; sleep 0.1; done; fi
+  # One request first, so that a cache target measures hits.
+  curl -sf -o /dev/null "http://127.0.0.1:$proxy_port${paths[$target]}" || true
+  ticks_before=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")
+  output=$(taskset -c 0 wrk -t1 -c64 -d"$rps" "http://127.0.0.1:$proxy_port${paths[$target]}")
+  ticks_after=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")
+  requests=$(awk '/requests in/ {print $1}' <<<"$output")
+  kill -INT "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  awk -v out="$output" -v r="$requests" -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { split(out, lines, "\n"); for (i in lines) if (lines[i] ~ /Requests\/sec/) { split(lines[i], f, " "); rps = f[2] }
+             printf "%s %.1f\n", rps, t * 1000000 / hz / r }'
+}
+declare -A rounds
+for round in 1 2 3; do
+  for target in $targets; do
+    rounds[$target]+="$(native_round "$target");"
+  done
+done
+median() { tr ';' '\n' | awk -v column="$1" 'NF { print $column }' | sort -n | sed -n 2p; }
+printf '\n| target | req/s (median of 3, one worker on one pinned CPU) | CPU µs per request |\n|---|---|---|\n'
+for target in $targets; do
+  printf '| %s | %s | %s |\n' "$target" "$(median 1 <<<"${rounds[$target]}")" "$(median 2 <<<"${rounds[$target]}")"
 done

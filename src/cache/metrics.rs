@@ -8,7 +8,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntGauge};
 
-use super::storage::MemoryStore;
+use super::storage::CacheStore;
 use crate::observe::series::{Family, counter_family};
 
 pub struct CacheMetrics {
@@ -47,7 +47,7 @@ pub fn cache_metrics() -> &'static CacheMetrics {
 
 /// The store's gauges and eviction counter, read at gather time.
 struct StoreCollector {
-    store: &'static MemoryStore,
+    store: &'static dyn CacheStore,
     size: IntGauge,
     entries: IntGauge,
     evictions: IntCounter,
@@ -73,7 +73,7 @@ impl Collector for StoreCollector {
 }
 
 /// Registers the store's series (once, with the store).
-pub fn register_store(store: &'static MemoryStore) {
+pub fn register_store(store: &'static dyn CacheStore) {
     let built = (|| -> prometheus::Result<StoreCollector> {
         let size = IntGauge::new("loom_cache_size_bytes", "Bytes held by the response cache.")?;
         let entries = IntGauge::new("loom_cache_entries", "Answers held by the response cache.")?;

@@ -3,7 +3,7 @@
 //! Pingora runs the cache's state machine (lookup, the cache lock that makes concurrent misses
 //! for one key wait for a single fetch, stale-while-revalidate in a background subrequest,
 //! stale-if-error, conditional requests, ranges, purge); this module decides what it stores:
-//! - [`storage`]: the memory store, TinyUFO with a size cap;
+//! - [`storage`]: the memory store, TinyUFO with a size cap; [`disk`]: the on-disk store;
 //! - [`decide`]: which requests use the cache, their key, which answers are stored and for
 //!   how long (`Cache-Control`, `Expires`, `default_ttl`), `Vary`;
 //! - coalescing uses the same machinery with a store of its own: identical requests in
@@ -11,6 +11,7 @@
 //!   waited for it only ([`decide::coalesced_hit`]).
 
 pub mod decide;
+pub mod disk;
 pub mod metrics;
 pub mod storage;
 
@@ -20,13 +21,14 @@ use std::time::Duration;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 
 use crate::config::cache::CacheStorePlan;
-use storage::MemoryStore;
+use storage::{CacheStore, MemoryStore};
 
 /// The response cache's store, made once from the first config that caches: Pingora's cache
 /// wants `'static` parts, and a store is not rebuilt on reload (its size is kept; a change of
 /// `cache.max_size` takes a restart).
-static STORE: OnceLock<&'static MemoryStore> = OnceLock::new();
+static STORE: OnceLock<&'static dyn CacheStore> = OnceLock::new();
 /// The coalescing store: entries live only until the requests that waited for them read them.
+/// (A store is not rebuilt on reload: a change of `cache.disk_path` takes a restart too.)
 static COALESCE_STORE: OnceLock<&'static MemoryStore> = OnceLock::new();
 static LOCK: OnceLock<&'static CacheKeyLockImpl> = OnceLock::new();
 
@@ -35,11 +37,26 @@ const COALESCE_STORE_SIZE: u64 = 64 * 1024 * 1024;
 /// A fill that holds the lock longer than this lets the waiters go (they then fetch alone).
 const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The store for `plan` (made on first use).
-pub fn store(plan: &CacheStorePlan) -> &'static MemoryStore {
-    let store = STORE.get_or_init(|| {
-        let store: &'static MemoryStore =
-            Box::leak(Box::new(MemoryStore::new(plan.max_size, true)));
+/// The store for `plan` (made on first use): on disk with `disk_path`, else in memory.
+pub fn store(plan: &CacheStorePlan) -> &'static dyn CacheStore {
+    let store = *STORE.get_or_init(|| {
+        let on_disk = plan.disk_path.as_ref().and_then(|directory| {
+            match disk::DiskStore::open(directory, plan.max_size) {
+                Ok(store) => Some(store),
+                Err(error) => {
+                    // Validation created the directory; it went away or filled up since.
+                    log::error!(
+                        "cache: cannot open {}: {error}; caching in memory instead",
+                        directory.display()
+                    );
+                    None
+                }
+            }
+        });
+        let store: &'static dyn CacheStore = match on_disk {
+            Some(store) => Box::leak(Box::new(store)),
+            None => Box::leak(Box::new(MemoryStore::new(plan.max_size, true))),
+        };
         metrics::register_store(store);
         store
     });
@@ -54,7 +71,7 @@ pub fn store(plan: &CacheStorePlan) -> &'static MemoryStore {
 }
 
 /// The response cache's store, when a config made it.
-pub fn current_store() -> Option<&'static MemoryStore> {
+pub fn current_store() -> Option<&'static dyn CacheStore> {
     STORE.get().copied()
 }
 
@@ -72,7 +89,10 @@ pub fn lock() -> &'static CacheKeyLockImpl {
 /// Drops what can no longer be served from both stores (`cache.cleanup_interval`).
 pub fn drop_expired() {
     let now = std::time::SystemTime::now();
-    for store in [STORE.get(), COALESCE_STORE.get()].into_iter().flatten() {
+    if let Some(store) = STORE.get() {
+        store.drop_expired(now);
+    }
+    if let Some(store) = COALESCE_STORE.get() {
         store.drop_expired(now);
     }
 }

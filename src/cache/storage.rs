@@ -69,6 +69,30 @@ impl Entry {
     }
 }
 
+/// What the admin API, the metrics and the cleanup need of a store, memory or disk.
+pub trait CacheStore: Storage + Sync + Send {
+    /// The configured cap in bytes.
+    fn max_size(&self) -> u64;
+    /// Bytes and entries stored now, and entries evicted so far.
+    fn usage(&self) -> (u64, u64, u64);
+    /// Removes every entry whose URL starts with `prefix` (see [`url_has_prefix`]).
+    fn purge_prefix(&self, prefix: &str) -> usize;
+    /// Drops the entries that can no longer be served, even stale.
+    fn drop_expired(&self, now: SystemTime) -> usize;
+}
+
+/// Whether the URL `primary` (host, then path and query) is under `prefix`: `example.com/api/`
+/// (host and path) or `/api/` (that path on every host).
+pub fn url_has_prefix(primary: &str, prefix: &str) -> bool {
+    if prefix.starts_with('/') {
+        primary
+            .find('/')
+            .is_some_and(|start| primary[start..].starts_with(prefix))
+    } else {
+        primary.starts_with(prefix)
+    }
+}
+
 /// What the side index knows of a stored entry.
 struct Indexed {
     primary: String,
@@ -110,20 +134,6 @@ impl MemoryStore {
             bytes: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         }
-    }
-
-    pub fn max_size(&self) -> u64 {
-        self.max_size
-    }
-
-    /// Bytes and entries stored now, and entries evicted so far.
-    pub fn usage(&self) -> (u64, u64, u64) {
-        let entries = self.index.lock().map_or(0, |index| index.len() as u64);
-        (
-            self.bytes.load(Ordering::Relaxed),
-            entries,
-            self.evictions.load(Ordering::Relaxed),
-        )
     }
 
     fn insert(&self, entry: Entry, primary: String) {
@@ -180,46 +190,6 @@ impl MemoryStore {
         removed
     }
 
-    /// Removes every entry whose URL starts with `prefix`: `example.com/api/` (host and path)
-    /// or `/api/` (that path on every host).
-    pub fn purge_prefix(&self, prefix: &str) -> usize {
-        let matches = |primary: &str| {
-            if prefix.starts_with('/') {
-                primary
-                    .find('/')
-                    .is_some_and(|start| primary[start..].starts_with(prefix))
-            } else {
-                primary.starts_with(prefix)
-            }
-        };
-        let doomed: Vec<u64> = self.index.lock().map_or_else(
-            |_| Vec::new(),
-            |index| {
-                index
-                    .iter()
-                    .filter(|(_, indexed)| matches(&indexed.primary))
-                    .map(|(hash, _)| *hash)
-                    .collect()
-            },
-        );
-        doomed.iter().filter(|hash| self.forget(**hash)).count()
-    }
-
-    /// Drops the entries that can no longer be served, even stale (`cleanup_interval`).
-    pub fn drop_expired(&self, now: SystemTime) -> usize {
-        let doomed: Vec<u64> = self.index.lock().map_or_else(
-            |_| Vec::new(),
-            |index| {
-                index
-                    .iter()
-                    .filter(|(_, indexed)| indexed.unusable_after <= now)
-                    .map(|(hash, _)| *hash)
-                    .collect()
-            },
-        );
-        doomed.iter().filter(|hash| self.forget(**hash)).count()
-    }
-
     /// Removes the entry `hash` and every variant stored under the same primary key.
     fn purge_hash(&self, hash: u64) -> bool {
         let primary = self
@@ -247,6 +217,49 @@ impl MemoryStore {
     }
 }
 
+impl CacheStore for MemoryStore {
+    fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    fn usage(&self) -> (u64, u64, u64) {
+        let entries = self.index.lock().map_or(0, |index| index.len() as u64);
+        (
+            self.bytes.load(Ordering::Relaxed),
+            entries,
+            self.evictions.load(Ordering::Relaxed),
+        )
+    }
+
+    fn purge_prefix(&self, prefix: &str) -> usize {
+        let doomed: Vec<u64> = self.index.lock().map_or_else(
+            |_| Vec::new(),
+            |index| {
+                index
+                    .iter()
+                    .filter(|(_, indexed)| url_has_prefix(&indexed.primary, prefix))
+                    .map(|(hash, _)| *hash)
+                    .collect()
+            },
+        );
+        doomed.iter().filter(|hash| self.forget(**hash)).count()
+    }
+
+    fn drop_expired(&self, now: SystemTime) -> usize {
+        let doomed: Vec<u64> = self.index.lock().map_or_else(
+            |_| Vec::new(),
+            |index| {
+                index
+                    .iter()
+                    .filter(|(_, indexed)| indexed.unusable_after <= now)
+                    .map(|(hash, _)| *hash)
+                    .collect()
+            },
+        );
+        doomed.iter().filter(|hash| self.forget(**hash)).count()
+    }
+}
+
 #[async_trait]
 impl Storage for MemoryStore {
     async fn lookup(
@@ -256,10 +269,7 @@ impl Storage for MemoryStore {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = short_hash(key.combined_bin());
         Ok(self.entries.get(&hash).map(|entry| {
-            let hit: HitHandler = Box::new(BodyReader {
-                body: entry.body.clone(),
-                done: false,
-            });
+            let hit: HitHandler = Box::new(BodyReader::new(entry.body.clone()));
             (entry.meta(), hit)
         }))
     }
@@ -340,9 +350,15 @@ impl Storage for MemoryStore {
 }
 
 /// A hit: the stored body, whole or a range of it.
-struct BodyReader {
+pub(super) struct BodyReader {
     body: Bytes,
     done: bool,
+}
+
+impl BodyReader {
+    pub(super) fn new(body: Bytes) -> BodyReader {
+        BodyReader { body, done: false }
+    }
 }
 
 #[async_trait]

@@ -21,6 +21,8 @@ const DEFAULT_COALESCE_MAX_BODY: u64 = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheStorePlan {
     pub max_size: u64,
+    /// The on-disk store's directory, when answers are kept on disk.
+    pub disk_path: Option<std::path::PathBuf>,
     pub cleanup_interval: Duration,
     pub purge_allowed: Vec<Cidr>,
 }
@@ -85,8 +87,19 @@ pub(crate) fn store_plan(checker: &mut Checker, config: &FileConfig) -> Option<C
         crate::policy::client_ip::parse_list(&section.purge_allowed, &mut |index, message| {
             checker.error(format!("cache.purge_allowed[{index}]"), message)
         });
+    let disk_path = section.disk_path.as_ref().map(|path| {
+        let directory = checker.base_dir().join(path);
+        if let Err(error) = std::fs::create_dir_all(&directory) {
+            checker.error(
+                "cache.disk_path".into(),
+                format!("cannot create {}: {error}", directory.display()),
+            );
+        }
+        directory
+    });
     Some(CacheStorePlan {
         max_size,
+        disk_path,
         cleanup_interval,
         purge_allowed,
     })
@@ -106,6 +119,7 @@ pub(crate) fn route_policy(
             ("max_size", own.max_size.is_some()),
             ("cleanup_interval", own.cleanup_interval.is_some()),
             ("purge_allowed", !own.purge_allowed.is_empty()),
+            ("disk_path", own.disk_path.is_some()),
         ] {
             if set {
                 checker.error(

@@ -800,6 +800,9 @@ pub struct CacheSection {
     pub cache_set_cookie: Option<bool>,
     /// Client CIDRs allowed to send `PURGE` (default none: PURGE is refused).
     pub purge_allowed: Vec<String>,
+    /// Keep answers in files in this directory (created if needed) instead of memory, up to
+    /// `max_size`; they survive restarts.
+    pub disk_path: Option<String>,
 }
 
 /// Go Loom's `metrics.opentelemetry:`, plus the push interval, timeout and headers.

@@ -99,7 +99,7 @@ pub struct Snapshot {
     /// admin API shows and hands out as `ETag`s.
     pub effective: Arc<crate::config::EffectiveConfig>,
     /// The response cache's store, when some route caches.
-    pub cache_store: Option<&'static crate::cache::storage::MemoryStore>,
+    pub cache_store: Option<&'static dyn crate::cache::storage::CacheStore>,
     /// `cache.purge_allowed`: who may send `PURGE`.
     pub purge_allowed: Vec<Cidr>,
     /// `cache.cleanup_interval`, when there is a store.

@@ -298,3 +298,37 @@ async fn identical_requests_in_flight_share_one_upstream_request() {
         assert_eq!(answer.unwrap().0, 503);
     }
 }
+
+#[tokio::test]
+async fn the_disk_store_keeps_answers_across_a_restart() {
+    let origin = CacheOrigin::start().await;
+    let mut gateway = GatewayProcess::start(&config(
+        &origin.endpoint(),
+        "  default_ttl: 60s\n  max_size: 10MB\n  disk_path: @DIR@/cache\n",
+    ))
+    .await;
+    let client = client();
+    let url = gateway.url("/c/kept?vary=Accept-Language");
+    let first = get(&client, &url, &[("accept-language", "de")]).await;
+    assert_eq!(cache_of(&first), "MISS");
+    assert_eq!(
+        cache_of(&get(&client, &url, &[("accept-language", "de")]).await),
+        "HIT"
+    );
+    let files = std::fs::read_dir(gateway.directory.path().join("cache"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|entry| entry.path().extension().is_some_and(|ext| ext == "entry"))
+        })
+        .count();
+    assert!(files >= 1, "answers are files");
+    gateway.restart().await;
+    let after = get(&client, &url, &[("accept-language", "de")]).await;
+    assert_eq!(cache_of(&after), "HIT");
+    assert_eq!(after.2, first.2);
+    assert_eq!(origin.hits("/c/kept"), 1);
+    let stats = gateway.admin_json("/cache").await;
+    assert!(stats["entries"].as_u64().unwrap() >= 1, "{stats}");
+}
