@@ -682,7 +682,7 @@ mod load_tests {
                 "conf/loom.overlay.json:3:67: routes.api.colour: unknown key \"colour\" \
                  (expected one of: id, host, path, methods, headers, query_params, upstream, \
                  plugins, strip_prefix, timeout, timeouts, priority, preserve_host, retry, \
-                 metadata, disable)",
+                 metadata, disable, canary, shadow, cache, coalesce)",
                 "conf/loom.overlay.json:6:82: upstreams.web.endpoints[0].weight: weight must \
                  be at least 1",
                 "conf/loom.overlay.json:3:56: routes.api.upstream: unknown upstream \"missing\"",
