@@ -206,18 +206,6 @@ pub fn coalesced_hit(meta: &CacheMeta, request_started: SystemTime) -> ForcedFre
     }
 }
 
-/// The metric's `result` label for an `X-Cache` value.
-pub fn metric_label(result: &str) -> &'static str {
-    match result {
-        "HIT" => "hit",
-        "STALE" => "stale",
-        "EXPIRED" => "expired",
-        "REVALIDATED" => "revalidated",
-        "BYPASS" => "bypass",
-        _ => "miss",
-    }
-}
-
 /// `X-Cache` and the metric's result for a request that used the cache.
 pub fn result(use_: CacheUse, phase: CachePhase) -> Option<&'static str> {
     match use_ {

@@ -45,6 +45,46 @@ pub fn cache_metrics() -> &'static CacheMetrics {
     &METRICS
 }
 
+/// One route's cache series, resolved when the snapshot is built so that a request counts
+/// itself without a label lookup.
+pub struct RouteCacheCounters {
+    hit: IntCounter,
+    miss: IntCounter,
+    stale: IntCounter,
+    expired: IntCounter,
+    revalidated: IntCounter,
+    bypass: IntCounter,
+    pub coalesced: IntCounter,
+}
+
+impl RouteCacheCounters {
+    pub fn new(route: &str) -> RouteCacheCounters {
+        let metrics = cache_metrics();
+        let result = |name: &str| metrics.requests.with_label_values(&[route, name]);
+        RouteCacheCounters {
+            hit: result("hit"),
+            miss: result("miss"),
+            stale: result("stale"),
+            expired: result("expired"),
+            revalidated: result("revalidated"),
+            bypass: result("bypass"),
+            coalesced: metrics.coalesced.with_label_values(&[route]),
+        }
+    }
+
+    /// The counter of an `X-Cache` value.
+    pub fn of(&self, result: &str) -> &IntCounter {
+        match result {
+            "HIT" => &self.hit,
+            "STALE" => &self.stale,
+            "EXPIRED" => &self.expired,
+            "REVALIDATED" => &self.revalidated,
+            "BYPASS" => &self.bypass,
+            _ => &self.miss,
+        }
+    }
+}
+
 /// The store's gauges and eviction counter, read at gather time.
 struct StoreCollector {
     store: &'static dyn CacheStore,

@@ -189,20 +189,18 @@ pub fn response(
 
 /// The logging phase: the cache result and coalesced requests are counted.
 pub fn request_finished(session: &Session, ctx: &RequestContext) {
-    let Some(route) = ctx.route() else {
+    let Some(counters) = ctx
+        .route()
+        .and_then(|route| route.cache_counters.as_deref())
+    else {
         return;
     };
-    let metrics = crate::cache::metrics::cache_metrics();
+    let phase = session.cache.phase();
     match ctx.cache_use {
-        CacheUse::Coalesce if session.cache.phase() == pingora_cache::CachePhase::Hit => {
-            metrics.coalesced.with_label_values(&[&*route.id]).inc();
-        }
+        CacheUse::Coalesce if phase == pingora_cache::CachePhase::Hit => counters.coalesced.inc(),
         use_ => {
-            if let Some(result) = decide::result(use_, session.cache.phase()) {
-                metrics
-                    .requests
-                    .with_label_values(&[&*route.id, decide::metric_label(result)])
-                    .inc();
+            if let Some(result) = decide::result(use_, phase) {
+                counters.of(result).inc();
             }
         }
     }

@@ -50,6 +50,8 @@ pub struct RouteRuntime {
     pub cache: Option<Arc<crate::config::cache::CachePolicy>>,
     /// How identical requests in flight share one upstream request, when they do.
     pub coalesce: Option<crate::config::cache::CoalescePlan>,
+    /// The route's `loom_cache_*` series, when it caches or coalesces.
+    pub cache_counters: Option<Arc<crate::cache::metrics::RouteCacheCounters>>,
     pub strip_prefix: bool,
     pub preserve_host: bool,
     /// The route's metric handles (requests, duration, bytes), kept across reloads.
@@ -184,6 +186,8 @@ impl Snapshot {
                         previous_route.and_then(|route| route.shadow.as_ref()),
                     )
                 });
+                let cache_counters = (plan.cache.is_some() || plan.coalesce.is_some())
+                    .then(|| Arc::new(crate::cache::metrics::RouteCacheCounters::new(&id)));
                 RouteRuntime {
                     metrics: RouteMetrics::for_route(&id),
                     id,
@@ -191,6 +195,7 @@ impl Snapshot {
                     targets,
                     canary,
                     shadow,
+                    cache_counters,
                     cache: plan.cache.clone(),
                     coalesce: plan.coalesce.clone(),
                     strip_prefix: plan.config.strip_prefix,
