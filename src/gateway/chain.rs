@@ -51,6 +51,8 @@ pub struct RouteChain {
     /// About how many headers the chain adds to a response (see
     /// [`crate::policy::Policy::response_header_room`]; a Proxy-Wasm plugin counts 2).
     pub response_header_room: usize,
+    /// Some step reads the client's address: the chain resolves it first.
+    pub uses_client_ip: bool,
 }
 
 impl RouteChain {
@@ -94,7 +96,10 @@ impl RouteChain {
             + policies()
                 .map(|step| step.policy.response_header_room())
                 .sum::<usize>();
+        let uses_client_ip =
+            !wasm.is_empty() || policies().any(|step| step.policy.uses_client_ip());
         RouteChain {
+            uses_client_ip,
             steps: steps.into_boxed_slice(),
             wasm: wasm.into(),
             body_limits,
@@ -155,18 +160,23 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
     ctx.chain_route_index = ctx.route_index;
     // Set when a Proxy-Wasm plugin changed what routing matches on.
     let mut routing_changed = false;
-    ctx.client_ip = crate::policy::client_ip::resolve(
-        session
-            .client_addr()
-            .and_then(|address| address.as_inet())
-            .map(|address| address.ip()),
-        session.req_header(),
-        &snapshot.trusted_proxies,
-    );
+    if chain.uses_client_ip {
+        ctx.client_ip = crate::policy::client_ip::resolve(
+            session
+                .client_addr()
+                .and_then(|address| address.as_inet())
+                .map(|address| address.ip()),
+            session.req_header(),
+            &snapshot.trusted_proxies,
+        );
+    }
     for step in chain.steps.iter() {
         match step {
             ChainStep::Policy(step) => {
-                if step.policy.acts_on_request() && apply(step, &route.id, session, ctx).await {
+                if step.policy.acts_on_request()
+                    && step.policy.acts_on(session.req_header())
+                    && apply(step, &route.id, session, ctx).await
+                {
                     return Ok(true);
                 }
             }
@@ -242,6 +252,16 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
             // plugin must not be able to move a request past them. Steps the first chain
             // already ran (global policies, shared entries) are not run twice; the new
             // route's Proxy-Wasm plugins are not run.
+            if new_route.chain.uses_client_ip && ctx.client_ip.is_none() {
+                ctx.client_ip = crate::policy::client_ip::resolve(
+                    session
+                        .client_addr()
+                        .and_then(|address| address.as_inet())
+                        .map(|address| address.ip()),
+                    session.req_header(),
+                    &snapshot.trusted_proxies,
+                );
+            }
             for step in new_route.chain.steps.iter() {
                 let ChainStep::Policy(step) = step else {
                     continue;
@@ -251,6 +271,7 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
                     .iter()
                     .any(|ran| matches!(ran, ChainStep::Policy(ran) if Arc::ptr_eq(ran, step)));
                 if step.policy.acts_on_request()
+                    && step.policy.acts_on(session.req_header())
                     && !already_ran
                     && apply(step, &new_route.id, session, ctx).await
                 {
@@ -273,7 +294,7 @@ async fn apply(
     let verdict = {
         let mut input = RequestInput {
             client_ip: ctx.client_ip,
-            request_id: ctx.request_id.to_str().unwrap_or_default(),
+            request_id: &ctx.request_id,
             route_id,
             path_parameters: &ctx.path_parameters,
             upstream_uri: &mut ctx.upstream_uri,
@@ -281,7 +302,10 @@ async fn apply(
             now: ctx.started,
             step_name: &step.name,
         };
-        step.policy.on_request(session, &mut input).await
+        match step.policy.on_request_now(session, &mut input) {
+            Some(verdict) => verdict,
+            None => step.policy.on_request(session, &mut input).await,
+        }
     };
     let (outcome, failed) = match &verdict {
         Verdict::Continue => ("continue", false),
@@ -402,7 +426,7 @@ pub async fn response_headers(
                 }
                 let input = ResponseInput {
                     client_ip: ctx.client_ip,
-                    request_id: ctx.request_id.to_str().unwrap_or_default(),
+                    request_id: &ctx.request_id,
                     route_id: &route.id,
                     path_parameters: &ctx.path_parameters,
                     state: &ctx.policy_state,
@@ -480,11 +504,13 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         .uri
         .path_and_query()
         .map_or("/", |path| path.as_str());
+    // UTF-8 is all a JSON line needs (it escapes what it must); `to_str`'s stricter check
+    // would look at every byte again.
     let header = |name: http::header::HeaderName| {
         request
             .headers
             .get(name)
-            .and_then(|value| value.to_str().ok())
+            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
     };
     let trace_id = ctx.trace.trace_id_hex();
     let record = AccessLogRecord {
@@ -492,7 +518,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         time: std::time::SystemTime::now()
             .checked_sub(elapsed)
             .unwrap_or(std::time::UNIX_EPOCH),
-        request_id: ctx.request_id.to_str().unwrap_or_default(),
+        request_id: std::str::from_utf8(ctx.request_id.as_bytes()).unwrap_or_default(),
         route: route.map_or("none", |route| &route.id),
         method: &request.method,
         path,

@@ -16,11 +16,18 @@ pub fn request_admitted(session: &Session, ctx: &mut RequestContext) {
         return;
     };
     let choice = route.canary.as_ref().map(|canary| {
+        // Behind a trusted proxy the client is the one X-Forwarded-For names (the chain
+        // resolved it already when one of its steps needed it).
         let client_ip = ctx.client_ip.or_else(|| {
-            session
-                .client_addr()
-                .and_then(|address| address.as_inet())
-                .map(|address| address.ip())
+            let snapshot = ctx.snapshot.as_deref()?;
+            crate::policy::client_ip::resolve(
+                session
+                    .client_addr()
+                    .and_then(|address| address.as_inet())
+                    .map(|address| address.ip()),
+                session.req_header(),
+                &snapshot.trusted_proxies,
+            )
         });
         canary.choose(session.req_header(), client_ip)
     });

@@ -581,19 +581,22 @@ fn push_padded_decimal(out: &mut Vec<u8>, value: u64, width: usize) {
     // Most numbers on a line are below 1000 (status, attempts, milliseconds and their
     // fractions): three digits computed directly.
     if value < 1000 && width <= 3 {
-        // Below 1000: fits.
+        // Below 1000: fits. Pushed byte by byte: a one- to three-byte copy through `memcpy`
+        // costs more than the digits.
         let value = value as u16;
-        let digits = [
-            b'0' + (value / 100) as u8,
-            b'0' + (value / 10 % 10) as u8,
-            b'0' + (value % 10) as u8,
-        ];
         let length = match value {
             100.. => 3,
             10.. => 2,
             _ => 1,
-        };
-        out.extend_from_slice(&digits[3 - length.max(width)..]);
+        }
+        .max(width);
+        if length >= 3 {
+            out.push(b'0' + (value / 100) as u8);
+        }
+        if length >= 2 {
+            out.push(b'0' + (value / 10 % 10) as u8);
+        }
+        out.push(b'0' + (value % 10) as u8);
         return;
     }
     // Two digits per step from a table: half the divisions of digit-by-digit.

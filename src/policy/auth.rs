@@ -74,6 +74,15 @@ impl Consumer {
         &self.name
     }
 
+    pub fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
+    /// The consumer header's value, made once; `None` when the name is not header text.
+    pub fn header_value(&self) -> Option<&http::HeaderValue> {
+        self.header_value.as_ref()
+    }
+
     /// [`set_consumer`] without building the header value again. `header` is the header's
     /// name as bytes: Pingora keeps those as the name's spelling without copying them (a
     /// `HeaderName` would be copied into a new buffer on every request).

@@ -104,7 +104,10 @@ impl OriginPattern {
     fn matches(&self, origin: &str) -> bool {
         match self {
             OriginPattern::Any => true,
-            OriginPattern::Exact(exact) => exact.eq_ignore_ascii_case(origin),
+            // Browsers send origins in lower case: one byte comparison settles most.
+            OriginPattern::Exact(exact) => {
+                exact.as_bytes() == origin.as_bytes() || exact.eq_ignore_ascii_case(origin)
+            }
             OriginPattern::Subdomain { scheme, suffix } => {
                 let Some((origin_scheme, host)) = origin.split_once("://") else {
                     return false;
@@ -209,10 +212,12 @@ impl Cors {
 
     /// The value of `Access-Control-Allow-Origin` for `origin`, or `None` when it is not allowed.
     fn allowed_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
-        let text = origin.to_str().ok()?;
         if self.any_origin && !self.allow_credentials {
             return Some(HeaderValue::from_static("*"));
         }
+        // An origin is ASCII; a value that is not cannot match (and `to_str` would check
+        // every byte only to find that out).
+        let text = std::str::from_utf8(origin.as_bytes()).ok()?;
         self.origins
             .iter()
             .any(|pattern| pattern.matches(text))
@@ -224,8 +229,13 @@ impl Cors {
         !self.any_origin || self.allow_credentials
     }
 
+    /// Only preflights (OPTIONS) are the request step's business.
+    pub fn acts_on(&self, request: &RequestHeader) -> bool {
+        self.enabled && request.method == http::Method::OPTIONS
+    }
+
     pub fn on_request(&self, request: &RequestHeader) -> Verdict {
-        if !self.enabled || request.method != http::Method::OPTIONS {
+        if !self.acts_on(request) {
             return Verdict::Continue;
         }
         let (Some(origin), Some(_)) = (

@@ -13,7 +13,7 @@ use http::HeaderName;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
-use super::auth::{self, Consumer, consumer_header, refuse, remove_client_header};
+use super::auth::{self, Consumer, consumer_header, refuse};
 use super::credentials::{constant_time_equal, parse_digest, sha256};
 use super::keyed_hash::{DigestHasher, DigestMap, digest as keyed_digest};
 use super::query::query_parameter;
@@ -59,8 +59,6 @@ pub struct KeyAuth {
     header: Option<HeaderName>,
     query: Option<String>,
     consumer_header: Option<HeaderName>,
-    /// `consumer_header` as bytes, for [`Consumer::hand_on`].
-    consumer_header_bytes: Option<bytes::Bytes>,
     hide_credentials: bool,
     /// Key digest → consumer. The digests are uniformly random already, so the map uses
     /// their first bytes as the hash instead of hashing them again.
@@ -141,9 +139,6 @@ impl KeyAuth {
         Some(KeyAuth {
             header,
             query,
-            consumer_header_bytes: consumer_header
-                .as_ref()
-                .map(|name| bytes::Bytes::copy_from_slice(name.as_str().as_bytes())),
             consumer_header,
             hide_credentials: config.hide_credentials,
             consumers,
@@ -177,9 +172,6 @@ impl KeyAuth {
     }
 
     pub fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {
-        if let Some(header) = &self.consumer_header {
-            remove_client_header(session, header);
-        }
         let request = session.req_header();
         let offered = match self
             .header
@@ -214,17 +206,34 @@ impl KeyAuth {
             }
             Some(Some(consumer)) => consumer,
         };
-        if self.hide_credentials {
-            // Every place a key may be is cleared, not only the one that was used: a second
-            // key sent next to the first must not reach the upstream either.
-            if let Some(header) = &self.header {
-                remove_client_header(session, header);
-            }
-            if let Some(name) = &self.query {
-                auth::strip_query_credential(session, input, name);
-            }
+        // Every place a key may be is cleared, not only the one that was used: a second key
+        // sent next to the first must not reach the upstream either. The client's own
+        // consumer header is replaced (or removed): it must come from the gateway. Both in one
+        // edit of the header map: Pingora's own remove and insert each update its case map too.
+        let key_header = self.header.as_ref().filter(|_| self.hide_credentials);
+        if key_header.is_some() || self.consumer_header.is_some() {
+            crate::gateway::headers::edit_request_headers(session.req_header_mut(), 1, |headers| {
+                if let Some(name) = key_header {
+                    headers.remove(name);
+                }
+                if let Some(name) = &self.consumer_header {
+                    match consumer.header_value() {
+                        Some(value) => {
+                            headers.insert(name.clone(), value.clone());
+                        }
+                        None => {
+                            headers.remove(name);
+                        }
+                    }
+                }
+            });
         }
-        consumer.hand_on(session, input, self.consumer_header_bytes.as_ref());
+        if self.hide_credentials
+            && let Some(name) = &self.query
+        {
+            auth::strip_query_credential(session, input, name);
+        }
+        input.state.consumer = Some(consumer.shared_name());
         Verdict::Continue
     }
 

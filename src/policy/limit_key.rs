@@ -42,6 +42,13 @@ pub struct LimitKey {
     parts: Vec<KeyPart>,
 }
 
+impl LimitKey {
+    /// Whether the key holds the client's address.
+    pub fn uses_client_ip(&self) -> bool {
+        self.parts.contains(&KeyPart::ClientIp)
+    }
+}
+
 /// What a key is computed from.
 pub struct KeyInput<'a> {
     pub client_ip: Option<IpAddr>,

@@ -116,7 +116,8 @@ pub struct RequestInput<'a> {
     /// The client: the peer, or the address `X-Forwarded-For` names when the peer is a
     /// trusted proxy (see [`client_ip`]).
     pub client_ip: Option<IpAddr>,
-    pub request_id: &'a str,
+    /// Kept as the header value: most steps never read it as text.
+    pub request_id: &'a http::HeaderValue,
     pub route_id: &'a str,
     pub path_parameters: &'a [(String, String)],
     /// The path (and query) sent upstream when it differs from the client's.
@@ -132,7 +133,7 @@ pub struct RequestInput<'a> {
 /// What a response step may read.
 pub struct ResponseInput<'a> {
     pub client_ip: Option<IpAddr>,
-    pub request_id: &'a str,
+    pub request_id: &'a http::HeaderValue,
     pub route_id: &'a str,
     pub path_parameters: &'a [(String, String)],
     pub state: &'a PolicyState,
@@ -163,6 +164,32 @@ impl Policy {
         !matches!(self, Policy::SecurityHeaders(_) | Policy::AccessLog(_))
     }
 
+    /// Whether the request step has anything to do for this request: a cheap look before
+    /// the step is entered (CORS answers only preflights).
+    pub fn acts_on(&self, request: &pingora::http::RequestHeader) -> bool {
+        match self {
+            Policy::Cors(cors) => cors.acts_on(request),
+            _ => true,
+        }
+    }
+
+    /// Whether the step reads the client's address (so the chain resolves it, trusted
+    /// proxies included, before the steps run). Conservative: only the steps known not to
+    /// read it say no.
+    pub fn uses_client_ip(&self) -> bool {
+        !matches!(
+            self,
+            Policy::Cors(_)
+                | Policy::SecurityHeaders(_)
+                | Policy::Compression(_)
+                | Policy::RequestSizeLimit(_)
+                | Policy::KeyAuth(_)
+                | Policy::BasicAuth(_)
+                | Policy::JwtAuth(_)
+                | Policy::MtlsAuth(_)
+        ) && !matches!(self, Policy::RateLimit(limit) if !limit.keys_on_client_ip())
+    }
+
     /// Whether the step has anything to do in the response-headers phase.
     pub fn acts_on_response(&self) -> bool {
         matches!(
@@ -186,6 +213,32 @@ impl Policy {
             Policy::RateLimit(limit) if limit.writes_headers() => 7,
             _ => 0,
         }
+    }
+
+    /// The verdict of a step that decides without waiting (everything but Basic and JWT
+    /// auth and Redis-backed limits); `None` sends the caller to [`Policy::on_request`]. The
+    /// walker tries this first: a step's future is built only when the step can wait.
+    pub fn on_request_now(
+        &self,
+        session: &mut Session,
+        input: &mut RequestInput<'_>,
+    ) -> Option<Verdict> {
+        Some(match self {
+            Policy::KeyAuth(auth) => auth.on_request(session, input),
+            Policy::MtlsAuth(auth) => auth.on_request(session, input),
+            Policy::RateLimit(limit) => return limit.on_request_local(session, input),
+            Policy::ConcurrencyLimit(limit) => limit.on_request(session, input),
+            Policy::Cors(cors) => cors.on_request(session.req_header()),
+            Policy::Compression(compression) => {
+                compression.on_request(session);
+                Verdict::Continue
+            }
+            Policy::RequestSizeLimit(limit) => limit.on_request(session.req_header()),
+            Policy::Transform(transform) => transform.on_request(session.req_header_mut(), input),
+            Policy::IpRestriction(restriction) => restriction.on_request(input.client_ip),
+            Policy::SecurityHeaders(_) | Policy::AccessLog(_) => Verdict::Continue,
+            Policy::BasicAuth(_) | Policy::JwtAuth(_) => return None,
+        })
     }
 
     /// Async for the steps that may wait (Redis, bcrypt on the blocking pool, a JWKS fetch);

@@ -26,13 +26,22 @@ pub struct SecurityHeadersConfig {
     pub remove: Vec<String>,
 }
 
+/// The defaults, kept as `'static` text so that their header values are static too (a clone
+/// of one copies a pointer instead of counting a reference).
+const DEFAULT_VALUES: [&str; 4] = [
+    "max-age=31536000; includeSubDomains",
+    "nosniff",
+    "DENY",
+    "strict-origin-when-cross-origin",
+];
+
 impl Default for SecurityHeadersConfig {
     fn default() -> Self {
         SecurityHeadersConfig {
-            strict_transport_security: "max-age=31536000; includeSubDomains".into(),
-            content_type_options: "nosniff".into(),
-            frame_options: "DENY".into(),
-            referrer_policy: "strict-origin-when-cross-origin".into(),
+            strict_transport_security: DEFAULT_VALUES[0].into(),
+            content_type_options: DEFAULT_VALUES[1].into(),
+            frame_options: DEFAULT_VALUES[2].into(),
+            referrer_policy: DEFAULT_VALUES[3].into(),
             content_security_policy: String::new(),
             permissions_policy: String::new(),
             hide_server: false,
@@ -88,6 +97,13 @@ impl SecurityHeaders {
             ),
         ] {
             if value.is_empty() {
+                continue;
+            }
+            if let Some(default) = DEFAULT_VALUES
+                .iter()
+                .find(|default| **default == value.as_str())
+            {
+                set.push((name, HeaderValue::from_static(default)));
                 continue;
             }
             match super::header_value(value) {

@@ -196,7 +196,7 @@ fn parse_variable(name: &str) -> Result<Variable, String> {
 /// What variables resolve to for one request.
 struct Variables<'a> {
     client_ip: Option<std::net::IpAddr>,
-    request_id: &'a str,
+    request_id: &'a http::HeaderValue,
     route_id: &'a str,
     path_parameters: &'a [(String, String)],
     request: &'a RequestHeader,
@@ -210,7 +210,7 @@ impl Variables<'_> {
                     let _ = write!(output, "{ip}");
                 }
             }
-            Variable::RequestId => output.push_str(self.request_id),
+            Variable::RequestId => output.push_str(self.request_id.to_str().unwrap_or_default()),
             Variable::RouteId => output.push_str(self.route_id),
             Variable::Host => {
                 output.push_str(crate::gateway::headers::request_host(self.request).unwrap_or(""))
@@ -670,7 +670,7 @@ mod tests {
         let mut state = crate::policy::PolicyState::default();
         let mut input = RequestInput {
             client_ip: Some("192.0.2.7".parse().unwrap()),
-            request_id: "req-1",
+            request_id: &http::HeaderValue::from_static("req-1"),
             route_id: "users",
             path_parameters: &parameters,
             upstream_uri: &mut upstream_uri,

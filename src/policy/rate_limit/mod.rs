@@ -108,7 +108,12 @@ impl Quota {
     /// Writes the budget headers.
     /// Writes the budget headers. Names go to Pingora as `&'static str`, which it stores
     /// without copying; small numbers come from a table built once (see [`number`]).
-    pub fn write(&self, mut put: impl FnMut(&HeaderName, HeaderValue)) {
+    /// `limit_value` is the limit's header value when the caller has it made already.
+    pub fn write(
+        &self,
+        limit_value: Option<&HeaderValue>,
+        mut put: impl FnMut(&HeaderName, HeaderValue),
+    ) {
         let names: &[[HeaderName; 3]] = match self.style {
             HeaderStyle::Draft => &[DRAFT],
             HeaderStyle::XRatelimit => &[KONG],
@@ -116,7 +121,10 @@ impl Quota {
             HeaderStyle::None => &[],
         };
         for [limit, remaining, reset] in names {
-            put(limit, number(self.limit));
+            put(
+                limit,
+                limit_value.map_or_else(|| number(self.limit), HeaderValue::clone),
+            );
             put(remaining, number(self.remaining));
             put(reset, number(self.reset_seconds));
         }
@@ -155,6 +163,8 @@ pub struct RateLimit {
     key: LimitKey,
     store: Store,
     headers: HeaderStyle,
+    /// The limit (the burst) as a header value, made once: it goes on every answer.
+    limit_value: HeaderValue,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -255,6 +265,7 @@ impl RateLimit {
             }
         };
         Some(RateLimit {
+            limit_value: HeaderValue::from(rate.burst),
             rate,
             requests_per_period: config.rate,
             period,
@@ -262,6 +273,26 @@ impl RateLimit {
             store,
             headers: config.headers,
         })
+    }
+
+    /// The verdict of a local limit, decided without waiting; `None` for a Redis one (see
+    /// [`RateLimit::on_request`]).
+    pub fn on_request_local(
+        &self,
+        session: &Session,
+        input: &mut RequestInput<'_>,
+    ) -> Option<Verdict> {
+        let Store::Local(store) = &self.store else {
+            return None;
+        };
+        let key_input = KeyInput {
+            client_ip: input.client_ip,
+            route_id: input.route_id,
+            consumer: input.state.consumer.as_deref(),
+            request: session.req_header(),
+        };
+        let decision = store.check(self.key.digest(&key_input), input.now, self.rate);
+        Some(self.answer(decision, input))
     }
 
     pub async fn on_request(&self, session: &Session, input: &mut RequestInput<'_>) -> Verdict {
@@ -324,10 +355,15 @@ impl RateLimit {
         let retry_after = seconds_rounded_up(decision.retry_after).max(1);
         let mut error = GatewayError::new(429, "rate_limited", "too many requests")
             .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-        quota.write(|name, value| {
+        quota.write(Some(&self.limit_value), |name, value| {
             error.headers.push((name.clone(), value));
         });
         Verdict::Fail(error)
+    }
+
+    /// Whether the limit is kept per client address.
+    pub fn keys_on_client_ip(&self) -> bool {
+        self.key.uses_client_ip()
     }
 
     /// Whether responses carry the budget headers (`headers:` other than `none`).
@@ -338,7 +374,9 @@ impl RateLimit {
     /// Reports the request's budget on the response.
     pub fn on_response(&self, response: &mut http::response::Parts, quota: Option<&Quota>) {
         if let Some(quota) = quota {
-            quota.write(|name, value| {
+            // The tightest of several limits may be another policy's.
+            let own_limit = (quota.limit == self.rate.burst).then_some(&self.limit_value);
+            quota.write(own_limit, |name, value| {
                 response.headers.insert(name.clone(), value);
             });
         }
