@@ -9,15 +9,12 @@
 //! real name.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::{
     HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
     Storage,
@@ -26,33 +23,16 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, OrErr, Result};
 
-use super::storage::{BodyReader, CacheStore};
+use super::index::{EntryIndex, unusable_after};
+use super::storage::{BodyReader, CacheStore, short_hash};
 
 const MAGIC: &[u8] = b"LOOM-CACHE-1\n";
 const EXTENSION: &str = "entry";
 
-/// What the index knows of a stored answer.
-struct DiskIndexed {
-    primary: String,
-    size: u64,
-    unusable_after: SystemTime,
-    /// A logical clock: higher was used more recently.
-    last_used: u64,
-}
-
 pub struct DiskStore {
     directory: PathBuf,
     max_size: u64,
-    index: Mutex<HashMap<u64, DiskIndexed>>,
-    clock: AtomicU64,
-    bytes: AtomicU64,
-    evictions: AtomicU64,
-}
-
-fn short_hash(hash: HashBinary) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(bytes)
+    index: EntryIndex,
 }
 
 /// An entry file's parts.
@@ -100,14 +80,6 @@ fn encode(primary: &str, internal: &[u8], header: &[u8], body: &[u8]) -> Vec<u8>
     file
 }
 
-fn unusable_after(meta: &CacheMeta) -> SystemTime {
-    meta.fresh_until()
-        + Duration::from_secs(u64::from(
-            meta.stale_while_revalidate_sec()
-                .max(meta.stale_if_error_sec()),
-        ))
-}
-
 impl DiskStore {
     /// Opens (creating it if needed) the store in `directory` and indexes the answers already
     /// there; files that cannot be read as entries are removed.
@@ -116,10 +88,7 @@ impl DiskStore {
         let store = DiskStore {
             directory: directory.to_path_buf(),
             max_size,
-            index: Mutex::new(HashMap::new()),
-            clock: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
+            index: EntryIndex::default(),
         };
         let mut found = 0;
         for item in std::fs::read_dir(directory)? {
@@ -148,7 +117,7 @@ impl DiskStore {
         }
         log::info!(
             "cache: {found} answer(s), {} bytes found in {}",
-            store.bytes.load(Ordering::Relaxed),
+            store.index.bytes(),
             directory.display()
         );
         store.evict_to_size();
@@ -158,7 +127,7 @@ impl DiskStore {
     fn index_file(&self, hash: u64, file: &[u8]) -> Option<()> {
         let parsed = parse(file)?;
         let meta = CacheMeta::deserialize(parsed.internal, parsed.header).ok()?;
-        self.remember(
+        self.index.insert(
             hash,
             parsed.primary.to_string(),
             file.len() as u64,
@@ -167,74 +136,20 @@ impl DiskStore {
         Some(())
     }
 
-    fn remember(&self, hash: u64, primary: String, size: u64, unusable_after: SystemTime) {
-        let last_used = self.clock.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut index) = self.index.lock() {
-            let replaced = index.insert(
-                hash,
-                DiskIndexed {
-                    primary,
-                    size,
-                    unusable_after,
-                    last_used,
-                },
-            );
-            if let Some(replaced) = replaced {
-                self.bytes.fetch_sub(replaced.size, Ordering::Relaxed);
-            }
-            self.bytes.fetch_add(size, Ordering::Relaxed);
-        }
-    }
-
     fn path_of(&self, hash: u64) -> PathBuf {
         self.directory.join(format!("{hash:016x}.{EXTENSION}"))
     }
 
-    fn forget(&self, hash: u64) -> bool {
-        let removed = self
-            .index
-            .lock()
-            .ok()
-            .and_then(|mut index| index.remove(&hash));
-        match removed {
-            Some(indexed) => {
-                self.bytes.fetch_sub(indexed.size, Ordering::Relaxed);
-                let _ = std::fs::remove_file(self.path_of(hash));
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Deletes the least recently used answers until the store fits in `max_size`.
     fn evict_to_size(&self) {
-        while self.bytes.load(Ordering::Relaxed) > self.max_size {
-            let oldest = self.index.lock().ok().and_then(|index| {
-                index
-                    .iter()
-                    .min_by_key(|(_, indexed)| indexed.last_used)
-                    .map(|(hash, _)| *hash)
-            });
-            let Some(oldest) = oldest else {
+        while self.index.bytes() > self.max_size {
+            let Some(oldest) = self.index.least_recently_used() else {
                 return;
             };
             if self.forget(oldest) {
-                self.evictions.fetch_add(1, Ordering::Relaxed);
+                self.index.count_eviction();
             }
         }
-    }
-
-    fn hashes_where(&self, mut keep: impl FnMut(&DiskIndexed) -> bool) -> Vec<u64> {
-        self.index.lock().map_or_else(
-            |_| Vec::new(),
-            |index| {
-                index
-                    .iter()
-                    .filter(|(_, indexed)| keep(indexed))
-                    .map(|(hash, _)| *hash)
-                    .collect()
-            },
-        )
     }
 
     async fn write(&self, hash: u64, contents: Vec<u8>) -> std::io::Result<()> {
@@ -256,24 +171,16 @@ impl CacheStore for DiskStore {
         self.max_size
     }
 
-    fn usage(&self) -> (u64, u64, u64) {
-        let entries = self.index.lock().map_or(0, |index| index.len() as u64);
-        (
-            self.bytes.load(Ordering::Relaxed),
-            entries,
-            self.evictions.load(Ordering::Relaxed),
-        )
+    fn index(&self) -> &EntryIndex {
+        &self.index
     }
 
-    fn purge_prefix(&self, prefix: &str) -> usize {
-        let doomed =
-            self.hashes_where(|indexed| super::storage::url_has_prefix(&indexed.primary, prefix));
-        doomed.iter().filter(|hash| self.forget(**hash)).count()
-    }
-
-    fn drop_expired(&self, now: SystemTime) -> usize {
-        let doomed = self.hashes_where(|indexed| indexed.unusable_after <= now);
-        doomed.iter().filter(|hash| self.forget(**hash)).count()
+    fn forget(&self, hash: u64) -> bool {
+        let known = self.index.remove(hash);
+        if known {
+            let _ = std::fs::remove_file(self.path_of(hash));
+        }
+        known
     }
 }
 
@@ -285,17 +192,7 @@ impl Storage for DiskStore {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = short_hash(key.combined_bin());
-        let known = self
-            .index
-            .lock()
-            .is_ok_and(|mut index| match index.get_mut(&hash) {
-                Some(indexed) => {
-                    indexed.last_used = self.clock.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                None => false,
-            });
-        if !known {
+        if !self.index.touch(hash) {
             return Ok(None);
         }
         let file = match tokio::fs::read(self.path_of(hash)).await {
@@ -339,18 +236,10 @@ impl Storage for DiskStore {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let hash = short_hash(target.key().combined_bin());
-        let primary = self
-            .index
-            .lock()
-            .ok()
-            .and_then(|index| index.get(&hash).map(|indexed| indexed.primary.clone()));
-        let mut removed = self.forget(hash);
-        if let (Some(primary), PurgeType::Invalidation) = (primary, purge_type) {
-            // Every `Vary` variant of the URL.
-            for variant in self.hashes_where(|indexed| indexed.primary == primary) {
-                removed |= self.forget(variant);
-            }
-        }
+        let removed = match purge_type {
+            PurgeType::Invalidation => self.forget_url_of(hash),
+            PurgeType::Eviction => self.forget(hash),
+        };
         Ok(if removed {
             PurgeOutcome::Purged(None)
         } else {
@@ -378,7 +267,7 @@ impl Storage for DiskStore {
         self.write(hash, contents)
             .await
             .or_err(ErrorType::InternalError, "rewriting a cached answer's meta")?;
-        self.remember(hash, primary, size, unusable_after(meta));
+        self.index.insert(hash, primary, size, unusable_after(meta));
         Ok(true)
     }
 
@@ -422,7 +311,8 @@ impl HandleMiss for DiskWriter {
         }
         writer
             .store
-            .remember(writer.hash, writer.primary, size, writer.unusable_after);
+            .index
+            .insert(writer.hash, writer.primary, size, writer.unusable_after);
         writer.store.evict_to_size();
         Ok(MissFinishType::Created(writer.body.len()))
     }
@@ -438,7 +328,7 @@ mod tests {
         let now = SystemTime::now();
         let mut header = ResponseHeader::build(200, None).unwrap();
         header.append_header("content-type", "text/plain").unwrap();
-        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let meta = CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header);
         let trace = pingora_cache::trace::Span::inactive().handle();
         let mut writer = store.get_miss_handler(&key, &meta, &trace).await.unwrap();
         writer

@@ -12,6 +12,7 @@
 
 pub mod decide;
 pub mod disk;
+pub mod index;
 pub mod metrics;
 pub mod storage;
 

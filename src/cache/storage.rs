@@ -12,9 +12,7 @@
 //! the size and entry counts for the metrics.
 
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -29,6 +27,8 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 use tinyufo::TinyUfo;
+
+pub use super::index::{EntryIndex, url_has_prefix};
 
 /// One stored answer: what `CacheMeta` needs to be rebuilt, and the body.
 struct Entry {
@@ -69,36 +69,50 @@ impl Entry {
     }
 }
 
-/// What the admin API, the metrics and the cleanup need of a store, memory or disk.
+/// What the admin API, the metrics and the cleanup need of a store, memory or disk: each
+/// keeps an [`EntryIndex`] and can forget an answer; the rest is common.
 pub trait CacheStore: Storage + Sync + Send {
     /// The configured cap in bytes.
     fn max_size(&self) -> u64;
+    fn index(&self) -> &EntryIndex;
+    /// Removes the answer `hash` from the store and its index; whether it was stored.
+    fn forget(&self, hash: u64) -> bool;
+
     /// Bytes and entries stored now, and entries evicted so far.
-    fn usage(&self) -> (u64, u64, u64);
-    /// Removes every entry whose URL starts with `prefix` (see [`url_has_prefix`]).
-    fn purge_prefix(&self, prefix: &str) -> usize;
-    /// Drops the entries that can no longer be served, even stale.
-    fn drop_expired(&self, now: SystemTime) -> usize;
-}
-
-/// Whether the URL `primary` (host, then path and query) is under `prefix`: `example.com/api/`
-/// (host and path) or `/api/` (that path on every host).
-pub fn url_has_prefix(primary: &str, prefix: &str) -> bool {
-    if prefix.starts_with('/') {
-        primary
-            .find('/')
-            .is_some_and(|start| primary[start..].starts_with(prefix))
-    } else {
-        primary.starts_with(prefix)
+    fn usage(&self) -> (u64, u64, u64) {
+        self.index().usage()
     }
-}
 
-/// What the side index knows of a stored entry.
-struct Indexed {
-    primary: String,
-    size: u64,
-    /// When it can no longer be served, even stale.
-    unusable_after: SystemTime,
+    /// Removes every entry whose URL starts with `prefix` (see [`url_has_prefix`]).
+    fn purge_prefix(&self, prefix: &str) -> usize {
+        let doomed = self
+            .index()
+            .hashes_where(|indexed| url_has_prefix(&indexed.primary, prefix));
+        doomed.iter().filter(|hash| self.forget(**hash)).count()
+    }
+
+    /// Drops the entries that can no longer be served, even stale.
+    fn drop_expired(&self, now: SystemTime) -> usize {
+        let doomed = self
+            .index()
+            .hashes_where(|indexed| indexed.unusable_after <= now);
+        doomed.iter().filter(|hash| self.forget(**hash)).count()
+    }
+
+    /// Removes the answer `hash` and every `Vary` variant of its URL.
+    fn forget_url_of(&self, hash: u64) -> bool {
+        let primary = self.index().primary_of(hash);
+        let mut removed = self.forget(hash);
+        if let Some(primary) = primary {
+            for variant in self
+                .index()
+                .hashes_where(|indexed| indexed.primary == primary)
+            {
+                removed |= self.forget(variant);
+            }
+        }
+        removed
+    }
 }
 
 pub struct MemoryStore {
@@ -107,13 +121,11 @@ pub struct MemoryStore {
     /// entry's `updated` is when its fill finished (see `crate::cache::decide::coalesced_hit`).
     coalescing: bool,
     entries: TinyUfo<u64, Arc<Entry>>,
-    index: Mutex<HashMap<u64, Indexed>>,
-    bytes: AtomicU64,
-    evictions: AtomicU64,
+    index: EntryIndex,
 }
 
 /// Key hashes are 128-bit digests; 64 bits of one are as good a key.
-fn short_hash(hash: HashBinary) -> u64 {
+pub(super) fn short_hash(hash: HashBinary) -> u64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&hash[..8]);
     u64::from_le_bytes(bytes)
@@ -130,9 +142,7 @@ impl MemoryStore {
             max_size,
             coalescing: !admission,
             entries: TinyUfo::new(weight_limit, estimated_entries),
-            index: Mutex::new(HashMap::new()),
-            bytes: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
+            index: EntryIndex::default(),
         }
     }
 
@@ -153,67 +163,17 @@ impl MemoryStore {
             self.entries.put(hash, Arc::clone(&entry), weight)
         };
         let mut admitted = true;
-        if let Ok(mut index) = self.index.lock() {
-            for gone in &evicted {
-                if gone.data.hash == hash && Arc::ptr_eq(&gone.data, &entry) {
-                    // TinyUFO's admission refused the new entry.
-                    admitted = false;
-                    continue;
-                }
-                if let Some(indexed) = index.remove(&gone.data.hash) {
-                    self.bytes.fetch_sub(indexed.size, Ordering::Relaxed);
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if admitted {
-                index.insert(
-                    hash,
-                    Indexed {
-                        primary,
-                        size,
-                        unusable_after,
-                    },
-                );
-                self.bytes.fetch_add(size, Ordering::Relaxed);
+        for gone in &evicted {
+            if gone.data.hash == hash && Arc::ptr_eq(&gone.data, &entry) {
+                // TinyUFO's admission refused the new entry.
+                admitted = false;
+            } else if self.index.remove(gone.data.hash) {
+                self.index.count_eviction();
             }
         }
-    }
-
-    /// Removes the entry `hash` from the store and the accounting.
-    fn forget(&self, hash: u64) -> bool {
-        let removed = self.entries.remove(&hash).is_some();
-        if let Ok(mut index) = self.index.lock()
-            && let Some(indexed) = index.remove(&hash)
-        {
-            self.bytes.fetch_sub(indexed.size, Ordering::Relaxed);
+        if admitted {
+            self.index.insert(hash, primary, size, unusable_after);
         }
-        removed
-    }
-
-    /// Removes the entry `hash` and every variant stored under the same primary key.
-    fn purge_hash(&self, hash: u64) -> bool {
-        let primary = self
-            .index
-            .lock()
-            .ok()
-            .and_then(|index| index.get(&hash).map(|indexed| indexed.primary.clone()));
-        let mut removed = self.forget(hash);
-        if let Some(primary) = primary {
-            let variants: Vec<u64> = self.index.lock().map_or_else(
-                |_| Vec::new(),
-                |index| {
-                    index
-                        .iter()
-                        .filter(|(_, indexed)| indexed.primary == primary)
-                        .map(|(hash, _)| *hash)
-                        .collect()
-                },
-            );
-            for variant in variants {
-                removed |= self.forget(variant);
-            }
-        }
-        removed
     }
 }
 
@@ -222,41 +182,14 @@ impl CacheStore for MemoryStore {
         self.max_size
     }
 
-    fn usage(&self) -> (u64, u64, u64) {
-        let entries = self.index.lock().map_or(0, |index| index.len() as u64);
-        (
-            self.bytes.load(Ordering::Relaxed),
-            entries,
-            self.evictions.load(Ordering::Relaxed),
-        )
+    fn index(&self) -> &EntryIndex {
+        &self.index
     }
 
-    fn purge_prefix(&self, prefix: &str) -> usize {
-        let doomed: Vec<u64> = self.index.lock().map_or_else(
-            |_| Vec::new(),
-            |index| {
-                index
-                    .iter()
-                    .filter(|(_, indexed)| url_has_prefix(&indexed.primary, prefix))
-                    .map(|(hash, _)| *hash)
-                    .collect()
-            },
-        );
-        doomed.iter().filter(|hash| self.forget(**hash)).count()
-    }
-
-    fn drop_expired(&self, now: SystemTime) -> usize {
-        let doomed: Vec<u64> = self.index.lock().map_or_else(
-            |_| Vec::new(),
-            |index| {
-                index
-                    .iter()
-                    .filter(|(_, indexed)| indexed.unusable_after <= now)
-                    .map(|(hash, _)| *hash)
-                    .collect()
-            },
-        );
-        doomed.iter().filter(|hash| self.forget(**hash)).count()
+    fn forget(&self, hash: u64) -> bool {
+        let removed = self.entries.remove(&hash).is_some();
+        self.index.remove(hash);
+        removed
     }
 }
 
@@ -302,7 +235,7 @@ impl Storage for MemoryStore {
     ) -> Result<PurgeOutcome> {
         let hash = short_hash(target.key().combined_bin());
         let removed = match purge_type {
-            PurgeType::Invalidation => self.purge_hash(hash),
+            PurgeType::Invalidation => self.forget_url_of(hash),
             PurgeType::Eviction => self.forget(hash),
         };
         Ok(if removed {
@@ -324,9 +257,7 @@ impl Storage for MemoryStore {
         };
         let primary = self
             .index
-            .lock()
-            .ok()
-            .and_then(|index| index.get(&hash).map(|indexed| indexed.primary.clone()))
+            .primary_of(hash)
             .unwrap_or_else(|| String::from_utf8_lossy(key.primary_key()).into_owned());
         self.insert(
             Entry {

@@ -28,16 +28,9 @@ pub async fn check_purge(session: &mut Session, ctx: &mut RequestContext) -> boo
     }
     let allowed = ctx.snapshot.as_deref().is_some_and(|snapshot| {
         // Behind a trusted proxy the client is the one X-Forwarded-For names.
-        let client = ctx.client_ip.or_else(|| {
-            crate::policy::client_ip::resolve(
-                session
-                    .client_addr()
-                    .and_then(|address| address.as_inet())
-                    .map(|address| address.ip()),
-                session.req_header(),
-                &snapshot.trusted_proxies,
-            )
-        });
+        let client = ctx
+            .client_ip
+            .or_else(|| crate::policy::client_ip::of_session(session, &snapshot.trusted_proxies));
         snapshot.cache_store.is_some()
             && client.is_some_and(|client| {
                 snapshot

@@ -161,14 +161,7 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
     // Set when a Proxy-Wasm plugin changed what routing matches on.
     let mut routing_changed = false;
     if chain.uses_client_ip {
-        ctx.client_ip = crate::policy::client_ip::resolve(
-            session
-                .client_addr()
-                .and_then(|address| address.as_inet())
-                .map(|address| address.ip()),
-            session.req_header(),
-            &snapshot.trusted_proxies,
-        );
+        ctx.client_ip = crate::policy::client_ip::of_session(session, &snapshot.trusted_proxies);
     }
     for step in chain.steps.iter() {
         match step {
@@ -253,14 +246,8 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
             // already ran (global policies, shared entries) are not run twice; the new
             // route's Proxy-Wasm plugins are not run.
             if new_route.chain.uses_client_ip && ctx.client_ip.is_none() {
-                ctx.client_ip = crate::policy::client_ip::resolve(
-                    session
-                        .client_addr()
-                        .and_then(|address| address.as_inet())
-                        .map(|address| address.ip()),
-                    session.req_header(),
-                    &snapshot.trusted_proxies,
-                );
+                ctx.client_ip =
+                    crate::policy::client_ip::of_session(session, &snapshot.trusted_proxies);
             }
             for step in new_route.chain.steps.iter() {
                 let ChainStep::Policy(step) = step else {

@@ -20,14 +20,7 @@ pub fn request_admitted(session: &Session, ctx: &mut RequestContext) {
         // resolved it already when one of its steps needed it).
         let client_ip = ctx.client_ip.or_else(|| {
             let snapshot = ctx.snapshot.as_deref()?;
-            crate::policy::client_ip::resolve(
-                session
-                    .client_addr()
-                    .and_then(|address| address.as_inet())
-                    .map(|address| address.ip()),
-                session.req_header(),
-                &snapshot.trusted_proxies,
-            )
+            crate::policy::client_ip::of_session(session, &snapshot.trusted_proxies)
         });
         canary.choose(session.req_header(), client_ip)
     });

@@ -112,6 +112,18 @@ pub fn parse_list(items: &[String], report: &mut dyn FnMut(usize, String)) -> Ve
         .collect()
 }
 
+/// [`resolve`] for a session: its peer and its request.
+pub fn of_session(session: &pingora::proxy::Session, trusted: &[Cidr]) -> Option<IpAddr> {
+    resolve(
+        session
+            .client_addr()
+            .and_then(|address| address.as_inet())
+            .map(|address| address.ip()),
+        session.req_header(),
+        trusted,
+    )
+}
+
 /// The client's address as the gateway believes it (see the module comment).
 pub fn resolve(peer: Option<IpAddr>, request: &RequestHeader, trusted: &[Cidr]) -> Option<IpAddr> {
     let peer = peer.map(canonical)?;

@@ -244,22 +244,15 @@ impl Policy {
     /// Async for the steps that may wait (Redis, bcrypt on the blocking pool, a JWKS fetch);
     /// the others never reach an await point.
     pub async fn on_request(&self, session: &mut Session, input: &mut RequestInput<'_>) -> Verdict {
+        if let Some(verdict) = self.on_request_now(session, input) {
+            return verdict;
+        }
         match self {
-            Policy::KeyAuth(auth) => auth.on_request(session, input),
             Policy::BasicAuth(auth) => auth.on_request(session, input).await,
             Policy::JwtAuth(auth) => auth.on_request(session, input).await,
-            Policy::MtlsAuth(auth) => auth.on_request(session, input),
             Policy::RateLimit(limit) => limit.on_request(session, input).await,
-            Policy::ConcurrencyLimit(limit) => limit.on_request(session, input),
-            Policy::Cors(cors) => cors.on_request(session.req_header()),
-            Policy::Compression(compression) => {
-                compression.on_request(session);
-                Verdict::Continue
-            }
-            Policy::RequestSizeLimit(limit) => limit.on_request(session.req_header()),
-            Policy::Transform(transform) => transform.on_request(session.req_header_mut(), input),
-            Policy::IpRestriction(restriction) => restriction.on_request(input.client_ip),
-            Policy::SecurityHeaders(_) | Policy::AccessLog(_) => Verdict::Continue,
+            // `on_request_now` decided every other step.
+            _ => Verdict::Continue,
         }
     }
 
