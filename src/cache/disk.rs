@@ -235,16 +235,7 @@ impl Storage for DiskStore {
         purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let hash = short_hash(target.key().combined_bin());
-        let removed = match purge_type {
-            PurgeType::Invalidation => self.forget_url_of(hash),
-            PurgeType::Eviction => self.forget(hash),
-        };
-        Ok(if removed {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
-        })
+        Ok(self.purge_target(target, purge_type))
     }
 
     async fn update_meta(

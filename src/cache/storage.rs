@@ -30,19 +30,29 @@ use tinyufo::TinyUfo;
 
 pub use super::index::{EntryIndex, url_has_prefix};
 
-/// One stored answer: what `CacheMeta` needs to be rebuilt, and the body.
-struct Entry {
-    hash: u64,
+/// What `CacheMeta` needs to be rebuilt (Pingora's meta is not `Clone`, and rebuilding it is
+/// cheaper than its serialized form).
+struct StoredMeta {
     fresh_until: SystemTime,
     updated: SystemTime,
     stale_while_revalidate: u32,
     stale_if_error: u32,
     variance: Option<HashBinary>,
     header: ResponseHeader,
-    body: Bytes,
 }
 
-impl Entry {
+impl StoredMeta {
+    fn of(meta: &CacheMeta) -> StoredMeta {
+        StoredMeta {
+            fresh_until: meta.fresh_until(),
+            updated: meta.updated(),
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            header: meta.response_header_copy(),
+        }
+    }
+
     fn meta(&self) -> CacheMeta {
         let mut meta = CacheMeta::new(
             self.fresh_until,
@@ -56,10 +66,20 @@ impl Entry {
         }
         meta
     }
+}
 
+/// One stored answer.
+struct Entry {
+    hash: u64,
+    stored: StoredMeta,
+    body: Bytes,
+}
+
+impl Entry {
     /// What the entry counts against `max_size`: its body and a rough header size.
     fn size(&self) -> u64 {
         let header: usize = self
+            .stored
             .header
             .headers
             .iter()
@@ -97,6 +117,21 @@ pub trait CacheStore: Storage + Sync + Send {
             .index()
             .hashes_where(|indexed| indexed.unusable_after <= now);
         doomed.iter().filter(|hash| self.forget(**hash)).count()
+    }
+
+    /// What `Storage::purge` does: an invalidation takes every `Vary` variant of the URL, an
+    /// eviction the one answer.
+    fn purge_target(&self, target: PurgeTarget<'_>, purge_type: PurgeType) -> PurgeOutcome {
+        let hash = short_hash(target.key().combined_bin());
+        let removed = match purge_type {
+            PurgeType::Invalidation => self.forget_url_of(hash),
+            PurgeType::Eviction => self.forget(hash),
+        };
+        if removed {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        }
     }
 
     /// Removes the answer `hash` and every `Vary` variant of its URL.
@@ -149,9 +184,12 @@ impl MemoryStore {
     fn insert(&self, entry: Entry, primary: String) {
         let hash = entry.hash;
         let size = entry.size();
-        let unusable_after = entry.fresh_until
+        let unusable_after = entry.stored.fresh_until
             + std::time::Duration::from_secs(u64::from(
-                entry.stale_while_revalidate.max(entry.stale_if_error),
+                entry
+                    .stored
+                    .stale_while_revalidate
+                    .max(entry.stored.stale_if_error),
             ));
         let weight = size.div_ceil(1024).clamp(1, u64::from(u16::MAX)) as u16;
         // A replaced entry leaves the accounting first.
@@ -203,7 +241,7 @@ impl Storage for MemoryStore {
         let hash = short_hash(key.combined_bin());
         Ok(self.entries.get(&hash).map(|entry| {
             let hit: HitHandler = Box::new(BodyReader::new(entry.body.clone()));
-            (entry.meta(), hit)
+            (entry.stored.meta(), hit)
         }))
     }
 
@@ -217,12 +255,7 @@ impl Storage for MemoryStore {
             store: self,
             hash: short_hash(key.combined_bin()),
             primary: String::from_utf8_lossy(key.primary_key()).into_owned(),
-            fresh_until: meta.fresh_until(),
-            updated: meta.updated(),
-            stale_while_revalidate: meta.stale_while_revalidate_sec(),
-            stale_if_error: meta.stale_if_error_sec(),
-            variance: meta.variance(),
-            header: meta.response_header_copy(),
+            stored: StoredMeta::of(meta),
             body: BytesMut::new(),
         }))
     }
@@ -233,16 +266,7 @@ impl Storage for MemoryStore {
         purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let hash = short_hash(target.key().combined_bin());
-        let removed = match purge_type {
-            PurgeType::Invalidation => self.forget_url_of(hash),
-            PurgeType::Eviction => self.forget(hash),
-        };
-        Ok(if removed {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
-        })
+        Ok(self.purge_target(target, purge_type))
     }
 
     async fn update_meta(
@@ -262,12 +286,7 @@ impl Storage for MemoryStore {
         self.insert(
             Entry {
                 hash,
-                fresh_until: meta.fresh_until(),
-                updated: meta.updated(),
-                stale_while_revalidate: meta.stale_while_revalidate_sec(),
-                stale_if_error: meta.stale_if_error_sec(),
-                variance: meta.variance(),
-                header: meta.response_header_copy(),
+                stored: StoredMeta::of(meta),
                 body: entry.body.clone(),
             },
             primary,
@@ -343,12 +362,7 @@ struct BodyWriter {
     store: &'static MemoryStore,
     hash: u64,
     primary: String,
-    fresh_until: SystemTime,
-    updated: SystemTime,
-    stale_while_revalidate: u32,
-    stale_if_error: u32,
-    variance: Option<HashBinary>,
-    header: ResponseHeader,
+    stored: StoredMeta,
     body: BytesMut,
 }
 
@@ -360,22 +374,15 @@ impl HandleMiss for BodyWriter {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let writer = *self;
+        let mut writer = *self;
         let size = writer.body.len();
-        let updated = if writer.store.coalescing {
-            SystemTime::now()
-        } else {
-            writer.updated
-        };
+        if writer.store.coalescing {
+            writer.stored.updated = SystemTime::now();
+        }
         writer.store.insert(
             Entry {
                 hash: writer.hash,
-                fresh_until: writer.fresh_until,
-                updated,
-                stale_while_revalidate: writer.stale_while_revalidate,
-                stale_if_error: writer.stale_if_error,
-                variance: writer.variance,
-                header: writer.header,
+                stored: writer.stored,
                 body: writer.body.freeze(),
             },
             writer.primary,
