@@ -20,10 +20,16 @@ pub fn is_purge_method(request: &RequestHeader) -> bool {
     request.method.as_str() == PURGE
 }
 
-/// After the chain let a `PURGE` through: refused unless the client is in
-/// `cache.purge_allowed`. Returns `true` when it answered.
+/// After the chain let a `PURGE` through: when the gateway caches, refused unless the client
+/// is in `cache.purge_allowed`. Returns `true` when it answered.
 pub async fn check_purge(session: &mut Session, ctx: &mut RequestContext) -> bool {
-    if !is_purge_method(session.req_header()) {
+    // Without a cache, PURGE is an ordinary method, proxied like any other (to a cache
+    // behind the gateway, say).
+    let caching = ctx
+        .snapshot
+        .as_deref()
+        .is_some_and(|snapshot| snapshot.cache_store.is_some());
+    if !caching || !is_purge_method(session.req_header()) {
         return false;
     }
     let allowed = ctx.snapshot.as_deref().is_some_and(|snapshot| {

@@ -42,8 +42,8 @@ pub fn route_request(
             .and_then(|value| value.to_str().ok())
     };
     let view = RequestView {
-        // A PURGE names a cached URL: it goes where a GET of that URL goes.
-        method: if super::caching::is_purge_method(request) {
+        // With a cache, a PURGE names a cached URL: it goes where a GET of that URL goes.
+        method: if snapshot.cache_store.is_some() && super::caching::is_purge_method(request) {
             "GET"
         } else {
             request.method.as_str()

@@ -332,3 +332,27 @@ async fn the_disk_store_keeps_answers_across_a_restart() {
     let stats = gateway.admin_json("/cache").await;
     assert!(stats["entries"].as_u64().unwrap() >= 1, "{stats}");
 }
+
+#[tokio::test]
+async fn without_a_cache_purge_is_proxied_like_any_method() {
+    let backend = crate::fault::FaultServer::start("purger", crate::fault::Mode::Healthy).await;
+    let gateway = GatewayProcess::start(&format!(
+        "listeners:\n  - name: http\n    address: \"127.0.0.1:@HTTP@\"\n\
+         upstreams:\n  - name: varnish\n    endpoints: [\"{}\"]\n\
+         routes:\n  - id: all\n    path: /*\n    upstream: varnish\n",
+        backend.endpoint()
+    ))
+    .await;
+    let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    let response = client()
+        .request(purge, gateway.url("/page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        backend.heads()[0].starts_with("purge /page "),
+        "{:?}",
+        backend.heads()
+    );
+}
