@@ -82,23 +82,6 @@ impl Consumer {
     pub fn header_value(&self) -> Option<&http::HeaderValue> {
         self.header_value.as_ref()
     }
-
-    /// [`set_consumer`] without building the header value again. `header` is the header's
-    /// name as bytes: Pingora keeps those as the name's spelling without copying them (a
-    /// `HeaderName` would be copied into a new buffer on every request).
-    pub fn hand_on(
-        &self,
-        session: &mut Session,
-        input: &mut RequestInput<'_>,
-        header: Option<&bytes::Bytes>,
-    ) {
-        if let (Some(header), Some(value)) = (header, &self.header_value) {
-            let _ = session
-                .req_header_mut()
-                .insert_header(header.clone(), value.clone());
-        }
-        input.state.consumer = Some(Arc::clone(&self.name));
-    }
 }
 
 /// Removes every header named `header` that the client sent: a consumer or claim header

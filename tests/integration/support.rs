@@ -385,6 +385,20 @@ impl GatewayProcess {
     }
 }
 
+impl GatewayProcess {
+    /// Waits (up to 15 s) until [`Self::metric_with`] reaches `value`, then checks it is
+    /// exactly `value`: a count that overshoots fails.
+    pub async fn wait_for_metric_exactly(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.wait_for_metric(name, labels, value, Duration::from_secs(15), name)
+            .await;
+        assert_eq!(
+            self.metric_with(name, labels).await,
+            Some(value),
+            "{name} {labels:?}"
+        );
+    }
+}
+
 /// See [`GatewayProcess::metric_with`].
 pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut total: Option<f64> = None;
