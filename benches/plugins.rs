@@ -45,6 +45,7 @@ fn plan(name: &str, index: usize) -> PluginPlan {
         timeout: None,
         instances: 1,
         max_buffered_body: 1 << 20,
+        pause_timeout: std::time::Duration::from_secs(30),
         quarantine_after: 5,
         quarantine_for: Duration::from_secs(10),
         origin: ConfigError {
@@ -95,7 +96,8 @@ fn callback_round_trip(criterion: &mut Criterion) {
                 response: None,
                 response_trailers: None,
                 body: None,
-                call_response: None,
+                callout: None,
+                context_id: handle.context_id,
                 stream: &mut stream,
                 facts: &facts,
             };

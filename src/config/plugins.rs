@@ -20,6 +20,9 @@ use crate::policy::PolicyStep;
 pub const DEFAULT_MAX_FUEL: u64 = 100_000_000;
 pub const DEFAULT_MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+/// How long a paused request waits for another context to resume it, by default.
+pub const DEFAULT_PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_PAUSE_TIMEOUT: Duration = Duration::from_secs(3600);
 const WASM_PAGE: u64 = 64 * 1024;
 
 const PHASES: &[&str] = &[
@@ -53,6 +56,8 @@ pub struct PluginPlan {
     pub timeout: Option<Duration>,
     pub instances: usize,
     pub max_buffered_body: usize,
+    /// Longest wait of a request paused with nothing of its own outstanding.
+    pub pause_timeout: Duration,
     pub quarantine_after: u32,
     pub quarantine_for: Duration,
     /// File, line and key path that errors found while loading the module point at.
@@ -76,6 +81,7 @@ impl PluginPlan {
             && self.instances == other.instances
             && self.on_error == other.on_error
             && self.max_buffered_body == other.max_buffered_body
+            && self.pause_timeout == other.pause_timeout
             && self.quarantine_after == other.quarantine_after
             && self.quarantine_for == other.quarantine_for
     }
@@ -112,6 +118,7 @@ const WASM_ONLY_KEYS: &[&str] = &[
     "timeout",
     "instances",
     "max_buffered_body",
+    "pause_timeout",
     "quarantine",
 ];
 
@@ -211,6 +218,15 @@ pub(super) fn check_plugins(
         if plugin.timeout.is_some_and(|timeout| timeout.0.is_zero()) {
             checker.error(format!("{key}.timeout"), "must be greater than zero");
         }
+        if plugin
+            .pause_timeout
+            .is_some_and(|timeout| timeout.0.is_zero() || timeout.0 > MAX_PAUSE_TIMEOUT)
+        {
+            checker.error(
+                format!("{key}.pause_timeout"),
+                "must be greater than zero and at most 1h",
+            );
+        }
         if plugin.quarantine.after_failures == 0 {
             checker.error(
                 format!("{key}.quarantine.after_failures"),
@@ -249,6 +265,9 @@ pub(super) fn check_plugins(
                 .max_buffered_body
                 .map_or(DEFAULT_MAX_BUFFERED_BODY, |size| size.0)
                 as usize,
+            pause_timeout: plugin
+                .pause_timeout
+                .map_or(DEFAULT_PAUSE_TIMEOUT, |timeout| timeout.0),
             quarantine_after: plugin.quarantine.after_failures,
             quarantine_for: plugin.quarantine.duration.0,
             origin,

@@ -562,6 +562,11 @@ pub struct PluginConfig {
     /// Largest request or response body a plugin may hold back while it pauses a body phase.
     #[serde(default)]
     pub max_buffered_body: Option<SizeValue>,
+    /// How long a request may stay paused in a header phase with no call of its own
+    /// outstanding, waiting for another context to resume it (`proxy_continue_stream` after
+    /// `proxy_set_effective_context`). Past it the request fails with 504. Default: 30s.
+    #[serde(default)]
+    pub pause_timeout: Option<DurationValue>,
     #[serde(default)]
     pub quarantine: PluginQuarantineConfig,
 }

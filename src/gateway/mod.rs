@@ -248,6 +248,7 @@ impl ProxyHttp for Gateway {
         let endpoint = pool.endpoints().get(selection.lease.endpoint_index());
         if let Some(plugins) = ctx.plugins.as_mut() {
             plugins.facts.upstream_address = endpoint.map(|endpoint| endpoint.socket.to_string());
+            plugins.facts.upstream_name = Some(Arc::clone(&pool.name));
         }
         if ctx.trace.sampled {
             let address = endpoint.map_or("unknown", |endpoint| endpoint.address.as_str());

@@ -199,6 +199,7 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
             "HTTP/1.1"
         },
         upstream_address: None,
+        upstream_name: ctx.route().map(|route| Arc::clone(&route.upstream.name)),
         response_code: 0,
         tls_version: session
             .digest()

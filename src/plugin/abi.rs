@@ -7,6 +7,7 @@ pub mod status {
     pub const NOT_FOUND: i32 = 1;
     pub const BAD_ARGUMENT: i32 = 2;
     pub const SERIALIZATION_FAILURE: i32 = 3;
+    pub const PARSE_FAILURE: i32 = 4;
     pub const INVALID_MEMORY_ACCESS: i32 = 6;
     pub const EMPTY: i32 = 7;
     pub const CAS_MISMATCH: i32 = 8;
@@ -38,6 +39,7 @@ pub enum BufferType {
     RequestBody,
     ResponseBody,
     HttpCallResponseBody,
+    GrpcCallMessage,
     VmConfiguration,
     PluginConfiguration,
 }
@@ -48,6 +50,7 @@ impl BufferType {
             0 => BufferType::RequestBody,
             1 => BufferType::ResponseBody,
             4 => BufferType::HttpCallResponseBody,
+            5 => BufferType::GrpcCallMessage,
             6 => BufferType::VmConfiguration,
             7 => BufferType::PluginConfiguration,
             _ => return None,
@@ -64,6 +67,21 @@ pub enum MapType {
     ResponseTrailers,
     HttpCallResponseHeaders,
     HttpCallResponseTrailers,
+    GrpcCallInitialMetadata,
+    GrpcCallTrailingMetadata,
+}
+
+impl MapType {
+    /// An answer to a callout: the plugin's to read, not to change.
+    pub fn is_callout_answer(self) -> bool {
+        matches!(
+            self,
+            MapType::HttpCallResponseHeaders
+                | MapType::HttpCallResponseTrailers
+                | MapType::GrpcCallInitialMetadata
+                | MapType::GrpcCallTrailingMetadata
+        )
+    }
 }
 
 impl MapType {
@@ -73,6 +91,8 @@ impl MapType {
             1 => MapType::RequestTrailers,
             2 => MapType::ResponseHeaders,
             3 => MapType::ResponseTrailers,
+            4 => MapType::GrpcCallInitialMetadata,
+            5 => MapType::GrpcCallTrailingMetadata,
             6 => MapType::HttpCallResponseHeaders,
             7 => MapType::HttpCallResponseTrailers,
             _ => return None,

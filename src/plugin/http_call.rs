@@ -1,7 +1,8 @@
 //! Runs the HTTP calls plugins dispatch with `proxy_http_call`. The `upstream` argument
 //! names a configured upstream (Envoy's cluster semantics), so plugins stay portable and can
 //! reach only what the config lists; the endpoint is chosen by that upstream's balancer.
-//! Calls are plain HTTP/1.1; an upstream with TLS is refused (the call fails).
+//! Calls travel on the upstream's pooled callout client ([`super::callout_client`]): kept-alive
+//! connections, TLS as the upstream configures it, HTTP/2 on `protocol: http2` upstreams.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 
+use super::callout_client;
 use super::host::{HttpCallResponse, PendingCall};
 use crate::upstream::UpstreamPool;
 use crate::upstream::endpoint::Outcome;
+use crate::upstream::retry::RetryCondition;
 
 /// Largest http_call response body handed to a plugin.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
@@ -41,9 +44,7 @@ async fn run(
         .iter()
         .find(|pool| *pool.name == *call.upstream)
         .ok_or_else(|| "no such upstream".to_string())?;
-    if pool.plan.config.tls.is_some() {
-        return Err("upstreams with TLS are not supported for http_call".into());
-    }
+    let client = pool.callouts.for_http_call(&pool.plan)?;
     let selection = pool
         .select(b"", 0)
         .map_err(|error| format!("no endpoint available: {error:?}"))?;
@@ -58,23 +59,12 @@ async fn run(
     } else {
         call.timeout
     };
+    let request = build_request(call, &callout_client::origin(&pool.plan, address))?;
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(address)
+        let response = client
+            .request(request)
             .await
-            .map_err(|error| format!("connect {address}: {error}"))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|error| format!("handshake: {error}"))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let request = build_request(call)?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|error| format!("request: {error}"))?;
+            .map_err(|error| format!("request to {address}: {error}"))?;
         let (parts, body) = response.into_parts();
         let collected = Limited::new(body, MAX_RESPONSE_BODY)
             .collect()
@@ -83,39 +73,45 @@ async fn run(
         let trailers = collected.trailers().cloned();
         Ok::<_, String>((parts, collected.to_bytes(), trailers))
     };
-    let (parts, body, trailers) = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("timed out after {timeout:?}"))??;
+    let (parts, body, trailers) = match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => {
+            lease.record(Outcome::Failed(RetryCondition::ConnectError));
+            return Err(error);
+        }
+        Err(_) => {
+            lease.record(Outcome::Failed(RetryCondition::Timeout));
+            return Err(format!("timed out after {timeout:?}"));
+        }
+    };
     lease.record(Outcome::Answered(parts.status.as_u16()));
     let mut headers = Vec::with_capacity(parts.headers.len() + 1);
     headers.push((
         ":status".to_string(),
         Bytes::from(parts.status.as_u16().to_string()),
     ));
-    for (name, value) in &parts.headers {
-        headers.push((
-            name.as_str().to_string(),
-            Bytes::copy_from_slice(value.as_bytes()),
-        ));
-    }
-    let trailers = trailers
+    headers.extend(pairs_of(&parts.headers));
+    Ok(HttpCallResponse {
+        headers,
+        body,
+        trailers: trailers.as_ref().map(pairs_of).unwrap_or_default(),
+    })
+}
+
+/// A header map as the name-value pairs the ABI hands to plugins.
+pub fn pairs_of(headers: &http::HeaderMap) -> Vec<(String, Bytes)> {
+    headers
         .iter()
-        .flatten()
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
                 Bytes::copy_from_slice(value.as_bytes()),
             )
         })
-        .collect();
-    Ok(HttpCallResponse {
-        headers,
-        body,
-        trailers,
-    })
+        .collect()
 }
 
-fn build_request(call: &PendingCall) -> Result<http::Request<Full<Bytes>>, String> {
+fn build_request(call: &PendingCall, origin: &str) -> Result<http::Request<Full<Bytes>>, String> {
     let mut builder = http::Request::builder();
     for (name, value) in &call.headers {
         match name.as_str() {
@@ -124,8 +120,14 @@ fn build_request(call: &PendingCall) -> Result<http::Request<Full<Bytes>>, Strin
                     .method(http::Method::from_bytes(value).map_err(|_| "bad :method".to_string())?)
             }
             ":path" => {
-                builder = builder
-                    .uri(http::Uri::try_from(&value[..]).map_err(|_| "bad :path".to_string())?)
+                let path = std::str::from_utf8(value).map_err(|_| "bad :path".to_string())?;
+                if !path.starts_with('/') {
+                    return Err("bad :path".into());
+                }
+                builder = builder.uri(
+                    http::Uri::try_from(format!("{origin}{path}"))
+                        .map_err(|_| "bad :path".to_string())?,
+                )
             }
             ":authority" => builder = builder.header(http::header::HOST, &value[..]),
             pseudo if pseudo.starts_with(':') => {}

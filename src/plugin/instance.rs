@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wasmer::{FunctionEnv, RuntimeError, Store, TypedFunction};
 
 use super::engine::{self, CompiledModule};
-use super::host::{self, Frame, HostState, PendingCall};
+use super::host::{self, Callout, Frame, HostState};
 use super::runtime::PluginShared;
 
 /// The ABI a module declared through its `proxy_abi_version_*` export.
@@ -95,6 +95,10 @@ pub struct Callbacks {
     pub on_response_body: Option<TypedFunction<(i32, i32, i32), i32>>,
     pub on_response_trailers: Option<TypedFunction<(i32, i32), i32>>,
     pub on_http_call_response: Option<HttpCallResponseCallback>,
+    /// `proxy_on_grpc_receive(root_context, token, message_size)`: a call's answer.
+    pub on_grpc_receive: Option<TypedFunction<(i32, i32, i32), ()>>,
+    /// `proxy_on_grpc_close(root_context, token, status)`: a call failed.
+    pub on_grpc_close: Option<TypedFunction<(i32, i32, i32), ()>>,
     pub on_queue_ready: Option<TypedFunction<(i32, i32), ()>>,
     pub on_done: Option<TypedFunction<i32, i32>>,
     pub on_log: Option<TypedFunction<i32, ()>>,
@@ -135,6 +139,8 @@ impl Callbacks {
             on_response_body: callback(instance, store, "proxy_on_response_body")?,
             on_response_trailers: callback(instance, store, "proxy_on_response_trailers")?,
             on_http_call_response: callback(instance, store, "proxy_on_http_call_response")?,
+            on_grpc_receive: callback(instance, store, "proxy_on_grpc_receive")?,
+            on_grpc_close: callback(instance, store, "proxy_on_grpc_close")?,
             on_queue_ready: callback(instance, store, "proxy_on_queue_ready")?,
             on_done: callback(instance, store, "proxy_on_done")?,
             on_log: callback(instance, store, "proxy_on_log")?,
@@ -286,6 +292,8 @@ impl Instance {
             Some(budget) => budget.set(&mut self.store, self.max_fuel),
             None => engine::set_budget(&mut self.store, &self.instance, self.max_fuel),
         }
+        // An effective context is chosen per callback.
+        self.env.as_mut(&mut self.store).effective_context = None;
         let callbacks = &self.callbacks;
         let result = match frame {
             Some(frame) => HostState::enter(&self.env, &mut self.store, frame, |store| {
@@ -345,7 +353,7 @@ impl Instance {
         self.env.as_ref(&self.store).tick_period_ms
     }
 
-    pub fn take_root_calls(&mut self) -> Vec<PendingCall> {
+    pub fn take_root_calls(&mut self) -> Vec<Callout> {
         std::mem::take(&mut self.env.as_mut(&mut self.store).root_calls)
     }
 }

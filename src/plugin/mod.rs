@@ -8,16 +8,23 @@
 //! - [`pipeline`]: one request through a route's plugin chain.
 //! - [`engine`], [`tunables`], [`cache`]: compilation with metering and a memory cap, and
 //!   the on-disk module cache.
-//! - [`shared`], [`metrics`], [`http_call`], [`ticker`]: shared data and queues,
-//!   plugin metrics, outbound calls, and the background task for ticks and queues.
+//! - [`shared`], [`metrics`], [`ticker`]: shared data and queues, plugin metrics, and the
+//!   background task for ticks and queues.
+//! - [`callout`], [`http_call`], [`grpc_call`], [`callout_client`]: calls plugins dispatch,
+//!   on pooled connections.
+//! - [`paused`]: requests paused until another context resumes them.
 
 pub mod abi;
 pub mod cache;
+pub mod callout;
+pub mod callout_client;
 pub mod engine;
+pub mod grpc_call;
 pub mod host;
 pub mod http_call;
 pub mod instance;
 pub mod metrics;
+pub mod paused;
 pub mod pipeline;
 pub mod registry;
 pub mod runtime;

@@ -10,11 +10,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use wasmer::{RuntimeError, Store};
 
 use super::abi::Action;
-use super::host::{
-    BodyLoan, Frame, HttpCallResponse, Lent, LocalResponse, RequestFacts, StreamState,
-};
-use super::http_call;
-use super::instance::{Callbacks, Failure, FailureKind, ROOT_CONTEXT_ID};
+use super::callout;
+use super::host::{BodyLoan, CalloutAnswer, Frame, Lent, LocalResponse, RequestFacts, StreamState};
+use super::instance::{Callbacks, Failure, FailureKind};
+use super::paused::StreamEvent;
 use super::runtime::{ContextHandle, Phase, PluginRuntime};
 use crate::config::schema::PluginFailureMode;
 use crate::gateway::errors::GatewayError;
@@ -50,7 +49,7 @@ struct Loans<'a> {
     response: Option<Lent<'a, ResponseHeader>>,
     trailers: Option<&'a mut http::HeaderMap>,
     body: Option<(bool, &'a mut BytesMut)>,
-    call_response: Option<&'a HttpCallResponse>,
+    callout: Option<&'a CalloutAnswer>,
 }
 
 pub struct RequestPlugins {
@@ -156,11 +155,125 @@ impl RequestPlugins {
             body: loans
                 .body
                 .map(|(response, bytes)| BodyLoan { response, bytes }),
-            call_response: loans.call_response,
+            callout: loans.callout,
+            context_id: handle.context_id,
             stream: &mut context.stream,
             facts: &self.facts,
         };
         plugin.invoke(&handle, phase, &mut frame, body)
+    }
+
+    /// Runs a header callback of plugin `index`; a Pause leaves the context registered as
+    /// paused (see `crate::plugin::paused`), which [`Self::settle_pause`] undoes.
+    fn call_pausable(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        loans: Loans<'_>,
+        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<i32, RuntimeError>,
+    ) -> Result<i32, Failure> {
+        let plugin = &self.chain[index];
+        let context = &mut self.contexts[index];
+        let Some(handle) = context.handle else {
+            return Ok(0);
+        };
+        let mut frame = Frame {
+            request: loans.request,
+            response: loans.response,
+            response_trailers: loans.trailers,
+            body: None,
+            callout: None,
+            context_id: handle.context_id,
+            stream: &mut context.stream,
+            facts: &self.facts,
+        };
+        plugin.invoke_pausable(&handle, phase, &mut frame, body)
+    }
+
+    /// After a header callback: its local response or close, then its calls' answers, then,
+    /// if it paused and nothing resumed it, a wait for another context to act on it.
+    async fn settle_pause(
+        &mut self,
+        index: usize,
+        paused: bool,
+        request: &mut RequestHeader,
+        response: Option<&mut ResponseHeader>,
+        upstreams: &[Arc<UpstreamPool>],
+    ) -> Option<Flow> {
+        let in_response = response.is_some();
+        let mut flow = self.requested_end(index);
+        if flow.is_none() {
+            flow = self.answer_calls(index, request, response, upstreams).await;
+        }
+        if flow.is_none() && paused && !self.resumed(index, in_response) {
+            flow = self.wait_for_resume(index, in_response).await;
+        }
+        if paused && let Some(handle) = self.contexts[index].handle {
+            self.chain[index]
+                .shared
+                .paused
+                .unregister(handle.shard, handle.context_id);
+        }
+        flow
+    }
+
+    /// The plugin resumed its own stream (`proxy_continue_stream` in one of its callbacks).
+    fn resumed(&mut self, index: usize, in_response: bool) -> bool {
+        let stream = &mut self.contexts[index].stream;
+        if in_response {
+            std::mem::take(&mut stream.resume_response)
+        } else {
+            std::mem::take(&mut stream.resume_request)
+        }
+    }
+
+    /// Waits, up to the plugin's `pause_timeout`, for another context to resume, answer or
+    /// close this paused request.
+    async fn wait_for_resume(&mut self, index: usize, in_response: bool) -> Option<Flow> {
+        let plugin = Arc::clone(&self.chain[index]);
+        let handle = self.contexts[index].handle?;
+        let paused = &plugin.shared.paused;
+        let wake = paused.wake_signal(handle.shard, handle.context_id)?;
+        let deadline = tokio::time::Instant::now() + plugin.plan.pause_timeout;
+        loop {
+            for event in paused.take_events(handle.shard, handle.context_id) {
+                match event {
+                    StreamEvent::ResumeRequest if !in_response => return None,
+                    StreamEvent::ResumeResponse if in_response => return None,
+                    // A resume of the other direction does not concern this phase.
+                    StreamEvent::ResumeRequest | StreamEvent::ResumeResponse => {}
+                    StreamEvent::Respond(local) => return Some(Flow::Respond(local)),
+                    StreamEvent::Close => return Some(Flow::Close),
+                    StreamEvent::Lost => {
+                        let failure = Failure {
+                            kind: FailureKind::InstanceLost,
+                            message: "the instance holding this paused request was replaced"
+                                .to_string(),
+                        };
+                        return self.fail(index, failure);
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, wake.notified())
+                .await
+                .is_err()
+            {
+                log::warn!(
+                    "plugin {} paused a request and nothing resumed it within {:?}",
+                    plugin.name(),
+                    plugin.plan.pause_timeout
+                );
+                return Some(Flow::Fail(GatewayError::new(
+                    504,
+                    "plugin_pause_timeout",
+                    format!(
+                        "plugin \"{}\" paused the request and nothing resumed it within {} ms",
+                        plugin.name(),
+                        plugin.plan.pause_timeout.as_millis()
+                    ),
+                )));
+            }
+        }
     }
 
     /// After a callback: a local response or a close ends the request.
@@ -175,8 +288,9 @@ impl RequestPlugins {
         None
     }
 
-    /// Runs the http_calls plugin `index` dispatched and hands each answer to
-    /// `on_http_call_response`, while the request waits. No lock is held while waiting.
+    /// Runs the calls (HTTP and gRPC) plugin `index` dispatched and hands each answer to its
+    /// callback, while the request waits. No lock is held while waiting. A call cancelled
+    /// by an earlier answer's callback is not reported.
     async fn answer_calls(
         &mut self,
         index: usize,
@@ -190,38 +304,28 @@ impl RequestPlugins {
                 return None;
             }
             let answers = futures_util::future::join_all(
-                calls.iter().map(|call| http_call::execute(call, upstreams)),
+                calls.iter().map(|call| callout::execute(call, upstreams)),
             )
             .await;
+            self.contexts[index].stream.in_flight_calls =
+                calls.iter().map(|call| call.token()).collect();
             for (call, answer) in calls.iter().zip(&answers) {
-                let headers = answer.headers.len() as i32;
-                let body_size = answer.body.len() as i32;
-                let trailers = answer.trailers.len() as i32;
-                let token = call.token as i32;
+                let token = call.token();
+                let stream = &mut self.contexts[index].stream;
+                stream.in_flight_calls.retain(|pending| *pending != token);
+                if let Some(position) = stream.cancelled_calls.iter().position(|t| *t == token) {
+                    stream.cancelled_calls.swap_remove(position);
+                    continue;
+                }
                 let loans = Loans {
                     request: Some(Lent::Writable(&mut *request)),
                     response: response.as_deref_mut().map(Lent::Writable),
-                    call_response: Some(answer),
+                    callout: Some(answer),
                     ..Loans::default()
                 };
-                let result = self.call(
-                    index,
-                    Phase::HttpCallResponse,
-                    loans,
-                    |store, callbacks, _| match &callbacks.on_http_call_response {
-                        Some(function) => function
-                            .call(
-                                store,
-                                ROOT_CONTEXT_ID as i32,
-                                token,
-                                headers,
-                                body_size,
-                                trailers,
-                            )
-                            .map(|()| 0),
-                        None => Ok(0),
-                    },
-                );
+                let result = self.call(index, answer.phase(), loans, |store, callbacks, _| {
+                    answer.deliver(token, store, callbacks).map(|()| 0)
+                });
                 if let Err(failure) = result {
                     return self.fail(index, failure);
                 }
@@ -229,6 +333,7 @@ impl RequestPlugins {
                     return Some(flow);
                 }
             }
+            self.contexts[index].stream.cancelled_calls.clear();
         }
     }
 
@@ -244,9 +349,9 @@ impl RequestPlugins {
     }
 
     /// `on_request_headers` of plugin `index` (the gateway walks the route's chain, where
-    /// plugins sit between built-in policies). A Pause with http_calls outstanding holds the
-    /// request until they are answered; a Pause with nothing outstanding continues (Loom
-    /// forwards headers once every plugin has run; see the README). `None`: go on.
+    /// plugins sit between built-in policies). A Pause holds the request until the plugin
+    /// resumes it (after its calls' answers, or from another context) or answers it, for at
+    /// most its `pause_timeout`. `None`: go on.
     pub async fn request_headers_at(
         &mut self,
         index: usize,
@@ -261,11 +366,12 @@ impl RequestPlugins {
         }
         let count = request.headers.len() as i32 + 4;
         let end = i32::from(end_of_stream);
+        self.contexts[index].stream.resume_request = false;
         let loans = Loans {
             request: Some(Lent::Writable(&mut *request)),
             ..Loans::default()
         };
-        let result = self.call(
+        let result = self.call_pausable(
             index,
             Phase::RequestHeaders,
             loans,
@@ -274,13 +380,25 @@ impl RequestPlugins {
                 None => Ok(0),
             },
         );
-        if let Err(failure) = result {
-            return self.fail(index, failure);
+        let paused = match result {
+            Ok(raw) => Action::from_raw(raw) == Action::Pause,
+            Err(failure) => {
+                self.forget_pause(index);
+                return self.fail(index, failure);
+            }
+        };
+        self.settle_pause(index, paused, request, None, upstreams)
+            .await
+    }
+
+    /// A header callback that failed after answering Pause leaves nothing to wait for.
+    fn forget_pause(&self, index: usize) {
+        if let Some(handle) = self.contexts[index].handle {
+            self.chain[index]
+                .shared
+                .paused
+                .unregister(handle.shard, handle.context_id);
         }
-        if let Some(flow) = self.requested_end(index) {
-            return Some(flow);
-        }
-        self.answer_calls(index, request, None, upstreams).await
     }
 
     /// `on_request_body` through the chain, per chunk. A plugin that pauses gets the body
@@ -361,7 +479,7 @@ impl RequestPlugins {
     }
 
     /// `on_response_headers` of plugin `index` (the gateway walks the chain in reverse).
-    /// `None`: go on.
+    /// Pause holds the response as a request-headers Pause holds the request. `None`: go on.
     pub async fn response_headers_at(
         &mut self,
         index: usize,
@@ -373,12 +491,13 @@ impl RequestPlugins {
             return None;
         }
         let count = response.headers.len() as i32 + 1;
+        self.contexts[index].stream.resume_response = false;
         let loans = Loans {
             request: Some(Lent::Writable(&mut *request)),
             response: Some(Lent::Writable(&mut *response)),
             ..Loans::default()
         };
-        let result = self.call(
+        let result = self.call_pausable(
             index,
             Phase::ResponseHeaders,
             loans,
@@ -387,13 +506,14 @@ impl RequestPlugins {
                 None => Ok(0),
             },
         );
-        if let Err(failure) = result {
-            return self.fail(index, failure);
-        }
-        if let Some(flow) = self.requested_end(index) {
-            return Some(flow);
-        }
-        self.answer_calls(index, request, Some(&mut *response), upstreams)
+        let paused = match result {
+            Ok(raw) => Action::from_raw(raw) == Action::Pause,
+            Err(failure) => {
+                self.forget_pause(index);
+                return self.fail(index, failure);
+            }
+        };
+        self.settle_pause(index, paused, request, Some(response), upstreams)
             .await
     }
 

@@ -17,7 +17,7 @@ use prometheus::Histogram;
 use wasmer::{RuntimeError, Store};
 
 use super::engine::CompiledModule;
-use super::host::{Frame, PendingCall};
+use super::host::{Callout, Frame};
 use super::instance::{AbiVersion, Callbacks, Failure, FailureKind, Instance, ROOT_CONTEXT_ID};
 use super::metrics::{PluginMetricSet, RUNTIME_METRICS};
 use crate::config::plugins::PluginPlan;
@@ -34,6 +34,8 @@ pub struct PluginShared {
     pub metrics: Arc<PluginMetricSet>,
     pub weak_self: Weak<PluginShared>,
     queue_ready: Mutex<Vec<(usize, u32)>>,
+    /// Requests paused in a header phase until another context resumes them.
+    pub paused: super::paused::PausedStreams,
     /// Wakes the plugin's background task (queue ready).
     pub wakeup: tokio::sync::Notify,
 }
@@ -49,6 +51,7 @@ impl PluginShared {
             metrics: PluginMetricSet::for_plugin(&plan.name),
             weak_self: weak_self.clone(),
             queue_ready: Mutex::new(Vec::new()),
+            paused: Default::default(),
             wakeup: tokio::sync::Notify::new(),
         })
     }
@@ -77,12 +80,13 @@ pub enum Phase {
     ResponseBody,
     ResponseTrailers,
     HttpCallResponse,
+    GrpcCallResponse,
     Log,
     Tick,
     QueueReady,
 }
 
-const PHASES: [Phase; 10] = [
+const PHASES: [Phase; 11] = [
     Phase::Start,
     Phase::RequestHeaders,
     Phase::RequestBody,
@@ -90,6 +94,7 @@ const PHASES: [Phase; 10] = [
     Phase::ResponseBody,
     Phase::ResponseTrailers,
     Phase::HttpCallResponse,
+    Phase::GrpcCallResponse,
     Phase::Log,
     Phase::Tick,
     Phase::QueueReady,
@@ -105,6 +110,7 @@ impl Phase {
             Phase::ResponseBody => "on_response_body",
             Phase::ResponseTrailers => "on_response_trailers",
             Phase::HttpCallResponse => "on_http_call_response",
+            Phase::GrpcCallResponse => "on_grpc_call_response",
             Phase::Log => "on_log",
             Phase::Tick => "on_tick",
             Phase::QueueReady => "on_queue_ready",
@@ -135,7 +141,7 @@ pub struct PluginStats {
 /// A request's hold on one plugin context.
 #[derive(Debug, Clone, Copy)]
 pub struct ContextHandle {
-    shard: usize,
+    pub shard: usize,
     generation: u64,
     pub context_id: u32,
 }
@@ -319,6 +325,34 @@ impl PluginRuntime {
         frame: &mut Frame<'_>,
         body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<R, RuntimeError>,
     ) -> Result<R, Failure> {
+        self.invoke_then(handle, phase, frame, body, |_| {})
+    }
+
+    /// Runs a header callback; one that answers Pause leaves its context registered as
+    /// paused before the shard is unlocked, so no other context can act on it unseen.
+    pub fn invoke_pausable(
+        &self,
+        handle: &ContextHandle,
+        phase: Phase,
+        frame: &mut Frame<'_>,
+        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<i32, RuntimeError>,
+    ) -> Result<i32, Failure> {
+        self.invoke_then(handle, phase, frame, body, |raw| {
+            if super::abi::Action::from_raw(*raw) == super::abi::Action::Pause {
+                self.shared.paused.register(handle.shard, handle.context_id);
+            }
+        })
+    }
+
+    /// As [`Self::invoke`]; `after` sees the callback's result while the shard is locked.
+    fn invoke_then<R>(
+        &self,
+        handle: &ContextHandle,
+        phase: Phase,
+        frame: &mut Frame<'_>,
+        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<R, RuntimeError>,
+        after: impl FnOnce(&R),
+    ) -> Result<R, Failure> {
         let mut shard = lock_shard(&self.shards[handle.shard]);
         if shard.generation != handle.generation {
             return Err(self.lost());
@@ -331,6 +365,9 @@ impl PluginRuntime {
         let result = instance.call_metered(Some(frame), |store, callbacks| {
             body(store, callbacks, context_id)
         });
+        if let Ok((value, _)) = &result {
+            after(value);
+        }
         self.settle(handle.shard, &mut shard, phase, started, result)
     }
 
@@ -436,6 +473,7 @@ impl PluginRuntime {
                 shard.instance = None;
                 shard.generation += 1;
                 shard.next_tick = None;
+                self.shared.paused.abandon_shard(shard_index);
                 self.stats
                     .instances_replaced
                     .fetch_add(1, Ordering::Relaxed);
@@ -533,7 +571,7 @@ impl PluginRuntime {
     }
 
     /// Calls dispatched by root contexts since the last look, with their shard.
-    pub fn take_root_calls(&self) -> Vec<(usize, PendingCall)> {
+    pub fn take_root_calls(&self) -> Vec<(usize, Callout)> {
         let mut calls = Vec::new();
         for (shard_index, shard) in self.shards.iter().enumerate() {
             if let Some(instance) = lock(shard).instance.as_mut() {
@@ -604,6 +642,7 @@ mod tests {
             timeout,
             instances: 1,
             max_buffered_body: 1 << 20,
+            pause_timeout: Duration::from_secs(30),
             quarantine_after: 2,
             quarantine_for: Duration::from_secs(60),
             origin: ConfigError {
@@ -690,7 +729,8 @@ mod tests {
             response: None,
             response_trailers: None,
             body: None,
-            call_response: None,
+            callout: None,
+            context_id: handle.context_id,
             stream: &mut stream,
             facts: &facts,
         };

@@ -1,14 +1,14 @@
 //! The background task each plugin gets: `on_tick` at the period each instance asked for,
-//! `on_queue_ready` when something is enqueued, and the http_calls root contexts dispatch.
+//! `on_queue_ready` when something is enqueued, and the calls root contexts dispatch.
 //! It holds only a weak reference, so it ends when the plugin is unloaded.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use super::callout;
 use super::host::{Frame, RequestFacts, StreamState};
-use super::http_call;
 use super::instance::ROOT_CONTEXT_ID;
-use super::runtime::{Phase, PluginRuntime};
+use super::runtime::PluginRuntime;
 use crate::upstream::UpstreamPool;
 
 /// Longest sleep between looks, so a newly set tick period is noticed soon.
@@ -33,7 +33,7 @@ pub async fn run(
             let weak = Arc::downgrade(&runtime);
             let pools = upstreams();
             tokio::spawn(async move {
-                let answer = http_call::execute(&call, &pools).await;
+                let answer = callout::execute(&call, &pools).await;
                 let Some(runtime) = weak.upgrade() else {
                     return;
                 };
@@ -44,29 +44,16 @@ pub async fn run(
                     response: None,
                     response_trailers: None,
                     body: None,
-                    call_response: Some(&answer),
+                    callout: Some(&answer),
+                    context_id: ROOT_CONTEXT_ID,
                     stream: &mut stream,
                     facts: &facts,
                 };
-                let headers = answer.headers.len() as i32;
-                let body_size = answer.body.len() as i32;
-                let trailers = answer.trailers.len() as i32;
-                let token = call.token as i32;
                 let _ = runtime.invoke_root(
                     shard,
-                    Phase::HttpCallResponse,
+                    answer.phase(),
                     Some(&mut frame),
-                    |store, callbacks| match &callbacks.on_http_call_response {
-                        Some(function) => function.call(
-                            store,
-                            ROOT_CONTEXT_ID as i32,
-                            token,
-                            headers,
-                            body_size,
-                            trailers,
-                        ),
-                        None => Ok(()),
-                    },
+                    |store, callbacks| answer.deliver(call.token(), store, callbacks),
                 );
                 runtime.shared.wakeup.notify_one();
             });

@@ -131,6 +131,9 @@ pub struct UpstreamPool {
     /// `loom_upstream_connections_total{upstream, reused}`: reused and newly opened.
     connections_reused: IntCounter,
     connections_opened: IntCounter,
+    /// Pooled connections for plugin callouts to this upstream (`proxy_http_call`,
+    /// `proxy_grpc_call`), opened on first use.
+    pub callouts: crate::plugin::callout_client::CalloutClients,
 }
 
 impl UpstreamPool {
@@ -256,6 +259,7 @@ impl UpstreamPool {
             connections_opened: metrics
                 .upstream_connections_total
                 .with_label_values(&[&plan.config.name, "false"]),
+            callouts: Default::default(),
             plan,
             selector,
             backend_list,

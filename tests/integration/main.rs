@@ -13,6 +13,7 @@ mod malformed;
 mod metrics;
 mod mtls;
 mod otlp_receiver;
+mod plugin_callouts;
 mod plugins;
 mod policies;
 mod proxying;

@@ -320,6 +320,10 @@ async fn abi_probe_sees_properties_pseudo_headers_and_queues() {
     };
     assert_eq!(header("x-prop-request-path"), "/probe/a?q=1");
     assert_eq!(header("x-prop-request-url_path"), "/probe/a");
+    assert_eq!(header("x-prop-request-query"), "q=1");
+    assert_eq!(header("x-prop-xds-cluster_name"), "echo");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(header("x-prop-node-id"), hostname.trim());
     assert_eq!(header("x-prop-request-method"), "GET");
     assert_eq!(header("x-prop-request-scheme"), "http");
     assert_eq!(header("x-prop-request-id"), header("x-request-id"));
@@ -354,6 +358,10 @@ async fn abi_probe_sees_properties_pseudo_headers_and_queues() {
     assert_eq!(
         header("x-prop-upstream-address"),
         backend.addresses()[0].to_string()
+    );
+    assert_eq!(
+        header("x-prop-upstream-port"),
+        format!("len=8 value={}", backend.addresses()[0].port())
     );
     assert_eq!(header("x-prop-response-code"), "len=8 value=200");
 

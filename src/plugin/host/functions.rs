@@ -11,8 +11,10 @@ use wasmer::{Function, FunctionEnv, FunctionEnvMut, Store};
 
 use super::maps::{self, Write};
 use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
-use super::{HostState, LocalResponse, PendingCall, properties};
+use super::{Callout, CalloutAnswer, HostState, LocalResponse, PendingCall, properties};
 use crate::plugin::abi::{self, BufferType, MapType, MetricKind, status};
+use crate::plugin::grpc_call::{self, PendingGrpcCall};
+use crate::plugin::paused::StreamEvent;
 use crate::plugin::shared;
 
 type Env<'a> = FunctionEnvMut<'a, HostState>;
@@ -55,6 +57,9 @@ pub fn implemented(
         "proxy_get_status" => typed!(proxy_get_status),
         "proxy_send_local_response" => typed!(proxy_send_local_response),
         "proxy_http_call" => typed!(proxy_http_call),
+        "proxy_grpc_call" => typed!(proxy_grpc_call),
+        "proxy_grpc_cancel" => typed!(proxy_grpc_cancel),
+        "proxy_grpc_close" => typed!(proxy_grpc_close),
         "proxy_get_shared_data" => typed!(proxy_get_shared_data),
         "proxy_set_shared_data" => typed!(proxy_set_shared_data),
         "proxy_register_shared_queue" => typed!(proxy_register_shared_queue),
@@ -105,9 +110,23 @@ fn proxy_get_log_level(env: Env, return_level: i32) -> i32 {
     ))
 }
 
-/// Every request's context lives in its own frame, so switching is a no-op; it must still
-/// answer OK, because the SDK unwraps the result.
-fn proxy_set_effective_context(_env: Env, _context_id: i32) -> i32 {
+/// Later stream actions of this callback (continue, local response, close) target
+/// `context_id`: a request another context paused (see `crate::plugin::paused`). Always OK,
+/// because the SDKs unwrap the result; actions on a context that is not paused are dropped.
+fn proxy_set_effective_context(mut env: Env, context_id: i32) -> i32 {
+    env.data_mut().effective_context = Some(context_id as u32);
+    status::OK
+}
+
+/// Hands a stream action to the paused request another context made effective.
+fn deliver_to_other(state: &mut HostState, context: u32, event: StreamEvent) -> i32 {
+    let delivered = state.shared.paused.deliver(state.shard, context, event);
+    if !delivered {
+        log::debug!(
+            "plugin {}: a stream action for context {context}, which is not paused, was dropped",
+            state.shared.name
+        );
+    }
     status::OK
 }
 
@@ -139,9 +158,17 @@ fn buffer_slice(
     let whole: Bytes = match kind {
         BufferType::VmConfiguration => state.shared.vm_configuration.clone(),
         BufferType::PluginConfiguration => state.shared.configuration.clone(),
-        BufferType::HttpCallResponseBody => {
+        BufferType::HttpCallResponseBody | BufferType::GrpcCallMessage => {
             let frame = state.frame().ok_or(status::NOT_FOUND)?;
-            frame.call_response.ok_or(status::NOT_FOUND)?.body.clone()
+            match (frame.callout.ok_or(status::NOT_FOUND)?, kind) {
+                (CalloutAnswer::Http(answer), BufferType::HttpCallResponseBody) => {
+                    answer.body.clone()
+                }
+                (CalloutAnswer::Grpc(answer), BufferType::GrpcCallMessage) => {
+                    answer.message.clone()
+                }
+                _ => return Err(status::NOT_FOUND),
+            }
         }
         BufferType::RequestBody | BufferType::ResponseBody => {
             let frame = state.frame().ok_or(status::NOT_FOUND)?;
@@ -396,7 +423,16 @@ fn proxy_remove_header_map_value(env: Env, map_type: i32, key: i32, key_len: i32
 // --- stream control -----------------------------------------------------------------------
 
 fn proxy_continue_stream(mut env: Env, stream_type: i32) -> i32 {
-    let stream = env.data_mut().stream();
+    let state = env.data_mut();
+    if let Some(other) = state.other_context() {
+        let event = match stream_type {
+            abi::STREAM_REQUEST => StreamEvent::ResumeRequest,
+            abi::STREAM_RESPONSE => StreamEvent::ResumeResponse,
+            _ => return status::BAD_ARGUMENT,
+        };
+        return deliver_to_other(state, other, event);
+    }
+    let stream = state.stream();
     match stream_type {
         abi::STREAM_REQUEST => stream.resume_request = true,
         abi::STREAM_RESPONSE => stream.resume_response = true,
@@ -409,39 +445,45 @@ fn proxy_close_stream(mut env: Env, stream_type: i32) -> i32 {
     if !matches!(stream_type, abi::STREAM_REQUEST | abi::STREAM_RESPONSE) {
         return status::BAD_ARGUMENT;
     }
-    env.data_mut().stream().close = true;
+    let state = env.data_mut();
+    if let Some(other) = state.other_context() {
+        return deliver_to_other(state, other, StreamEvent::Close);
+    }
+    state.stream().close = true;
     status::OK
 }
 
-fn proxy_continue_request(mut env: Env) -> i32 {
-    env.data_mut().stream().resume_request = true;
-    status::OK
+fn proxy_continue_request(env: Env) -> i32 {
+    proxy_continue_stream(env, abi::STREAM_REQUEST)
 }
 
-fn proxy_continue_response(mut env: Env) -> i32 {
-    env.data_mut().stream().resume_response = true;
-    status::OK
+fn proxy_continue_response(env: Env) -> i32 {
+    proxy_continue_stream(env, abi::STREAM_RESPONSE)
 }
 
-/// Only meaningful for gRPC callouts, which Loom does not make: an http_call answer reports
-/// status 0 ("OK"), anything else has no status.
+/// The status of the callout the running callback reports: a gRPC call's status and
+/// message (`grpc-message`, or why the host failed it); 0 for an http_call's answer.
 fn proxy_get_status(
     mut env: Env,
     return_code: i32,
     return_message: i32,
     return_message_len: i32,
 ) -> i32 {
-    let in_call = env
-        .data_mut()
-        .frame()
-        .is_some_and(|frame| frame.call_response.is_some());
-    if !in_call {
+    let Some((code, message)) = env.data_mut().frame().and_then(|frame| {
+        frame.callout.map(|answer| match answer {
+            CalloutAnswer::Http(_) => (0, Bytes::new()),
+            CalloutAnswer::Grpc(answer) => (
+                answer.status,
+                Bytes::copy_from_slice(answer.status_message.as_bytes()),
+            ),
+        })
+    }) else {
         return status::NOT_FOUND;
-    }
-    if write_u32(&env, return_code, 0).is_err() {
+    };
+    if write_u32(&env, return_code, code).is_err() {
         return status::INVALID_MEMORY_ACCESS;
     }
-    return_bytes(&mut env, b"", return_message, return_message_len)
+    return_bytes(&mut env, &message, return_message, return_message_len)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -454,7 +496,7 @@ fn proxy_send_local_response(
     body_len: i32,
     headers: i32,
     headers_len: i32,
-    _grpc_status: i32,
+    grpc_status: i32,
 ) -> i32 {
     let Ok(code) = u16::try_from(status_code) else {
         return status::BAD_ARGUMENT;
@@ -470,7 +512,7 @@ fn proxy_send_local_response(
     let Some(pairs) = abi::deserialize_pairs(&header_bytes) else {
         return status::BAD_ARGUMENT;
     };
-    let headers = pairs
+    let mut headers: Vec<(String, Bytes)> = pairs
         .into_iter()
         .map(|(name, value)| {
             (
@@ -479,15 +521,45 @@ fn proxy_send_local_response(
             )
         })
         .collect();
+    // A gRPC status (the SDKs pass -1 for none) makes the answer a gRPC one, as Envoy sends
+    // it: HTTP 200, trailers-only, the status, and the body text as `grpc-message` (the
+    // details argument only names the reason in Envoy's logs).
+    let (code, body) = match u32::try_from(grpc_status) {
+        Ok(grpc_status) => {
+            headers.retain(|(name, _)| {
+                !matches!(
+                    name.as_str(),
+                    "content-type" | "grpc-status" | "grpc-message"
+                )
+            });
+            headers.push((
+                "content-type".into(),
+                Bytes::from_static(b"application/grpc"),
+            ));
+            headers.push(("grpc-status".into(), Bytes::from(grpc_status.to_string())));
+            if !body.is_empty() {
+                let message =
+                    percent_encoding::percent_encode(&body, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string();
+                headers.push(("grpc-message".into(), Bytes::from(message)));
+            }
+            (200, Bytes::new())
+        }
+        Err(_) => (code, Bytes::from(body)),
+    };
+    let local = LocalResponse {
+        status: code,
+        headers,
+        body,
+    };
     let state = env.data_mut();
+    if let Some(other) = state.other_context() {
+        return deliver_to_other(state, other, StreamEvent::Respond(local));
+    }
     if !state.in_request() {
         return status::BAD_ARGUMENT;
     }
-    state.stream().local_response = Some(LocalResponse {
-        status: code,
-        headers,
-        body: Bytes::from(body),
-    });
+    state.stream().local_response = Some(local);
     status::OK
 }
 
@@ -539,12 +611,123 @@ fn proxy_http_call(
         body: Bytes::from(body),
         timeout: Duration::from_millis(u64::from(timeout_ms as u32)).min(MAX_HTTP_CALL_TIMEOUT),
     };
+    dispatch(state, Callout::Http(call));
+    status_of(write_u32(&env, return_token, token))
+}
+
+/// Queues a call for the request (run while it waits) or for the root context (run in the
+/// background).
+fn dispatch(state: &mut HostState, call: Callout) {
     if state.in_request() {
         state.stream().pending_calls.push(call);
     } else {
         state.root_calls.push(call);
     }
+}
+
+/// A unary gRPC call. The SDKs accept only OK, PARSE_FAILURE and INTERNAL_FAILURE here (the
+/// Rust SDK panics on anything else), so unreadable arguments are PARSE_FAILURE and every
+/// later failure reaches the plugin as a status in `proxy_on_grpc_close`.
+#[allow(clippy::too_many_arguments)]
+fn proxy_grpc_call(
+    mut env: Env,
+    upstream: i32,
+    upstream_len: i32,
+    service: i32,
+    service_len: i32,
+    method: i32,
+    method_len: i32,
+    metadata: i32,
+    metadata_len: i32,
+    message: i32,
+    message_len: i32,
+    timeout_ms: i32,
+    return_token: i32,
+) -> i32 {
+    let (Ok(upstream), Some(service), Some(method), Ok(metadata), Ok(message)) = (
+        read(&env, upstream, upstream_len),
+        read_string(&env, service, service_len),
+        read_string(&env, method, method_len),
+        read(&env, metadata, metadata_len),
+        read(&env, message, message_len),
+    ) else {
+        return status::PARSE_FAILURE;
+    };
+    let Some(upstream) = grpc_call::upstream_name(&upstream) else {
+        return status::PARSE_FAILURE;
+    };
+    let valid = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+    };
+    if !valid(&service) || !valid(&method) {
+        return status::PARSE_FAILURE;
+    }
+    let metadata = if metadata.is_empty() {
+        Vec::new()
+    } else {
+        let Some(pairs) = abi::deserialize_pairs(&metadata) else {
+            return status::PARSE_FAILURE;
+        };
+        pairs
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    String::from_utf8_lossy(name).to_ascii_lowercase(),
+                    Bytes::copy_from_slice(value),
+                )
+            })
+            .collect()
+    };
+    let state = env.data_mut();
+    let token = state.next_call_token;
+    state.next_call_token = state.next_call_token.wrapping_add(1).max(1);
+    let call = PendingGrpcCall {
+        token,
+        upstream,
+        service,
+        method,
+        metadata,
+        message: Bytes::from(message),
+        timeout: Duration::from_millis(u64::from(timeout_ms as u32)).min(MAX_HTTP_CALL_TIMEOUT),
+    };
+    dispatch(state, Callout::Grpc(call));
     status_of(write_u32(&env, return_token, token))
+}
+
+/// Cancels a gRPC call: no callback reports it. NOT_FOUND for a token that is not
+/// outstanding in this context.
+fn proxy_grpc_cancel(mut env: Env, token: i32) -> i32 {
+    let token = token as u32;
+    let state = env.data_mut();
+    if let Some(index) = state
+        .root_calls
+        .iter()
+        .position(|call| call.token() == token)
+        .filter(|_| !state.in_request())
+    {
+        state.root_calls.remove(index);
+        return status::OK;
+    }
+    let stream = state.stream();
+    let outstanding = stream
+        .pending_calls
+        .iter()
+        .any(|call| call.token() == token)
+        || stream.in_flight_calls.contains(&token);
+    if !outstanding || stream.cancelled_calls.contains(&token) {
+        return status::NOT_FOUND;
+    }
+    stream.pending_calls.retain(|call| call.token() != token);
+    stream.cancelled_calls.push(token);
+    status::OK
+}
+
+/// For a unary call, closing is cancelling.
+fn proxy_grpc_close(env: Env, token: i32) -> i32 {
+    proxy_grpc_cancel(env, token)
 }
 
 // --- shared data and queues ---------------------------------------------------------------

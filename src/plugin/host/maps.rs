@@ -1,12 +1,12 @@
 //! Header maps as Proxy-Wasm sees them: Pingora's request and response headers with the
 //! Envoy pseudo-headers (`:method :path :authority :scheme`, `:status`) in front, response
-//! trailers, and the answer to an http_call. Writes to a pseudo-header change the request
+//! trailers, and the answer to an http_call or a gRPC call. Writes to a pseudo-header change the request
 //! line or status.
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
-use super::Frame;
+use super::{CalloutAnswer, Frame};
 use crate::plugin::abi::{MapType, status};
 
 /// The pairs of a map, owned, in wire order.
@@ -32,18 +32,30 @@ pub fn pairs(frame: &Frame<'_>, map: MapType) -> Result<Vec<(String, Bytes)>, i3
             let trailers = frame.response_trailers.as_ref().ok_or(status::NOT_FOUND)?;
             push_headers(&mut out, trailers);
         }
-        MapType::HttpCallResponseHeaders => {
-            let call = frame.call_response.ok_or(status::NOT_FOUND)?;
-            out.extend(call.headers.iter().cloned());
-        }
-        MapType::HttpCallResponseTrailers => {
-            let call = frame.call_response.ok_or(status::NOT_FOUND)?;
-            out.extend(call.trailers.iter().cloned());
+        MapType::HttpCallResponseHeaders
+        | MapType::HttpCallResponseTrailers
+        | MapType::GrpcCallInitialMetadata
+        | MapType::GrpcCallTrailingMetadata => {
+            out.extend(callout_map(frame, map)?.iter().cloned());
         }
         // Pingora has no request-trailer hook; the map is never available.
         MapType::RequestTrailers => return Err(status::NOT_FOUND),
     }
     Ok(out)
+}
+
+/// The pairs of a callout answer's map, when the callback is handed that kind of answer.
+fn callout_map<'a>(frame: &Frame<'a>, map: MapType) -> Result<&'a [(String, Bytes)], i32> {
+    let answer = frame.callout.ok_or(status::NOT_FOUND)?;
+    match (answer, map) {
+        (CalloutAnswer::Http(http), MapType::HttpCallResponseHeaders) => Ok(&http.headers),
+        (CalloutAnswer::Http(http), MapType::HttpCallResponseTrailers) => Ok(&http.trailers),
+        (CalloutAnswer::Grpc(grpc), MapType::GrpcCallInitialMetadata) => Ok(&grpc.initial_metadata),
+        (CalloutAnswer::Grpc(grpc), MapType::GrpcCallTrailingMetadata) => {
+            Ok(&grpc.trailing_metadata)
+        }
+        _ => Err(status::NOT_FOUND),
+    }
 }
 
 /// Number of pairs, without copying values.
@@ -74,12 +86,10 @@ pub fn size(frame: &Frame<'_>, map: MapType) -> Result<usize, i32> {
             .as_ref()
             .ok_or(status::NOT_FOUND)?
             .len(),
-        MapType::HttpCallResponseHeaders => {
-            frame.call_response.ok_or(status::NOT_FOUND)?.headers.len()
-        }
-        MapType::HttpCallResponseTrailers => {
-            frame.call_response.ok_or(status::NOT_FOUND)?.trailers.len()
-        }
+        MapType::HttpCallResponseHeaders
+        | MapType::HttpCallResponseTrailers
+        | MapType::GrpcCallInitialMetadata
+        | MapType::GrpcCallTrailingMetadata => callout_map(frame, map)?.len(),
         MapType::RequestTrailers => return Err(status::NOT_FOUND),
     })
 }
@@ -87,12 +97,7 @@ pub fn size(frame: &Frame<'_>, map: MapType) -> Result<usize, i32> {
 /// One value; repeated headers are joined with ", " as HTTP allows.
 pub fn value(frame: &Frame<'_>, map: MapType, key: &str) -> Result<Option<Bytes>, i32> {
     let key = key.to_ascii_lowercase();
-    if key.starts_with(':')
-        || matches!(
-            map,
-            MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers
-        )
-    {
+    if key.starts_with(':') || map.is_callout_answer() {
         return Ok(pairs(frame, map)?
             .into_iter()
             .find(|(name, _)| *name == key)
@@ -214,10 +219,11 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
             status::OK
         }
         MapType::RequestTrailers => status::NOT_FOUND,
-        // The http_call answer is the plugin's to read, not to change.
-        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
-            status::BAD_ARGUMENT
-        }
+        // A callout's answer is the plugin's to read, not to change.
+        MapType::HttpCallResponseHeaders
+        | MapType::HttpCallResponseTrailers
+        | MapType::GrpcCallInitialMetadata
+        | MapType::GrpcCallTrailingMetadata => status::BAD_ARGUMENT,
     }
 }
 

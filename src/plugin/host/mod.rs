@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmer::{Function, FunctionEnv, Imports, Memory, Module, Store, TypedFunction};
 
+use super::grpc_call::{GrpcCallResponse, PendingGrpcCall};
 use super::metrics::PluginMetric;
 use super::runtime::PluginShared;
 
@@ -63,6 +64,9 @@ pub struct RequestFacts {
     pub scheme: &'static str,
     pub protocol: &'static str,
     pub upstream_address: Option<String>,
+    /// The upstream the request goes to (Envoy's cluster): the route's own until the
+    /// attempt's upstream is chosen (a canary target may replace it).
+    pub upstream_name: Option<Arc<str>>,
     pub response_code: u16,
     /// The TLS version of the client connection (`TLSv1.3`), empty on plain connections.
     pub tls_version: Arc<str>,
@@ -82,8 +86,8 @@ pub struct HttpCallResponse {
     pub trailers: Vec<(String, Bytes)>,
 }
 
-/// A call dispatched by a plugin, run by the pipeline (or the plugin's background task)
-/// once the callback returns.
+/// An HTTP call dispatched by a plugin, run by the pipeline (or the plugin's background
+/// task) once the callback returns.
 #[derive(Debug, Clone)]
 pub struct PendingCall {
     pub token: u32,
@@ -92,6 +96,29 @@ pub struct PendingCall {
     pub headers: Vec<(String, Bytes)>,
     pub body: Bytes,
     pub timeout: std::time::Duration,
+}
+
+/// A call a plugin dispatched: HTTP (`proxy_http_call`) or gRPC (`proxy_grpc_call`).
+#[derive(Debug, Clone)]
+pub enum Callout {
+    Http(PendingCall),
+    Grpc(PendingGrpcCall),
+}
+
+impl Callout {
+    pub fn token(&self) -> u32 {
+        match self {
+            Callout::Http(call) => call.token,
+            Callout::Grpc(call) => call.token,
+        }
+    }
+}
+
+/// How a callout ended, handed to the callback that reports it.
+#[derive(Debug, Clone)]
+pub enum CalloutAnswer {
+    Http(HttpCallResponse),
+    Grpc(GrpcCallResponse),
 }
 
 /// A response a plugin asked for with `proxy_send_local_response`.
@@ -106,7 +133,11 @@ pub struct LocalResponse {
 #[derive(Debug, Default)]
 pub struct StreamState {
     pub local_response: Option<LocalResponse>,
-    pub pending_calls: Vec<PendingCall>,
+    pub pending_calls: Vec<Callout>,
+    /// Calls dispatched earlier whose answers are being handed over: still cancellable.
+    pub in_flight_calls: Vec<u32>,
+    /// Tokens of calls cancelled (`proxy_grpc_cancel`) before their answer was handed over.
+    pub cancelled_calls: Vec<u32>,
     /// `proxy_continue_stream(HTTP_REQUEST)` was called.
     pub resume_request: bool,
     /// The plugin changed the request's headers: what routing matches on may have changed.
@@ -133,7 +164,10 @@ pub struct Frame<'a> {
     pub response: Option<Lent<'a, ResponseHeader>>,
     pub response_trailers: Option<&'a mut http::HeaderMap>,
     pub body: Option<BodyLoan<'a>>,
-    pub call_response: Option<&'a HttpCallResponse>,
+    /// The answer the running callback reports (`on_http_call_response`, `on_grpc_*`).
+    pub callout: Option<&'a CalloutAnswer>,
+    /// The context the callback runs for (the root context's id when no request is lent).
+    pub context_id: u32,
     pub stream: &'a mut StreamState,
     pub facts: &'a RequestFacts,
 }
@@ -152,9 +186,12 @@ pub struct HostState {
     pub metrics: Vec<Arc<PluginMetric>>,
     pub next_call_token: u32,
     /// Calls dispatched from the root context (ticks, queues), run in the background.
-    pub root_calls: Vec<PendingCall>,
+    pub root_calls: Vec<Callout>,
     /// Root-context state: local responses and closes are meaningless there.
     pub root_stream: StreamState,
+    /// `proxy_set_effective_context` during the running callback: stream actions then
+    /// target that context.
+    pub effective_context: Option<u32>,
     frame: Option<NonNull<Frame<'static>>>,
 }
 
@@ -179,6 +216,7 @@ impl HostState {
             next_call_token: 1,
             root_calls: Vec::new(),
             root_stream: StreamState::default(),
+            effective_context: None,
             frame: None,
         }
     }
@@ -193,7 +231,9 @@ impl HostState {
         call: impl FnOnce(&mut Store) -> R,
     ) -> R {
         let pointer = NonNull::from(frame).cast::<Frame<'static>>();
-        env.as_mut(store).frame = Some(pointer);
+        let state = env.as_mut(store);
+        state.frame = Some(pointer);
+        state.effective_context = None;
         let result = call(store);
         env.as_mut(store).frame = None;
         result
@@ -224,6 +264,17 @@ impl HostState {
             Some(pointer) => unsafe { (*pointer.as_ptr()).facts },
             None => &EMPTY_FACTS,
         }
+    }
+
+    /// The context another one made effective (`proxy_set_effective_context`), when it is
+    /// not the one the callback runs for: stream actions go to that paused request.
+    pub fn other_context(&self) -> Option<u32> {
+        let own = match self.frame {
+            // SAFETY: as in `frame`.
+            Some(pointer) => unsafe { (*pointer.as_ptr()).context_id },
+            None => super::instance::ROOT_CONTEXT_ID,
+        };
+        self.effective_context.filter(|context| *context != own)
     }
 
     /// A request is lent (root-context callbacks lend no request).

@@ -32,6 +32,18 @@ fn route_metadata_key(key: &str) -> Option<&str> {
         .filter(|name| !name.is_empty())
 }
 
+/// The host's name, read once.
+fn node_id() -> &'static str {
+    static NODE_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "loom".to_string())
+    });
+    &NODE_ID
+}
+
 pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
     let key = normalize(path);
     if let Some((_, value)) = state
@@ -126,6 +138,11 @@ pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
                 .and_then(|metadata| metadata.get(name))
                 .and_then(|value| text(value));
         }
+        "xds.cluster_name" | "cluster_name" => {
+            return facts.upstream_name.as_deref().and_then(text);
+        }
+        // Envoy's node identity: this host's name (there is no xDS node here).
+        "node.id" | "xds.node.id" => return text(node_id()),
         "upstream.address" => return facts.upstream_address.as_deref().and_then(text),
         "upstream.port" => {
             return facts

@@ -31,6 +31,7 @@ enum Shape {
 const REQUEST_PROPERTIES: &[(&[&str], Shape)] = &[
     (&["request", "path"], Shape::Text),
     (&["request", "url_path"], Shape::Text),
+    (&["request", "query"], Shape::Text),
     (&["request", "host"], Shape::Text),
     (&["request", "method"], Shape::Text),
     (&["request", "scheme"], Shape::Text),
@@ -48,7 +49,10 @@ const REQUEST_PROPERTIES: &[(&[&str], Shape)] = &[
     (&["connection", "uri_san_peer_certificate"], Shape::Text),
     (&["plugin_name"], Shape::Text),
     (&["plugin_root_id"], Shape::Text),
+    (&["plugin_vm_id"], Shape::Text),
     (&["route_name"], Shape::Text),
+    (&["xds", "cluster_name"], Shape::Text),
+    (&["node", "id"], Shape::Text),
     (&["loom", "trace_id"], Shape::Text),
     (
         &[
@@ -64,6 +68,7 @@ const REQUEST_PROPERTIES: &[(&[&str], Shape)] = &[
 /// Read in `on_http_response_headers`, once the upstream has answered.
 const RESPONSE_PROPERTIES: &[(&[&str], Shape)] = &[
     (&["upstream", "address"], Shape::Text),
+    (&["upstream", "port"], Shape::Integer),
     (&["response", "code"], Shape::Integer),
 ];
 

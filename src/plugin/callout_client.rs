@@ -1,0 +1,224 @@
+//! The connections plugin callouts (`proxy_http_call`, `proxy_grpc_call`) travel on: one
+//! pooled client per upstream and protocol, so a plugin that calls an auth service on every
+//! request reuses its connections instead of paying a TCP (and TLS) handshake per call.
+//!
+//! TLS follows the upstream's own settings, as proxied requests do: its `tls.sni` (else each
+//! endpoint's host) is the server name, `tls.verify: false` skips certificate checks, and
+//! `server.ca_file` is trusted next to the Mozilla roots. gRPC calls always use HTTP/2 (h2c
+//! with prior knowledge in cleartext, ALPN h2 over TLS); http_calls use HTTP/2 only on
+//! upstreams with `protocol: http2`, HTTP/1.1 otherwise.
+//!
+//! The clients live in the upstream's pool, so a reload that replaces the upstream drops its
+//! connections with it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, ResolveServerName};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::config::schema::UpstreamProtocol;
+use crate::config::validate::UpstreamPlan;
+
+pub type CalloutClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How long an idle pooled connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An upstream's callout clients, built on first use.
+#[derive(Default)]
+pub struct CalloutClients {
+    http1: OnceLock<Result<CalloutClient, String>>,
+    http2: OnceLock<Result<CalloutClient, String>>,
+}
+
+impl CalloutClients {
+    /// The client for an http_call to this upstream.
+    pub fn for_http_call(&self, plan: &UpstreamPlan) -> Result<&CalloutClient, String> {
+        if plan.config.protocol == UpstreamProtocol::Http2 {
+            self.for_grpc(plan)
+        } else {
+            self.http1
+                .get_or_init(|| build(plan, false))
+                .as_ref()
+                .map_err(Clone::clone)
+        }
+    }
+
+    /// The HTTP/2 client gRPC calls use.
+    pub fn for_grpc(&self, plan: &UpstreamPlan) -> Result<&CalloutClient, String> {
+        self.http2
+            .get_or_init(|| build(plan, true))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// The URI scheme and authority of a callout to `endpoint`: the endpoint's socket address,
+/// so the pool keys connections by endpoint; the TLS server name comes from
+/// [`EndpointServerNames`].
+pub fn origin(plan: &UpstreamPlan, endpoint: SocketAddr) -> String {
+    if uses_tls(plan) {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+fn uses_tls(plan: &UpstreamPlan) -> bool {
+    plan.config.tls.as_ref().is_some_and(|tls| tls.enabled)
+}
+
+fn build(plan: &UpstreamPlan, http2: bool) -> Result<CalloutClient, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(plan.connect_timeout));
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(plan)?)
+        .https_or_http()
+        .with_server_name_resolver(EndpointServerNames::new(plan));
+    let connector = if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .http2_only(http2);
+    Ok(client.build(connector))
+}
+
+fn tls_config(plan: &UpstreamPlan) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS setup: {error}"))?;
+    let verify = plan.config.tls.as_ref().is_none_or(|tls| tls.verify);
+    if !verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca_file) = &plan.ca_file {
+        let pem = std::fs::read(ca_file).map_err(|error| format!("reading {ca_file}: {error}"))?;
+        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let certificate = certificate.map_err(|error| format!("reading {ca_file}: {error}"))?;
+            roots
+                .add(certificate)
+                .map_err(|error| format!("{ca_file}: {error}"))?;
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The TLS server name of each endpoint: the upstream's `tls.sni`, else the host the
+/// endpoint was written with (the URI only holds its socket address).
+struct EndpointServerNames {
+    fixed: Option<ServerName<'static>>,
+    by_socket: HashMap<String, ServerName<'static>>,
+}
+
+impl EndpointServerNames {
+    fn new(plan: &UpstreamPlan) -> EndpointServerNames {
+        let fixed = plan
+            .config
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.sni.clone())
+            .and_then(|sni| ServerName::try_from(sni).ok());
+        let by_socket = plan
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| {
+                let name = ServerName::try_from(endpoint.host.clone()).ok()?;
+                Some((endpoint.socket.to_string(), name))
+            })
+            .collect();
+        EndpointServerNames { fixed, by_socket }
+    }
+}
+
+impl ResolveServerName for EndpointServerNames {
+    fn resolve(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<ServerName<'static>, Box<dyn std::error::Error + Sync + Send>> {
+        if let Some(name) = &self.fixed {
+            return Ok(name.clone());
+        }
+        let authority = uri.authority().map_or("", |authority| authority.as_str());
+        if let Some(name) = self.by_socket.get(authority) {
+            return Ok(name.clone());
+        }
+        let host = uri.host().unwrap_or("").trim_matches(['[', ']']);
+        Ok(ServerName::try_from(host.to_string())?)
+    }
+}
+
+/// `tls.verify: false`: any certificate is accepted, but the handshake's signatures are
+/// still checked, so the connection is at least bound to the key the server presented.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            certificate,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
