@@ -207,5 +207,10 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
             .map_or_else(no_tls_version, |ssl| Arc::from(ssl.version.as_ref())),
         client_certificate: super::client_cert::identity_of(session),
         trace_id: ctx.trace.trace_id,
+        grpc_request: session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc")),
     }
 }

@@ -242,7 +242,11 @@ impl RequestPlugins {
                     StreamEvent::ResumeResponse if in_response => return None,
                     // A resume of the other direction does not concern this phase.
                     StreamEvent::ResumeRequest | StreamEvent::ResumeResponse => {}
-                    StreamEvent::Respond(local) => return Some(Flow::Respond(local)),
+                    StreamEvent::Respond(local) => {
+                        let grpc_status = local.pending_grpc_status;
+                        let local = local.shaped(grpc_status, self.facts.grpc_request);
+                        return Some(Flow::Respond(local));
+                    }
                     StreamEvent::Close => return Some(Flow::Close),
                     StreamEvent::Lost => {
                         let failure = Failure {

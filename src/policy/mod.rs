@@ -416,11 +416,7 @@ fn read<T: DeserializeOwned + Default>(checker: &mut Checker, key_path: &str) ->
 
 /// A JSON error answer built by a policy, in the gateway's one error shape.
 pub fn local_answer(status: u16, headers: Vec<(String, Bytes)>, body: Bytes) -> LocalResponse {
-    LocalResponse {
-        status,
-        headers,
-        body,
-    }
+    LocalResponse::new(status, headers, body)
 }
 
 /// Parses a header value written in the config; the message names what was wrong.

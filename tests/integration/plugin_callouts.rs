@@ -156,10 +156,11 @@ async fn grpc_callouts_reach_a_real_grpc_server_and_report_answers_refusals_and_
     );
     assert_eq!(seen["x-grpc-callbacks"], "1");
 
-    // A gRPC local answer, as Envoy sends one: HTTP 200, trailers-only, the status and
-    // the percent-encoded details.
+    // A gRPC local answer to a gRPC request, as Envoy sends one: HTTP 200, trailers-only,
+    // the status and the percent-encoded message.
     let local = client
-        .get(gateway.url("/callouts/x"))
+        .post(gateway.url("/callouts/x"))
+        .header("content-type", "application/grpc")
         .header("x-grpc-local", "7")
         .send()
         .await
@@ -169,6 +170,16 @@ async fn grpc_callouts_reach_a_real_grpc_server_and_report_answers_refusals_and_
     assert_eq!(header(&local, "grpc-status"), "7");
     assert_eq!(header(&local, "grpc-message"), "refused%20by%20plugin");
     assert_eq!(header(&local, "x-local"), "1");
+    // To a request that is not gRPC the gRPC status is ignored, as in Envoy.
+    let plain = client
+        .get(gateway.url("/callouts/x"))
+        .header("x-grpc-local", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    assert!(plain.headers().get("grpc-status").is_none());
+    assert_eq!(plain.text().await.unwrap(), "refused by plugin");
 
     // The server gone: UNAVAILABLE, and the gateway keeps serving.
     drop(grpc);

@@ -512,7 +512,7 @@ fn proxy_send_local_response(
     let Some(pairs) = abi::deserialize_pairs(&header_bytes) else {
         return status::BAD_ARGUMENT;
     };
-    let mut headers: Vec<(String, Bytes)> = pairs
+    let headers: Vec<(String, Bytes)> = pairs
         .into_iter()
         .map(|(name, value)| {
             (
@@ -521,45 +521,19 @@ fn proxy_send_local_response(
             )
         })
         .collect();
-    // A gRPC status (the SDKs pass -1 for none) makes the answer a gRPC one, as Envoy sends
-    // it: HTTP 200, trailers-only, the status, and the body text as `grpc-message` (the
-    // details argument only names the reason in Envoy's logs).
-    let (code, body) = match u32::try_from(grpc_status) {
-        Ok(grpc_status) => {
-            headers.retain(|(name, _)| {
-                !matches!(
-                    name.as_str(),
-                    "content-type" | "grpc-status" | "grpc-message"
-                )
-            });
-            headers.push((
-                "content-type".into(),
-                Bytes::from_static(b"application/grpc"),
-            ));
-            headers.push(("grpc-status".into(), Bytes::from(grpc_status.to_string())));
-            if !body.is_empty() {
-                let message =
-                    percent_encoding::percent_encode(&body, percent_encoding::NON_ALPHANUMERIC)
-                        .to_string();
-                headers.push(("grpc-message".into(), Bytes::from(message)));
-            }
-            (200, Bytes::new())
-        }
-        Err(_) => (code, Bytes::from(body)),
-    };
-    let local = LocalResponse {
-        status: code,
-        headers,
-        body,
-    };
+    let local = LocalResponse::new(code, headers, Bytes::from(body));
+    // The SDKs pass -1 for "no gRPC status".
+    let grpc_status = u32::try_from(grpc_status).ok();
     let state = env.data_mut();
     if let Some(other) = state.other_context() {
+        let local = local.with_grpc_status(grpc_status);
         return deliver_to_other(state, other, StreamEvent::Respond(local));
     }
     if !state.in_request() {
         return status::BAD_ARGUMENT;
     }
-    state.stream().local_response = Some(local);
+    let grpc_request = state.facts().grpc_request;
+    state.stream().local_response = Some(local.shaped(grpc_status, grpc_request));
     status::OK
 }
 

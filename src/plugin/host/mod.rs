@@ -72,6 +72,9 @@ pub struct RequestFacts {
     pub tls_version: Arc<str>,
     /// The client certificate verified in the handshake (listeners with `tls.client_ca`).
     pub client_certificate: Option<Arc<crate::gateway::client_cert::ClientIdentity>>,
+    /// The request is gRPC (`content-type: application/grpc…`): local answers with a gRPC
+    /// status are sent the gRPC way.
+    pub grpc_request: bool,
     /// The request's W3C trace id (`loom.trace_id`), 0 when tracing is off.
     pub trace_id: u128,
 }
@@ -127,6 +130,57 @@ pub struct LocalResponse {
     pub status: u16,
     pub headers: Vec<(String, Bytes)>,
     pub body: Bytes,
+    /// The gRPC status it was sent with, until [`LocalResponse::shaped`] is applied for
+    /// the request it answers (an answer sent from another context waits for that).
+    pub pending_grpc_status: Option<u32>,
+}
+
+impl LocalResponse {
+    pub fn new(status: u16, headers: Vec<(String, Bytes)>, body: Bytes) -> LocalResponse {
+        LocalResponse {
+            status,
+            headers,
+            body,
+            pending_grpc_status: None,
+        }
+    }
+
+    fn with_grpc_status(mut self, grpc_status: Option<u32>) -> LocalResponse {
+        self.pending_grpc_status = grpc_status;
+        self
+    }
+
+    /// The answer as Envoy sends it: to a gRPC request, a local answer with a gRPC status
+    /// is HTTP 200, trailers-only, with that status and the body text as `grpc-message`;
+    /// to any other request the gRPC status is ignored.
+    pub fn shaped(mut self, grpc_status: Option<u32>, grpc_request: bool) -> LocalResponse {
+        self.pending_grpc_status = None;
+        let Some(grpc_status) = grpc_status.filter(|_| grpc_request) else {
+            return self;
+        };
+        self.headers.retain(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "content-type" | "grpc-status" | "grpc-message"
+            )
+        });
+        self.headers.push((
+            "content-type".into(),
+            Bytes::from_static(b"application/grpc"),
+        ));
+        self.headers
+            .push(("grpc-status".into(), Bytes::from(grpc_status.to_string())));
+        if !self.body.is_empty() {
+            let message =
+                percent_encoding::percent_encode(&self.body, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            self.headers
+                .push(("grpc-message".into(), Bytes::from(message)));
+        }
+        self.status = 200;
+        self.body = Bytes::new();
+        self
+    }
 }
 
 /// One HTTP context's requests to the host, collected during its callbacks.
