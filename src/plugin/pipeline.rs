@@ -143,6 +143,30 @@ impl RequestPlugins {
         loans: Loans<'_>,
         body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<i32, RuntimeError>,
     ) -> Result<i32, Failure> {
+        self.call_with(index, phase, loans, false, body)
+    }
+
+    /// As [`Self::call`], for a callback that may pause the request: a Pause leaves the
+    /// context registered as paused (see `crate::plugin::paused`), which
+    /// [`Self::settle_pause`] undoes.
+    fn call_pausable(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        loans: Loans<'_>,
+        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<i32, RuntimeError>,
+    ) -> Result<i32, Failure> {
+        self.call_with(index, phase, loans, true, body)
+    }
+
+    fn call_with(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        loans: Loans<'_>,
+        pausable: bool,
+        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<i32, RuntimeError>,
+    ) -> Result<i32, Failure> {
         let plugin = &self.chain[index];
         let context = &mut self.contexts[index];
         let Some(handle) = context.handle else {
@@ -160,37 +184,14 @@ impl RequestPlugins {
             stream: &mut context.stream,
             facts: &self.facts,
         };
-        plugin.invoke(&handle, phase, &mut frame, body)
+        if pausable {
+            plugin.invoke_pausable(&handle, phase, &mut frame, body)
+        } else {
+            plugin.invoke(&handle, phase, &mut frame, body)
+        }
     }
 
-    /// Runs a header callback of plugin `index`; a Pause leaves the context registered as
-    /// paused (see `crate::plugin::paused`), which [`Self::settle_pause`] undoes.
-    fn call_pausable(
-        &mut self,
-        index: usize,
-        phase: Phase,
-        loans: Loans<'_>,
-        body: impl FnOnce(&mut Store, &Callbacks, i32) -> Result<i32, RuntimeError>,
-    ) -> Result<i32, Failure> {
-        let plugin = &self.chain[index];
-        let context = &mut self.contexts[index];
-        let Some(handle) = context.handle else {
-            return Ok(0);
-        };
-        let mut frame = Frame {
-            request: loans.request,
-            response: loans.response,
-            response_trailers: loans.trailers,
-            body: None,
-            callout: None,
-            context_id: handle.context_id,
-            stream: &mut context.stream,
-            facts: &self.facts,
-        };
-        plugin.invoke_pausable(&handle, phase, &mut frame, body)
-    }
-
-    /// After a header callback: its local response or close, then its calls' answers, then,
+    /// After a callback that may pause: its local response or close, then its calls' answers, then,
     /// if it paused and nothing resumed it, a wait for another context to act on it.
     async fn settle_pause(
         &mut self,
@@ -406,7 +407,8 @@ impl RequestPlugins {
     }
 
     /// `on_request_body` through the chain, per chunk. A plugin that pauses gets the body
-    /// buffered (up to its `max_buffered_body`) and sees it whole at the end of the stream.
+    /// buffered (up to its `max_buffered_body`) and sees it whole at the end of the stream;
+    /// a Pause on the last chunk holds the request as a headers Pause does.
     pub async fn request_body(
         &mut self,
         body: &mut Option<Bytes>,
@@ -435,15 +437,18 @@ impl RequestPlugins {
             let size = buffered.len() as i32;
             let end = i32::from(end_of_stream);
             let mut buffer = std::mem::take(&mut self.contexts[index].request_body);
+            self.contexts[index].stream.resume_request = false;
             let loans = Loans {
                 request: Some(Lent::Writable(&mut *request)),
                 body: Some((false, &mut buffer)),
                 ..Loans::default()
             };
-            let result = self.call(
+            // Only a Pause on the last chunk holds the request; earlier ones buffer.
+            let result = self.call_with(
                 index,
                 Phase::RequestBody,
                 loans,
+                end_of_stream,
                 |store, callbacks, context| match &callbacks.on_request_body {
                     Some(function) => function.call(store, context, size, end),
                     None => Ok(0),
@@ -453,6 +458,9 @@ impl RequestPlugins {
             let action = match result {
                 Ok(raw) => Action::from_raw(raw),
                 Err(failure) => {
+                    if end_of_stream {
+                        self.forget_pause(index);
+                    }
                     // Fail-open: what was buffered for it moves on unchanged.
                     chunk = self.contexts[index].request_body.split().freeze();
                     match self.fail(index, failure) {
@@ -461,10 +469,11 @@ impl RequestPlugins {
                     }
                 }
             };
-            if let Some(flow) = self.requested_end(index) {
-                return flow;
-            }
-            if let Some(flow) = self.answer_calls(index, request, None, upstreams).await {
+            let held = action == Action::Pause && end_of_stream;
+            if let Some(flow) = self
+                .settle_pause(index, held, request, None, upstreams)
+                .await
+            {
                 return flow;
             }
             if action == Action::Pause && !end_of_stream {

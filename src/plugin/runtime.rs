@@ -695,6 +695,33 @@ mod tests {
         Ok(())
     }
 
+    /// The AssemblyScript SDK's `onConfigure` with an empty configuration: it passes the size
+    /// (0) as the size pointer. Envoy writes nothing when there is nothing to copy; writing a
+    /// null pointer and a zero size would clobber the guest's memory at 0 and 100.
+    const EMPTY_CONFIGURATION_PLUGIN: &str = r#"
+        (module
+          (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (i32.store (i32.const 0) (i32.const 0x5a5a5a5a))
+            (i32.store (i32.const 100) (i32.const 0x5a5a5a5a))
+            (if (i32.ne (call $get (i32.const 7) (i32.const 0) (local.get 1) (i32.const 100) (local.get 1))
+                        (i32.const 0)) (then unreachable))
+            (if (i32.ne (i32.load (i32.const 0)) (i32.const 0x5a5a5a5a)) (then unreachable))
+            (if (i32.ne (i32.load (i32.const 100)) (i32.const 0x5a5a5a5a)) (then unreachable))
+            (i32.const 1)))
+    "#;
+
+    #[test]
+    fn an_empty_buffer_is_answered_without_writing_as_envoy_does() -> TestResult {
+        let runtime = start_module("empty-configuration", EMPTY_CONFIGURATION_PLUGIN, None)?;
+        runtime.open_context().map_err(|failure| failure.message)?;
+        Ok(())
+    }
+
     #[test]
     fn a_poisoned_shard_is_never_reused() {
         let shard = Arc::new(Mutex::new(Shard {

@@ -232,6 +232,18 @@ async fn paused_requests_wait_until_another_context_resumes_or_answers_them() {
         assert_eq!(response.unwrap().status(), 200);
     }
 
+    // So does a Pause on the request body's last chunk, and the body then goes upstream.
+    let response = client
+        .post(gateway.url("/callouts/b"))
+        .header("x-postpone-body", "1")
+        .body("held until the tick")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["body_size"], "held until the tick".len(), "{body}");
+
     // The response headers phase pauses and is resumed the same way.
     let response = client
         .get(gateway.url("/callouts/r"))

@@ -206,6 +206,13 @@ fn proxy_get_buffer_bytes(
         Ok(data) => data,
         Err(code) => return code,
     };
+    // Envoy writes nothing when there is nothing to copy, and the AssemblyScript SDK
+    // (`@solo-io/proxy-runtime` 0.1.x) depends on it: its `onConfigure` passes the
+    // configuration's size where the size pointer belongs, so writing a null buffer and a
+    // zero size there corrupts its memory and the plugin traps at start.
+    if data.is_empty() {
+        return status::OK;
+    }
     return_bytes(&mut env, &data, return_data, return_size)
 }
 

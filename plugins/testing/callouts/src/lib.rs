@@ -13,6 +13,7 @@
 //! - `x-postpone: resume | respond | never`: the request pauses with nothing outstanding.
 //!   The root context's tick resumes it, answers it with 202, or leaves it alone.
 //! - `x-postpone-response: 1`: the response headers phase pauses; the tick resumes it.
+//! - `x-postpone-body: 1`: the last chunk of the request body pauses; the tick resumes it.
 //!
 //! Every response says how many gRPC answers the context saw (`x-grpc-callbacks`), and
 //! which contexts the tick acted on is counted in `x-postponed-resumed`.
@@ -186,6 +187,14 @@ impl HttpContext for CalloutsHttp {
             None => return Action::Continue,
         }
         Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        if end_of_stream && self.header("x-postpone-body").is_some() {
+            self.postpone(Postponed::Resume);
+            return Action::Pause;
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
