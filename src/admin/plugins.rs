@@ -50,6 +50,7 @@ fn describe(plugin: &PluginRuntime) -> Value {
         "loaded_at_unix": loaded_at,
         "compiled_from_cache": plugin.module_from_cache(),
         "compile_seconds": plugin.compile_time().as_secs_f64(),
+        "start_seconds": plugin.start_time.as_secs_f64(),
         "on_error": match plugin.plan.on_error {
             crate::config::schema::PluginFailureMode::FailClosed => "fail_closed",
             crate::config::schema::PluginFailureMode::FailOpen => "fail_open",

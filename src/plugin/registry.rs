@@ -95,10 +95,11 @@ impl PluginSet {
             match PluginRuntime::start(plugin.clone(), compiled) {
                 Ok(runtime) => {
                     log::info!(
-                        "plugin {} loaded: ABI {}, {} instances, module {} {compile_note}",
+                        "plugin {} loaded: ABI {}, {} instances started in {:?}, module {} {compile_note}",
                         plugin.name,
                         runtime.abi.label(),
                         runtime.instance_count(),
+                        runtime.start_time,
                         &sha256[..12],
                     );
                     plugins.push((Arc::new(runtime), plugin.priority));

@@ -159,6 +159,9 @@ pub struct PluginRuntime {
     quarantined_until: AtomicU64,
     origin: Instant,
     pub loaded_at: SystemTime,
+    /// How long starting every instance took (instantiation, `_initialize`, `on_vm_start`,
+    /// `on_configure`): the plugin's load time once its module is compiled.
+    pub start_time: Duration,
     phase_durations: Vec<Histogram>,
 }
 
@@ -190,6 +193,7 @@ impl PluginRuntime {
     /// Starts every instance; any failure to start is a load error.
     pub fn start(plan: PluginPlan, compiled: CompiledModule) -> Result<PluginRuntime, String> {
         let abi = AbiVersion::detect(&compiled.module)?;
+        let started = Instant::now();
         let shared = PluginShared::new(&plan);
         let mut shards = Vec::with_capacity(plan.instances);
         for shard in 0..plan.instances {
@@ -225,6 +229,7 @@ impl PluginRuntime {
             quarantined_until: AtomicU64::new(0),
             origin: Instant::now(),
             loaded_at: SystemTime::now(),
+            start_time: started.elapsed(),
             phase_durations,
             plan,
         })

@@ -100,6 +100,9 @@ async fn header_and_api_key_plugins_run_in_priority_order() {
     assert_eq!(auth["module_sha256"].as_str().unwrap().len(), 64);
     assert!(auth["calls"].as_u64().unwrap() >= 4, "{auth}");
     assert!(auth["memory_pages"].as_u64().unwrap() > 0);
+    // Starting its instances (instantiation, on_vm_start, on_configure) took some time.
+    let started = auth["start_seconds"].as_f64().unwrap();
+    assert!(started > 0.0 && started < 60.0, "{auth}");
     let missing = client
         .get(gateway.admin_url("/plugins/nope"))
         .send()

@@ -285,9 +285,7 @@ impl HostState {
         call: impl FnOnce(&mut Store) -> R,
     ) -> R {
         let pointer = NonNull::from(frame).cast::<Frame<'static>>();
-        let state = env.as_mut(store);
-        state.frame = Some(pointer);
-        state.effective_context = None;
+        env.as_mut(store).frame = Some(pointer);
         let result = call(store);
         env.as_mut(store).frame = None;
         result
