@@ -8,13 +8,16 @@
 # Usage: loadtest/instructions.sh [--binary target/release/loom] [--n1 1000] [--n2 4000]
 #                                 [--targets "nginx bare_pingora plain headers_plugin ..."]
 #                                 [--keep DIR] [--rps DURATION]
+#                                 [--plugin FILE.wasm [--plugin-root-id ID]]
 # Targets: nginx (proxy_pass with keep-alive), bare_pingora (loadtest/bare_pingora.rs, the
 # floor), and Loom routes: plain (no policy), headers_plugin (the shipped loom_headers Proxy-Wasm
 # plugin: one request and one response header), five_plugins (five of them), policies (the
 # built-in cors, security_headers, access_log and a local rate_limit on one route). Cache targets
 # (not run unless named): cache_hit (a caching route answering from its store), cache_miss (a
 # caching route whose backend says no-store: lookup, fetch, nothing stored) and nginx_cache_hit
-# (nginx's proxy_cache answering from its cache).
+# (nginx's proxy_cache answering from its cache). With --plugin, the target wasm_plugin is added:
+# a route whose chain is that one Proxy-Wasm module (built with any SDK), with its root_id if
+# given; compare it with plain for what the plugin adds per request.
 # With --keep, every callgrind profile is kept in DIR as TARGET-COUNT.callgrind for
 # callgrind_annotate. With --rps, each target also runs natively, pinned to CPU 1 with wrk
 # (64 connections) and the backend on CPU 0, for DURATION, three rounds alternating the
@@ -35,8 +38,12 @@ n2=4000
 targets="nginx bare_pingora plain headers_plugin five_plugins policies"
 keep=
 rps=
+plugin=
+plugin_root_id=
 while [ $# -gt 0 ]; do
   case "$1" in
+    --plugin) plugin=$2; shift 2 ;;
+    --plugin-root-id) plugin_root_id=$2; shift 2 ;;
     --binary) binary=$2; shift 2 ;;
     --bare) bare=$2; shift 2 ;;
     --n1) n1=$2; shift 2 ;;
@@ -113,7 +120,21 @@ sed -e "s|location / {|location / {\n      proxy_cache answers;\n      proxy_cac
   -e "s|upstream backend|proxy_cache_path $work/nginx-cache keys_zone=answers:10m;\n  upstream backend|" \
   "$work/nginx.conf" >"$work/nginx-cache.conf"
 
+# Plugin paths must stay inside plugin_dir: the shipped modules and the one given with --plugin
+# are copied into one.
+mkdir -p "$work/plugins"
+cp plugins/dist/*.wasm "$work/plugins/"
 plugin_entries=""
+plugin_route=""
+if [ -n "$plugin" ]; then
+  [ -f "$plugin" ] || { echo "missing $plugin" >&2; exit 1; }
+  cp "$plugin" "$work/plugins/measured.wasm"
+  plugin_entries+="  - {name: measured, path: measured.wasm${plugin_root_id:+, root_id: \"$plugin_root_id\"}}
+"
+  plugin_route="  - {id: wasm_plugin, path: /p6, upstream: backend, plugins: [measured]}
+"
+  case " $targets " in *" wasm_plugin "*) ;; *) targets+=" wasm_plugin" ;; esac
+fi
 for index in 1 2 3 4 5; do
   plugin_entries+="  - name: headers$index
     path: loom_headers.wasm
@@ -122,7 +143,8 @@ for index in 1 2 3 4 5; do
 done
 # Every path has the same length, so that routing costs the same on every route.
 declare -A paths=([plain]=/p0 [headers_plugin]=/p1 [five_plugins]=/p2 [policies]=/p3
-  [nginx]=/p0 [bare_pingora]=/p0 [cache_hit]=/p4 [cache_miss]=/p5 [nginx_cache_hit]=/p4)
+  [nginx]=/p0 [bare_pingora]=/p0 [cache_hit]=/p4 [cache_miss]=/p5 [nginx_cache_hit]=/p4
+  [wasm_plugin]=/p6)
 cat >"$work/loom.yaml" <<YAML
 server:
   threads: 1
@@ -140,7 +162,7 @@ listeners:
 upstreams:
   - name: backend
     endpoints: ["127.0.0.1:$backend_port"]
-plugin_dir: $PWD/plugins/dist
+plugin_dir: $work/plugins
 plugin_cache_dir: $PWD/target/plugin-cache
 routes:
   - {id: plain, path: /p0, upstream: backend}
@@ -149,6 +171,7 @@ routes:
   - {id: policies, path: /p3, upstream: backend, plugins: [cors, security_headers, access_log, rate_limit]}
   - {id: cache_hit, path: /p4, upstream: backend, cache: {enabled: true, default_ttl: 600s}}
   - {id: cache_miss, path: /p5, upstream: backend, cache: {enabled: true, default_ttl: 600s}}
+$plugin_route
 plugins:
 $plugin_entries  - {name: cors, type: cors, config: {allow_origins: ["https://app.example.com"], max_age: 600}}
   - {name: security_headers, type: security_headers}
