@@ -22,11 +22,15 @@ use hyper_rustls::{HttpsConnector, ResolveServerName};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
+
+use http_body_util::{BodyExt, Limited};
 
 use crate::config::schema::UpstreamProtocol;
 use crate::config::validate::UpstreamPlan;
+use crate::upstream::UpstreamPool;
+use crate::upstream::endpoint::{EndpointLease, Outcome};
+use crate::upstream::retry::RetryCondition;
 
 pub type CalloutClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -62,14 +66,98 @@ impl CalloutClients {
     }
 }
 
-/// The URI scheme and authority of a callout to `endpoint`: the endpoint's socket address,
-/// so the pool keys connections by endpoint; the TLS server name comes from
-/// [`EndpointServerNames`].
-pub fn origin(plan: &UpstreamPlan, endpoint: SocketAddr) -> String {
-    if uses_tls(plan) {
-        format!("https://{endpoint}")
+/// Where a callout goes: the endpoint the upstream's balancer chose, with its lease (so the
+/// endpoint's breaker and in-flight count see the call) and the URI origin that reaches it.
+pub struct CalloutTarget {
+    pub lease: EndpointLease,
+    pub address: SocketAddr,
+    /// Scheme and the endpoint's socket address: the pool keys connections by endpoint, and
+    /// the TLS server name comes from [`EndpointServerNames`].
+    pub origin: String,
+}
+
+/// Chooses the endpoint of a callout to `pool`.
+pub fn choose(pool: &Arc<UpstreamPool>) -> Result<CalloutTarget, String> {
+    let selection = pool
+        .select(b"", 0)
+        .map_err(|error| format!("no endpoint available: {error:?}"))?;
+    let lease = selection.lease;
+    let address = pool
+        .endpoints()
+        .get(lease.endpoint_index())
+        .ok_or("endpoint vanished")?
+        .socket;
+    let scheme = if uses_tls(&pool.plan) {
+        "https"
     } else {
-        format!("http://{endpoint}")
+        "http"
+    };
+    Ok(CalloutTarget {
+        lease,
+        address,
+        origin: format!("{scheme}://{address}"),
+    })
+}
+
+/// An answer read whole: its head, its body (at most the limit given) and its trailers.
+pub struct Answer {
+    pub parts: http::response::Parts,
+    pub body: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+/// Why an exchange gave no answer.
+pub enum ExchangeError {
+    TimedOut,
+    Failed(String),
+}
+
+/// Sends `request` to `target` and reads the whole answer within `timeout`; the outcome is
+/// recorded on the target's lease.
+pub async fn exchange(
+    client: &CalloutClient,
+    mut target: CalloutTarget,
+    request: http::Request<Full<Bytes>>,
+    body_limit: usize,
+    timeout: Duration,
+) -> Result<Answer, ExchangeError> {
+    let address = target.address;
+    let run = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|error| format!("request to {address}: {error}"))?;
+        let (parts, body) = response.into_parts();
+        let collected = Limited::new(body, body_limit)
+            .collect()
+            .await
+            .map_err(|error| format!("response body: {error}"))?;
+        let trailers = collected.trailers().cloned();
+        Ok::<_, String>(Answer {
+            parts,
+            body: collected.to_bytes(),
+            trailers,
+        })
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(answer)) => {
+            target
+                .lease
+                .record(Outcome::Answered(answer.parts.status.as_u16()));
+            Ok(answer)
+        }
+        Ok(Err(error)) => {
+            target
+                .lease
+                .record(Outcome::Failed(RetryCondition::ConnectError));
+            Err(ExchangeError::Failed(error))
+        }
+        Err(_) => {
+            target
+                .lease
+                .record(Outcome::Failed(RetryCondition::Timeout));
+            Err(ExchangeError::TimedOut)
+        }
     }
 }
 
@@ -108,7 +196,7 @@ fn tls_config(plan: &UpstreamPlan) -> Result<rustls::ClientConfig, String> {
     if !verify {
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_custom_certificate_verifier(crate::stream::tls::accept_any_server(provider))
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
@@ -166,59 +254,5 @@ impl ResolveServerName for EndpointServerNames {
         }
         let host = uri.host().unwrap_or("").trim_matches(['[', ']']);
         Ok(ServerName::try_from(host.to_string())?)
-    }
-}
-
-/// `tls.verify: false`: any certificate is accepted, but the handshake's signatures are
-/// still checked, so the connection is at least bound to the key the server presented.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

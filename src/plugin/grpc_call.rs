@@ -13,13 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 
-use super::callout_client;
+use super::callout_client::{self, ExchangeError};
 use super::http_call::pairs_of;
 use crate::upstream::UpstreamPool;
-use crate::upstream::endpoint::Outcome;
-use crate::upstream::retry::RetryCondition;
 
 /// Largest response message handed to a plugin.
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
@@ -150,59 +148,30 @@ async fn run(call: &PendingGrpcCall, upstreams: &[Arc<UpstreamPool>]) -> GrpcCal
     let Some(pool) = upstreams.iter().find(|pool| *pool.name == *call.upstream) else {
         return GrpcCallResponse::failed(code::UNAVAILABLE, "no such upstream");
     };
-    let client = match pool.callouts.for_grpc(&pool.plan) {
-        Ok(client) => client,
+    let target = pool
+        .callouts
+        .for_grpc(&pool.plan)
+        .and_then(|client| Ok((client, callout_client::choose(pool)?)));
+    let (client, target) = match target {
+        Ok(found) => found,
         Err(error) => return GrpcCallResponse::failed(code::UNAVAILABLE, error),
-    };
-    let Ok(selection) = pool.select(b"", 0) else {
-        return GrpcCallResponse::failed(code::UNAVAILABLE, "no endpoint available");
-    };
-    let mut lease = selection.lease;
-    let Some(address) = pool
-        .endpoints()
-        .get(lease.endpoint_index())
-        .map(|endpoint| endpoint.socket)
-    else {
-        return GrpcCallResponse::failed(code::UNAVAILABLE, "endpoint vanished");
     };
     let timeout = if call.timeout.is_zero() {
         DEFAULT_TIMEOUT
     } else {
         call.timeout
     };
-    let request = match build_request(call, &callout_client::origin(&pool.plan, address), timeout) {
+    let request = match build_request(call, &target.origin, timeout) {
         Ok(request) => request,
         Err(error) => return GrpcCallResponse::failed(code::INTERNAL, error),
     };
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|error| format!("request to {address}: {error}"))?;
-        let (parts, body) = response.into_parts();
-        let collected = Limited::new(body, MAX_RESPONSE + 5)
-            .collect()
-            .await
-            .map_err(|error| format!("response body: {error}"))?;
-        let trailers = collected.trailers().cloned();
-        Ok::<_, String>((parts, collected.to_bytes(), trailers))
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => {
-            lease.record(Outcome::Failed(RetryCondition::Timeout));
-            GrpcCallResponse::failed(
-                code::DEADLINE_EXCEEDED,
-                format!("no answer within {timeout:?}"),
-            )
-        }
-        Ok(Err(error)) => {
-            lease.record(Outcome::Failed(RetryCondition::ConnectError));
-            GrpcCallResponse::failed(code::UNAVAILABLE, error)
-        }
-        Ok(Ok((parts, body, trailers))) => {
-            lease.record(Outcome::Answered(parts.status.as_u16()));
-            read_answer(&parts, body, trailers.as_ref())
-        }
+    match callout_client::exchange(client, target, request, MAX_RESPONSE + 5, timeout).await {
+        Ok(answer) => read_answer(&answer.parts, answer.body, answer.trailers.as_ref()),
+        Err(ExchangeError::TimedOut) => GrpcCallResponse::failed(
+            code::DEADLINE_EXCEEDED,
+            format!("no answer within {timeout:?}"),
+        ),
+        Err(ExchangeError::Failed(error)) => GrpcCallResponse::failed(code::UNAVAILABLE, error),
     }
 }
 

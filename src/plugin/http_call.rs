@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 
-use super::callout_client;
+use super::callout_client::{self, ExchangeError};
 use super::host::{HttpCallResponse, PendingCall};
 use crate::upstream::UpstreamPool;
-use crate::upstream::endpoint::Outcome;
-use crate::upstream::retry::RetryCondition;
 
 /// Largest http_call response body handed to a plugin.
 const MAX_RESPONSE_BODY: usize = 4 * 1024 * 1024;
@@ -45,56 +43,27 @@ async fn run(
         .find(|pool| *pool.name == *call.upstream)
         .ok_or_else(|| "no such upstream".to_string())?;
     let client = pool.callouts.for_http_call(&pool.plan)?;
-    let selection = pool
-        .select(b"", 0)
-        .map_err(|error| format!("no endpoint available: {error:?}"))?;
-    let mut lease = selection.lease;
-    let address = pool
-        .endpoints()
-        .get(lease.endpoint_index())
-        .ok_or("endpoint vanished")?
-        .socket;
+    let target = callout_client::choose(pool)?;
     let timeout = if call.timeout.is_zero() {
         DEFAULT_TIMEOUT
     } else {
         call.timeout
     };
-    let request = build_request(call, &callout_client::origin(&pool.plan, address))?;
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|error| format!("request to {address}: {error}"))?;
-        let (parts, body) = response.into_parts();
-        let collected = Limited::new(body, MAX_RESPONSE_BODY)
-            .collect()
-            .await
-            .map_err(|error| format!("response body: {error}"))?;
-        let trailers = collected.trailers().cloned();
-        Ok::<_, String>((parts, collected.to_bytes(), trailers))
-    };
-    let (parts, body, trailers) = match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(error)) => {
-            lease.record(Outcome::Failed(RetryCondition::ConnectError));
-            return Err(error);
-        }
-        Err(_) => {
-            lease.record(Outcome::Failed(RetryCondition::Timeout));
-            return Err(format!("timed out after {timeout:?}"));
-        }
-    };
-    lease.record(Outcome::Answered(parts.status.as_u16()));
-    let mut headers = Vec::with_capacity(parts.headers.len() + 1);
-    headers.push((
-        ":status".to_string(),
-        Bytes::from(parts.status.as_u16().to_string()),
-    ));
-    headers.extend(pairs_of(&parts.headers));
+    let request = build_request(call, &target.origin)?;
+    let answer = callout_client::exchange(client, target, request, MAX_RESPONSE_BODY, timeout)
+        .await
+        .map_err(|error| match error {
+            ExchangeError::TimedOut => format!("timed out after {timeout:?}"),
+            ExchangeError::Failed(reason) => reason,
+        })?;
+    let status = answer.parts.status.as_u16();
+    let mut headers = Vec::with_capacity(answer.parts.headers.len() + 1);
+    headers.push((":status".to_string(), Bytes::from(status.to_string())));
+    headers.extend(pairs_of(&answer.parts.headers));
     Ok(HttpCallResponse {
         headers,
-        body,
-        trailers: trailers.as_ref().map(pairs_of).unwrap_or_default(),
+        body: answer.body,
+        trailers: answer.trailers.as_ref().map(pairs_of).unwrap_or_default(),
     })
 }
 

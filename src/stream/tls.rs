@@ -187,6 +187,12 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A verifier that trusts any server certificate (the stream client's
+/// `insecure_skip_verify`, plugin callouts to upstreams with `tls.verify: false`).
+pub(crate) fn accept_any_server(provider: Arc<CryptoProvider>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(AcceptAnyServer(provider))
+}
+
 /// `insecure_skip_verify`: trusts any certificate but still checks the handshake
 /// signatures, so the session is at least bound to the key the server presented.
 #[derive(Debug)]

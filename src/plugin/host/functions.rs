@@ -519,15 +519,7 @@ fn proxy_send_local_response(
     let Some(pairs) = abi::deserialize_pairs(&header_bytes) else {
         return status::BAD_ARGUMENT;
     };
-    let headers: Vec<(String, Bytes)> = pairs
-        .into_iter()
-        .map(|(name, value)| {
-            (
-                String::from_utf8_lossy(name).to_ascii_lowercase(),
-                Bytes::copy_from_slice(value),
-            )
-        })
-        .collect();
+    let headers = lowercase_pairs(pairs);
     let local = LocalResponse::new(code, headers, Bytes::from(body));
     // The SDKs pass -1 for "no gRPC status".
     let grpc_status = u32::try_from(grpc_status).ok();
@@ -569,22 +561,13 @@ fn proxy_http_call(
     let Some(pairs) = abi::deserialize_pairs(&header_bytes) else {
         return status::BAD_ARGUMENT;
     };
-    let headers: Vec<(String, Bytes)> = pairs
-        .into_iter()
-        .map(|(name, value)| {
-            (
-                String::from_utf8_lossy(name).to_ascii_lowercase(),
-                Bytes::copy_from_slice(value),
-            )
-        })
-        .collect();
+    let headers = lowercase_pairs(pairs);
     let has = |wanted: &str| headers.iter().any(|(name, _)| name == wanted);
     if upstream.is_empty() || !has(":method") || !has(":path") || !has(":authority") {
         return status::BAD_ARGUMENT;
     }
     let state = env.data_mut();
-    let token = state.next_call_token;
-    state.next_call_token = state.next_call_token.wrapping_add(1).max(1);
+    let token = state.take_call_token();
     let call = PendingCall {
         token,
         upstream,
@@ -594,6 +577,19 @@ fn proxy_http_call(
     };
     dispatch(state, Callout::Http(call));
     status_of(write_u32(&env, return_token, token))
+}
+
+/// Deserialized header pairs with their names lower-cased, as HTTP/2 and Envoy have them.
+fn lowercase_pairs(pairs: Vec<(&[u8], &[u8])>) -> Vec<(String, Bytes)> {
+    pairs
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                String::from_utf8_lossy(name).to_ascii_lowercase(),
+                Bytes::copy_from_slice(value),
+            )
+        })
+        .collect()
 }
 
 /// Queues a call for the request (run while it waits) or for the root context (run in the
@@ -652,19 +648,10 @@ fn proxy_grpc_call(
         let Some(pairs) = abi::deserialize_pairs(&metadata) else {
             return status::PARSE_FAILURE;
         };
-        pairs
-            .into_iter()
-            .map(|(name, value)| {
-                (
-                    String::from_utf8_lossy(name).to_ascii_lowercase(),
-                    Bytes::copy_from_slice(value),
-                )
-            })
-            .collect()
+        lowercase_pairs(pairs)
     };
     let state = env.data_mut();
-    let token = state.next_call_token;
-    state.next_call_token = state.next_call_token.wrapping_add(1).max(1);
+    let token = state.take_call_token();
     let call = PendingGrpcCall {
         token,
         upstream,

@@ -329,6 +329,13 @@ impl HostState {
         self.effective_context.filter(|context| *context != own)
     }
 
+    /// A token for a new call, never 0 (the SDKs treat 0 as "no call").
+    pub fn take_call_token(&mut self) -> u32 {
+        let token = self.next_call_token;
+        self.next_call_token = self.next_call_token.wrapping_add(1).max(1);
+        token
+    }
+
     /// A request is lent (root-context callbacks lend no request).
     pub fn in_request(&self) -> bool {
         // SAFETY: as in `frame`.
