@@ -163,6 +163,14 @@ pub(super) fn replace_response(
     Ok(())
 }
 
+/// `application/grpc`, `application/grpc+proto` and the like, as Envoy recognises a gRPC
+/// request; not gRPC-Web (`application/grpc-web…`).
+fn is_grpc_content_type(value: &[u8]) -> bool {
+    value
+        .strip_prefix(b"application/grpc")
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+}
+
 /// The `connection.tls_version` of a plaintext connection, shared: an `Arc<str>` made from
 /// "" allocates every time.
 fn no_tls_version() -> Arc<str> {
@@ -211,6 +219,6 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
             .req_header()
             .headers
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc")),
+            .is_some_and(|value| is_grpc_content_type(value.as_bytes())),
     }
 }

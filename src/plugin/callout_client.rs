@@ -78,8 +78,11 @@ pub struct CalloutTarget {
 
 /// Chooses the endpoint of a callout to `pool`.
 pub fn choose(pool: &Arc<UpstreamPool>) -> Result<CalloutTarget, String> {
+    // A random key: a hash-balanced upstream spreads callouts over its endpoints instead of
+    // sending every one to the endpoint of the empty key.
+    let key = fastrand::u64(..).to_le_bytes();
     let selection = pool
-        .select(b"", 0)
+        .select(&key, 0)
         .map_err(|error| format!("no endpoint available: {error:?}"))?;
     let lease = selection.lease;
     let address = pool
@@ -122,18 +125,21 @@ pub async fn exchange(
     timeout: Duration,
 ) -> Result<Answer, ExchangeError> {
     let address = target.address;
+    // The error carries the status when the endpoint did answer: a body over the plugin's
+    // limit is not the endpoint's failure, and must not count against its breaker.
     let run = async {
         let response = client
             .request(request)
             .await
-            .map_err(|error| format!("request to {address}: {error}"))?;
+            .map_err(|error| (None, format!("request to {address}: {error}")))?;
         let (parts, body) = response.into_parts();
+        let status = parts.status.as_u16();
         let collected = Limited::new(body, body_limit)
             .collect()
             .await
-            .map_err(|error| format!("response body: {error}"))?;
+            .map_err(|error| (Some(status), format!("response body: {error}")))?;
         let trailers = collected.trailers().cloned();
-        Ok::<_, String>(Answer {
+        Ok::<_, (Option<u16>, String)>(Answer {
             parts,
             body: collected.to_bytes(),
             trailers,
@@ -146,10 +152,11 @@ pub async fn exchange(
                 .record(Outcome::Answered(answer.parts.status.as_u16()));
             Ok(answer)
         }
-        Ok(Err(error)) => {
-            target
-                .lease
-                .record(Outcome::Failed(RetryCondition::ConnectError));
+        Ok(Err((answered, error))) => {
+            target.lease.record(match answered {
+                Some(status) => Outcome::Answered(status),
+                None => Outcome::Failed(RetryCondition::ConnectError),
+            });
             Err(ExchangeError::Failed(error))
         }
         Err(_) => {

@@ -353,7 +353,29 @@ impl Instance {
         self.env.as_ref(&self.store).tick_period_ms
     }
 
+    /// The calls root contexts dispatched, handed to the background task; they stay
+    /// cancellable until [`Self::root_answer_wanted`] is asked about them.
     pub fn take_root_calls(&mut self) -> Vec<Callout> {
-        std::mem::take(&mut self.env.as_mut(&mut self.store).root_calls)
+        let state = self.env.as_mut(&mut self.store);
+        let calls = std::mem::take(&mut state.root_calls);
+        state
+            .root_calls_in_flight
+            .extend(calls.iter().map(Callout::token));
+        calls
+    }
+
+    /// Whether the answer to root call `token` is still wanted (it was not cancelled).
+    pub fn root_answer_wanted(&mut self, token: u32) -> bool {
+        let state = self.env.as_mut(&mut self.store);
+        state
+            .root_calls_in_flight
+            .retain(|pending| *pending != token);
+        match state.cancelled_root_calls.iter().position(|t| *t == token) {
+            Some(position) => {
+                state.cancelled_root_calls.swap_remove(position);
+                false
+            }
+            None => true,
+        }
     }
 }

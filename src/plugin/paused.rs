@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use super::abi::MapType;
 use super::host::LocalResponse;
+use super::host::maps::Write;
 
 /// What another context asked of a paused request.
 #[derive(Debug)]
@@ -23,9 +25,20 @@ pub enum StreamEvent {
     ResumeResponse,
     Respond(LocalResponse),
     Close,
+    /// A header write (`proxy_add/replace/remove_header_map_value`) made while this context
+    /// was the effective one; applied in order when the request runs again.
+    EditHeader {
+        map: MapType,
+        name: String,
+        value: Vec<u8>,
+        how: Write,
+    },
     /// The instance holding the context was replaced after a failure.
     Lost,
 }
+
+/// Events kept per paused context.
+const MAX_EVENTS: usize = 16;
 
 struct Waiter {
     wake: Arc<Notify>,
@@ -45,14 +58,16 @@ impl PausedStreams {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Marks a context paused; returns what wakes its request.
+    /// Marks a context paused, with a fresh waiter: nothing meant for an earlier holder of
+    /// the same id (a replaced instance numbers its contexts again) can reach it.
     pub fn register(&self, shard: usize, context_id: u32) {
-        self.lock()
-            .entry((shard, context_id))
-            .or_insert_with(|| Waiter {
+        self.lock().insert(
+            (shard, context_id),
+            Waiter {
                 wake: Arc::new(Notify::new()),
                 events: Vec::new(),
-            });
+            },
+        );
     }
 
     /// Hands `event` to the paused context; false when it is not paused.
@@ -61,6 +76,11 @@ impl PausedStreams {
         let Some(waiter) = waiters.get_mut(&(shard, context_id)) else {
             return false;
         };
+        // The first decisive event ends the wait; a plugin that keeps sending more cannot
+        // grow the queue.
+        if waiter.events.len() >= MAX_EVENTS {
+            return true;
+        }
         waiter.events.push(event);
         // `notify_one` stores a permit when nobody waits yet, so no wake-up is lost.
         waiter.wake.notify_one();
@@ -90,7 +110,7 @@ impl PausedStreams {
     pub fn abandon_shard(&self, shard: usize) {
         for ((waiter_shard, _), waiter) in self.lock().iter_mut() {
             if *waiter_shard == shard {
-                waiter.events.push(StreamEvent::Lost);
+                waiter.events.insert(0, StreamEvent::Lost);
                 waiter.wake.notify_one();
             }
         }

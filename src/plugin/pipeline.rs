@@ -40,6 +40,9 @@ struct PluginContext {
     teardown_pending: bool,
     request_body: BytesMut,
     response_body: BytesMut,
+    /// Registered as paused (see `crate::plugin::paused`) until its wait ends; a request
+    /// dropped while waiting is unregistered in `finish`.
+    paused: bool,
 }
 
 /// What a callback may see besides its stream state.
@@ -84,6 +87,7 @@ impl RequestPlugins {
                 teardown_pending: false,
                 request_body: BytesMut::new(),
                 response_body: BytesMut::new(),
+                paused: false,
             })
             .collect();
         RequestPlugins {
@@ -185,6 +189,9 @@ impl RequestPlugins {
             facts: &self.facts,
         };
         if pausable {
+            // Set before the call: a pause registered by a callback that then fails (over
+            // its timeout) is still unregistered.
+            context.paused = true;
             plugin.invoke_pausable(&handle, phase, &mut frame, body)
         } else {
             plugin.invoke(&handle, phase, &mut frame, body)
@@ -198,23 +205,25 @@ impl RequestPlugins {
         index: usize,
         paused: bool,
         request: &mut RequestHeader,
-        response: Option<&mut ResponseHeader>,
+        mut response: Option<&mut ResponseHeader>,
         upstreams: &[Arc<UpstreamPool>],
     ) -> Option<Flow> {
         let in_response = response.is_some();
         let mut flow = self.requested_end(index);
         if flow.is_none() {
-            flow = self.answer_calls(index, request, response, upstreams).await;
+            flow = self
+                .answer_calls(index, request, response.as_deref_mut(), upstreams)
+                .await;
         }
-        if flow.is_none() && paused && !self.resumed(index, in_response) {
-            flow = self.wait_for_resume(index, in_response).await;
+        // A plugin skipped after a failure (`fail_open`) is not waited for.
+        if flow.is_none()
+            && paused
+            && !self.contexts[index].skipped
+            && !self.resumed(index, in_response)
+        {
+            flow = self.wait_for_resume(index, request, response).await;
         }
-        if paused && let Some(handle) = self.contexts[index].handle {
-            self.chain[index]
-                .shared
-                .paused
-                .unregister(handle.shard, handle.context_id);
-        }
+        self.forget_pause(index);
         flow
     }
 
@@ -230,7 +239,13 @@ impl RequestPlugins {
 
     /// Waits, up to the plugin's `pause_timeout`, for another context to resume, answer or
     /// close this paused request.
-    async fn wait_for_resume(&mut self, index: usize, in_response: bool) -> Option<Flow> {
+    async fn wait_for_resume(
+        &mut self,
+        index: usize,
+        request: &mut RequestHeader,
+        mut response: Option<&mut ResponseHeader>,
+    ) -> Option<Flow> {
+        let in_response = response.is_some();
         let plugin = Arc::clone(&self.chain[index]);
         let handle = self.contexts[index].handle?;
         let paused = &plugin.shared.paused;
@@ -249,6 +264,24 @@ impl RequestPlugins {
                         return Some(Flow::Respond(local));
                     }
                     StreamEvent::Close => return Some(Flow::Close),
+                    StreamEvent::EditHeader {
+                        map,
+                        name,
+                        value,
+                        how,
+                    } => {
+                        let mut frame = Frame {
+                            request: Some(Lent::Writable(&mut *request)),
+                            response: response.as_deref_mut().map(Lent::Writable),
+                            response_trailers: None,
+                            body: None,
+                            callout: None,
+                            context_id: handle.context_id,
+                            stream: &mut self.contexts[index].stream,
+                            facts: &self.facts,
+                        };
+                        let _ = super::host::maps::write(&mut frame, map, &name, &value, how);
+                    }
                     StreamEvent::Lost => {
                         let failure = Failure {
                             kind: FailureKind::InstanceLost,
@@ -354,9 +387,9 @@ impl RequestPlugins {
     }
 
     /// `on_request_headers` of plugin `index` (the gateway walks the route's chain, where
-    /// plugins sit between built-in policies). A Pause holds the request until the plugin
-    /// resumes it (after its calls' answers, or from another context) or answers it, for at
-    /// most its `pause_timeout`. `None`: go on.
+    /// plugins sit between built-in policies). A Pause on a request without a body holds it
+    /// until the plugin resumes it (after its calls' answers, or from another context) or
+    /// answers it, for at most its `pause_timeout`. `None`: go on.
     pub async fn request_headers_at(
         &mut self,
         index: usize,
@@ -385,20 +418,25 @@ impl RequestPlugins {
                 None => Ok(0),
             },
         );
-        let paused = match result {
-            Ok(raw) => Action::from_raw(raw) == Action::Pause,
+        // With a body to come, Envoy's Pause (StopIteration) lets the body callbacks run and
+        // a Continue there resumes the request: only a request without a body is held here;
+        // one with a body is held, if the plugin wants, on its last chunk.
+        let hold = match result {
+            Ok(raw) => Action::from_raw(raw) == Action::Pause && end_of_stream,
             Err(failure) => {
                 self.forget_pause(index);
                 return self.fail(index, failure);
             }
         };
-        self.settle_pause(index, paused, request, None, upstreams)
+        self.settle_pause(index, hold, request, None, upstreams)
             .await
     }
 
-    /// A header callback that failed after answering Pause leaves nothing to wait for.
-    fn forget_pause(&self, index: usize) {
-        if let Some(handle) = self.contexts[index].handle {
+    /// Ends the context's registration as paused, if it has one.
+    fn forget_pause(&mut self, index: usize) {
+        if std::mem::take(&mut self.contexts[index].paused)
+            && let Some(handle) = self.contexts[index].handle
+        {
             self.chain[index]
                 .shared
                 .paused
@@ -658,6 +696,8 @@ impl RequestPlugins {
             return;
         }
         for index in 0..self.chain.len() {
+            // A request dropped while it waited (the client went away) leaves its pause.
+            self.forget_pause(index);
             // A context that failed was already torn down with its instance, unless the
             // instance was kept.
             let context = &self.contexts[index];

@@ -138,6 +138,13 @@ pub struct PluginStats {
     pub instances_replaced: AtomicU64,
 }
 
+/// Which instance a root-context call came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RootCallOrigin {
+    shard: usize,
+    generation: u64,
+}
+
 /// A request's hold on one plugin context.
 #[derive(Debug, Clone, Copy)]
 pub struct ContextHandle {
@@ -575,20 +582,50 @@ impl PluginRuntime {
         });
     }
 
-    /// Calls dispatched by root contexts since the last look, with their shard.
-    pub fn take_root_calls(&self) -> Vec<(usize, Callout)> {
+    /// Calls dispatched by root contexts since the last look, with the shard and instance
+    /// generation they belong to.
+    pub fn take_root_calls(&self) -> Vec<(RootCallOrigin, Callout)> {
         let mut calls = Vec::new();
         for (shard_index, shard) in self.shards.iter().enumerate() {
-            if let Some(instance) = lock(shard).instance.as_mut() {
+            let mut shard = lock(shard);
+            let generation = shard.generation;
+            if let Some(instance) = shard.instance.as_mut() {
+                let origin = RootCallOrigin {
+                    shard: shard_index,
+                    generation,
+                };
                 calls.extend(
                     instance
                         .take_root_calls()
                         .into_iter()
-                        .map(|call| (shard_index, call)),
+                        .map(|call| (origin, call)),
                 );
             }
         }
         calls
+    }
+
+    /// Hands a root call's answer to the instance that dispatched it, unless that instance
+    /// was replaced since (its tokens mean nothing to the new one) or the call was cancelled.
+    pub fn answer_root_call<R>(
+        &self,
+        origin: RootCallOrigin,
+        token: u32,
+        phase: Phase,
+        frame: &mut Frame<'_>,
+        body: impl FnOnce(&mut Store, &Callbacks) -> Result<R, RuntimeError>,
+    ) -> Option<Result<R, Failure>> {
+        let mut shard = lock_shard(&self.shards[origin.shard]);
+        if shard.generation != origin.generation {
+            return None;
+        }
+        let instance = shard.instance.as_mut()?;
+        if !instance.root_answer_wanted(token) {
+            return None;
+        }
+        let started = Instant::now();
+        let result = instance.call_metered(Some(frame), body);
+        Some(self.settle(origin.shard, &mut shard, phase, started, result))
     }
 
     pub fn shard_count(&self) -> usize {

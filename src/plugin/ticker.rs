@@ -29,7 +29,7 @@ pub async fn run(
         for (shard, queue_id) in runtime.shared.take_queue_ready() {
             runtime.queue_ready(shard, queue_id);
         }
-        for (shard, call) in runtime.take_root_calls() {
+        for (origin, call) in runtime.take_root_calls() {
             let weak = Arc::downgrade(&runtime);
             let pools = upstreams();
             tokio::spawn(async move {
@@ -49,11 +49,13 @@ pub async fn run(
                     stream: &mut stream,
                     facts: &facts,
                 };
-                let _ = runtime.invoke_root(
-                    shard,
+                let token = call.token();
+                let _ = runtime.answer_root_call(
+                    origin,
+                    token,
                     answer.phase(),
-                    Some(&mut frame),
-                    |store, callbacks| answer.deliver(call.token(), store, callbacks),
+                    &mut frame,
+                    |store, callbacks| answer.deliver(token, store, callbacks),
                 );
                 runtime.shared.wakeup.notify_one();
             });

@@ -211,6 +211,23 @@ async fn paused_requests_wait_until_another_context_resumes_or_answers_them() {
     let count: u64 = header(&resumed, "x-postponed-resumed").parse().unwrap();
     assert!(count >= 1, "answered before the tick resumed it");
 
+    // Edited by the root context (its header writes target the effective context), then
+    // resumed.
+    let edited = postponed("edit").await.unwrap();
+    assert_eq!(edited.status(), 200);
+    assert_eq!(echoed_headers(edited).await["x-set-by-tick"], "1");
+
+    // A request with a body is not held in its headers phase (Envoy runs the body callbacks
+    // after a headers Pause, and their Continue resumes it): it goes on to the upstream.
+    let with_body = client
+        .post(gateway.url("/callouts/p"))
+        .header("x-postpone", "never")
+        .body("a body follows")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_body.status(), 200);
+
     // Answered by the root context instead.
     let answered = postponed("respond").await.unwrap();
     assert_eq!(answered.status(), 202);

@@ -387,7 +387,20 @@ fn write_map_value(
             Err(error) => return error.status(),
         }
     };
-    match env.data_mut().frame() {
+    let state = env.data_mut();
+    if let Some(other) = state.other_context()
+        && matches!(map, MapType::RequestHeaders | MapType::ResponseHeaders)
+    {
+        // Another paused request's headers: applied, in order, when it runs again.
+        let edit = StreamEvent::EditHeader {
+            map,
+            name: key,
+            value,
+            how,
+        };
+        return deliver_to_other(state, other, edit);
+    }
+    match state.frame() {
         Some(frame) => maps::write(frame, map, &key, &value, how),
         None => status::NOT_FOUND,
     }
@@ -575,7 +588,10 @@ fn proxy_http_call(
         body: Bytes::from(body),
         timeout: Duration::from_millis(u64::from(timeout_ms as u32)).min(MAX_HTTP_CALL_TIMEOUT),
     };
-    dispatch(state, Callout::Http(call));
+    let queued = dispatch(state, Callout::Http(call));
+    if queued != status::OK {
+        return queued;
+    }
     status_of(write_u32(&env, return_token, token))
 }
 
@@ -592,14 +608,23 @@ fn lowercase_pairs(pairs: Vec<(&[u8], &[u8])>) -> Vec<(String, Bytes)> {
         .collect()
 }
 
+/// Calls one context may have waiting to be run at once.
+const MAX_PENDING_CALLS: usize = 128;
+
 /// Queues a call for the request (run while it waits) or for the root context (run in the
-/// background).
-fn dispatch(state: &mut HostState, call: Callout) {
-    if state.in_request() {
-        state.stream().pending_calls.push(call);
+/// background). INTERNAL_FAILURE (which the SDKs report as an error, never a panic) past
+/// [`MAX_PENDING_CALLS`].
+fn dispatch(state: &mut HostState, call: Callout) -> i32 {
+    let pending = if state.in_request() {
+        &mut state.stream().pending_calls
     } else {
-        state.root_calls.push(call);
+        &mut state.root_calls
+    };
+    if pending.len() >= MAX_PENDING_CALLS {
+        return status::INTERNAL_FAILURE;
     }
+    pending.push(call);
+    status::OK
 }
 
 /// A unary gRPC call. The SDKs accept only OK, PARSE_FAILURE and INTERNAL_FAILURE here (the
@@ -661,7 +686,10 @@ fn proxy_grpc_call(
         message: Bytes::from(message),
         timeout: Duration::from_millis(u64::from(timeout_ms as u32)).min(MAX_HTTP_CALL_TIMEOUT),
     };
-    dispatch(state, Callout::Grpc(call));
+    let queued = dispatch(state, Callout::Grpc(call));
+    if queued != status::OK {
+        return queued;
+    }
     status_of(write_u32(&env, return_token, token))
 }
 
@@ -670,14 +698,23 @@ fn proxy_grpc_call(
 fn proxy_grpc_cancel(mut env: Env, token: i32) -> i32 {
     let token = token as u32;
     let state = env.data_mut();
-    if let Some(index) = state
-        .root_calls
-        .iter()
-        .position(|call| call.token() == token)
-        .filter(|_| !state.in_request())
-    {
-        state.root_calls.remove(index);
-        return status::OK;
+    if !state.in_request() {
+        // A root call not yet started is dropped; one running has its answer dropped.
+        if let Some(index) = state
+            .root_calls
+            .iter()
+            .position(|call| call.token() == token)
+        {
+            state.root_calls.remove(index);
+            return status::OK;
+        }
+        if state.root_calls_in_flight.contains(&token)
+            && !state.cancelled_root_calls.contains(&token)
+        {
+            state.cancelled_root_calls.push(token);
+            return status::OK;
+        }
+        return status::NOT_FOUND;
     }
     let stream = state.stream();
     let outstanding = stream

@@ -7,7 +7,7 @@
 //! [`HostState::enter`].
 
 mod functions;
-mod maps;
+pub mod maps;
 mod memory;
 mod properties;
 mod wasi;
@@ -241,6 +241,10 @@ pub struct HostState {
     pub next_call_token: u32,
     /// Calls dispatched from the root context (ticks, queues), run in the background.
     pub root_calls: Vec<Callout>,
+    /// Root-context calls running in the background, until their answer is handed over.
+    pub root_calls_in_flight: Vec<u32>,
+    /// Of those, the ones cancelled (`proxy_grpc_cancel`): their answers are dropped.
+    pub cancelled_root_calls: Vec<u32>,
     /// Root-context state: local responses and closes are meaningless there.
     pub root_stream: StreamState,
     /// `proxy_set_effective_context` during the running callback: stream actions then
@@ -269,6 +273,8 @@ impl HostState {
             metrics: Vec::new(),
             next_call_token: 1,
             root_calls: Vec::new(),
+            root_calls_in_flight: Vec::new(),
+            cancelled_root_calls: Vec::new(),
             root_stream: StreamState::default(),
             effective_context: None,
             frame: None,

@@ -10,8 +10,9 @@
 //! - `x-grpc-cancel: 1` (with `x-grpc-method`): a second call is dispatched and cancelled at
 //!   once; it must never be reported.
 //! - `x-grpc-local: CODE`: a gRPC local answer (`send_grpc_response`) with that status.
-//! - `x-postpone: resume | respond | never`: the request pauses with nothing outstanding.
-//!   The root context's tick resumes it, answers it with 202, or leaves it alone.
+//! - `x-postpone: resume | edit | respond | never`: the request pauses with nothing
+//!   outstanding. The root context's tick resumes it (after setting its request header
+//!   `x-set-by-tick: 1`, for `edit`), answers it with 202, or leaves it alone.
 //! - `x-postpone-response: 1`: the response headers phase pauses; the tick resumes it.
 //! - `x-postpone-body: 1`: the last chunk of the request body pauses; the tick resumes it.
 //!
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, GrpcStatusCode};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, MapType};
 
 const UPSTREAM: &str = "grpc";
 const SERVICE: &str = "loom.test.Probe";
@@ -32,6 +33,7 @@ const TICK: Duration = Duration::from_millis(50);
 #[derive(Clone, Copy)]
 enum Postponed {
     Resume,
+    EditThenResume,
     Respond,
     ResumeResponse,
 }
@@ -63,6 +65,12 @@ impl RootContext for CalloutsRoot {
             let _ = hostcalls::set_effective_context(context_id);
             let _ = match what {
                 Postponed::Resume => hostcalls::resume_http_request(),
+                Postponed::EditThenResume => hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    "x-set-by-tick",
+                    Some("1"),
+                )
+                .and_then(|()| hostcalls::resume_http_request()),
                 Postponed::ResumeResponse => hostcalls::resume_http_response(),
                 Postponed::Respond => hostcalls::send_http_response(
                     202,
@@ -182,6 +190,7 @@ impl HttpContext for CalloutsHttp {
         }
         match self.header("x-postpone").as_deref() {
             Some("resume") => self.postpone(Postponed::Resume),
+            Some("edit") => self.postpone(Postponed::EditThenResume),
             Some("respond") => self.postpone(Postponed::Respond),
             Some(_) => {}
             None => return Action::Continue,
