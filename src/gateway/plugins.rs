@@ -137,6 +137,14 @@ pub async fn write_local_response(
     if !reusable {
         session.set_keepalive(None);
     }
+    // An answer without a body ends with its headers: over HTTP/2 that is one HEADERS frame
+    // with END_STREAM, which is what a gRPC client needs of a trailers-only reply (a trailing
+    // empty DATA frame leaves it without a status).
+    // (`write_response_header` never ends the stream, whatever its flag says.)
+    if local.body.is_empty() {
+        let task = pingora::protocols::http::HttpTask::Header(Box::new(header), true);
+        return session.write_response_tasks(vec![task]).await.is_ok() && reusable;
+    }
     if session
         .write_response_header(Box::new(header), false)
         .await

@@ -55,6 +55,10 @@ fn callouts_config(echo_port: u16, grpc_port: &str) -> String {
         r#"listeners:
   - name: http
     address: "127.0.0.1:@HTTP@"
+  # gRPC clients speak h2c here.
+  - name: grpc
+    address: "127.0.0.1:@PORT0@"
+    protocol: http2
 plugin_dir: "@PLUGINS@"
 plugin_cache_dir: "@PLUGIN_CACHE@"
 plugins:
@@ -66,6 +70,11 @@ routes:
     path: /callouts/*
     upstream: echo
     plugins: [callouts]
+  # gRPC requests proxied to the gRPC server, through the same plugin.
+  - id: grpc
+    path: /loom.test.Probe/*
+    upstream: grpc
+    plugins: [callouts]
 upstreams:
   - name: echo
     endpoints: ["127.0.0.1:{echo_port}"]
@@ -74,6 +83,23 @@ upstreams:
     endpoints: ["127.0.0.1:{grpc_port}"]
 "#
     )
+}
+
+/// `tests/fixtures/grpc_probe_client.py`: one call through the gateway by a real gRPC client.
+fn grpc_client_call(port: u16, method: &str, metadata: &[&str]) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/grpc_probe_client.py"
+    );
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(method)
+        .arg("from-client")
+        .args(metadata)
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn header(response: &reqwest::Response, name: &str) -> String {
@@ -180,6 +206,14 @@ async fn grpc_callouts_reach_a_real_grpc_server_and_report_answers_refusals_and_
     assert_eq!(plain.status(), 200);
     assert!(plain.headers().get("grpc-status").is_none());
     assert_eq!(plain.text().await.unwrap(), "refused by plugin");
+
+    // A real gRPC client through the gateway: proxied, and refused by the plugin with a
+    // gRPC local reply it reads as Envoy's (one HEADERS frame that ends the stream).
+    let port = gateway.extra_ports[0];
+    let proxied = grpc_client_call(port, "Echo", &[]);
+    assert!(proxied.starts_with("OK echo:from-client|"), "{proxied}");
+    let refused = grpc_client_call(port, "Echo", &["x-grpc-local=10"]);
+    assert_eq!(refused, "ABORTED refused by plugin");
 
     // The server gone: UNAVAILABLE, and the gateway keeps serving.
     drop(grpc);
