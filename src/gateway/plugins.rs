@@ -171,14 +171,6 @@ pub(super) fn replace_response(
     Ok(())
 }
 
-/// `application/grpc`, `application/grpc+proto` and the like, as Envoy recognises a gRPC
-/// request; not gRPC-Web (`application/grpc-web…`).
-fn is_grpc_content_type(value: &[u8]) -> bool {
-    value
-        .strip_prefix(b"application/grpc")
-        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
-}
-
 /// The `connection.tls_version` of a plaintext connection, shared: an `Arc<str>` made from
 /// "" allocates every time.
 fn no_tls_version() -> Arc<str> {
@@ -223,10 +215,5 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
             .map_or_else(no_tls_version, |ssl| Arc::from(ssl.version.as_ref())),
         client_certificate: super::client_cert::identity_of(session),
         trace_id: ctx.trace.trace_id,
-        grpc_request: session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| is_grpc_content_type(value.as_bytes())),
     }
 }

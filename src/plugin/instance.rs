@@ -292,14 +292,17 @@ impl Instance {
             Some(budget) => budget.set(&mut self.store, self.max_fuel),
             None => engine::set_budget(&mut self.store, &self.instance, self.max_fuel),
         }
-        // An effective context is chosen per callback.
-        self.env.as_mut(&mut self.store).effective_context = None;
         let callbacks = &self.callbacks;
         let result = match frame {
             Some(frame) => HostState::enter(&self.env, &mut self.store, frame, |store| {
                 body(store, callbacks)
             }),
-            None => body(&mut self.store, callbacks),
+            None => {
+                // An effective context is chosen per callback (`enter` resets it for the
+                // others, with the frame it sets anyway).
+                self.env.as_mut(&mut self.store).effective_context = None;
+                body(&mut self.store, callbacks)
+            }
         };
         let remaining = match &self.budget {
             Some(budget) => budget.remaining(&mut self.store),

@@ -260,7 +260,7 @@ impl RequestPlugins {
                     StreamEvent::ResumeRequest | StreamEvent::ResumeResponse => {}
                     StreamEvent::Respond(local) => {
                         let grpc_status = local.pending_grpc_status;
-                        let local = local.shaped(grpc_status, self.facts.grpc_request);
+                        let local = local.shaped(grpc_status, Some(&*request));
                         return Some(Flow::Respond(local));
                     }
                     StreamEvent::Close => return Some(Flow::Close),

@@ -544,8 +544,14 @@ fn proxy_send_local_response(
     if !state.in_request() {
         return status::BAD_ARGUMENT;
     }
-    let grpc_request = state.facts().grpc_request;
-    state.stream().local_response = Some(local.shaped(grpc_status, grpc_request));
+    let local = match state.frame() {
+        Some(frame) => local.shaped(
+            grpc_status,
+            frame.request.as_ref().map(|request| request.get()),
+        ),
+        None => local,
+    };
+    state.stream().local_response = Some(local);
     status::OK
 }
 

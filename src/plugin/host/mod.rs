@@ -72,9 +72,6 @@ pub struct RequestFacts {
     pub tls_version: Arc<str>,
     /// The client certificate verified in the handshake (listeners with `tls.client_ca`).
     pub client_certificate: Option<Arc<crate::gateway::client_cert::ClientIdentity>>,
-    /// The request is gRPC (`content-type: application/grpc…`): local answers with a gRPC
-    /// status are sent the gRPC way.
-    pub grpc_request: bool,
     /// The request's W3C trace id (`loom.trace_id`), 0 when tracing is off.
     pub trace_id: u128,
 }
@@ -135,6 +132,17 @@ pub struct LocalResponse {
     pub pending_grpc_status: Option<u32>,
 }
 
+/// Whether `request` is gRPC as Envoy recognises one: `application/grpc`,
+/// `application/grpc+proto` and the like, not gRPC-Web (`application/grpc-web…`).
+/// Looked up only when a local answer carries a gRPC status.
+pub fn is_grpc_request(request: &RequestHeader) -> bool {
+    request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+}
+
 impl LocalResponse {
     pub fn new(status: u16, headers: Vec<(String, Bytes)>, body: Bytes) -> LocalResponse {
         LocalResponse {
@@ -153,9 +161,13 @@ impl LocalResponse {
     /// The answer as Envoy sends it: to a gRPC request, a local answer with a gRPC status
     /// is HTTP 200, trailers-only, with that status and the body text as `grpc-message`;
     /// to any other request the gRPC status is ignored.
-    pub fn shaped(mut self, grpc_status: Option<u32>, grpc_request: bool) -> LocalResponse {
+    pub fn shaped(
+        mut self,
+        grpc_status: Option<u32>,
+        request: Option<&RequestHeader>,
+    ) -> LocalResponse {
         self.pending_grpc_status = None;
-        let Some(grpc_status) = grpc_status.filter(|_| grpc_request) else {
+        let Some(grpc_status) = grpc_status.filter(|_| request.is_some_and(is_grpc_request)) else {
             return self;
         };
         self.headers.retain(|(name, _)| {
@@ -291,7 +303,10 @@ impl HostState {
         call: impl FnOnce(&mut Store) -> R,
     ) -> R {
         let pointer = NonNull::from(frame).cast::<Frame<'static>>();
-        env.as_mut(store).frame = Some(pointer);
+        let state = env.as_mut(store);
+        state.frame = Some(pointer);
+        // An effective context is chosen per callback.
+        state.effective_context = None;
         let result = call(store);
         env.as_mut(store).frame = None;
         result
