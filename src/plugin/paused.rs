@@ -33,6 +33,11 @@ pub enum StreamEvent {
         value: Vec<u8>,
         how: Write,
     },
+    /// `proxy_set_header_map_pairs` under this context: the whole map replaced.
+    ReplaceHeaders {
+        map: MapType,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// The instance holding the context was replaced after a failure.
     Lost,
 }

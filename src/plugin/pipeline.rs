@@ -227,6 +227,31 @@ impl RequestPlugins {
         flow
     }
 
+    /// Applies a header write another context queued for plugin `index`'s paused request,
+    /// as if the plugin had made it in its own callback (routing marks included).
+    fn edit_headers(
+        &mut self,
+        index: usize,
+        request: &mut RequestHeader,
+        response: Option<&mut ResponseHeader>,
+        edit: impl FnOnce(&mut Frame<'_>) -> i32,
+    ) {
+        let Some(handle) = self.contexts[index].handle else {
+            return;
+        };
+        let mut frame = Frame {
+            request: Some(Lent::Writable(request)),
+            response: response.map(Lent::Writable),
+            response_trailers: None,
+            body: None,
+            callout: None,
+            context_id: handle.context_id,
+            stream: &mut self.contexts[index].stream,
+            facts: &self.facts,
+        };
+        let _ = edit(&mut frame);
+    }
+
     /// The plugin resumed its own stream (`proxy_continue_stream` in one of its callbacks).
     fn resumed(&mut self, index: usize, in_response: bool) -> bool {
         let stream = &mut self.contexts[index].stream;
@@ -269,18 +294,17 @@ impl RequestPlugins {
                         name,
                         value,
                         how,
-                    } => {
-                        let mut frame = Frame {
-                            request: Some(Lent::Writable(&mut *request)),
-                            response: response.as_deref_mut().map(Lent::Writable),
-                            response_trailers: None,
-                            body: None,
-                            callout: None,
-                            context_id: handle.context_id,
-                            stream: &mut self.contexts[index].stream,
-                            facts: &self.facts,
-                        };
-                        let _ = super::host::maps::write(&mut frame, map, &name, &value, how);
+                    } => self.edit_headers(index, request, response.as_deref_mut(), |frame| {
+                        super::host::maps::write(frame, map, &name, &value, how)
+                    }),
+                    StreamEvent::ReplaceHeaders { map, pairs } => {
+                        let borrowed: Vec<(&[u8], &[u8])> = pairs
+                            .iter()
+                            .map(|(name, value)| (name.as_slice(), value.as_slice()))
+                            .collect();
+                        self.edit_headers(index, request, response.as_deref_mut(), |frame| {
+                            super::host::maps::replace_all(frame, map, &borrowed)
+                        });
                     }
                     StreamEvent::Lost => {
                         let failure = Failure {

@@ -250,6 +250,12 @@ async fn paused_requests_wait_until_another_context_resumes_or_answers_them() {
     let edited = postponed("edit").await.unwrap();
     assert_eq!(edited.status(), 200);
     assert_eq!(echoed_headers(edited).await["x-set-by-tick"], "1");
+    // The whole map replaced the same way: the request's own headers are gone.
+    let replaced = postponed("replace").await.unwrap();
+    assert_eq!(replaced.status(), 200);
+    let seen = echoed_headers(replaced).await;
+    assert_eq!(seen["x-replaced-by-tick"], "1", "{seen}");
+    assert!(seen.get("x-postpone").is_none(), "{seen}");
 
     // A request with a body is not held in its headers phase (Envoy runs the body callbacks
     // after a headers Pause, and their Continue resumes it): it goes on to the upstream.

@@ -287,9 +287,15 @@ fn proxy_get_header_map_size(mut env: Env, map_type: i32, return_size: i32) -> i
     let Some(map) = MapType::from_raw(map_type) else {
         return status::NOT_FOUND;
     };
-    let size = match env.data_mut().frame() {
-        Some(frame) => maps::size(frame, map),
-        None => Err(status::NOT_FOUND),
+    let state = env.data_mut();
+    let size = if targets_other_request(state, map) {
+        // Another request's headers cannot be read from here: an empty map.
+        Ok(0)
+    } else {
+        match state.frame() {
+            Some(frame) => maps::size(frame, map),
+            None => Err(status::NOT_FOUND),
+        }
     };
     match size {
         Ok(size) => status_of(write_u32(&env, return_size, size as u32)),
@@ -306,9 +312,14 @@ fn proxy_get_header_map_pairs(
     let Some(map) = MapType::from_raw(map_type) else {
         return status::NOT_FOUND;
     };
-    let pairs = match env.data_mut().frame() {
-        Some(frame) => maps::pairs(frame, map),
-        None => Err(status::NOT_FOUND),
+    let state = env.data_mut();
+    let pairs = if targets_other_request(state, map) {
+        Ok(Vec::new())
+    } else {
+        match state.frame() {
+            Some(frame) => maps::pairs(frame, map),
+            None => Err(status::NOT_FOUND),
+        }
     };
     match pairs {
         Ok(pairs) => {
@@ -329,10 +340,27 @@ fn proxy_set_header_map_pairs(mut env: Env, map_type: i32, data: i32, data_len: 
     let Some(pairs) = abi::deserialize_pairs(&bytes) else {
         return status::BAD_ARGUMENT;
     };
-    match env.data_mut().frame() {
+    let state = env.data_mut();
+    if targets_other_request(state, map)
+        && let Some(other) = state.other_context()
+    {
+        let pairs = pairs
+            .iter()
+            .map(|(name, value)| (name.to_vec(), value.to_vec()))
+            .collect();
+        return deliver_to_other(state, other, StreamEvent::ReplaceHeaders { map, pairs });
+    }
+    match state.frame() {
         Some(frame) => maps::replace_all(frame, map, &pairs),
         None => status::NOT_FOUND,
     }
+}
+
+/// A header map call made under another request's effective context: writes are queued
+/// for that request, reads see an empty map (its headers are not here to read).
+fn targets_other_request(state: &HostState, map: MapType) -> bool {
+    state.other_context().is_some()
+        && matches!(map, MapType::RequestHeaders | MapType::ResponseHeaders)
 }
 
 fn proxy_get_header_map_value(
@@ -349,9 +377,14 @@ fn proxy_get_header_map_value(
     let Some(key) = read_string(&env, key, key_len) else {
         return status::BAD_ARGUMENT;
     };
-    let value = match env.data_mut().frame() {
-        Some(frame) => maps::value(frame, map, &key),
-        None => Err(status::NOT_FOUND),
+    let state = env.data_mut();
+    let value = if targets_other_request(state, map) {
+        Ok(None)
+    } else {
+        match state.frame() {
+            Some(frame) => maps::value(frame, map, &key),
+            None => Err(status::NOT_FOUND),
+        }
     };
     match value {
         Ok(Some(value)) => {
@@ -388,8 +421,8 @@ fn write_map_value(
         }
     };
     let state = env.data_mut();
-    if let Some(other) = state.other_context()
-        && matches!(map, MapType::RequestHeaders | MapType::ResponseHeaders)
+    if targets_other_request(state, map)
+        && let Some(other) = state.other_context()
     {
         // Another paused request's headers: applied, in order, when it runs again.
         let edit = StreamEvent::EditHeader {

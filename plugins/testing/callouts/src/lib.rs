@@ -10,9 +10,11 @@
 //! - `x-grpc-cancel: 1` (with `x-grpc-method`): a second call is dispatched and cancelled at
 //!   once; it must never be reported.
 //! - `x-grpc-local: CODE`: a gRPC local answer (`send_grpc_response`) with that status.
-//! - `x-postpone: resume | edit | respond | never`: the request pauses with nothing
-//!   outstanding. The root context's tick resumes it (after setting its request header
-//!   `x-set-by-tick: 1`, for `edit`), answers it with 202, or leaves it alone.
+//! - `x-postpone: resume | edit | replace | respond | never`: the request pauses with
+//!   nothing outstanding. The root context's tick resumes it (after setting its request
+//!   header `x-set-by-tick: 1`, for `edit`; after replacing its request headers with
+//!   `x-replaced-by-tick: 1` and `host: localhost`, for `replace`), answers it with 202, or
+//!   leaves it alone.
 //! - `x-postpone-response: 1`: the response headers phase pauses; the tick resumes it.
 //! - `x-postpone-body: 1`: the last chunk of the request body pauses; the tick resumes it.
 //!
@@ -34,6 +36,7 @@ const TICK: Duration = Duration::from_millis(50);
 enum Postponed {
     Resume,
     EditThenResume,
+    ReplaceThenResume,
     Respond,
     ResumeResponse,
 }
@@ -69,6 +72,11 @@ impl RootContext for CalloutsRoot {
                     MapType::HttpRequestHeaders,
                     "x-set-by-tick",
                     Some("1"),
+                )
+                .and_then(|()| hostcalls::resume_http_request()),
+                Postponed::ReplaceThenResume => hostcalls::set_map(
+                    MapType::HttpRequestHeaders,
+                    vec![("x-replaced-by-tick", "1"), ("host", "localhost")],
                 )
                 .and_then(|()| hostcalls::resume_http_request()),
                 Postponed::ResumeResponse => hostcalls::resume_http_response(),
@@ -191,6 +199,7 @@ impl HttpContext for CalloutsHttp {
         match self.header("x-postpone").as_deref() {
             Some("resume") => self.postpone(Postponed::Resume),
             Some("edit") => self.postpone(Postponed::EditThenResume),
+            Some("replace") => self.postpone(Postponed::ReplaceThenResume),
             Some("respond") => self.postpone(Postponed::Respond),
             Some(_) => {}
             None => return Action::Continue,
