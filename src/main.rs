@@ -260,6 +260,7 @@ fn run(
         })
         .collect();
     let admin_address = loaded.validated.admin_address;
+    let read_buffer_size = loaded.validated.read_buffer_size;
     let config_path = loaded.path.clone();
     let state = Arc::new(GatewayState::new(loaded, Arc::new(plugins)));
     if loom::control::upgrade::is_reporting() {
@@ -353,22 +354,22 @@ fn run(
             EdgeApp::new(Arc::new(proxy), Arc::clone(&state)),
         );
         service.threads = Some(threads);
-        match tls {
-            Some((cert, key)) => {
-                let mut settings = TlsSettings::intermediate(&cert, &key)?;
-                settings.enable_h2();
-                if let Some(client_auth) = client_auth {
-                    let verifier = loom::gateway::client_cert::RecordingVerifier::from_ca_file(
-                        &client_auth.ca_file,
-                        client_auth.required,
-                    )
-                    .map_err(anyhow::Error::msg)?;
-                    settings.set_client_cert_verifier(verifier);
-                }
-                service.add_tls_with_settings(&address, None, settings);
+        let mut endpoint = pingora::listeners::ListenerConfig::tcp(address)
+            .l4_buffer(pingora::listeners::L4BufferSettings::default().read(read_buffer_size));
+        if let Some((cert, key)) = tls {
+            let mut settings = TlsSettings::intermediate(&cert, &key)?;
+            settings.enable_h2();
+            if let Some(client_auth) = client_auth {
+                let verifier = loom::gateway::client_cert::RecordingVerifier::from_ca_file(
+                    &client_auth.ca_file,
+                    client_auth.required,
+                )
+                .map_err(anyhow::Error::msg)?;
+                settings.set_client_cert_verifier(verifier);
             }
-            None => service.add_tcp(&address),
+            endpoint = endpoint.tls(settings);
         }
+        service.add_listener(endpoint);
         let handle = server.add_service(service);
         handle.add_dependency(&control_handle);
         listener_handles.push(handle);

@@ -44,6 +44,10 @@ pub struct ServerSection {
     /// arriving before it is closed. Default: 60s. Read when a connection is accepted and at
     /// each request, so a reload applies to new connections.
     pub keepalive_timeout: Option<DurationValue>,
+    /// Read buffer of each client connection (Pingora's L4 buffer), held for the
+    /// connection's whole life, idle keep-alive time included. Default: 16KiB (Pingora's
+    /// own default is 64KiB). Read at start, like the listeners.
+    pub read_buffer_size: Option<SizeValue>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

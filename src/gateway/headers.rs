@@ -1,9 +1,10 @@
 //! Header handling between client and upstream: request ids and X-Forwarded-*.
 //!
-//! Hop-by-hop headers (Connection and the headers it names, Keep-Alive, TE, Upgrade except for
-//! WebSocket, ...) are removed by Pingora itself before `upstream_request_filter` runs: its
-//! default `HttpUpstreamRequestPolicy` strips them, so doing it again here would only cost
-//! time. `tests/integration/proxying.rs` checks the result.
+//! Hop-by-hop headers: Pingora's `HttpUpstreamRequestPolicy` removes `Connection` and the
+//! headers it names, and `Upgrade` except for WebSocket, before `upstream_request_filter`
+//! runs; the other standard hop-by-hop fields (Keep-Alive, TE, Transfer-Encoding, ...) are
+//! removed here for HTTP/1 upstreams, in one pass ([`strip_hop_by_hop`]).
+//! `tests/integration/proxying.rs` checks the result on the wire.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -155,7 +156,13 @@ pub fn prepare_upstream_request(
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers.get(http::header::HOST).cloned(),
     };
+    // Pingora sets the version to the upstream's before this filter: 1.1 on an HTTP/1
+    // connection. An HTTP/2 upstream keeps what HTTP/2 allows (`TE: trailers` for gRPC).
+    let upstream_is_http1 = upstream_request.version == http::Version::HTTP_11;
     edit_request_headers(upstream_request, 6, |headers| {
+        if upstream_is_http1 {
+            strip_hop_by_hop(headers);
+        }
         if let Some(client_ip) = client_ip {
             // Several X-Forwarded-For lines form one list (RFC 9110 5.3).
             let mut forwarded_for = Vec::with_capacity(crate::ip_text::MAX_IP_TEXT);
@@ -194,6 +201,39 @@ pub fn prepare_upstream_request(
             }
         }
     });
+}
+
+/// Removes the standard hop-by-hop request fields that Pingora leaves to Loom on HTTP/1
+/// upstreams (see `upstream::pool::peer_template`): those RFC 9110 7.6.1 names and Pingora's
+/// list (`Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`) other than
+/// `Connection`, `Upgrade` and `HTTP2-Settings`, which Pingora's upgrade handling removes or
+/// rewrites (WebSocket) before this runs. Requests almost never carry any of them, so the
+/// names are scanned once and only a present one is removed. Only for HTTP/1 upstreams:
+/// Pingora prepares HTTP/2 ones itself.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let is_hop_by_hop = |name: &HeaderName| {
+        *name == http::header::TE
+            || *name == http::header::TRANSFER_ENCODING
+            || *name == http::header::TRAILER
+            || *name == http::header::PROXY_AUTHORIZATION
+            || *name == http::header::PROXY_AUTHENTICATE
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+    };
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    for name in [
+        http::header::TE,
+        http::header::TRANSFER_ENCODING,
+        http::header::TRAILER,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::PROXY_AUTHENTICATE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ] {
+        headers.remove(name);
+    }
 }
 
 /// Removes hop-by-hop headers from the upstream's response. The response has one header

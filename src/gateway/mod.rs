@@ -73,10 +73,12 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestContext;
+    // Boxed: Pingora moves its per-request future (which holds the context) with memcpy
+    // twice per request, so a pointer here instead of the whole context saves copying it.
+    type CTX = Box<RequestContext>;
 
-    fn new_ctx(&self) -> RequestContext {
-        RequestContext::new()
+    fn new_ctx(&self) -> Box<RequestContext> {
+        Box::new(RequestContext::new())
     }
 
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
@@ -88,7 +90,7 @@ impl ProxyHttp for Gateway {
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
         previous: Box<dyn Any + Send + Sync>,
     ) {
         ctx.connection = previous.downcast::<ConnectionGuard>().ok();
@@ -97,7 +99,7 @@ impl ProxyHttp for Gateway {
     fn persist_connection_context(
         &self,
         _session: &Session,
-        ctx: &RequestContext,
+        ctx: &Box<RequestContext>,
     ) -> Option<Box<dyn Any + Send + Sync>> {
         // Called with a shared reference, so hand over a fresh guard and let the request's
         // own guard drop: the count stays the same across the handover.
@@ -109,7 +111,7 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         // The request head is in: the connection's head deadline no longer applies.
         edge::request_started(session);
@@ -134,7 +136,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<bool> {
         let snapshot = ctx.snapshot.take().unwrap_or_else(|| self.state.current());
         ctx.request_id = headers::request_id(session);
@@ -161,16 +163,24 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<()> {
+    fn request_cache_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<RequestContext>,
+    ) -> Result<()> {
         caching::enable(session, ctx);
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestContext) -> Result<CacheKey> {
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut Box<RequestContext>,
+    ) -> Result<CacheKey> {
         Ok(caching::key(session, ctx))
     }
 
-    fn is_purge(&self, _session: &Session, ctx: &RequestContext) -> bool {
+    fn is_purge(&self, _session: &Session, ctx: &Box<RequestContext>) -> bool {
         ctx.cache_use == crate::cache::decide::CacheUse::Purge
     }
 
@@ -180,7 +190,7 @@ impl ProxyHttp for Gateway {
         meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         _is_fresh: bool,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<Option<ForcedFreshness>> {
         Ok(caching::hit(meta, ctx))
     }
@@ -189,7 +199,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &Session,
         response: &ResponseHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<RespCacheable> {
         Ok(caching::cacheable(session, response, ctx))
     }
@@ -197,7 +207,7 @@ impl ProxyHttp for Gateway {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestContext,
+        _ctx: &mut Box<RequestContext>,
         request: &RequestHeader,
     ) -> Option<HashBinary> {
         caching::variance(meta, request)
@@ -206,7 +216,7 @@ impl ProxyHttp for Gateway {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
         error: Option<&Error>,
     ) -> bool {
         caching::serve_stale(ctx, error)
@@ -215,7 +225,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<Box<HttpPeer>> {
         let Some(target) = ctx.target() else {
             return Err(Error::explain(
@@ -280,7 +290,7 @@ impl ProxyHttp for Gateway {
         _peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         if let Some(target) = ctx.target() {
             target.pool.count_connection(reused);
@@ -292,7 +302,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         if let Some(uri) = &ctx.upstream_uri {
             upstream_request.set_uri(uri.clone());
@@ -324,7 +334,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         let room = ctx
             .chain_route()
@@ -361,7 +371,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         chain::request_body(body, ctx)?;
         plugins::request_body(session, body, end_of_stream, ctx).await?;
@@ -373,7 +383,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
         chain::response_headers(session, upstream_response, ctx).await?;
         upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
@@ -386,7 +396,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<Option<Duration>> {
         plugins::response_body(session, body, end_of_stream, ctx).map(|()| None)
     }
@@ -395,7 +405,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_trailers: &mut http::HeaderMap,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<Option<Bytes>> {
         plugins::response_trailers(session, upstream_trailers, ctx).map(|()| None)
     }
@@ -405,7 +415,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> Result<Option<Duration>> {
         traffic::upstream_response_body(body, ctx);
         self.check_deadline(ctx).map(|()| None)
@@ -415,7 +425,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
         mut error: Box<Error>,
     ) -> Box<Error> {
         self.record_attempt(ctx, 0, Some(&error));
@@ -428,7 +438,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         error: Box<Error>,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
         client_reused: bool,
     ) -> Box<Error> {
         let mut error = error.more_context(format!("peer: {peer}"));
@@ -469,7 +479,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         error: &Error,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) -> FailToProxy {
         if let Some(local) = ctx.local_response.as_ref() {
             // A plugin answered after the upstream was connected.
@@ -500,7 +510,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         error: Option<&Error>,
-        ctx: &mut RequestContext,
+        ctx: &mut Box<RequestContext>,
     ) {
         let status = session
             .response_written()

@@ -662,6 +662,14 @@ fn peer_template(plan: &UpstreamPlan, endpoint: &ResolvedEndpoint) -> HttpPeer {
         (UpstreamProtocol::Auto, true) => ALPN::H2H1,
         (UpstreamProtocol::Auto, false) => ALPN::H1,
     };
+    // For HTTP/1 upstreams Loom strips the standard hop-by-hop fields itself, in one pass
+    // over the request's names (`gateway::headers::strip_hop_by_hop`); Pingora's stripping
+    // removes ten names one by one on every request, about 1,900 instructions. Its handling
+    // of `Connection`-nominated fields and of upgrades stays on. HTTP/2 upstreams keep
+    // Pingora's whole policy: there `Connection` and `Upgrade` must go too.
+    if options.alpn == ALPN::H1 {
+        options.http_upstream_request_policy.strip_hop_by_hop = false;
+    }
     peer
 }
 

@@ -54,6 +54,8 @@ fn every_error_is_reported_with_file_line_column_and_key() {
   - name: http
     address: ":8080"
     protocl: http
+server:
+  read_buffer_size: 512
 routes:
   - id: a
     path: /a
@@ -76,13 +78,14 @@ upstreams:
     assert_eq!(code, 1, "{stderr}");
     for expected in [
         "FILE:4:5: listeners[0].protocl: unknown key",
-        "FILE:9:14: routes[0].timeout:",
-        "FILE:10:9: routes[1].id: duplicate route id \"a\"",
-        "FILE:12:15: routes[1].upstream: unknown upstream \"nowhere\"",
-        "FILE:13:15: routes[1].plugins[0]: unknown plugin \"missing-plugin\"",
-        "FILE:17:9: upstreams[0].endpoints[0]: endpoint \"127.0.0.1:notaport\" has an invalid port",
-        "FILE:19:20: upstreams[0].load_balancer:",
-        "FILE:11:11: routes[1].path:",
+        "FILE:6:21: server.read_buffer_size: must be between 1KiB and 1MiB, not 512 bytes",
+        "FILE:11:14: routes[0].timeout:",
+        "FILE:12:9: routes[1].id: duplicate route id \"a\"",
+        "FILE:14:15: routes[1].upstream: unknown upstream \"nowhere\"",
+        "FILE:15:15: routes[1].plugins[0]: unknown plugin \"missing-plugin\"",
+        "FILE:19:9: upstreams[0].endpoints[0]: endpoint \"127.0.0.1:notaport\" has an invalid port",
+        "FILE:21:20: upstreams[0].load_balancer:",
+        "FILE:13:11: routes[1].path:",
         "upstreams[0].health_check.interval: must be greater than zero",
     ] {
         assert!(

@@ -299,6 +299,53 @@ async fn http2_cleartext_tls_and_h2_upstreams() {
     assert_eq!(body["path"], "/upstream");
 }
 
+/// A client connection's read buffer (`server.read_buffer_size`) only sets how much one read
+/// takes from the socket: with the smallest allowed, 1 KiB, header blocks, bodies and TLS
+/// records many times larger still arrive whole, over HTTP/1.1, h2c and TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_read_buffer_still_reads_large_heads_bodies_and_tls_records() {
+    let backend = echo("e").await;
+    let gateway = GatewayProcess::start_with_server(
+        &config(backend.addresses()[0].port()),
+        "  read_buffer_size: 1KiB\n",
+    )
+    .await;
+    let large_header = "h".repeat(6 * 1024);
+    let body = vec![b'b'; 300 * 1024];
+    let plain = client();
+    let h2c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let tls = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let tls_url = format!("https://localhost:{}/echo/tls", gateway.extra_ports[0]);
+    for (client, url) in [
+        (&plain, gateway.url("/echo/h1")),
+        (&h2c, gateway.url("/echo/h2c")),
+        (&tls, tls_url),
+    ] {
+        // Twice on one connection: the second request follows on a reused one.
+        for _ in 0..2 {
+            let response = client
+                .post(&url)
+                .header("x-large", &large_header)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{url}");
+            let echoed: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(echoed["body_size"], 300 * 1024, "{url}");
+            assert_eq!(echoed["headers"]["x-large"], large_header.as_str(), "{url}");
+        }
+    }
+}
+
 /// Loom edits headers on one plain header map (it sends names in canonical case, as Envoy
 /// does): what must survive that is checked on the wire, against a backend that records the
 /// raw request and answers with a non-standard status, reason phrase and hop-by-hop headers.
@@ -385,5 +432,45 @@ async fn raw_target_reason_phrase_and_hop_by_hop_headers_survive_header_edits() 
     assert_eq!(
         String::from_utf8_lossy(request_line),
         "GET http://example.test/absolute?x=1 HTTP/1.1"
+    );
+
+    // Every standard hop-by-hop request field stops at the gateway, and so does what
+    // `Connection` names; a chunked body goes upstream framed by exactly one
+    // `Transfer-Encoding: chunked`.
+    let answer = raw_request(
+        gateway.http_port,
+        b"POST /hop HTTP/1.1\r\nHost: example.test\r\nConnection: close, x-nominated\r\n\
+          X-Nominated: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+          Proxy-Authorization: Basic dXNlcjpwYXNz\r\nProxy-Authenticate: Basic\r\nTE: trailers\r\n\
+          Trailer: X-Checksum\r\nX-Kept: yes\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 299 Quite Fine\r\n"),
+        "{answer}"
+    );
+    let upstream = seen.recv().await.expect("the backend got the request");
+    let text = String::from_utf8_lossy(&upstream).to_ascii_lowercase();
+    assert!(text.contains("\r\nx-kept: yes\r\n"), "{text}");
+    for gone in [
+        "x-nominated",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "\r\nte:",
+        "trailer",
+    ] {
+        assert!(!text.contains(gone), "{gone} went upstream: {text}");
+    }
+    assert_eq!(
+        text.matches("transfer-encoding").count(),
+        1,
+        "framing: {text}"
+    );
+    assert!(
+        text.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{text}"
     );
 }
