@@ -6,8 +6,6 @@
 //! removed here for HTTP/1 upstreams, in one pass ([`strip_hop_by_hop`]).
 //! `tests/integration/proxying.rs` checks the result on the wire.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::prelude::*;
 
@@ -20,7 +18,7 @@ const MAX_REQUEST_ID_LENGTH: usize = 128;
 
 /// Takes the client's X-Request-ID when it is sane, otherwise makes a new one.
 pub fn request_id(session: &Session) -> HeaderValue {
-    if let Some(value) = session.get_header(REQUEST_ID)
+    if let Some(value) = session.req_header().headers.get(X_REQUEST_ID)
         && value.to_str().is_ok()
         && !value.is_empty()
         && value.len() <= MAX_REQUEST_ID_LENGTH
@@ -31,16 +29,24 @@ pub fn request_id(session: &Session) -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
 }
 
-/// A 32-hex-digit id: a per-process random prefix plus a counter, unique without locking.
+/// A 32-hex-digit id: a random prefix per worker thread plus that thread's counter. Unique
+/// without locking or a counter shared between threads (whose cache line every worker would
+/// write on every request); two threads share a prefix with a chance of 2^-64.
 pub fn generate_request_id() -> [u8; 32] {
-    static PREFIX: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| fastrand::u64(..));
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static PREFIX_AND_SEQUENCE: std::cell::Cell<(u64, u64)> =
+            std::cell::Cell::new((fastrand::u64(..), 0));
+    }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (prefix, sequence) = PREFIX_AND_SEQUENCE.with(|cell| {
+        let (prefix, sequence) = cell.get();
+        cell.set((prefix, sequence.wrapping_add(1)));
+        (prefix, sequence)
+    });
     let mut id = [0u8; 32];
     for (index, byte) in id.iter_mut().enumerate() {
         let (word, position) = if index < 16 {
-            (*PREFIX, index)
+            (prefix, index)
         } else {
             (sequence, index - 16)
         };

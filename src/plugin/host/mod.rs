@@ -63,7 +63,7 @@ pub struct RequestFacts {
     pub started_unix_nanos: u64,
     pub scheme: &'static str,
     pub protocol: &'static str,
-    pub upstream_address: Option<String>,
+    pub upstream_address: Option<std::net::SocketAddr>,
     /// The upstream the request goes to (Envoy's cluster): the route's own until the
     /// attempt's upstream is chosen (a canary target may replace it).
     pub upstream_name: Option<Arc<str>>,

@@ -143,12 +143,15 @@ pub fn get(state: &mut HostState, path: &[u8]) -> Option<Bytes> {
         }
         // Envoy's node identity: this host's name (there is no xDS node here).
         "node.id" | "xds.node.id" => return text(node_id()),
-        "upstream.address" => return facts.upstream_address.as_deref().and_then(text),
+        "upstream.address" => {
+            return facts
+                .upstream_address
+                .map(|address| address.to_string())
+                .and_then(|address| text(&address));
+        }
         "upstream.port" => {
             return facts
                 .upstream_address
-                .as_deref()
-                .and_then(|address| address.parse::<std::net::SocketAddr>().ok())
                 .and_then(|address| number(u64::from(address.port())));
         }
         _ => {}
