@@ -358,27 +358,29 @@ pub fn request_body(body: &Option<Bytes>, ctx: &mut RequestContext) -> Result<()
     }
 }
 
-/// The response-headers phase, in reverse chain order.
+/// The response-headers phase, in reverse chain order. Returns whether the response
+/// already carries the request's `X-Request-ID`: when the chain's last step edits the
+/// response's parts, the id goes in with that edit, which saves the gateway another one.
 pub async fn response_headers(
     session: &mut Session,
     response: &mut ResponseHeader,
     ctx: &mut RequestContext,
-) -> Result<()> {
+) -> Result<bool> {
     if ctx
         .chain_route()
         .is_none_or(|route| !route.chain.has_response_steps)
     {
-        return Ok(());
+        return Ok(false);
     }
     let Some(snapshot) = ctx.snapshot.clone() else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(route) = ctx
         .chain_route_index
         .or(ctx.route_index)
         .and_then(|index| snapshot.routes.get(index))
     else {
-        return Ok(());
+        return Ok(false);
     };
     let chain = &route.chain;
     if let Some(request_plugins) = ctx.plugins.as_mut() {
@@ -418,11 +420,21 @@ pub async fn response_headers(
                     path_parameters: &ctx.path_parameters,
                     state: &ctx.policy_state,
                 };
-                headers::edit_response(response, 0, |parts| {
+                // The chain's last edit: nothing runs after it that could drop the id.
+                let last = first == 0;
+                headers::edit_response(response, usize::from(last), |parts| {
                     for step in run.iter().rev().filter_map(acting) {
                         step.policy.on_response(session, parts, &input);
                     }
+                    if last {
+                        parts
+                            .headers
+                            .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+                    }
                 });
+                if last {
+                    return Ok(true);
+                }
             }
             ChainStep::Wasm(index) => {
                 let Some(request_plugins) = ctx.plugins.as_mut() else {
@@ -448,16 +460,17 @@ pub async fn response_headers(
                 match flow {
                     None | Some(Flow::Continue) => {}
                     Some(Flow::Respond(local)) => {
+                        // The local answer's header carries the request id.
                         plugins::replace_response(response, &local, &ctx.request_id)?;
                         request_plugins.replace_body(local.body);
-                        return Ok(());
+                        return Ok(true);
                     }
-                    Some(flow) => return plugins::into_result(flow, ctx),
+                    Some(flow) => return plugins::into_result(flow, ctx).map(|()| false),
                 }
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Writes the access-log lines of the route's chain; a request no route matched is written

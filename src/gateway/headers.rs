@@ -259,6 +259,15 @@ pub fn prepare_response(response: &mut ResponseHeader, additional: usize) {
     });
 }
 
+/// Sets `X-Request-ID` on the client's response, last, so no step of the chain can drop or
+/// change it. Done as one edit of the plain header map: Pingora's `insert_header` parses the
+/// name again and allocates it on every call (about 850 instructions, against about 400).
+pub fn set_response_request_id(response: &mut ResponseHeader, request_id: &HeaderValue) {
+    edit_response(response, 1, |parts| {
+        parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    });
+}
+
 /// Extracts one cookie's value from the Cookie header(s).
 pub fn cookie_value<'a>(request: &'a RequestHeader, name: &str) -> Option<&'a str> {
     request

@@ -386,8 +386,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Box<RequestContext>,
     ) -> Result<()> {
-        chain::response_headers(session, upstream_response, ctx).await?;
-        upstream_response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
+        if !chain::response_headers(session, upstream_response, ctx).await? {
+            headers::set_response_request_id(upstream_response, &ctx.request_id);
+        }
         caching::response(session, upstream_response, ctx)?;
         traffic::response(upstream_response, ctx)
     }

@@ -148,7 +148,7 @@ impl CanaryState {
     pub fn is_rolled_back(&self, target: usize) -> bool {
         self.rolled_back
             .get(target)
-            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+            .is_some_and(|flag| flag.load(Ordering::Acquire))
     }
 
     /// New weights were configured: whatever was rolled back takes them.
@@ -250,8 +250,6 @@ impl CanaryState {
         stable: &WindowSummary,
         canary: &WindowSummary,
     ) {
-        self.rolled_back[target].store(true, Ordering::Relaxed);
-        self.metrics(target).rollbacks.inc();
         let upstream = &self.names[target];
         log::warn!(
             "canary rollback on route \"{}\": upstream \"{upstream}\" taken out ({reason}); \
@@ -268,6 +266,10 @@ impl CanaryState {
                 "canary": canary.describe(),
             }));
         }
+        // Flagged after the record is kept: whoever sees the target rolled back (the admin
+        // API) then finds its reason too.
+        self.rolled_back[target].store(true, Ordering::Release);
+        self.metrics(target).rollbacks.inc();
         if let Ok(mut pending) = PENDING.lock() {
             pending.push((self.route.to_string(), upstream.to_string()));
         }

@@ -160,7 +160,15 @@ async fn stale_answers_while_revalidating_and_when_the_origin_fails() {
         assert!(Instant::now() < deadline, "no background refresh");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let refreshed = get(&client, &url, &[]).await;
+    // The origin has answered the refresh; storing its answer follows a moment later.
+    let refreshed = loop {
+        let answer = get(&client, &url, &[]).await;
+        if cache_of(&answer) == "HIT" || Instant::now() >= deadline {
+            break answer;
+        }
+        assert_eq!(cache_of(&answer), "STALE", "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(cache_of(&refreshed), "HIT");
     assert!(refreshed.2.contains("\"served\":2"), "{refreshed:?}");
 
