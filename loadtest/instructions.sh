@@ -68,23 +68,7 @@ trap cleanup EXIT
 
 # The backend: nginx answering a 128-byte body, outside callgrind.
 backend_port=$(free_port)
-body=$(printf '%0128d' 0)
-cat >"$work/backend.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/backend.pid;
-error_log $work/backend-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$backend_port;
-    keepalive_requests 1000000;
-    location / { default_type text/plain; return 200 "$body"; }
-    location /p5 { default_type text/plain; add_header Cache-Control no-store; return 200 "$body"; }
-  }
-}
-NGINX
+write_backend_nginx_config "$work/backend.conf" "$work" "$backend_port"
 taskset -c 0 nginx -c "$work/backend.conf" -p "$work" &
 pids+=($!)
 wait_port "$backend_port"
@@ -92,27 +76,7 @@ wait_port "$backend_port"
 proxy_port=$(free_port)
 admin_port=$(free_port)
 
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  upstream backend { server 127.0.0.1:$backend_port; keepalive 64; }
-  server {
-    listen 127.0.0.1:$proxy_port;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
+write_proxy_nginx_config "$work/nginx.conf" "$work" "$proxy_port" "$backend_port"
 
 # nginx's own cache in front of the same backend, for the cache targets.
 mkdir -p "$work/nginx-cache"
@@ -135,12 +99,8 @@ if [ -n "$plugin" ]; then
 "
   case " $targets " in *" wasm_plugin "*) ;; *) targets+=" wasm_plugin" ;; esac
 fi
-for index in 1 2 3 4 5; do
-  plugin_entries+="  - name: headers$index
-    path: loom_headers.wasm
-    config: {request: {set: {x-plugin-$index: \"on\"}}, response: {set: {x-plugin-$index: \"on\"}}}
+plugin_entries+="$(header_plugin_entries)
 "
-done
 # Every path has the same length, so that routing costs the same on every route.
 declare -A paths=([plain]=/p0 [headers_plugin]=/p1 [five_plugins]=/p2 [policies]=/p3
   [nginx]=/p0 [bare_pingora]=/p0 [cache_hit]=/p4 [cache_miss]=/p5 [nginx_cache_hit]=/p4

@@ -69,3 +69,70 @@ callgrind_stop() {
   [ -z "$keep_as" ] || cp "$output" "$keep_as"
   awk '/^summary:/ {print $2}' "$output"
 }
+
+# Peer configurations shared by instructions.sh and peers.sh.
+
+# Writes FILE: nginx answering 128 bytes on 127.0.0.1:PORT with WORKERS processes (its pid and
+# error log under DIR); /p5 also says Cache-Control: no-store (the cache-miss target).
+# Usage: write_backend_nginx_config FILE DIR PORT [WORKERS]
+write_backend_nginx_config() {
+  local file=$1 dir=$2 port=$3 workers=${4:-1} body
+  body=$(printf '%0128d' 0)
+  cat >"$file" <<NGINX
+worker_processes $workers;
+daemon off;
+pid $dir/backend.pid;
+error_log $dir/backend-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$port reuseport;
+    keepalive_requests 1000000;
+    location / { default_type text/plain; return 200 "$body"; }
+    location /p5 { default_type text/plain; add_header Cache-Control no-store; return 200 "$body"; }
+  }
+}
+NGINX
+}
+
+# Writes FILE: nginx as a keep-alive reverse proxy on 127.0.0.1:LISTEN in front of
+# 127.0.0.1:BACKEND. One worker runs without a master process (so that it is the process
+# measured); more need the master.
+# Usage: write_proxy_nginx_config FILE DIR LISTEN BACKEND [WORKERS]
+write_proxy_nginx_config() {
+  local file=$1 dir=$2 listen=$3 backend=$4 workers=${5:-1} master="master_process off;"
+  [ "$workers" -eq 1 ] || master=""
+  cat >"$file" <<NGINX
+worker_processes $workers;
+$master
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$backend; keepalive 64; }
+  server {
+    listen 127.0.0.1:$listen;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+}
+
+# Prints the `plugins:` entries headers1 ... headers5: the shipped loom_headers Proxy-Wasm
+# plugin setting one request and one response header each.
+header_plugin_entries() {
+  local index
+  for index in 1 2 3 4 5; do
+    printf '  - name: headers%s\n    path: loom_headers.wasm\n    config: {request: {set: {x-plugin-%s: "on"}}, response: {set: {x-plugin-%s: "on"}}}\n' \
+      "$index" "$index" "$index"
+  done
+}

@@ -70,27 +70,12 @@ trap cleanup EXIT
 backend_port=$(free_port)
 proxy_port=$(free_port)
 admin_port=$(free_port)
-body=$(printf '%0128d' 0)
 declare -A paths=([loom_headers_plugin]=/p1 [loom_five_plugins]=/p2 [loom_policies]=/p3)
 
 # The backend: nginx answering 128 bytes, with WORKERS processes on CPUS.
 start_backend() {
   local workers=$1 cpus=$2
-  cat >"$work/backend.conf" <<NGINX
-worker_processes $workers;
-daemon off;
-pid $work/backend.pid;
-error_log $work/backend-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$backend_port reuseport;
-    keepalive_requests 1000000;
-    location / { default_type text/plain; return 200 "$body"; }
-  }
-}
-NGINX
+  write_backend_nginx_config "$work/backend.conf" "$work" "$backend_port" "$workers"
   taskset -c "$cpus" nginx -c "$work/backend.conf" -p "$work" &
   backend_pid=$!
   pids+=("$backend_pid")
@@ -100,33 +85,8 @@ stop_backend() { kill -QUIT "$backend_pid" 2>/dev/null || true; wait "$backend_p
 
 # Writes every peer's configuration for WORKERS worker threads.
 write_configs() {
-  local workers=$1 index
-  cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  upstream backend { server 127.0.0.1:$backend_port; keepalive 64; }
-  server {
-    listen 127.0.0.1:$proxy_port;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
-  # nginx without a master process has one worker: two workers need the master.
-  if [ "$workers" -gt 1 ]; then
-    sed -i -e "s/^worker_processes 1;/worker_processes $workers;/" -e '/^master_process off;/d' "$work/nginx.conf"
-  fi
+  local workers=$1
+  write_proxy_nginx_config "$work/nginx.conf" "$work" "$proxy_port" "$backend_port" "$workers"
   cat >"$work/haproxy.cfg" <<HAPROXY
 global
   nbthread $workers
@@ -158,13 +118,9 @@ http://127.0.0.1:$proxy_port {
   reverse_proxy 127.0.0.1:$backend_port
 }
 CADDY
-  local header_plugins=""
-  for index in 1 2 3 4 5; do
-    header_plugins+="  - name: headers$index
-    path: loom_headers.wasm
-    config: {request: {set: {x-plugin-$index: \"on\"}}, response: {set: {x-plugin-$index: \"on\"}}}
+  local header_plugins
+  header_plugins="$(header_plugin_entries)
 "
-  done
   # Plain Loom loads no plugin at all; the plugin and policy targets share one config.
   cat >"$work/loom-plain.yaml" <<YAML
 server:
