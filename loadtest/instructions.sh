@@ -105,23 +105,8 @@ plugin_entries+="$(header_plugin_entries)
 declare -A paths=([plain]=/p0 [headers_plugin]=/p1 [five_plugins]=/p2 [policies]=/p3
   [nginx]=/p0 [bare_pingora]=/p0 [cache_hit]=/p4 [cache_miss]=/p5 [nginx_cache_hit]=/p4
   [wasm_plugin]=/p6)
-cat >"$work/loom.yaml" <<YAML
-server:
-  threads: 1
-  pid_file: $work/loom.pid
-  upgrade_sock: $work/upgrade.sock
-  grace_period_seconds: 0
-  graceful_shutdown_timeout_seconds: 1
-admin:
-  address: "127.0.0.1:$admin_port"
-reload:
-  watch: false
-listeners:
-  - name: http
-    address: "127.0.0.1:$proxy_port"
-upstreams:
-  - name: backend
-    endpoints: ["127.0.0.1:$backend_port"]
+loom_bench_preamble "$work" 1 "$admin_port" "$proxy_port" "$backend_port" >"$work/loom.yaml"
+cat >>"$work/loom.yaml" <<YAML
 plugin_dir: $work/plugins
 plugin_cache_dir: $PWD/target/plugin-cache
 routes:

@@ -136,3 +136,27 @@ header_plugin_entries() {
       "$index" "$index" "$index"
   done
 }
+
+# Prints the start of a benchmark Loom config: WORKERS threads, files under DIR, the admin
+# API on ADMIN, one listener on LISTEN, and the upstream `backend` at 127.0.0.1:BACKEND.
+# Usage: loom_bench_preamble DIR WORKERS ADMIN LISTEN BACKEND
+loom_bench_preamble() {
+  cat <<YAML
+server:
+  threads: $2
+  pid_file: $1/loom.pid
+  upgrade_sock: $1/upgrade.sock
+  grace_period_seconds: 0
+  graceful_shutdown_timeout_seconds: 1
+admin:
+  address: "127.0.0.1:$3"
+reload:
+  watch: false
+listeners:
+  - name: http
+    address: "127.0.0.1:$4"
+upstreams:
+  - name: backend
+    endpoints: ["127.0.0.1:$5"]
+YAML
+}

@@ -122,23 +122,8 @@ CADDY
   header_plugins="$(header_plugin_entries)
 "
   # Plain Loom loads no plugin at all; the plugin and policy targets share one config.
-  cat >"$work/loom-plain.yaml" <<YAML
-server:
-  threads: $workers
-  pid_file: $work/loom.pid
-  upgrade_sock: $work/upgrade.sock
-  grace_period_seconds: 0
-  graceful_shutdown_timeout_seconds: 1
-admin:
-  address: "127.0.0.1:$admin_port"
-reload:
-  watch: false
-listeners:
-  - name: http
-    address: "127.0.0.1:$proxy_port"
-upstreams:
-  - name: backend
-    endpoints: ["127.0.0.1:$backend_port"]
+  loom_bench_preamble "$work" "$workers" "$admin_port" "$proxy_port" "$backend_port" >"$work/loom-plain.yaml"
+  cat >>"$work/loom-plain.yaml" <<YAML
 routes:
   - {id: plain, path: /p0, upstream: backend}
 YAML
