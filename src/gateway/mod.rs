@@ -73,8 +73,8 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    // Boxed: Pingora moves its per-request future (which holds the context) with memcpy
-    // twice per request, so a pointer here instead of the whole context saves copying it.
+    // Boxed: Pingora copies its per-request future, which holds the context, into a heap box
+    // on every request; with a pointer here the copy is about 2.5 KB smaller (callgrind).
     type CTX = Box<RequestContext>;
 
     fn new_ctx(&self) -> Box<RequestContext> {
