@@ -160,3 +160,20 @@ upstreams:
     endpoints: ["127.0.0.1:$5"]
 YAML
 }
+
+# Fails unless the release binaries BINARY and BARE (loadtest/bare_pingora.rs) and the shipped
+# plugins are built.
+# Usage: require_release_build BINARY BARE
+require_release_build() {
+  [ -x "$1" ] || { echo "missing $1: cargo build --release --bins" >&2; exit 1; }
+  [ -x "$2" ] || { echo "missing $2: cargo build --release --example bare_pingora" >&2; exit 1; }
+  [ -f plugins/dist/loom_headers.wasm ] || { echo "missing plugins: run plugins/build.sh" >&2; exit 1; }
+}
+
+# Makes the scratch directory `work` and the list `pids` of processes to stop; both are
+# cleaned up when the script exits, however it exits.
+make_work_directory() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}

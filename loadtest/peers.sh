@@ -58,14 +58,9 @@ done
 for tool in wrk nginx haproxy caddy python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk nginx haproxy caddy" >&2; exit 1; }
 done
-[ -x "$binary" ] || { echo "missing $binary: cargo build --release --bins" >&2; exit 1; }
-[ -x "$bare" ] || { echo "missing $bare: cargo build --release --example bare_pingora" >&2; exit 1; }
-[ -f plugins/dist/loom_headers.wasm ] || { echo "missing plugins: run plugins/build.sh" >&2; exit 1; }
+require_release_build "$binary" "$bare"
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+make_work_directory
 
 backend_port=$(free_port)
 proxy_port=$(free_port)
