@@ -69,6 +69,7 @@ fn bench_match(criterion: &mut Criterion) {
                 path,
                 query: Some("page=2&sort=desc"),
                 headers: &no_headers,
+                client_certificate: &loom::router::no_client_certificate,
             };
             if name != "not_found" {
                 assert!(

@@ -4,8 +4,9 @@
 //!
 //! The request is described by query parameters: `path` (required; it may carry its own
 //! `?query`), `method` (default `GET`, compared as sent, as the gateway does), `host`,
-//! `header=Name:value` (repeatable) and `query` (the request's query string, encoded once
-//! more). The answer comes from the current snapshot's own router ([`Router::explain`]), so it
+//! `header=Name:value` (repeatable), `query` (the request's query string, encoded once
+//! more) and `certificate=name` (repeatable: the request comes with a verified client
+//! certificate whose CN is the first name given and whose SANs are the others). The answer comes from the current snapshot's own router ([`Router::explain`]), so it
 //! is what the gateway would do with that request now.
 //!
 //! [`Router::explain`]: crate::router::Router::explain
@@ -14,6 +15,7 @@ use http::{Method, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value, json};
 
+use crate::gateway::client_cert::ClientIdentity;
 use crate::gateway::routing::rewritten_path;
 use crate::gateway::snapshot::{GatewayState, Snapshot};
 use crate::router::{MatchOutcome, NotChosen, RequestView, RouteVerdict, normalize_path};
@@ -43,6 +45,8 @@ struct ExplainedRequest {
     query: Option<String>,
     /// Names lower-cased, in the order given; a lookup finds the first, as the gateway's does.
     headers: Vec<(String, String)>,
+    /// The client certificate the request is described with, if any.
+    certificate: Option<ClientIdentity>,
 }
 
 impl ExplainedRequest {
@@ -52,6 +56,7 @@ impl ExplainedRequest {
         let mut path = None;
         let mut query = None;
         let mut headers = Vec::new();
+        let mut certificate_names: Vec<String> = Vec::new();
         for pair in admin_query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = form_decode(name)?;
@@ -72,9 +77,17 @@ impl ExplainedRequest {
                     headers.push((header.to_ascii_lowercase(), header_value.trim().to_string()));
                     continue;
                 }
+                "certificate" => {
+                    if value.is_empty() {
+                        return Err("certificate needs a name (its CN or a SAN)".to_string());
+                    }
+                    certificate_names.push(value);
+                    continue;
+                }
                 other => {
                     return Err(format!(
-                        "unknown parameter {other:?}; use path, method, host, header and query"
+                        "unknown parameter {other:?}; use path, method, host, header, query \
+                         and certificate"
                     ));
                 }
             };
@@ -102,12 +115,20 @@ impl ExplainedRequest {
         if method.is_empty() {
             return Err("method must not be empty".to_string());
         }
+        let mut names = certificate_names.into_iter();
+        let certificate = names.next().map(|common_name| ClientIdentity {
+            subject: format!("CN={common_name}"),
+            common_name: Some(common_name),
+            alternative_names: names.collect(),
+            ..ClientIdentity::default()
+        });
         Ok(ExplainedRequest {
             method,
             host,
             path,
             query,
             headers,
+            certificate,
         })
     }
 }
@@ -137,12 +158,14 @@ fn explain(snapshot: &Snapshot, request: &ExplainedRequest) -> (StatusCode, Valu
             .find(|(candidate, _)| candidate == name)
             .map(|(_, value)| value.as_str())
     };
+    let certificate = || request.certificate.as_ref();
     let view = RequestView {
         method: &request.method,
         host: request.host.as_deref(),
         path: &path,
         query: request.query.as_deref(),
         headers: &lookup,
+        client_certificate: &certificate,
     };
     let explanation = snapshot.router.explain(&view);
 
@@ -155,6 +178,7 @@ fn explain(snapshot: &Snapshot, request: &ExplainedRequest) -> (StatusCode, Valu
             "path": &*path,
             "query": request.query,
             "headers": request.headers.iter().map(|(name, value)| json!([name, value])).collect::<Vec<_>>(),
+            "certificate": request.certificate.as_ref().map(|identity| identity.names().collect::<Vec<_>>()),
         }),
     );
     match &explanation.outcome {
@@ -248,7 +272,8 @@ mod tests {
     #[test]
     fn parses_the_described_request() {
         let parsed = ExplainedRequest::parse(
-            "method=POST&host=api.example.com&path=%2Fusers%2F7%3Fa%3D1&header=X-Tenant:+blue&header=x-b:2",
+            "method=POST&host=api.example.com&path=%2Fusers%2F7%3Fa%3D1&header=X-Tenant:+blue&header=x-b:2\
+             &certificate=ops&certificate=spiffe%3A%2F%2Fx%2Fops",
         );
         assert_eq!(
             parsed,
@@ -261,6 +286,12 @@ mod tests {
                     ("x-tenant".into(), "blue".into()),
                     ("x-b".into(), "2".into())
                 ],
+                certificate: Some(ClientIdentity {
+                    common_name: Some("ops".into()),
+                    subject: "CN=ops".into(),
+                    alternative_names: vec!["spiffe://x/ops".into()],
+                    ..ClientIdentity::default()
+                }),
             })
         );
         let parsed = ExplainedRequest::parse("path=/a&query=v%3D2%26x%3Dy+z");
@@ -281,6 +312,7 @@ mod tests {
             ("path=/a&verb=GET", "unknown parameter \"verb\""),
             ("path=/a%3Fx&query=y", "not both"),
             ("path=/a&method=", "method must not be empty"),
+            ("path=/a&certificate=", "certificate needs a name"),
             ("path=%FF", "UTF-8"),
         ] {
             match ExplainedRequest::parse(query) {

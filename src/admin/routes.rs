@@ -77,6 +77,10 @@ fn describe(route: &RouteRuntime) -> Value {
         "methods": config.methods,
         "headers": config.headers,
         "query_params": config.query_params,
+        "client_certificate": config.client_certificate.as_ref().map(|condition| json!({
+            "presented": condition.presented,
+            "subjects": condition.subjects,
+        })),
         "priority": config.priority,
         "upstream": route.upstream.name.to_string(),
         "strip_prefix": route.strip_prefix,

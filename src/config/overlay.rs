@@ -680,8 +680,8 @@ mod load_tests {
             errors,
             [
                 "conf/loom.overlay.json:3:67: routes.api.colour: unknown key \"colour\" \
-                 (expected one of: id, host, path, methods, headers, query_params, upstream, \
-                 plugins, strip_prefix, timeout, timeouts, priority, preserve_host, retry, \
+                 (expected one of: id, host, path, methods, headers, query_params, \
+                 client_certificate, upstream, plugins, strip_prefix, timeout, timeouts, priority, preserve_host, retry, \
                  metadata, disable, canary, shadow, cache, coalesce)",
                 "conf/loom.overlay.json:6:82: upstreams.web.endpoints[0].weight: weight must \
                  be at least 1",

@@ -182,6 +182,9 @@ pub struct RouteConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub query_params: BTreeMap<String, String>,
+    /// Loom: what the connection's client certificate must be for this route to match.
+    #[serde(default)]
+    pub client_certificate: Option<ClientCertificateCondition>,
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<String>,
@@ -219,6 +222,25 @@ pub struct RouteConfig {
     /// `crate::cache::coalesce`.
     #[serde(default)]
     pub coalesce: Option<CoalesceConfig>,
+}
+
+/// `client_certificate:` on a route (see `crate::router::CertificateRequirement`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientCertificateCondition {
+    /// A verified certificate is needed (default); `false` matches only clients without one.
+    pub presented: bool,
+    /// The certificate's CN or one of its SANs must be one of these; empty accepts any.
+    pub subjects: Vec<String>,
+}
+
+impl Default for ClientCertificateCondition {
+    fn default() -> Self {
+        ClientCertificateCondition {
+            presented: true,
+            subjects: Vec::new(),
+        }
+    }
 }
 
 /// `coalesce:` on a route.

@@ -561,6 +561,7 @@ fn route_chain(
         }
     }
     own.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+    check_consumer_restrictions(checker, key, route, &own);
     let own_kinds: Vec<&str> = own
         .iter()
         .filter_map(|(_, entry)| match entry {
@@ -578,6 +579,42 @@ fn route_chain(
         .collect();
     chain.extend(own.into_iter().map(|(_, entry)| entry));
     chain
+}
+
+/// A `consumer_restriction` reads the consumer an auth policy named: one with no auth policy
+/// before it in the route's sorted chain would refuse every request.
+fn check_consumer_restrictions(
+    checker: &mut Checker,
+    key: &str,
+    route: &RouteConfig,
+    sorted_chain: &[(i32, ChainEntry)],
+) {
+    let mut authenticated = false;
+    for (_, entry) in sorted_chain {
+        let ChainEntry::Policy(step) = entry else {
+            continue;
+        };
+        match step.policy.kind() {
+            "key_auth" | "basic_auth" | "jwt_auth" | "mtls_auth" => authenticated = true,
+            "consumer_restriction" if !authenticated => {
+                let index = route
+                    .plugins
+                    .iter()
+                    .position(|name| name == &step.name)
+                    .unwrap_or_default();
+                checker.error(
+                    format!("{key}.plugins[{index}]"),
+                    format!(
+                        "consumer_restriction \"{}\" needs an auth policy (key_auth, basic_auth, \
+                         jwt_auth or mtls_auth) before it in the route's chain (by priority, \
+                         then list order)",
+                        step.name
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The directory relative paths in the config are resolved against: the file's directory,
@@ -1328,6 +1365,24 @@ fn check_routes(
                 format!("duplicate route id \"{}\"", route.id),
             );
         }
+        let asks_for_certificates = config.listeners.iter().any(|listener| {
+            listener
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.client_ca.is_some())
+        });
+        if route
+            .client_certificate
+            .as_ref()
+            .is_some_and(|condition| condition.presented)
+            && !asks_for_certificates
+        {
+            checker.error(
+                format!("{key}.client_certificate"),
+                "no listener asks for client certificates (tls.client_ca), so this route \
+                 could never match",
+            );
+        }
         let upstream_index = upstream_by_name.get(route.upstream.as_str()).copied();
         if upstream_index.is_none() {
             checker.error(
@@ -1420,6 +1475,12 @@ fn check_routes(
                     .iter()
                     .map(|(name, value)| (name.clone(), value.clone()))
                     .collect(),
+                client_certificate: route.client_certificate.as_ref().map(|condition| {
+                    crate::router::CertificateRequirement {
+                        presented: condition.presented,
+                        subjects: condition.subjects.clone(),
+                    }
+                }),
                 priority: route.priority,
                 index: plans.len(),
             },

@@ -4,7 +4,8 @@
 //! not-yet-valid and foreign certificates are refused there). Pingora then exposes only the
 //! certificate's SHA-256 digest to requests, so the verifier here also records the verified
 //! certificate's subject CN and DNS/URI/email SANs under that digest; a request looks its
-//! connection's digest up once (see [`identity_of`]) for the `mtls_auth` policy.
+//! connection's digest up once (see [`identity_of`]) for routes with a `client_certificate`
+//! condition, the `mtls_auth` policy and plugins.
 
 use std::sync::{Arc, LazyLock};
 
@@ -29,6 +30,16 @@ pub struct ClientIdentity {
     pub first_uri: Option<String>,
     /// DNS names, URIs and e-mail addresses of the subject alternative names.
     pub alternative_names: Vec<String>,
+}
+
+impl ClientIdentity {
+    /// The names a route or `mtls_auth` can list: the CN, then every SAN.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.common_name
+            .iter()
+            .chain(&self.alternative_names)
+            .map(String::as_str)
+    }
 }
 
 /// Identities by the first 16 bytes of the certificate's SHA-256 digest.

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use pingora::prelude::*;
 
+use super::client_cert::identity_of;
 use super::context::RequestContext;
 use super::errors::GatewayError;
 use super::headers::request_host;
@@ -41,6 +42,10 @@ pub fn route_request(
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
+    // Looked up at most once, and only if a candidate route has a `client_certificate`
+    // condition.
+    let certificate = std::cell::OnceCell::new();
+    let certificate_lookup = || certificate.get_or_init(|| identity_of(session)).as_deref();
     let view = RequestView {
         // With a cache, a PURGE names a cached URL: it goes where a GET of that URL goes.
         method: if snapshot.cache_store.is_some() && super::caching::is_purge_method(request) {
@@ -52,6 +57,7 @@ pub fn route_request(
         path: &path,
         query,
         headers: &header_lookup,
+        client_certificate: &certificate_lookup,
     };
     let matched = match snapshot.router.match_request(&view) {
         MatchOutcome::Matched(matched) => matched,

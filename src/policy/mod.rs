@@ -16,6 +16,7 @@ pub mod body_limit;
 pub mod client_ip;
 pub mod compression;
 pub mod concurrency_limit;
+pub mod consumer_restriction;
 pub mod cors;
 pub mod credentials;
 pub mod ip_restriction;
@@ -66,6 +67,7 @@ pub const TYPES: &[&str] = &[
     "basic_auth",
     "jwt_auth",
     "mtls_auth",
+    "consumer_restriction",
     "rate_limit",
     "concurrency_limit",
 ];
@@ -84,6 +86,7 @@ pub enum Policy {
     BasicAuth(basic_auth::BasicAuth),
     JwtAuth(jwt_auth::JwtAuth),
     MtlsAuth(mtls_auth::MtlsAuth),
+    ConsumerRestriction(consumer_restriction::ConsumerRestriction),
     RateLimit(rate_limit::RateLimit),
     ConcurrencyLimit(concurrency_limit::ConcurrencyLimit),
 }
@@ -154,6 +157,7 @@ impl Policy {
             Policy::BasicAuth(_) => "basic_auth",
             Policy::JwtAuth(_) => "jwt_auth",
             Policy::MtlsAuth(_) => "mtls_auth",
+            Policy::ConsumerRestriction(_) => "consumer_restriction",
             Policy::RateLimit(_) => "rate_limit",
             Policy::ConcurrencyLimit(_) => "concurrency_limit",
         }
@@ -187,6 +191,7 @@ impl Policy {
                 | Policy::BasicAuth(_)
                 | Policy::JwtAuth(_)
                 | Policy::MtlsAuth(_)
+                | Policy::ConsumerRestriction(_)
         ) && !matches!(self, Policy::RateLimit(limit) if !limit.keys_on_client_ip())
     }
 
@@ -226,6 +231,7 @@ impl Policy {
         Some(match self {
             Policy::KeyAuth(auth) => auth.on_request(session, input),
             Policy::MtlsAuth(auth) => auth.on_request(session, input),
+            Policy::ConsumerRestriction(restriction) => restriction.on_request(input),
             Policy::RateLimit(limit) => return limit.on_request_local(session, input),
             Policy::ConcurrencyLimit(limit) => limit.on_request(session, input),
             Policy::Cors(cors) => cors.on_request(session.req_header()),
@@ -281,6 +287,7 @@ impl Policy {
             | Policy::BasicAuth(_)
             | Policy::JwtAuth(_)
             | Policy::MtlsAuth(_)
+            | Policy::ConsumerRestriction(_)
             | Policy::ConcurrencyLimit(_) => {}
         }
     }
@@ -299,6 +306,7 @@ impl Policy {
             Policy::BasicAuth(auth) => auth.describe(),
             Policy::JwtAuth(auth) => auth.describe(),
             Policy::MtlsAuth(auth) => auth.describe(),
+            Policy::ConsumerRestriction(restriction) => restriction.describe(),
             Policy::RateLimit(limit) => limit.describe(),
             Policy::ConcurrencyLimit(limit) => limit.describe(),
         }
@@ -384,6 +392,12 @@ pub(crate) fn compile(
                 checker.error(format!("{key_path}.{field}"), message)
             })
             .map(Policy::MtlsAuth)
+        }),
+        "consumer_restriction" => read(checker, key_path).and_then(|config| {
+            consumer_restriction::ConsumerRestriction::compile(config, &mut |field, message| {
+                checker.error(format!("{key_path}.{field}"), message)
+            })
+            .map(Policy::ConsumerRestriction)
         }),
         "rate_limit" => read(checker, key_path).and_then(|config| {
             rate_limit::RateLimit::compile(name, config, &mut |field, message| {

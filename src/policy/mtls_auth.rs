@@ -94,12 +94,8 @@ impl MtlsAuth {
                 "a client certificate is required",
             ));
         };
-        let listed = self.allowed.is_empty()
-            || identity
-                .common_name
-                .iter()
-                .chain(&identity.alternative_names)
-                .any(|name| self.allowed.contains(name));
+        let listed =
+            self.allowed.is_empty() || identity.names().any(|name| self.allowed.contains(name));
         if !listed {
             return Verdict::Fail(refuse(
                 input,

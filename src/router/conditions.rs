@@ -1,10 +1,12 @@
-//! The non-path requirements of a route: method, headers and query parameters.
+//! The non-path requirements of a route: method, headers, query parameters and the client
+//! certificate.
 //!
 //! They are checked only for routes whose host and path already match, and only when such a
 //! route could still beat the best candidate so far, so they stay off the common path.
 
 use super::explain::{Condition, Mismatch};
-use super::{RequestView, RouteSpec};
+use super::{CertificateRequirement, RequestView, RouteSpec};
+use crate::gateway::client_cert::ClientIdentity;
 
 /// What a required header or query parameter must hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,7 @@ pub(crate) struct Conditions {
     /// Names lower-cased, because the request's header lookup takes lowercase names.
     headers: Box<[(Box<str>, Expected)]>,
     query_params: Box<[(Box<str>, Expected)]>,
+    client_certificate: Option<CertificateRequirement>,
 }
 
 impl Conditions {
@@ -92,15 +95,30 @@ impl Conditions {
             }
         }
 
+        if let Some(requirement) = &spec.client_certificate {
+            if !requirement.presented && !requirement.subjects.is_empty() {
+                let message = "subjects cannot be required of a certificate that must not be \
+                               presented (presented: false)"
+                    .to_string();
+                errors.push(("client_certificate", message));
+            }
+            if requirement.subjects.iter().any(String::is_empty) {
+                let message = "a subject must not be empty".to_string();
+                errors.push(("client_certificate", message));
+            }
+        }
+
         Conditions {
             methods: methods.into_boxed_slice(),
             headers: headers.into_boxed_slice(),
             query_params: query_params.into_boxed_slice(),
+            client_certificate: spec.client_certificate.clone(),
         }
     }
 
-    /// Whether every required header and query parameter is present as required.
-    pub(crate) fn headers_and_query_match(&self, request: &RequestView<'_>) -> bool {
+    /// Whether every requirement but the method holds: headers, query parameters and the
+    /// client certificate.
+    pub(crate) fn request_matches(&self, request: &RequestView<'_>) -> bool {
         let headers_match = self
             .headers
             .iter()
@@ -111,10 +129,13 @@ impl Conditions {
                     .query
                     .is_some_and(|query| query_has(query, name, expected))
             })
+            && self.client_certificate.as_ref().is_none_or(|requirement| {
+                certificate_accepted(requirement, (request.client_certificate)())
+            })
     }
 
     /// Every requirement the request fails, one [`Mismatch`] each, for the explanation.
-    /// Allocates; matching uses [`Conditions::headers_and_query_match`] and
+    /// Allocates; matching uses [`Conditions::request_matches`] and
     /// [`Conditions::accepts_method`], which this mirrors check for check.
     pub(crate) fn mismatches(&self, request: &RequestView<'_>, found: &mut Vec<Mismatch>) {
         if !self.accepts_method(request.method) {
@@ -169,6 +190,26 @@ impl Conditions {
                 message,
             });
         }
+        if let Some(requirement) = &self.client_certificate {
+            let certificate = (request.client_certificate)();
+            if !certificate_accepted(requirement, certificate) {
+                let message = match (certificate, requirement.presented) {
+                    (None, _) => "the request has no verified client certificate".to_string(),
+                    (Some(_), false) => {
+                        "the request has a client certificate; the route wants none".to_string()
+                    }
+                    (Some(identity), true) => format!(
+                        "the client certificate names {}, none of {}",
+                        identity.names().collect::<Vec<_>>().join(", "),
+                        requirement.subjects.join(", ")
+                    ),
+                };
+                found.push(Mismatch {
+                    condition: Condition::ClientCertificate,
+                    message,
+                });
+            }
+        }
     }
 
     pub(crate) fn accepts_method(&self, method: &str) -> bool {
@@ -178,6 +219,23 @@ impl Conditions {
     /// The methods this route is limited to (empty when it accepts any).
     pub(crate) fn methods(&self) -> impl Iterator<Item = &str> {
         self.methods.iter().map(|method| &**method)
+    }
+}
+
+/// Whether the connection's certificate (`None`: none was presented) meets the requirement.
+fn certificate_accepted(
+    requirement: &CertificateRequirement,
+    certificate: Option<&ClientIdentity>,
+) -> bool {
+    match certificate {
+        None => !requirement.presented,
+        Some(identity) => {
+            requirement.presented
+                && (requirement.subjects.is_empty()
+                    || identity
+                        .names()
+                        .any(|name| requirement.subjects.iter().any(|wanted| wanted == name)))
+        }
     }
 }
 
@@ -258,6 +316,44 @@ mod tests {
         assert!(query_has(query, "debug", &Expected::Equals("".into())));
         assert!(query_has(query, "b", &Expected::Equals("x y".into())));
         assert!(!query_has(query, "c", &Expected::Present));
+    }
+
+    #[test]
+    fn certificate_requirements() {
+        let identity = ClientIdentity {
+            common_name: Some("client".into()),
+            alternative_names: vec!["client.example.com".into(), "spiffe://x/ops".into()],
+            ..ClientIdentity::default()
+        };
+        let require = |presented: bool, subjects: &[&str]| CertificateRequirement {
+            presented,
+            subjects: subjects.iter().map(|subject| subject.to_string()).collect(),
+        };
+        assert!(certificate_accepted(&require(true, &[]), Some(&identity)));
+        assert!(!certificate_accepted(&require(true, &[]), None));
+        assert!(certificate_accepted(
+            &require(true, &["client"]),
+            Some(&identity)
+        ));
+        assert!(certificate_accepted(
+            &require(true, &["other", "spiffe://x/ops"]),
+            Some(&identity)
+        ));
+        assert!(!certificate_accepted(
+            &require(true, &["Client"]),
+            Some(&identity)
+        ));
+        assert!(certificate_accepted(&require(false, &[]), None));
+        assert!(!certificate_accepted(&require(false, &[]), Some(&identity)));
+
+        let spec = RouteSpec {
+            client_certificate: Some(require(false, &["client", ""])),
+            ..RouteSpec::default()
+        };
+        let mut errors = Vec::new();
+        Conditions::compile(&spec, &mut errors);
+        let fields: Vec<_> = errors.iter().map(|(field, _)| *field).collect();
+        assert_eq!(fields, ["client_certificate", "client_certificate"]);
     }
 
     #[test]

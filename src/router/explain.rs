@@ -24,6 +24,7 @@ pub enum Condition {
     Method,
     Header,
     QueryParam,
+    ClientCertificate,
 }
 
 impl Condition {
@@ -35,6 +36,7 @@ impl Condition {
             Condition::Method => "method",
             Condition::Header => "header",
             Condition::QueryParam => "query_param",
+            Condition::ClientCertificate => "client_certificate",
         }
     }
 }
@@ -351,6 +353,7 @@ mod tests {
             path: probe.path,
             query: probe.query,
             headers: &lookup,
+            client_certificate: &crate::router::no_client_certificate,
         };
         let explanation = router.explain(&request);
         Summary {

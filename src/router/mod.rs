@@ -30,6 +30,10 @@
 //!   given value, or with any value when the value is `*`.
 //! * `query_params`: each named parameter must be present with exactly the given value (after
 //!   percent-decoding and `+` as space), or with any value when the value is `*`.
+//! * `client_certificate`: the connection's client certificate, as verified in the TLS
+//!   handshake (see [`crate::gateway::client_cert`]). `presented: true` needs one, and when
+//!   `subjects` is not empty its subject CN or one of its SANs must be listed;
+//!   `presented: false` matches only requests without one.
 //!
 //! # Precedence
 //!
@@ -74,6 +78,7 @@
 //!     path: &path,
 //!     query: None,
 //!     headers: &no_headers,
+//!     client_certificate: &loom::router::no_client_certificate,
 //! };
 //! match router.match_request(&request) {
 //!     MatchOutcome::Matched(found) => {
@@ -97,6 +102,8 @@ mod table;
 mod trie;
 
 use std::fmt;
+
+use crate::gateway::client_cert::ClientIdentity;
 
 pub use explain::{Condition, Explanation, Mismatch, NotChosen, RouteVerdict};
 pub use params::{PathParams, PathParamsIter};
@@ -125,6 +132,8 @@ pub struct RouteSpec {
     pub headers: Vec<(String, String)>,
     /// Required query parameters: name and exact value; `*` means present with any value.
     pub query_params: Vec<(String, String)>,
+    /// What the connection's client certificate must be; `None` does not look at it.
+    pub client_certificate: Option<CertificateRequirement>,
     /// Higher wins, before any other precedence rule.
     pub priority: i32,
     /// Position in the configuration file: the last tie-breaker, and the index reported in
@@ -132,13 +141,23 @@ pub struct RouteSpec {
     pub index: usize,
 }
 
+/// A route's requirement on the client certificate (`client_certificate:` on a route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRequirement {
+    /// `true`: a verified certificate is needed; `false`: only requests without one match.
+    pub presented: bool,
+    /// With `presented`, the certificate's CN or one of its SANs must be one of these
+    /// (compared exactly); empty accepts any certificate the listener's CA verified.
+    pub subjects: Vec<String>,
+}
+
 /// One problem with one route, found while building the [`Router`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteError {
     /// The offending route's [`RouteSpec::index`], so the message can point into the file.
     pub route_index: usize,
-    /// The [`RouteSpec`] field at fault (`"path"`, `"hosts"`, `"methods"`, `"headers"` or
-    /// `"query_params"`), so the configuration layer can name the exact key.
+    /// The [`RouteSpec`] field at fault (`"path"`, `"hosts"`, `"methods"`, `"headers"`,
+    /// `"query_params"` or `"client_certificate"`), so the configuration layer can name the exact key.
     pub field: &'static str,
     /// What is wrong, phrased for the person editing the configuration.
     pub message: String,
@@ -172,6 +191,14 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     /// Looks a header up by its lowercase name.
     pub headers: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// The connection's verified client certificate. A function, so that only a request that
+    /// reaches a route with a `client_certificate` condition pays for the lookup.
+    pub client_certificate: &'a dyn Fn() -> Option<&'a ClientIdentity>,
+}
+
+/// For a [`RequestView`] of a request without a client certificate.
+pub fn no_client_certificate<'a>() -> Option<&'a ClientIdentity> {
+    None
 }
 
 impl fmt::Debug for RequestView<'_> {

@@ -121,7 +121,7 @@ impl<T> Router<T> {
             if best.is_some_and(|(best_precedence, _)| precedence <= best_precedence) {
                 return;
             }
-            if !route.conditions.headers_and_query_match(request) {
+            if !route.conditions.request_matches(request) {
                 return;
             }
             if route.conditions.accepts_method(request.method) {
@@ -160,7 +160,7 @@ impl<T> Router<T> {
     fn allowed_methods(&self, request: &RequestView<'_>) -> String {
         let mut methods: Vec<&str> = Vec::new();
         self.for_each_path_match(request, |route, _host| {
-            if route.conditions.headers_and_query_match(request) {
+            if route.conditions.request_matches(request) {
                 methods.extend(route.conditions.methods());
             }
         });

@@ -102,6 +102,7 @@ fn resolve(router: &Router<String>, probe: Probe<'_>) -> String {
         path,
         query,
         headers: &lookup,
+        client_certificate: &crate::router::no_client_certificate,
     };
     match router.match_request(&request) {
         MatchOutcome::Matched(found) => found.value.clone(),
@@ -121,6 +122,7 @@ fn view<'a>(path: &'a str) -> RequestView<'a> {
         path,
         query: None,
         headers: &no_headers,
+        client_certificate: &crate::router::no_client_certificate,
     }
 }
 

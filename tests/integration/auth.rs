@@ -269,6 +269,137 @@ upstreams:
     assert_eq!(refused.code, "invalid_credentials");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_restriction_opens_each_route_to_its_consumers() {
+    let backend = echo("e").await;
+    let template = format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+plugins:
+  - name: keys
+    type: key_auth
+    config:
+      keys:
+        - consumer: alice
+          key_sha256: "{alice_digest}"
+        - consumer: bob
+          key: "{BOB_KEY}"
+  - name: only-alice
+    type: consumer_restriction
+    config: {{allow: [alice]}}
+  - name: not-bob
+    type: consumer_restriction
+    config: {{deny: [bob]}}
+routes:
+  - id: for-alice
+    path: /alice/*
+    upstream: echo
+    plugins: [keys, only-alice]
+  - id: all-but-bob
+    path: /others/*
+    upstream: echo
+    plugins: [keys, not-bob]
+upstreams:
+{upstream}"#,
+        alice_digest = sha256_hex(ALICE_KEY),
+        upstream = echo_upstream(backend.addresses()[0].port())
+    );
+    let gateway = GatewayProcess::start(&template).await;
+    let client = client();
+    let get = |path: &str, key: Option<&str>| {
+        let mut request = client.get(gateway.url(path));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+
+    let seen = passed(
+        get("/alice/a", Some(ALICE_KEY)).await.unwrap(),
+        "alice on hers",
+    )
+    .await;
+    assert_eq!(echoed(&seen, "x-consumer").as_deref(), Some("alice"));
+    passed(
+        get("/others/a", Some(ALICE_KEY)).await.unwrap(),
+        "alice elsewhere",
+    )
+    .await;
+
+    // bob's key is valid, but neither route lets him in: 403, counted per route.
+    for (path, route, policy) in [
+        ("/alice/a", "for-alice", "only-alice"),
+        ("/others/a", "all-but-bob", "not-bob"),
+    ] {
+        let before = auth_failures(&gateway, route, policy, "consumer_forbidden").await;
+        let response = get(path, Some(BOB_KEY)).await.unwrap();
+        assert_eq!(response.status(), 403, "bob on {path}");
+        assert!(response.headers().get("x-echo-instance").is_none());
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden", "bob on {path}: {body}");
+        assert_eq!(
+            auth_failures(&gateway, route, policy, "consumer_forbidden").await,
+            before + 1.0
+        );
+    }
+
+    // Without a key, key_auth answers first, as before.
+    let response = get("/alice/a", None).await.unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[test]
+fn a_consumer_restriction_without_an_auth_policy_before_it_fails_the_config_check() {
+    let config = |plugins: &str| {
+        format!(
+            r#"listeners:
+  - name: http
+    address: "127.0.0.1:8080"
+plugins:
+  - name: keys
+    type: key_auth
+    config:
+      keys: [{{consumer: alice, key: "{BOB_KEY}"}}]
+  - name: only-alice
+    type: consumer_restriction
+    config: {{allow: [alice]}}
+  - name: late-keys
+    type: key_auth
+    priority: -1
+    config:
+      keys: [{{consumer: alice, key: "{BOB_KEY}"}}]
+routes:
+  - id: all
+    path: /*
+    upstream: pool
+    plugins: {plugins}
+upstreams:
+  - name: pool
+    endpoints: ["127.0.0.1:9"]
+"#
+        )
+    };
+    let directory = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = check_config(directory.path(), &config("[keys, only-alice]"));
+    assert_eq!(code, 0, "{stderr}");
+    for plugins in [
+        "[only-alice]",
+        "[only-alice, keys]",
+        "[late-keys, only-alice]",
+    ] {
+        let (code, _, stderr) = check_config(directory.path(), &config(plugins));
+        assert_eq!(code, 1, "{plugins}: {stderr}");
+        assert!(
+            stderr.contains("routes[0].plugins[")
+                && stderr.contains(
+                    "needs an auth policy (key_auth, basic_auth, jwt_auth or mtls_auth) before it"
+                ),
+            "{plugins}: {stderr}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // basic_auth
 

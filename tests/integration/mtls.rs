@@ -71,7 +71,10 @@ impl Pki {
     }
 }
 
-fn config(pki: &Pki, echo_port: u16) -> String {
+/// The echo servers behind the routes that choose by certificate, by instance name.
+const TEAMS: [&str; 3] = ["ops", "partner", "public"];
+
+fn config(pki: &Pki, echo_port: u16, team_ports: &[u16]) -> String {
     format!(
         r#"listeners:
   - name: http
@@ -105,9 +108,27 @@ routes:
   - id: open
     path: /open/*
     upstream: echo
+  - id: teams-ops
+    path: /teams/*
+    upstream: ops
+    client_certificate: {{subjects: [other.example.com, client.example.com]}}
+  - id: teams-partner
+    path: /teams/*
+    upstream: partner
+    client_certificate: {{}}
+  - id: teams-public
+    path: /teams/*
+    upstream: public
+    client_certificate: {{presented: false}}
 upstreams:
   - name: echo
     endpoints: ["127.0.0.1:{echo_port}"]
+  - name: ops
+    endpoints: ["127.0.0.1:{ops}"]
+  - name: partner
+    endpoints: ["127.0.0.1:{partner}"]
+  - name: public
+    endpoints: ["127.0.0.1:{public}"]
 plugins:
   - name: probe
     path: loom_test_abi_probe.wasm
@@ -117,6 +138,9 @@ plugins:
       allowed_subjects: [client.example.com]
 "#,
         ca = pki.path("ca.pem"),
+        ops = team_ports[0],
+        partner = team_ports[1],
+        public = team_ports[2],
     )
 }
 
@@ -137,7 +161,16 @@ async fn status_and_body(
 async fn client_certificates_are_verified_in_the_handshake_and_by_route() {
     let pki = Pki::new();
     let backend = echo("e").await;
-    let gateway = GatewayProcess::start(&config(&pki, backend.addresses()[0].port())).await;
+    let mut teams = Vec::new();
+    for name in TEAMS {
+        teams.push(echo(name).await);
+    }
+    let team_ports: Vec<u16> = teams
+        .iter()
+        .map(|server| server.addresses()[0].port())
+        .collect();
+    let gateway =
+        GatewayProcess::start(&config(&pki, backend.addresses()[0].port(), &team_ports)).await;
     let optional = |path: &str| format!("https://localhost:{}{path}", gateway.extra_ports[0]);
     let required = |path: &str| format!("https://localhost:{}{path}", gateway.extra_ports[1]);
 
@@ -236,4 +269,89 @@ async fn client_certificates_are_verified_in_the_handshake_and_by_route() {
         )
         .await;
     assert_eq!(failures, Some(1.0));
+
+    // Routes choose by certificate: a listed SAN, any verified certificate, or none at all.
+    // The forged subject header the helper sends changes nothing.
+    for (identity, url, instance) in [
+        (Some("good"), optional("/teams/a"), "ops"),
+        (Some("good"), required("/teams/a"), "ops"),
+        (Some("unlisted"), optional("/teams/a"), "partner"),
+        (None, optional("/teams/a"), "public"),
+    ] {
+        let (status, body) = status_and_body(&pki.client(identity), &url).await.unwrap();
+        assert_eq!(status, 200, "{identity:?} {url}: {body}");
+        assert_eq!(body["instance"], instance, "{identity:?} {url}: {body}");
+    }
+
+    // The admin API explains the same choices for a described certificate.
+    for (certificate, chosen, loser) in [
+        (Some("intruder"), "teams-partner", "teams-ops"),
+        (None, "teams-public", "teams-partner"),
+    ] {
+        let mut query = vec![("path", "/teams/a")];
+        query.extend(certificate.map(|name| ("certificate", name)));
+        let explained: serde_json::Value = client()
+            .get(gateway.admin_url("/explain"))
+            .query(&query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(explained["matched"], chosen, "{explained:#}");
+        let candidates = explained["candidates"].as_array().cloned().unwrap();
+        let reasons = &candidates
+            .iter()
+            .find(|candidate| candidate["id"] == loser)
+            .unwrap_or_else(|| panic!("{loser} missing: {explained:#}"))["reasons"];
+        assert_eq!(
+            reasons[0]["condition"], "client_certificate",
+            "{explained:#}"
+        );
+    }
+}
+
+#[test]
+fn a_certificate_condition_without_a_listener_that_asks_for_one_fails_the_config_check() {
+    let config = |condition: &str| {
+        format!(
+            r#"listeners:
+  - name: http
+    address: "127.0.0.1:8080"
+routes:
+  - id: ops
+    path: /*
+    upstream: pool
+    client_certificate: {condition}
+upstreams:
+  - name: pool
+    endpoints: ["127.0.0.1:9"]
+"#
+        )
+    };
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("loom.yaml");
+    // Matching only clients without a certificate is possible on any listener.
+    let (code, _, stderr) = check_config_file(&path, &config("{presented: false}"));
+    assert_eq!(code, 0, "{stderr}");
+    for (condition, message) in [
+        (
+            "{subjects: [ops]}",
+            "no listener asks for client certificates",
+        ),
+        (
+            "{presented: false, subjects: [ops]}",
+            "subjects cannot be required",
+        ),
+        ("{subject: ops}", "unknown key \"subject\""),
+    ] {
+        let (code, _, stderr) = check_config_file(&path, &config(condition));
+        assert_eq!(code, 1, "{condition}: {stderr}");
+        assert!(
+            stderr.contains("loom.yaml:") && stderr.contains("routes[0].client_certificate"),
+            "{condition}: the error names the file and the key: {stderr}"
+        );
+        assert!(stderr.contains(message), "{condition}: {stderr}");
+    }
 }
