@@ -512,12 +512,9 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
             .get(name)
             .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
     };
-    let trace_id = ctx.trace.trace_id_hex();
     let record = AccessLogRecord {
         // When the request started, as access logs usually stamp it.
-        time: std::time::SystemTime::now()
-            .checked_sub(elapsed)
-            .unwrap_or(std::time::UNIX_EPOCH),
+        time: crate::observe::access_log::wall_time_at(ctx.started),
         request_id: std::str::from_utf8(ctx.request_id.as_bytes()).unwrap_or_default(),
         route: route.map_or("none", |route| &route.id),
         method: &request.method,
@@ -535,16 +532,11 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         user_agent: header(http::header::USER_AGENT),
         host: super::headers::request_host(request),
         protocol: if session.is_http2() {
-            "HTTP/2"
+            http::Version::HTTP_2
         } else {
-            match request.version {
-                http::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            }
+            request.version
         },
-        trace_id: trace_id
-            .as_ref()
-            .and_then(|hex| std::str::from_utf8(hex).ok()),
+        trace_id: ctx.trace.trace_id_hex(),
     };
     for step in access_logs {
         if let Policy::AccessLog(access_log) = &step.policy {

@@ -402,37 +402,50 @@ pub struct AccessLogRecord<'a> {
     pub client_ip: Option<std::net::IpAddr>,
     pub user_agent: Option<&'a str>,
     pub host: Option<&'a str>,
-    pub protocol: &'a str,
-    pub trace_id: Option<&'a str>,
+    /// Written as `HTTP/1.0`, `HTTP/1.1`, `HTTP/2` or `HTTP/3`.
+    pub protocol: http::Version,
+    /// The trace id in hex, as [`crate::observe::tracing`] makes it: needs no escaping.
+    pub trace_id: Option<[u8; 32]>,
 }
+
+/// The keys and fixed punctuation of a line, the time, the method and every number at their
+/// longest: what a line holds besides the strings that come from the request and the config.
+const FIXED_LINE_BYTES: usize = 420;
 
 impl AccessLogRecord<'_> {
     /// The record as one JSON object followed by `'\n'`. Written by hand into one buffer:
     /// this runs once per request, and a `serde_json::Value` would allocate per field.
     pub fn to_json_line(&self) -> Vec<u8> {
-        // The fixed keys and numbers fit in 320 bytes; the client's strings come on top, so
-        // that a long path does not make the buffer grow twice.
         // The client's strings are clipped: a queue of 16,384 lines must stay a few MiB even
         // when every request carries a 64 KiB path.
         let path = clip(self.path, MAX_PATH_BYTES);
         let user_agent = self.user_agent.map(|text| clip(text, MAX_HEADER_BYTES));
         let host = self.host.map(|text| clip(text, MAX_HEADER_BYTES));
-        let client_strings = path.len() + user_agent.map_or(0, str::len) + host.map_or(0, str::len);
-        let mut line = Vec::with_capacity(320 + client_strings);
+        // Room for everything unless a string needs escaping, so that the buffer is
+        // allocated once.
+        let strings = self.request_id.len()
+            + self.route.len()
+            + self.method.as_str().len()
+            + path.len()
+            + self.upstream.map_or(0, str::len)
+            + user_agent.map_or(0, str::len)
+            + host.map_or(0, str::len);
+        let mut line = Vec::with_capacity(FIXED_LINE_BYTES + strings);
+        // Each key is written with the closing quote of the string before it and the
+        // opening quote of its own value where those are certain.
         line.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_millis(&mut line, self.time);
-        line.extend_from_slice(b"\",\"request_id\":");
-        push_json_string(&mut line, self.request_id);
-        line.extend_from_slice(b",\"route\":");
-        push_json_string(&mut line, self.route);
-        line.extend_from_slice(b",\"method\":\"");
+        line.extend_from_slice(b"\",\"request_id\":\"");
+        push_json_string_body(&mut line, self.request_id);
+        line.extend_from_slice(b"\",\"route\":\"");
+        push_json_string_body(&mut line, self.route);
+        line.extend_from_slice(b"\",\"method\":\"");
         // A parsed method is an HTTP token: nothing in it needs escaping.
         line.extend_from_slice(self.method.as_str().as_bytes());
-        line.push(b'"');
-        line.extend_from_slice(b",\"path\":");
-        push_json_string(&mut line, path);
-        line.extend_from_slice(b",\"status\":");
-        push_padded_decimal(&mut line, u64::from(self.status), 1);
+        line.extend_from_slice(b"\",\"path\":\"");
+        push_json_string_body(&mut line, path);
+        line.extend_from_slice(b"\",\"status\":");
+        push_status(&mut line, self.status);
         line.extend_from_slice(b",\"bytes_in\":");
         push_padded_decimal(&mut line, self.bytes_received, 1);
         line.extend_from_slice(b",\"bytes_out\":");
@@ -462,15 +475,53 @@ impl AccessLogRecord<'_> {
         push_optional_json_string(&mut line, user_agent);
         line.extend_from_slice(b",\"host\":");
         push_optional_json_string(&mut line, host);
-        line.extend_from_slice(b",\"protocol\":");
-        push_json_string(&mut line, self.protocol);
-        if let Some(trace_id) = self.trace_id {
-            line.extend_from_slice(b",\"trace_id\":");
-            push_json_string(&mut line, trace_id);
+        line.extend_from_slice(match self.protocol {
+            http::Version::HTTP_10 => b",\"protocol\":\"HTTP/1.0\"",
+            http::Version::HTTP_2 => b",\"protocol\":\"HTTP/2\"",
+            http::Version::HTTP_3 => b",\"protocol\":\"HTTP/3\"",
+            _ => b",\"protocol\":\"HTTP/1.1\"",
+        });
+        if let Some(trace_id) = &self.trace_id {
+            line.extend_from_slice(b",\"trace_id\":\"");
+            line.extend_from_slice(trace_id);
+            line.push(b'"');
         }
         line.extend_from_slice(b"}\n");
         line
     }
+}
+
+/// The wall-clock time of `instant` (a moment within the last few seconds, such as when a
+/// request started), from a pair of clock readings each thread takes at most once a second:
+/// a line then needs no wall-clock read of its own. A clock step (NTP, an operator) shows
+/// within a second.
+pub fn wall_time_at(instant: Instant) -> SystemTime {
+    const ANCHOR_LIFETIME: Duration = Duration::from_secs(1);
+    thread_local! {
+        static ANCHOR: std::cell::Cell<Option<(Instant, SystemTime)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let from_anchor = |(anchor_instant, anchor_wall): (Instant, SystemTime)| {
+        if instant >= anchor_instant {
+            let after = instant - anchor_instant;
+            (after < ANCHOR_LIFETIME).then(|| anchor_wall.checked_add(after))?
+        } else {
+            let before = anchor_instant - instant;
+            (before < ANCHOR_LIFETIME).then(|| anchor_wall.checked_sub(before))?
+        }
+    };
+    if let Some(wall) = ANCHOR.get().and_then(from_anchor) {
+        return wall;
+    }
+    let anchor = (Instant::now(), SystemTime::now());
+    ANCHOR.set(Some(anchor));
+    from_anchor(anchor).unwrap_or_else(|| {
+        // Older than the anchor's lifetime: read the clock for this one.
+        anchor
+            .1
+            .checked_sub(anchor.0.saturating_duration_since(instant))
+            .unwrap_or(UNIX_EPOCH)
+    })
 }
 
 /// Longest path, and longest user agent or host, written to a line.
@@ -491,18 +542,35 @@ fn clip(text: &str, max: usize) -> &str {
 
 fn push_optional_json_string(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
-        Some(value) => push_json_string(out, value),
+        Some(value) => {
+            out.push(b'"');
+            push_json_string_body(out, value);
+            out.push(b'"');
+        }
         None => out.extend_from_slice(b"null"),
     }
 }
 
-/// `value` as a quoted JSON string. Every byte of a multi-byte UTF-8 character is 0x80 or
-/// above, so only ASCII can need escaping; most strings need none, and eight bytes at a time
-/// are checked for that (see [`word_needs_escape`]) before any byte is looked at alone.
-fn push_json_string(out: &mut Vec<u8>, value: &str) {
+/// A status code in three digits: what Pingora's `StatusCode` always holds (100 to 999).
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    if (100..1000).contains(&status) {
+        out.extend_from_slice(&[
+            b'0' + (status / 100) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+        ]);
+    } else {
+        push_padded_decimal(out, u64::from(status), 1);
+    }
+}
+
+/// `value` escaped for a JSON string, without the quotes around it. Every byte of a
+/// multi-byte UTF-8 character is 0x80 or above, so only ASCII can need escaping; most strings
+/// need none, and eight bytes at a time are checked for that (see [`word_needs_escape`])
+/// before any byte is looked at alone.
+fn push_json_string_body(out: &mut Vec<u8>, value: &str) {
     const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     let bytes = value.as_bytes();
-    out.push(b'"');
     let mut clean = 0;
     while let Some(word) = bytes.get(clean..clean + 8) {
         let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
@@ -534,7 +602,6 @@ fn push_json_string(out: &mut Vec<u8>, value: &str) {
         plain_from = index + 1;
     }
     out.extend_from_slice(&bytes[plain_from..]);
-    out.push(b'"');
 }
 
 /// Whether any of the eight bytes in `word` needs escaping (see [`NEEDS_ESCAPE`]): a control
@@ -755,8 +822,8 @@ mod tests {
             client_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
             user_agent: Some("Mozilla \"quoted\" \\ back\r\n\u{0}"),
             host: Some("exämple.com"),
-            protocol: "HTTP/1.1",
-            trace_id: Some("0af7651916cd43dd8448eb211c80319c"),
+            protocol: http::Version::HTTP_11,
+            trace_id: Some(*b"0af7651916cd43dd8448eb211c80319c"),
         }
     }
 
@@ -792,6 +859,32 @@ mod tests {
         let text = String::from_utf8(line).expect("the line is UTF-8");
         assert!(text.contains("\"duration_ms\":12.345,"), "{text}");
         assert!(text.contains("\"upstream_ms\":0.007,"), "{text}");
+    }
+
+    #[test]
+    fn wall_time_follows_the_clock_within_its_precision() {
+        let started = Instant::now();
+        let wall = SystemTime::now();
+        for instant in [
+            started,
+            started + Duration::from_millis(250),
+            started - Duration::from_millis(400),
+            started - Duration::from_secs(5),
+        ] {
+            let expected = if instant >= started {
+                wall + (instant - started)
+            } else {
+                wall - (started - instant)
+            };
+            let got = wall_time_at(instant);
+            let gap = got
+                .duration_since(expected)
+                .unwrap_or_else(|error| error.duration());
+            assert!(
+                gap < Duration::from_millis(50),
+                "{instant:?}: off by {gap:?}"
+            );
+        }
     }
 
     #[test]
@@ -833,7 +926,7 @@ mod tests {
                     text[position] = byte;
                     let text = String::from_utf8(text).unwrap();
                     let mut out = Vec::new();
-                    push_json_string(&mut out, &text);
+                    push_optional_json_string(&mut out, Some(&text));
                     assert_eq!(
                         String::from_utf8(out).unwrap(),
                         reference(&text),
@@ -844,7 +937,7 @@ mod tests {
         }
         let mixed = "caf\u{e9} \u{1F600} \"quoted\" back\\slash\ttab\u{7f}end of a long line";
         let mut out = Vec::new();
-        push_json_string(&mut out, mixed);
+        push_optional_json_string(&mut out, Some(mixed));
         assert_eq!(String::from_utf8(out).unwrap(), reference(mixed));
     }
 
