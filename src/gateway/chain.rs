@@ -504,18 +504,10 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         .uri
         .path_and_query()
         .map_or("/", |path| path.as_str());
-    // UTF-8 is all a JSON line needs (it escapes what it must); `to_str`'s stricter check
-    // would look at every byte again.
-    let header = |name: http::header::HeaderName| {
-        request
-            .headers
-            .get(name)
-            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
-    };
     let record = AccessLogRecord {
         // When the request started, as access logs usually stamp it.
         time: crate::observe::access_log::wall_time_at(ctx.started),
-        request_id: std::str::from_utf8(ctx.request_id.as_bytes()).unwrap_or_default(),
+        request_id: ctx.request_id.as_bytes(),
         route: route.map_or("none", |route| &route.id),
         method: &request.method,
         path,
@@ -529,8 +521,18 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
             .upstream_elapsed
             .map(|elapsed| elapsed.as_micros() as u64),
         client_ip,
-        user_agent: header(http::header::USER_AGENT),
-        host: super::headers::request_host(request),
+        // The line checks the bytes as it writes them.
+        user_agent: request
+            .headers
+            .get(http::header::USER_AGENT)
+            .map(http::HeaderValue::as_bytes),
+        host: match request.uri.authority() {
+            Some(authority) => Some(authority.as_str().as_bytes()),
+            None => request
+                .headers
+                .get(http::header::HOST)
+                .map(http::HeaderValue::as_bytes),
+        },
         protocol: if session.is_http2() {
             http::Version::HTTP_2
         } else {

@@ -385,7 +385,8 @@ fn open_output(destination: &AccessLogDestination) -> io::Result<Box<dyn Write>>
 pub struct AccessLogRecord<'a> {
     /// When the request started.
     pub time: SystemTime,
-    pub request_id: &'a str,
+    /// The `X-Request-ID` value (bytes as in the header; not UTF-8 is written as `null`).
+    pub request_id: &'a [u8],
     pub route: &'a str,
     /// A parsed method, so that it needs no escaping.
     pub method: &'a http::Method,
@@ -400,8 +401,10 @@ pub struct AccessLogRecord<'a> {
     pub duration_micros: u64,
     pub upstream_duration_micros: Option<u64>,
     pub client_ip: Option<std::net::IpAddr>,
-    pub user_agent: Option<&'a str>,
-    pub host: Option<&'a str>,
+    /// As received: a header value may hold any bytes (not UTF-8 is written as `null`).
+    pub user_agent: Option<&'a [u8]>,
+    /// HTTP/2's `:authority` or the `Host` header, as received (not UTF-8: `null`).
+    pub host: Option<&'a [u8]>,
     /// Written as `HTTP/1.0`, `HTTP/1.1`, `HTTP/2` or `HTTP/3`.
     pub protocol: http::Version,
     /// The trace id in hex, as [`crate::observe::tracing`] makes it: needs no escaping.
@@ -419,8 +422,10 @@ impl AccessLogRecord<'_> {
         // The client's strings are clipped: a queue of 16,384 lines must stay a few MiB even
         // when every request carries a 64 KiB path.
         let path = clip(self.path, MAX_PATH_BYTES);
-        let user_agent = self.user_agent.map(|text| clip(text, MAX_HEADER_BYTES));
-        let host = self.host.map(|text| clip(text, MAX_HEADER_BYTES));
+        let user_agent = self
+            .user_agent
+            .map(|text| clip_bytes(text, MAX_HEADER_BYTES));
+        let host = self.host.map(|text| clip_bytes(text, MAX_HEADER_BYTES));
         // Room for everything unless a string needs escaping, so that the buffer is
         // allocated once.
         let strings = self.request_id.len()
@@ -428,30 +433,28 @@ impl AccessLogRecord<'_> {
             + self.method.as_str().len()
             + path.len()
             + self.upstream.map_or(0, str::len)
-            + user_agent.map_or(0, str::len)
-            + host.map_or(0, str::len);
+            + user_agent.map_or(0, <[u8]>::len)
+            + host.map_or(0, <[u8]>::len);
         let mut line = Vec::with_capacity(FIXED_LINE_BYTES + strings);
-        // Each key is written with the closing quote of the string before it and the
-        // opening quote of its own value where those are certain.
         line.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_millis(&mut line, self.time);
-        line.extend_from_slice(b"\",\"request_id\":\"");
-        push_json_string_body(&mut line, self.request_id);
-        line.extend_from_slice(b"\",\"route\":\"");
-        push_json_string_body(&mut line, self.route);
-        line.extend_from_slice(b"\",\"method\":\"");
+        line.extend_from_slice(b"\",\"request_id\":");
+        push_json_text(&mut line, self.request_id);
+        line.extend_from_slice(b",\"route\":");
+        push_json_text(&mut line, self.route.as_bytes());
+        line.extend_from_slice(b",\"method\":\"");
         // A parsed method is an HTTP token: nothing in it needs escaping.
         line.extend_from_slice(self.method.as_str().as_bytes());
-        line.extend_from_slice(b"\",\"path\":\"");
-        push_json_string_body(&mut line, path);
-        line.extend_from_slice(b"\",\"status\":");
+        line.extend_from_slice(b"\",\"path\":");
+        push_json_text(&mut line, path.as_bytes());
+        line.extend_from_slice(b",\"status\":");
         push_status(&mut line, self.status);
         line.extend_from_slice(b",\"bytes_in\":");
         push_padded_decimal(&mut line, self.bytes_received, 1);
         line.extend_from_slice(b",\"bytes_out\":");
         push_padded_decimal(&mut line, self.bytes_sent, 1);
         line.extend_from_slice(b",\"upstream\":");
-        push_optional_json_string(&mut line, self.upstream);
+        push_optional_json_text(&mut line, self.upstream.map(str::as_bytes));
         line.extend_from_slice(b",\"attempts\":");
         push_padded_decimal(&mut line, u64::from(self.attempts), 1);
         line.extend_from_slice(b",\"duration_ms\":");
@@ -472,9 +475,9 @@ impl AccessLogRecord<'_> {
             None => line.extend_from_slice(b"null"),
         }
         line.extend_from_slice(b",\"user_agent\":");
-        push_optional_json_string(&mut line, user_agent);
+        push_optional_json_text(&mut line, user_agent);
         line.extend_from_slice(b",\"host\":");
-        push_optional_json_string(&mut line, host);
+        push_optional_json_text(&mut line, host);
         line.extend_from_slice(match self.protocol {
             http::Version::HTTP_10 => b",\"protocol\":\"HTTP/1.0\"",
             http::Version::HTTP_2 => b",\"protocol\":\"HTTP/2\"",
@@ -540,15 +543,50 @@ fn clip(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-fn push_optional_json_string(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(value) => {
-            out.push(b'"');
-            push_json_string_body(out, value);
-            out.push(b'"');
-        }
+/// `bytes` cut to at most `max`, not inside a UTF-8 character (a continuation byte is
+/// `10xxxxxx`), so that UTF-8 text stays UTF-8.
+fn clip_bytes(bytes: &[u8], max: usize) -> &[u8] {
+    if bytes.len() <= max {
+        return bytes;
+    }
+    let mut end = max;
+    while end > 0 && bytes[end] & 0xc0 == 0x80 {
+        end -= 1;
+    }
+    &bytes[..end]
+}
+
+/// `text` as a quoted JSON string; `null` when absent or not UTF-8 (a header value may hold
+/// any bytes).
+fn push_optional_json_text(out: &mut Vec<u8>, text: Option<&[u8]>) {
+    match text {
+        Some(text) => push_json_text(out, text),
         None => out.extend_from_slice(b"null"),
     }
+}
+
+/// `text` as a quoted JSON string, or `null` when it is not UTF-8.
+fn push_json_text(out: &mut Vec<u8>, text: &[u8]) {
+    out.push(b'"');
+    if is_plain_json_text(text) {
+        out.extend_from_slice(text);
+    } else if let Ok(text) = std::str::from_utf8(text) {
+        push_escaped(out, text);
+    } else {
+        out.pop();
+        out.extend_from_slice(b"null");
+        return;
+    }
+    out.push(b'"');
+}
+
+/// Whether every byte is printable ASCII other than `"` and `\\`: text a JSON string holds as
+/// it is, and valid UTF-8. Almost every path, id and header is; the test has no early exit so
+/// that the compiler checks sixteen bytes at a time.
+fn is_plain_json_text(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |plain, &byte| {
+        plain & (byte >= 0x20) & (byte < 0x7f) & (byte != b'"') & (byte != b'\\')
+    })
 }
 
 /// A status code in three digits: what Pingora's `StatusCode` always holds (100 to 999).
@@ -564,23 +602,14 @@ fn push_status(out: &mut Vec<u8>, status: u16) {
     }
 }
 
-/// `value` escaped for a JSON string, without the quotes around it. Every byte of a
-/// multi-byte UTF-8 character is 0x80 or above, so only ASCII can need escaping; most strings
-/// need none, and eight bytes at a time are checked for that (see [`word_needs_escape`])
-/// before any byte is looked at alone.
-fn push_json_string_body(out: &mut Vec<u8>, value: &str) {
+/// `text` escaped for a JSON string, without the quotes around it: the slow path, for text
+/// that holds a byte [`NEEDS_ESCAPE`] names or any non-ASCII character (which are copied as
+/// they are: every byte of a multi-byte UTF-8 character is 0x80 or above).
+fn push_escaped(out: &mut Vec<u8>, text: &str) {
     const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let bytes = value.as_bytes();
-    let mut clean = 0;
-    while let Some(word) = bytes.get(clean..clean + 8) {
-        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
-        if word_needs_escape(word) {
-            break;
-        }
-        clean += 8;
-    }
+    let bytes = text.as_bytes();
     let mut plain_from = 0;
-    for (index, &byte) in bytes.iter().enumerate().skip(clean) {
+    for (index, &byte) in bytes.iter().enumerate() {
         if !NEEDS_ESCAPE[usize::from(byte)] {
             continue;
         }
@@ -602,21 +631,6 @@ fn push_json_string_body(out: &mut Vec<u8>, value: &str) {
         plain_from = index + 1;
     }
     out.extend_from_slice(&bytes[plain_from..]);
-}
-
-/// Whether any of the eight bytes in `word` needs escaping (see [`NEEDS_ESCAPE`]): a control
-/// byte (below 0x20), `"`, `\\` or DEL. The classic word-at-a-time tests: `(x - 0x01..) & !x &
-/// 0x80..` is non-zero exactly when some byte of `x` is zero, and with `0x20..` when some
-/// byte is below 0x20; a byte equal to `c` is a zero byte of `word ^ (c * 0x01..)`.
-fn word_needs_escape(word: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS != 0;
-    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH_BITS != 0;
-    below_space
-        || has_zero(word ^ (ONES * u64::from(b'"')))
-        || has_zero(word ^ (ONES * u64::from(b'\\')))
-        || has_zero(word ^ (ONES * 0x7f))
 }
 
 /// Bytes a JSON string cannot hold as they are: quote, backslash, control characters, and DEL
@@ -648,22 +662,19 @@ fn push_padded_decimal(out: &mut Vec<u8>, value: u64, width: usize) {
     // Most numbers on a line are below 1000 (status, attempts, milliseconds and their
     // fractions): three digits computed directly.
     if value < 1000 && width <= 3 {
-        // Below 1000: fits. Pushed byte by byte: a one- to three-byte copy through `memcpy`
-        // costs more than the digits.
+        // Each branch copies a fixed number of bytes, which compiles to one store: a copy
+        // of a length known only at run time would call `memcpy`.
         let value = value as u16;
-        let length = match value {
-            100.. => 3,
-            10.. => 2,
-            _ => 1,
+        let hundreds = b'0' + (value / 100) as u8;
+        let tens = b'0' + (value / 10 % 10) as u8;
+        let ones = b'0' + (value % 10) as u8;
+        if value >= 100 || width == 3 {
+            out.extend_from_slice(&[hundreds, tens, ones]);
+        } else if value >= 10 || width == 2 {
+            out.extend_from_slice(&[tens, ones]);
+        } else {
+            out.push(ones);
         }
-        .max(width);
-        if length >= 3 {
-            out.push(b'0' + (value / 100) as u8);
-        }
-        if length >= 2 {
-            out.push(b'0' + (value / 10 % 10) as u8);
-        }
-        out.push(b'0' + (value % 10) as u8);
         return;
     }
     // Two digits per step from a table: half the divisions of digit-by-digit.
@@ -808,7 +819,7 @@ mod tests {
     fn sample_record() -> AccessLogRecord<'static> {
         AccessLogRecord {
             time: UNIX_EPOCH + Duration::from_millis(1_764_601_445_123),
-            request_id: "req-1",
+            request_id: b"req-1",
             route: "users",
             method: &http::Method::GET,
             path: "/a\"b\\c\nd\u{1}e/ü/日本?q=\"x\"&tab=\t&del=\u{7f}",
@@ -820,8 +831,8 @@ mod tests {
             duration_micros: 12_345,
             upstream_duration_micros: Some(7),
             client_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-            user_agent: Some("Mozilla \"quoted\" \\ back\r\n\u{0}"),
-            host: Some("exämple.com"),
+            user_agent: Some("Mozilla \"quoted\" \\ back\r\n\u{0}".as_bytes()),
+            host: Some("exämple.com".as_bytes()),
             protocol: http::Version::HTTP_11,
             trace_id: Some(*b"0af7651916cd43dd8448eb211c80319c"),
         }
@@ -840,7 +851,7 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_slice(&line).expect("the line is JSON");
         assert_eq!(parsed["time"], "2025-12-01T15:04:05.123Z");
-        assert_eq!(parsed["request_id"], record.request_id);
+        assert_eq!(parsed["request_id"], "req-1");
         assert_eq!(parsed["route"], record.route);
         assert_eq!(parsed["method"], record.method.as_str());
         assert_eq!(parsed["path"], record.path);
@@ -888,6 +899,27 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_utf8_is_null_and_clipping_keeps_characters_whole() {
+        let mut out = Vec::new();
+        push_optional_json_text(&mut out, Some(b"curl \xff\xfe"));
+        assert_eq!(out, b"null");
+        assert_eq!(clip_bytes("aé".as_bytes(), 2), b"a");
+        assert_eq!(clip_bytes("aé".as_bytes(), 3), "aé".as_bytes());
+        assert_eq!(clip_bytes(b"abcdef", 4), b"abcd");
+        let long_agent = "é".repeat(MAX_HEADER_BYTES);
+        let record = AccessLogRecord {
+            user_agent: Some(long_agent.as_bytes()),
+            ..sample_record()
+        };
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&record.to_json_line()).expect("the line is JSON");
+        assert_eq!(
+            parsed["user_agent"].as_str().map(str::len),
+            Some(MAX_HEADER_BYTES)
+        );
+    }
+
+    #[test]
     fn missing_values_are_null_and_a_missing_trace_id_is_omitted() {
         let record = AccessLogRecord {
             upstream: None,
@@ -926,7 +958,7 @@ mod tests {
                     text[position] = byte;
                     let text = String::from_utf8(text).unwrap();
                     let mut out = Vec::new();
-                    push_optional_json_string(&mut out, Some(&text));
+                    push_optional_json_text(&mut out, Some(text.as_bytes()));
                     assert_eq!(
                         String::from_utf8(out).unwrap(),
                         reference(&text),
@@ -937,7 +969,7 @@ mod tests {
         }
         let mixed = "caf\u{e9} \u{1F600} \"quoted\" back\\slash\ttab\u{7f}end of a long line";
         let mut out = Vec::new();
-        push_optional_json_string(&mut out, Some(mixed));
+        push_optional_json_text(&mut out, Some(mixed.as_bytes()));
         assert_eq!(String::from_utf8(out).unwrap(), reference(mixed));
     }
 
