@@ -568,54 +568,16 @@ fn push_optional_json_text(out: &mut Vec<u8>, text: Option<&[u8]>) {
 /// `text` as a quoted JSON string, or `null` when it is not UTF-8.
 fn push_json_text(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
-    let start = out.len();
-    if !push_if_plain(out, text) {
-        out.truncate(start);
-        match std::str::from_utf8(text) {
-            Ok(text) => push_escaped(out, text),
-            Err(_) => {
-                out.pop();
-                out.extend_from_slice(b"null");
-                return;
-            }
-        }
+    if is_plain_json_text(text) {
+        out.extend_from_slice(text);
+    } else if let Ok(text) = std::str::from_utf8(text) {
+        push_escaped(out, text);
+    } else {
+        out.pop();
+        out.extend_from_slice(b"null");
+        return;
     }
     out.push(b'"');
-}
-
-/// Appends `text` and says whether it is plain (see [`is_plain_json_text`]); when it is not,
-/// the caller takes back what was appended. Text of 8 to 31 bytes is checked and copied a
-/// word at a time, each word one fixed-size store, the last one overlapping the one before:
-/// a copy of a length known only at run time would call `memcpy`, which costs more than
-/// the check itself at these lengths.
-fn push_if_plain(out: &mut Vec<u8>, text: &[u8]) -> bool {
-    let length = text.len();
-    if !(8..32).contains(&length) {
-        let plain = is_plain_json_text(text);
-        if plain {
-            out.extend_from_slice(text);
-        }
-        return plain;
-    }
-    let base = out.len();
-    let word_at = |start: usize| {
-        text.get(start..start + 8)
-            .and_then(|word| word.try_into().ok())
-            .map_or(u64::MAX, u64::from_le_bytes)
-    };
-    let mut plain = true;
-    let mut start = 0;
-    while start + 8 < length {
-        let word = word_at(start);
-        plain &= word_is_plain(word);
-        out.extend_from_slice(&word.to_le_bytes());
-        start += 8;
-    }
-    let last = word_at(length - 8);
-    plain &= word_is_plain(last);
-    out.truncate(base + length - 8);
-    out.extend_from_slice(&last.to_le_bytes());
-    plain
 }
 
 /// Whether every byte is printable ASCII other than `"` and `\\`: text a JSON string holds as
@@ -1059,7 +1021,7 @@ mod tests {
                 .unwrap()
                 .replace('\u{7f}', "\\u007f")
         };
-        for length in [0, 1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33] {
+        for length in [0, 1, 7, 8, 9, 15, 16, 17, 33] {
             for position in 0..length {
                 for byte in 0u8..=0x7f {
                     let mut text = vec![b'a'; length];
