@@ -694,6 +694,27 @@ static NEEDS_ESCAPE: [bool; 256] = {
 /// `micros` as milliseconds with exactly three decimals, in integer arithmetic so that
 /// 1500 µs is always `1.500` and never `1.4999999`.
 fn push_milliseconds(out: &mut Vec<u8>, micros: u64) {
+    if micros < 1_000_000 {
+        // Under a second, as most requests are: one fixed-size copy of five to seven bytes.
+        let (whole, fraction) = ((micros / 1000) as u16, (micros % 1000) as u16);
+        let digit = |value: u16| b'0' + (value % 10) as u8;
+        let (hundreds, tens, ones) = (digit(whole / 100), digit(whole / 10), digit(whole));
+        let decimals = [
+            b'.',
+            digit(fraction / 100),
+            digit(fraction / 10),
+            digit(fraction),
+        ];
+        let [point, first, second, third] = decimals;
+        if whole >= 100 {
+            out.extend_from_slice(&[hundreds, tens, ones, point, first, second, third]);
+        } else if whole >= 10 {
+            out.extend_from_slice(&[tens, ones, point, first, second, third]);
+        } else {
+            out.extend_from_slice(&[ones, point, first, second, third]);
+        }
+        return;
+    }
     push_padded_decimal(out, micros / 1000, 1);
     out.push(b'.');
     push_padded_decimal(out, micros % 1000, 3);
@@ -1021,7 +1042,7 @@ mod tests {
                 .unwrap()
                 .replace('\u{7f}', "\\u007f")
         };
-        for length in [0, 1, 7, 8, 9, 15, 16, 17, 33] {
+        for length in [0, 1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33] {
             for position in 0..length {
                 for byte in 0u8..=0x7f {
                     let mut text = vec![b'a'; length];
@@ -1041,6 +1062,25 @@ mod tests {
         let mut out = Vec::new();
         push_optional_json_text(&mut out, Some(mixed.as_bytes()));
         assert_eq!(String::from_utf8(out).unwrap(), reference(mixed));
+    }
+
+    #[test]
+    fn milliseconds_have_three_decimals_on_both_sides_of_a_second() {
+        let values = (0..=1_100_000u64)
+            .step_by(7)
+            .chain([
+                0, 9, 999, 1_000, 9_999, 10_000, 99_999, 100_000, 999_999, 1_000_000,
+            ])
+            .chain([12_345_678, u64::MAX]);
+        for micros in values {
+            let mut out = Vec::new();
+            push_milliseconds(&mut out, micros);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{}.{:03}", micros / 1000, micros % 1000),
+                "{micros}"
+            );
+        }
     }
 
     #[test]
