@@ -101,29 +101,36 @@ impl OriginPattern {
         }
     }
 
-    fn matches(&self, origin: &str) -> bool {
+    /// Compared as bytes: an origin is ASCII, and a value that is not cannot match (checking
+    /// it is text first would look at every byte only to find that out).
+    fn matches(&self, origin: &[u8]) -> bool {
         match self {
             OriginPattern::Any => true,
             // Browsers send origins in lower case: one byte comparison settles most.
             OriginPattern::Exact(exact) => {
-                exact.as_bytes() == origin.as_bytes() || exact.eq_ignore_ascii_case(origin)
+                exact.as_bytes() == origin || exact.as_bytes().eq_ignore_ascii_case(origin)
             }
             OriginPattern::Subdomain { scheme, suffix } => {
-                let Some((origin_scheme, host)) = origin.split_once("://") else {
+                if !origin.is_ascii() {
+                    return false;
+                }
+                let Some(separator) = origin.windows(3).position(|window| window == b"://") else {
                     return false;
                 };
+                let (origin_scheme, host) = (&origin[..separator], &origin[separator + 3..]);
                 if scheme
                     .as_deref()
-                    .is_some_and(|scheme| !scheme.eq_ignore_ascii_case(origin_scheme))
+                    .is_some_and(|scheme| !scheme.as_bytes().eq_ignore_ascii_case(origin_scheme))
                 {
                     return false;
                 }
                 // Compare the host without its port.
-                let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+                let host = match host.iter().rposition(|&byte| byte == b':') {
+                    Some(colon) => &host[..colon],
+                    None => host,
+                };
                 host.len() > suffix.len()
-                    && host
-                        .get(host.len() - suffix.len()..)
-                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
             }
         }
     }
@@ -215,12 +222,9 @@ impl Cors {
         if self.any_origin && !self.allow_credentials {
             return Some(HeaderValue::from_static("*"));
         }
-        // An origin is ASCII; a value that is not cannot match (and `to_str` would check
-        // every byte only to find that out).
-        let text = std::str::from_utf8(origin.as_bytes()).ok()?;
         self.origins
             .iter()
-            .any(|pattern| pattern.matches(text))
+            .any(|pattern| pattern.matches(origin.as_bytes()))
             .then(|| origin.clone())
     }
 
