@@ -590,7 +590,7 @@ fn is_plain_json_text(bytes: &[u8]) -> bool {
     let length = bytes.len();
     if length >= 32 {
         bytes.iter().fold(true, |plain, &byte| {
-            plain & (byte >= 0x20) & (byte < 0x7f) & (byte != b'"') & (byte != b'\\')
+            plain & (0x20..0x7f).contains(&byte) & (byte != b'"') & (byte != b'\\')
         })
     } else if length >= 8 {
         let word_at = |start: usize| {
