@@ -115,9 +115,9 @@ impl Quota {
         mut put: impl FnMut(&HeaderName, HeaderValue),
     ) {
         let names: &[[HeaderName; 3]] = match self.style {
-            HeaderStyle::Draft => &[DRAFT],
-            HeaderStyle::XRatelimit => &[KONG],
-            HeaderStyle::Both => &[DRAFT, KONG],
+            HeaderStyle::Draft => &DRAFT_ONLY,
+            HeaderStyle::XRatelimit => &KONG_ONLY,
+            HeaderStyle::Both => &DRAFT_AND_KONG,
             HeaderStyle::None => &[],
         };
         for [limit, remaining, reset] in names {
@@ -154,6 +154,11 @@ const KONG: [HeaderName; 3] = [
     HeaderName::from_static("x-ratelimit-remaining"),
     HeaderName::from_static("x-ratelimit-reset"),
 ];
+// Statics, not `&[DRAFT]` at the use: a const with a destructor is not promoted, so each
+// answer would build the arrays and drop them again.
+static DRAFT_ONLY: [[HeaderName; 3]; 1] = [DRAFT];
+static KONG_ONLY: [[HeaderName; 3]; 1] = [KONG];
+static DRAFT_AND_KONG: [[HeaderName; 3]; 2] = [DRAFT, KONG];
 
 pub struct RateLimit {
     rate: Rate,
