@@ -3,6 +3,7 @@
 //! unless allowed), its key, whether and how long an answer is stored, which request headers
 //! it varies on, and what `X-Cache` says.
 
+use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -56,18 +57,46 @@ pub fn coalescible(request: &RequestHeader) -> bool {
     matches!(request.method, http::Method::GET | http::Method::HEAD)
 }
 
-/// The cache key: the host and the request target as the client sent them (so a purge names
-/// what clients ask for), and for coalescing the chosen headers too. Host names hold no `/`
-/// and targets start with one, so the two cannot run together ambiguously; header values
-/// hold no newline.
-pub fn key(request: &RequestHeader, host: &str, coalesce: Option<&CoalescePlan>) -> CacheKey {
+/// Whose answer a cache entry is, besides its URL: the route that served it and the consumer
+/// an auth policy of that route identified. Several routes may share one URL and be told
+/// apart by a header, a query parameter or the client certificate, and an answer may be for
+/// one consumer only: neither may be served to a request that another route or consumer
+/// would have answered. Kong's proxy cache keys by route and consumer the same way.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyScope<'a> {
+    pub route: &'a str,
+    pub consumer: Option<&'a str>,
+}
+
+/// The cache key: the host and the request target as the client sent them first (so a purge
+/// by URL prefix finds every route's and consumer's answer for it), then the scope, then for
+/// coalescing the chosen headers. Host names hold no `/` and targets start with one, so the
+/// two cannot run together ambiguously; the scope's names are length-prefixed, and header
+/// values hold no newline.
+pub fn key(
+    request: &RequestHeader,
+    host: &str,
+    scope: KeyScope<'_>,
+    coalesce: Option<&CoalescePlan>,
+) -> CacheKey {
     let target = request
         .uri
         .path_and_query()
         .map_or("/", |target| target.as_str());
-    let mut primary = Vec::with_capacity(host.len() + target.len());
+    let consumer = scope.consumer.unwrap_or_default();
+    let mut primary =
+        Vec::with_capacity(host.len() + target.len() + scope.route.len() + consumer.len() + 40);
     primary.extend_from_slice(host.as_bytes());
     primary.extend_from_slice(target.as_bytes());
+    let mut push_named = |label: &str, value: &str| {
+        // Writing into a Vec cannot fail.
+        let _ = write!(primary, "{label}{}:", value.len());
+        primary.extend_from_slice(value.as_bytes());
+    };
+    push_named("\nroute=", scope.route);
+    if let Some(consumer) = scope.consumer {
+        push_named("\nconsumer=", consumer);
+    }
     if let Some(plan) = coalesce {
         for name in &plan.headers {
             primary.push(b'\n');
@@ -353,9 +382,21 @@ mod tests {
     fn keys_hold_host_target_and_chosen_headers() {
         let mut request = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
         request.append_header("x-tenant", "t1").unwrap();
+        let scope = KeyScope {
+            route: "api",
+            consumer: None,
+        };
         assert_eq!(
-            key(&request, "example.com", None).primary_key(),
-            b"example.com/a?b=1"
+            key(&request, "example.com", scope, None).primary_key(),
+            b"example.com/a?b=1\nroute=3:api"
+        );
+        let alice = KeyScope {
+            consumer: Some("alice"),
+            ..scope
+        };
+        assert_eq!(
+            key(&request, "example.com", alice, None).primary_key(),
+            b"example.com/a?b=1\nroute=3:api\nconsumer=5:alice"
         );
         let plan = CoalescePlan {
             headers: vec![http::HeaderName::from_static("x-tenant")],
@@ -363,8 +404,8 @@ mod tests {
             max_body: 1024,
         };
         assert_eq!(
-            key(&request, "example.com", Some(&plan)).primary_key(),
-            b"example.com/a?b=1\nx-tenant=t1"
+            key(&request, "example.com", scope, Some(&plan)).primary_key(),
+            b"example.com/a?b=1\nroute=3:api\nx-tenant=t1"
         );
     }
 }

@@ -121,7 +121,16 @@ pub fn key(session: &Session, ctx: &RequestContext) -> CacheKey {
         .route()
         .filter(|_| ctx.cache_use == CacheUse::Coalesce)
         .and_then(|route| route.coalesce.as_ref());
-    decide::key(request, request_host(request).unwrap_or_default(), coalesce)
+    let scope = decide::KeyScope {
+        route: ctx.route().map_or("", |route| &route.id),
+        consumer: ctx.policy_state.consumer.as_deref(),
+    };
+    decide::key(
+        request,
+        request_host(request).unwrap_or_default(),
+        scope,
+        coalesce,
+    )
 }
 
 /// `cache_hit_filter`: a coalesced answer only for the requests that waited for it.

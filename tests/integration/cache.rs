@@ -364,3 +364,44 @@ async fn without_a_cache_purge_is_proxied_like_any_method() {
         backend.heads()
     );
 }
+
+/// One URL, two routes told apart by a header, and a route with key_auth: an answer stored
+/// for one route or one consumer is never served to another.
+#[tokio::test]
+async fn answers_are_kept_apart_by_route_and_by_consumer() {
+    let origin = CacheOrigin::start().await;
+    let endpoint = origin.endpoint();
+    let gateway = GatewayProcess::start(&format!(
+        "listeners:\n  - name: http\n    address: \"127.0.0.1:@HTTP@\"\n\
+         upstreams:\n  - name: origin\n    endpoints: [\"{endpoint}\"]\n\
+         cache:\n  enabled: true\n  default_ttl: 60s\n\
+         plugins:\n  - name: keys\n    type: key_auth\n    config:\n      keys:\n\
+         \x20       - {{consumer: alice, key: alice-key-0123}}\n\
+         \x20       - {{consumer: bob, key: bob-key-4567}}\n\
+         routes:\n  - id: tenant-a\n    path: /s/*\n    headers: {{x-tenant: a}}\n    upstream: origin\n\
+         \x20 - id: everyone\n    path: /s/*\n    upstream: origin\n\
+         \x20 - id: keyed\n    path: /k/*\n    upstream: origin\n    plugins: [keys]\n"
+    ))
+    .await;
+    let client = client();
+    let url = gateway.url("/s/item");
+
+    let tenant = [("x-tenant", "a")];
+    assert_eq!(cache_of(&get(&client, &url, &tenant).await), "MISS");
+    assert_eq!(cache_of(&get(&client, &url, &tenant).await), "HIT");
+    // The same URL through the other route: its own answer, not tenant a's.
+    assert_eq!(cache_of(&get(&client, &url, &[]).await), "MISS");
+    assert_eq!(cache_of(&get(&client, &url, &[]).await), "HIT");
+    assert_eq!(origin.hits("/s/item"), 2);
+
+    let url = gateway.url("/k/item");
+    let alice = [("x-api-key", "alice-key-0123")];
+    let bob = [("x-api-key", "bob-key-4567")];
+    assert_eq!(cache_of(&get(&client, &url, &alice).await), "MISS");
+    assert_eq!(cache_of(&get(&client, &url, &alice).await), "HIT");
+    assert_eq!(cache_of(&get(&client, &url, &bob).await), "MISS");
+    assert_eq!(cache_of(&get(&client, &url, &bob).await), "HIT");
+    assert_eq!(origin.hits("/k/item"), 2);
+    // Without a key the request never reaches the cache.
+    assert_eq!(get(&client, &url, &[]).await.0, 401);
+}
