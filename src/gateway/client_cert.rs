@@ -53,10 +53,26 @@ fn digest_key(digest: &[u8]) -> Option<u128> {
 }
 
 /// The verified client certificate of the request's connection, if any.
+///
+/// A certificate the handshake verified but whose names are not on record (the table was
+/// started over, or its names could not be parsed) comes back as an identity without names:
+/// it is still a verified certificate (`client_certificate: {}` and `mtls_auth` without a
+/// list accept it), but it matches no list of names and not `presented: false`. Failing
+/// closed: such a client is never taken for one without a certificate.
 pub fn identity_of(session: &Session) -> Option<Arc<ClientIdentity>> {
-    let digest = session.digest()?.ssl_digest.as_ref()?;
-    let key = digest_key(&digest.cert_digest)?;
-    IDENTITIES.get(&key).map(|identity| Arc::clone(&identity))
+    identity_for_digest(&session.digest()?.ssl_digest.as_ref()?.cert_digest)
+}
+
+/// [`identity_of`] for the SHA-256 digest of the connection's certificate (empty: none).
+fn identity_for_digest(certificate_digest: &[u8]) -> Option<Arc<ClientIdentity>> {
+    static UNKNOWN: LazyLock<Arc<ClientIdentity>> =
+        LazyLock::new(|| Arc::new(ClientIdentity::default()));
+    let key = digest_key(certificate_digest)?;
+    Some(
+        IDENTITIES
+            .get(&key)
+            .map_or_else(|| Arc::clone(&UNKNOWN), |identity| Arc::clone(&identity)),
+    )
 }
 
 fn record(certificate: &CertificateDer<'_>) {
@@ -176,5 +192,31 @@ impl ClientCertVerifier for RecordingVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_certificate_without_a_record_has_no_names_but_is_not_absent() {
+        assert_eq!(identity_for_digest(&[]), None);
+        let unknown = identity_for_digest(&[7; 32]).expect("a certificate was presented");
+        assert_eq!(unknown.names().count(), 0);
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["ops.example.com".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ops");
+        let certificate = params.self_signed(&key).unwrap();
+        record(certificate.der());
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(certificate.der().as_ref());
+        let known = identity_for_digest(&digest).expect("recorded");
+        assert_eq!(
+            known.names().collect::<Vec<_>>(),
+            ["ops", "ops.example.com"]
+        );
     }
 }

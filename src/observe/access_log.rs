@@ -544,15 +544,17 @@ fn clip(text: &str, max: usize) -> &str {
 }
 
 /// `bytes` cut to at most `max`, not inside a UTF-8 character (a continuation byte is
-/// `10xxxxxx`), so that UTF-8 text stays UTF-8.
+/// `10xxxxxx`, and a character has at most three), so that UTF-8 text stays UTF-8. Bytes
+/// that are not UTF-8 are cut at `max` and stay not UTF-8 (the line says `null`).
 fn clip_bytes(bytes: &[u8], max: usize) -> &[u8] {
     if bytes.len() <= max {
         return bytes;
     }
-    let mut end = max;
-    while end > 0 && bytes[end] & 0xc0 == 0x80 {
-        end -= 1;
-    }
+    let is_continuation = |index: usize| bytes[index] & 0xc0 == 0x80;
+    let end = (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|&end| !is_continuation(end))
+        .unwrap_or(max);
     &bytes[..end]
 }
 
@@ -961,8 +963,7 @@ mod tests {
         }
     }
 
-    /// Every byte value at every position of every length up to 70, against the table, and
-    /// next to a 0xff (whose carry must not hide anything).
+    /// Every byte value at every position of every length up to 70, against the table.
     #[test]
     fn plain_text_detection_matches_the_table_at_every_length() {
         let by_table = |bytes: &[u8]| {
@@ -980,9 +981,36 @@ mod tests {
                         by_table(&text),
                         "{length} {position} {byte}"
                     );
-                    if position + 1 < length {
-                        text[position + 1] = 0xff;
-                        assert!(!is_plain_json_text(&text), "{length} {position} {byte}");
+                }
+            }
+        }
+    }
+
+    /// Two bytes that may each need escaping, side by side at every position of the word
+    /// lengths: a carry or borrow out of one byte of a word must not hide the other.
+    #[test]
+    fn plain_text_detection_sees_every_byte_of_a_pair() {
+        let edges = [
+            0x00u8, 0x1f, 0x20, 0x21, b'"', 0x23, 0x5b, b'\\', 0x5d, 0x7e, 0x7f, 0x80, 0xfe, 0xff,
+            b'a',
+        ];
+        let by_table = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .all(|&byte| byte < 0x80 && !NEEDS_ESCAPE[usize::from(byte)])
+        };
+        for length in 8..=33 {
+            for position in 0..length - 1 {
+                for first in edges {
+                    for second in edges {
+                        let mut text = vec![b'a'; length];
+                        text[position] = first;
+                        text[position + 1] = second;
+                        assert_eq!(
+                            is_plain_json_text(&text),
+                            by_table(&text),
+                            "{length} {position} {first:#x} {second:#x}"
+                        );
                     }
                 }
             }
@@ -997,6 +1025,15 @@ mod tests {
         assert_eq!(clip_bytes("aé".as_bytes(), 2), b"a");
         assert_eq!(clip_bytes("aé".as_bytes(), 3), "aé".as_bytes());
         assert_eq!(clip_bytes(b"abcdef", 4), b"abcd");
+        // Continuation bytes all the way down are not text: cut at the limit, written as null.
+        let garbage = [0x80u8; MAX_HEADER_BYTES + 10];
+        assert_eq!(
+            clip_bytes(&garbage, MAX_HEADER_BYTES).len(),
+            MAX_HEADER_BYTES
+        );
+        let mut out = Vec::new();
+        push_optional_json_text(&mut out, Some(clip_bytes(&garbage, MAX_HEADER_BYTES)));
+        assert_eq!(out, b"null");
         let long_agent = "é".repeat(MAX_HEADER_BYTES);
         let record = AccessLogRecord {
             user_agent: Some(long_agent.as_bytes()),

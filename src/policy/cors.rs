@@ -101,8 +101,7 @@ impl OriginPattern {
         }
     }
 
-    /// Compared as bytes: an origin is ASCII, and a value that is not cannot match (checking
-    /// it is text first would look at every byte only to find that out).
+    /// Compared as bytes; the caller has checked that the origin is ASCII.
     fn matches(&self, origin: &[u8]) -> bool {
         match self {
             OriginPattern::Any => true,
@@ -111,9 +110,6 @@ impl OriginPattern {
                 exact.as_bytes() == origin || exact.as_bytes().eq_ignore_ascii_case(origin)
             }
             OriginPattern::Subdomain { scheme, suffix } => {
-                if !origin.is_ascii() {
-                    return false;
-                }
                 let Some(separator) = origin.windows(3).position(|window| window == b"://") else {
                     return false;
                 };
@@ -222,10 +218,15 @@ impl Cors {
         if self.any_origin && !self.allow_credentials {
             return Some(HeaderValue::from_static("*"));
         }
-        self.origins
-            .iter()
-            .any(|pattern| pattern.matches(origin.as_bytes()))
-            .then(|| origin.clone())
+        // A serialized origin is ASCII (browsers send hosts in punycode): anything else is
+        // refused before any pattern sees it.
+        let origin_bytes = origin.as_bytes();
+        (origin_bytes.is_ascii()
+            && self
+                .origins
+                .iter()
+                .any(|pattern| pattern.matches(origin_bytes)))
+        .then(|| origin.clone())
     }
 
     /// Whether the answer depends on the request's origin (it does unless every origin gets `*`).
@@ -384,6 +385,12 @@ mod tests {
         assert!(allowed("https://evilexample.org").is_none());
         assert!(allowed("https://example.org.evil.com").is_none());
         assert!(allowed("null").is_none());
+        // Not ASCII: refused by every kind of pattern, including a subdomain wildcard whose
+        // suffix it ends with.
+        let raw = |bytes: &[u8]| cors.allowed_origin(&HeaderValue::from_bytes(bytes).unwrap());
+        assert!(raw("https://\u{e9}.example.org".as_bytes()).is_none());
+        assert!(raw(b"https://\xff.example.org").is_none());
+        assert!(raw(b"https://app.example.com\xff").is_none());
     }
 
     #[test]
