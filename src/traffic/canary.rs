@@ -60,9 +60,17 @@ impl Canary {
         weights.extend(plan.targets.iter().map(|target| target.weight));
         let state = match previous {
             Some(previous) if previous.names == names => {
-                if previous.weights != weights {
-                    // New weights are a decision taken after any rollback: it is lifted.
-                    previous.state.lift_rollbacks();
+                // A new non-zero weight is a decision taken after a rollback: the rollback is
+                // lifted. A weight set to 0 (how a rollback is written to the overlay) keeps
+                // it: lifting it here, while the previous snapshot still serves with the
+                // old weight, would send that snapshot's requests to the failed canary until
+                // the swap.
+                for (target, (&new_weight, &old_weight)) in
+                    weights.iter().zip(&previous.weights).enumerate().skip(1)
+                {
+                    if new_weight != old_weight && new_weight > 0 {
+                        previous.state.lift_rollback(target);
+                    }
                 }
                 Arc::clone(&previous.state)
             }
@@ -436,11 +444,25 @@ mod tests {
             Some(&first),
         );
         assert_eq!(same.effective_weight(1), 0, "an unrelated reload keeps it");
+        // The rollback written to the overlay (weight 0): the snapshot still serving must
+        // keep the canary out until the new one is swapped in.
+        let persisted = Canary::new(
+            &Arc::from("unit-route"),
+            &plan(&[0], Stickiness::None, Vec::new()),
+            names.clone(),
+            Some(&same),
+        );
+        assert_eq!(
+            same.effective_weight(1),
+            0,
+            "the serving snapshot keeps it out"
+        );
+        assert_eq!(persisted.effective_weight(1), 0);
         let changed = Canary::new(
             &Arc::from("unit-route"),
             &plan(&[5], Stickiness::None, Vec::new()),
             names,
-            Some(&same),
+            Some(&persisted),
         );
         assert_eq!(changed.effective_weight(1), 5);
     }

@@ -151,9 +151,9 @@ impl CanaryState {
             .is_some_and(|flag| flag.load(Ordering::Acquire))
     }
 
-    /// New weights were configured: whatever was rolled back takes them.
-    pub fn lift_rollbacks(&self) {
-        for flag in &self.rolled_back {
+    /// A new weight was configured for `target`: if it was rolled back, it takes that weight.
+    pub fn lift_rollback(&self, target: usize) {
+        if let Some(flag) = self.rolled_back.get(target) {
             flag.store(false, Ordering::Relaxed);
         }
     }
