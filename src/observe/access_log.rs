@@ -421,7 +421,7 @@ impl AccessLogRecord<'_> {
     pub fn to_json_line(&self) -> Vec<u8> {
         // The client's strings are clipped: a queue of 16,384 lines must stay a few MiB even
         // when every request carries a 64 KiB path.
-        let path = clip(self.path, MAX_PATH_BYTES);
+        let path = clip_bytes(self.path.as_bytes(), MAX_PATH_BYTES);
         let user_agent = self
             .user_agent
             .map(|text| clip_bytes(text, MAX_HEADER_BYTES));
@@ -446,7 +446,7 @@ impl AccessLogRecord<'_> {
         // A parsed method is an HTTP token: nothing in it needs escaping.
         line.extend_from_slice(self.method.as_str().as_bytes());
         line.extend_from_slice(b"\",\"path\":");
-        push_json_text(&mut line, path.as_bytes());
+        push_json_text(&mut line, path);
         line.extend_from_slice(b",\"status\":");
         push_status(&mut line, self.status);
         line.extend_from_slice(b",\"bytes_in\":");
@@ -530,18 +530,6 @@ pub fn wall_time_at(instant: Instant) -> SystemTime {
 /// Longest path, and longest user agent or host, written to a line.
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_HEADER_BYTES: usize = 512;
-
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn clip(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
 
 /// `bytes` cut to at most `max`, not inside a UTF-8 character (a continuation byte is
 /// `10xxxxxx`, and a character has at most three), so that UTF-8 text stays UTF-8. Bytes
