@@ -88,7 +88,7 @@ impl AccessLog {
         let sink = self
             .sink
             .get_or_init(|| crate::observe::access_log::sink(&self.destination));
-        sink.send(record.to_json_line());
+        sink.append_with(|line| record.write_json_line(line));
     }
 
     pub fn describe(&self) -> serde_json::Value {

@@ -604,6 +604,45 @@ async fn access_log_lines_are_json_and_reopen_on_sigusr1() {
     );
 }
 
+/// The writer sweeps its buffers every few milliseconds; lines of requests answered just
+/// before the process exits are written by the exit hook, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_of_the_last_requests_before_exit_are_written() {
+    let mut setup = start_policy_gateway(
+        "  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n",
+    )
+    .await;
+    let client = client();
+    const REQUESTS: usize = 200;
+    for number in 0..REQUESTS {
+        let response = client
+            .get(setup.gateway.url("/logged/last"))
+            .header("x-request-id", format!("last-{number}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(setup.gateway.pid(), libc::SIGTERM) };
+    assert!(
+        setup.gateway.wait_exit(Duration::from_secs(20)).await,
+        "loom did not exit after SIGTERM"
+    );
+    let text = std::fs::read_to_string(&setup.log_path).unwrap();
+    for number in 0..REQUESTS {
+        let needle = format!("\"last-{number}\"");
+        assert_eq!(
+            text.lines().filter(|line| line.contains(&needle)).count(),
+            1,
+            "request {number} is not logged exactly once"
+        );
+    }
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("every line is whole JSON");
+    }
+}
+
 async fn wait_for_line(path: &std::path::Path, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

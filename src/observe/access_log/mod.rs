@@ -1,383 +1,14 @@
 //! The JSON access log: one line per request, written off the request path.
 //!
-//! The request path builds a line with [`AccessLogRecord::to_json_line`] and hands it to an
-//! [`AccessLogSink`], which queues it on a bounded channel and returns at once. One writer
-//! thread per destination drains the channel through a buffer and flushes whenever the
-//! channel runs empty, so lines reach the file promptly without one write per line under
-//! load. A request never waits for the disk: when the queue is full, or the file cannot be
-//! written, the line is dropped and counted in `loom_access_log_dropped_total`.
-//!
-//! Sinks are shared process-wide by destination ([`sink`]), so a config reload that keeps
-//! the same destination keeps the same writer thread and its queued lines.
-//!
-//! # Rotation
-//!
-//! logrotate renames the file and then signals the gateway (SIGUSR1, or SIGHUP which also
-//! reloads the config). [`reopen_all`] bumps a generation; each writer compares it before
-//! each batch (and while idle) and, when it changed, flushes into the old file and opens the
-//! configured path again, which creates the new file. Stdout is never reopened.
+//! `logging` borrows what a line says into an [`AccessLogRecord`], and
+//! [`AccessLogRecord::write_json_line`] writes it straight into a buffer of the destination's
+//! [`AccessLogSink`]; a writer thread takes the buffers and writes them out (see [`sink`]).
 
-use std::collections::HashMap;
-use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+mod sink;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::observe::metrics;
-
-/// Lines queued per destination before new ones are dropped: at ~300 bytes a line about
-/// 5 MB, several seconds of a busy gateway's traffic while the disk stalls.
-const CHANNEL_CAPACITY: usize = 16_384;
-
-/// The writer's buffer: large enough that a burst becomes a few large writes.
-const BUFFER_BYTES: usize = 64 * 1024;
-
-/// At most this many lines between two flushes, so that under a steady stream (the channel
-/// never empty) lines still reach the file and reopen requests are still noticed.
-const MAX_BATCH_LINES: usize = 1024;
-
-/// How long an idle writer sleeps before looking for new lines, a reopen request, or
-/// retrying a file that could not be opened: the most a line waits before it is written.
-const IDLE_WAKE_INTERVAL: Duration = Duration::from_millis(50);
-
-/// A file that cannot be opened or written is retried at most this often, so that a full or
-/// read-only disk costs one failed open per second, not one per line.
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Bumped by [`reopen_all`]; each writer remembers the value it opened its file with.
-static REOPEN_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// The sinks in use, by destination. Locked only when a config snapshot is built. Held
-/// weakly: when no snapshot uses a destination any more its sink drops, its queue
-/// disconnects and its writer thread ends (closing the file).
-static SINKS: LazyLock<Mutex<HashMap<AccessLogDestination, Weak<AccessLogSink>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// Where access log lines go.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum AccessLogDestination {
-    Stdout,
-    /// Opened for appending and created (mode 0640, less the umask) when missing. The
-    /// parent directory must exist: creating directories is the deployment's job.
-    File(PathBuf),
-}
-
-impl fmt::Display for AccessLogDestination {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AccessLogDestination::Stdout => formatter.write_str("stdout"),
-            AccessLogDestination::File(path) => write!(formatter, "{}", path.display()),
-        }
-    }
-}
-
-/// The sink for `destination`, starting its writer thread on first use. Later calls with an
-/// equal destination return the same sink, so reloads keep the writer and its queue.
-///
-/// When the thread cannot be started the error is logged and a sink that drops (and
-/// counts) every line is returned; it is not remembered, so the next reload tries again.
-pub fn sink(destination: &AccessLogDestination) -> Arc<AccessLogSink> {
-    // The map stays consistent even if a holder panicked: entries are inserted whole.
-    let mut sinks = SINKS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(existing) = sinks.get(destination).and_then(Weak::upgrade) {
-        return existing;
-    }
-    sinks.retain(|_, sink| sink.strong_count() > 0);
-    match AccessLogSink::with_capacity(destination.clone(), CHANNEL_CAPACITY) {
-        Ok(started) => {
-            let started = Arc::new(started);
-            sinks.insert(destination.clone(), Arc::downgrade(&started));
-            started
-        }
-        Err(error) => {
-            log::error!(
-                "access log {destination}: cannot start the writer thread, its lines are dropped: {error}"
-            );
-            let (disconnected, _receiver) = AccessLogSink::unstarted(destination.clone(), 0);
-            Arc::new(disconnected)
-        }
-    }
-}
-
-/// Asks every file writer to reopen its path before its next batch (logrotate's
-/// `postrotate`). Returns at once; the reopen happens on the writer threads.
-pub fn reopen_all() {
-    // Only the change of value matters; no other memory is published through it.
-    REOPEN_GENERATION.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The queue into one destination's writer thread. Dropping the last handle lets the
-/// writer drain what is queued, flush and exit.
-#[derive(Debug)]
-pub struct AccessLogSink {
-    destination: AccessLogDestination,
-    sender: SyncSender<Vec<u8>>,
-    counters: Arc<SinkCounters>,
-}
-
-/// This sink's own counts, besides the process-wide Prometheus counters, so that one
-/// destination's losses can be told apart (and tested) without global state.
-#[derive(Debug, Default)]
-struct SinkCounters {
-    dropped: AtomicU64,
-    written: AtomicU64,
-}
-
-impl SinkCounters {
-    fn count_dropped(&self, lines: u64) {
-        if lines == 0 {
-            return;
-        }
-        self.dropped.fetch_add(lines, Ordering::Relaxed);
-        metrics::metrics().access_log_dropped_total.inc_by(lines);
-    }
-
-    fn count_written(&self, lines: u64) {
-        if lines == 0 {
-            return;
-        }
-        self.written.fetch_add(lines, Ordering::Relaxed);
-        metrics::metrics().access_log_lines_total.inc_by(lines);
-    }
-}
-
-impl AccessLogSink {
-    /// Queues `line` for the writer. Never blocks: a full queue, or a writer that is gone,
-    /// drops the line and counts it.
-    pub fn send(&self, line: Vec<u8>) {
-        // Full or disconnected alike: the request must not wait, so the line is lost.
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.sender.try_send(line)
-        {
-            self.counters.count_dropped(1);
-        }
-    }
-
-    pub fn destination(&self) -> &AccessLogDestination {
-        &self.destination
-    }
-
-    /// Lines this sink has dropped: queue full, writer gone, or file not writable.
-    pub fn dropped_lines(&self) -> u64 {
-        self.counters.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Lines this sink's writer has flushed to its destination.
-    pub fn written_lines(&self) -> u64 {
-        self.counters.written.load(Ordering::Relaxed)
-    }
-
-    /// A sink with its own writer thread, not shared through [`sink`].
-    pub(crate) fn with_capacity(
-        destination: AccessLogDestination,
-        capacity: usize,
-    ) -> io::Result<AccessLogSink> {
-        let (started, receiver) = AccessLogSink::unstarted(destination, capacity);
-        let writer_destination = started.destination.clone();
-        let writer_counters = Arc::clone(&started.counters);
-        std::thread::Builder::new()
-            .name("loom-access-log".to_owned())
-            .spawn(move || run_writer(writer_destination, receiver, writer_counters))?;
-        Ok(started)
-    }
-
-    /// The sink and the receiving end of its queue, with nobody draining it yet. Dropping
-    /// the receiver makes the sink drop every line.
-    fn unstarted(
-        destination: AccessLogDestination,
-        capacity: usize,
-    ) -> (AccessLogSink, Receiver<Vec<u8>>) {
-        let (sender, receiver) = mpsc::sync_channel(capacity);
-        let unstarted = AccessLogSink {
-            destination,
-            sender,
-            counters: Arc::new(SinkCounters::default()),
-        };
-        (unstarted, receiver)
-    }
-}
-
-/// The writer thread's body: returns once every sender is gone and the queue is drained.
-fn run_writer(
-    destination: AccessLogDestination,
-    receiver: Receiver<Vec<u8>>,
-    counters: Arc<SinkCounters>,
-) {
-    let mut writer = Writer::new(destination, counters);
-    writer.open();
-    loop {
-        // The writer polls rather than blocking in `recv`: a receiver parked in `recv`
-        // makes every `try_send` take the channel's waker lock and wake this thread (a
-        // futex call per request); a polling one costs a request one atomic load.
-        match receiver.try_recv() {
-            Ok(line) => {
-                writer.reopen_if_requested();
-                writer.write_line(&line);
-                // Take what else is queued: one flush per batch, not per line.
-                for line in receiver.try_iter().take(MAX_BATCH_LINES) {
-                    writer.write_line(&line);
-                }
-                writer.flush();
-            }
-            Err(TryRecvError::Empty) => {
-                writer.reopen_if_requested();
-                std::thread::sleep(IDLE_WAKE_INTERVAL);
-            }
-            Err(TryRecvError::Disconnected) => break,
-        }
-    }
-    writer.flush();
-}
-
-/// One destination's open output and its failure state, owned by the writer thread.
-struct Writer {
-    destination: AccessLogDestination,
-    counters: Arc<SinkCounters>,
-    /// None while the destination cannot be opened or after a write failed.
-    output: Option<BufWriter<Box<dyn Write>>>,
-    /// Lines in `output`'s buffer since the last successful flush: counted as written once
-    /// flushed, as dropped if the flush fails.
-    unflushed_lines: u64,
-    /// The [`REOPEN_GENERATION`] seen when the output was last opened (or tried).
-    opened_generation: u64,
-    last_open_attempt: Option<Instant>,
-    /// Set once a failure is logged and cleared when writing works again, so that a failing
-    /// disk logs one error per episode rather than one per line.
-    failing: bool,
-}
-
-impl Writer {
-    fn new(destination: AccessLogDestination, counters: Arc<SinkCounters>) -> Writer {
-        Writer {
-            destination,
-            counters,
-            output: None,
-            unflushed_lines: 0,
-            opened_generation: REOPEN_GENERATION.load(Ordering::Relaxed),
-            last_open_attempt: None,
-            failing: false,
-        }
-    }
-
-    fn open(&mut self) {
-        // Read before opening: a request that arrives during the open is seen next time.
-        self.opened_generation = REOPEN_GENERATION.load(Ordering::Relaxed);
-        self.last_open_attempt = Some(Instant::now());
-        match open_output(&self.destination) {
-            Ok(output) => {
-                if self.failing {
-                    log::info!("access log {}: writing again", self.destination);
-                    self.failing = false;
-                }
-                self.output = Some(BufWriter::with_capacity(BUFFER_BYTES, output));
-            }
-            Err(error) => self.report_failure("cannot open", &error),
-        }
-    }
-
-    /// Reopens on a reopen request, or retries a failed destination once the retry
-    /// interval has passed.
-    fn reopen_if_requested(&mut self) {
-        let generation = REOPEN_GENERATION.load(Ordering::Relaxed);
-        let requested = generation != self.opened_generation;
-        if self.output.is_some() {
-            if !requested {
-                return;
-            }
-            if self.destination == AccessLogDestination::Stdout {
-                // Nothing to rotate: the same descriptor stays.
-                self.opened_generation = generation;
-                return;
-            }
-            // What is buffered belongs to the old (renamed) file.
-            self.flush();
-            self.output = None;
-            self.open();
-        } else if requested
-            || self
-                .last_open_attempt
-                .is_none_or(|attempt| attempt.elapsed() >= RETRY_INTERVAL)
-        {
-            self.open();
-        }
-    }
-
-    fn write_line(&mut self, line: &[u8]) {
-        // A blank line would break line-by-line JSON readers.
-        if line.is_empty() {
-            return;
-        }
-        let Some(output) = self.output.as_mut() else {
-            self.counters.count_dropped(1);
-            return;
-        };
-        let mut result = output.write_all(line);
-        if result.is_ok() && !line.ends_with(b"\n") {
-            result = output.write_all(b"\n");
-        }
-        self.unflushed_lines += 1;
-        if let Err(error) = result {
-            self.discard_output("cannot write", &error);
-        }
-    }
-
-    fn flush(&mut self) {
-        let Some(output) = self.output.as_mut() else {
-            return;
-        };
-        match output.flush() {
-            Ok(()) => {
-                self.counters.count_written(self.unflushed_lines);
-                self.unflushed_lines = 0;
-            }
-            Err(error) => self.discard_output("cannot write", &error),
-        }
-    }
-
-    /// Gives up the output after an I/O error; the next open is tried after the retry
-    /// interval. The buffered lines are counted as dropped. Some of them may have reached
-    /// the file before the error: a drop may be over-counted, never hidden.
-    fn discard_output(&mut self, what: &str, error: &io::Error) {
-        self.counters.count_dropped(self.unflushed_lines);
-        self.unflushed_lines = 0;
-        if let Some(output) = self.output.take() {
-            // into_parts rather than drop: dropping a BufWriter writes its buffer once more,
-            // and those lines are already counted as dropped.
-            let (_inner, _buffer) = output.into_parts();
-        }
-        self.last_open_attempt = Some(Instant::now());
-        self.report_failure(what, error);
-    }
-
-    fn report_failure(&mut self, what: &str, error: &io::Error) {
-        if !self.failing {
-            log::error!(
-                "access log {}: {what}: {error}; lines are dropped until it can be written again",
-                self.destination
-            );
-            self.failing = true;
-        }
-    }
-}
-
-fn open_output(destination: &AccessLogDestination) -> io::Result<Box<dyn Write>> {
-    match destination {
-        AccessLogDestination::Stdout => Ok(Box::new(io::stdout())),
-        AccessLogDestination::File(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(path)?;
-            Ok(Box::new(file))
-        }
-    }
-}
+pub use sink::{AccessLogDestination, AccessLogSink, reopen_all, sink};
 
 /// One request's access log entry, borrowed from the request context so that building it
 /// copies nothing until the line itself is written.
@@ -416,9 +47,9 @@ pub struct AccessLogRecord<'a> {
 const FIXED_LINE_BYTES: usize = 420;
 
 impl AccessLogRecord<'_> {
-    /// The record as one JSON object followed by `'\n'`. Written by hand into one buffer:
+    /// Appends the record to `line` as one JSON object followed by `'\n'`. Written by hand:
     /// this runs once per request, and a `serde_json::Value` would allocate per field.
-    pub fn to_json_line(&self) -> Vec<u8> {
+    pub fn write_json_line(&self, line: &mut Vec<u8>) {
         // The client's strings are clipped: a queue of 16,384 lines must stay a few MiB even
         // when every request carries a 64 KiB path.
         let path = clip_bytes(self.path.as_bytes(), MAX_PATH_BYTES);
@@ -435,33 +66,33 @@ impl AccessLogRecord<'_> {
             + self.upstream.map_or(0, str::len)
             + user_agent.map_or(0, <[u8]>::len)
             + host.map_or(0, <[u8]>::len);
-        let mut line = Vec::with_capacity(FIXED_LINE_BYTES + strings);
+        line.reserve(FIXED_LINE_BYTES + strings);
         line.extend_from_slice(b"{\"time\":\"");
-        push_rfc3339_millis(&mut line, self.time);
+        push_rfc3339_millis(line, self.time);
         line.extend_from_slice(b"\",\"request_id\":");
-        push_json_text(&mut line, self.request_id);
+        push_json_text(line, self.request_id);
         line.extend_from_slice(b",\"route\":");
-        push_json_text(&mut line, self.route.as_bytes());
+        push_json_text(line, self.route.as_bytes());
         line.extend_from_slice(b",\"method\":\"");
         // A parsed method is an HTTP token: nothing in it needs escaping.
         line.extend_from_slice(self.method.as_str().as_bytes());
         line.extend_from_slice(b"\",\"path\":");
-        push_json_text(&mut line, path);
+        push_json_text(line, path);
         line.extend_from_slice(b",\"status\":");
-        push_status(&mut line, self.status);
+        push_status(line, self.status);
         line.extend_from_slice(b",\"bytes_in\":");
-        push_padded_decimal(&mut line, self.bytes_received, 1);
+        push_padded_decimal(line, self.bytes_received, 1);
         line.extend_from_slice(b",\"bytes_out\":");
-        push_padded_decimal(&mut line, self.bytes_sent, 1);
+        push_padded_decimal(line, self.bytes_sent, 1);
         line.extend_from_slice(b",\"upstream\":");
-        push_optional_json_text(&mut line, self.upstream.map(str::as_bytes));
+        push_optional_json_text(line, self.upstream.map(str::as_bytes));
         line.extend_from_slice(b",\"attempts\":");
-        push_padded_decimal(&mut line, u64::from(self.attempts), 1);
+        push_padded_decimal(line, u64::from(self.attempts), 1);
         line.extend_from_slice(b",\"duration_ms\":");
-        push_milliseconds(&mut line, self.duration_micros);
+        push_milliseconds(line, self.duration_micros);
         line.extend_from_slice(b",\"upstream_ms\":");
         match self.upstream_duration_micros {
-            Some(micros) => push_milliseconds(&mut line, micros),
+            Some(micros) => push_milliseconds(line, micros),
             None => line.extend_from_slice(b"null"),
         }
         line.extend_from_slice(b",\"client_ip\":");
@@ -469,15 +100,15 @@ impl AccessLogRecord<'_> {
             Some(address) => {
                 // An address's text needs no escaping.
                 line.push(b'"');
-                crate::ip_text::push_ip(&mut line, address);
+                crate::ip_text::push_ip(line, address);
                 line.push(b'"');
             }
             None => line.extend_from_slice(b"null"),
         }
         line.extend_from_slice(b",\"user_agent\":");
-        push_optional_json_text(&mut line, user_agent);
+        push_optional_json_text(line, user_agent);
         line.extend_from_slice(b",\"host\":");
-        push_optional_json_text(&mut line, host);
+        push_optional_json_text(line, host);
         line.extend_from_slice(match self.protocol {
             http::Version::HTTP_10 => b",\"protocol\":\"HTTP/1.0\"",
             http::Version::HTTP_2 => b",\"protocol\":\"HTTP/2\"",
@@ -490,6 +121,12 @@ impl AccessLogRecord<'_> {
             line.push(b'"');
         }
         line.extend_from_slice(b"}\n");
+    }
+
+    /// The record as a line of its own (see [`AccessLogRecord::write_json_line`]).
+    pub fn to_json_line(&self) -> Vec<u8> {
+        let mut line = Vec::new();
+        self.write_json_line(&mut line);
         line
     }
 }
@@ -831,37 +468,8 @@ fn civil_from_days(days_since_epoch: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv6Addr};
-    use std::os::unix::fs::PermissionsExt;
-    use std::path::Path;
 
     use super::*;
-
-    /// Waits until `path` holds at least `count` lines, polling against a deadline.
-    fn wait_for_lines(path: &Path, count: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let lines: Vec<String> = std::fs::read_to_string(path)
-                .map(|text| text.lines().map(str::to_owned).collect())
-                .unwrap_or_default();
-            if lines.len() >= count {
-                return lines;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {count} lines in {}, found {lines:?}",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_until(what: &str, condition: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 
     fn format_time(time: SystemTime) -> String {
         let mut out = Vec::new();
@@ -1174,77 +782,5 @@ mod tests {
             format_time(UNIX_EPOCH - Duration::from_secs(1)),
             "1970-01-01T00:00:00.000Z"
         );
-    }
-
-    #[test]
-    fn lines_sent_to_a_file_sink_arrive() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory.path().join("access.log");
-        let destination = AccessLogDestination::File(path.clone());
-        let shared = sink(&destination);
-        assert!(Arc::ptr_eq(&shared, &sink(&destination)));
-        shared.send(b"{\"n\":1}\n".to_vec());
-        // A line without its newline gets one.
-        shared.send(b"{\"n\":2}".to_vec());
-        shared.send(b"{\"n\":3}\n".to_vec());
-        let lines = wait_for_lines(&path, 3);
-        assert_eq!(lines, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
-        wait_until("the written count", || shared.written_lines() == 3);
-        assert_eq!(shared.dropped_lines(), 0);
-        let mode = std::fs::metadata(&path)
-            .expect("metadata")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o007, 0, "others may not read the log: {mode:o}");
-    }
-
-    #[test]
-    fn a_reopen_after_rename_writes_a_new_file_at_the_original_path() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory.path().join("access.log");
-        let rotated = directory.path().join("access.log.1");
-        let file_sink = AccessLogSink::with_capacity(AccessLogDestination::File(path.clone()), 64)
-            .expect("writer thread");
-        file_sink.send(b"before-1\n".to_vec());
-        file_sink.send(b"before-2\n".to_vec());
-        wait_for_lines(&path, 2);
-
-        std::fs::rename(&path, &rotated).expect("rename");
-        reopen_all();
-        file_sink.send(b"after-1\n".to_vec());
-        file_sink.send(b"after-2\n".to_vec());
-
-        assert_eq!(wait_for_lines(&path, 2), ["after-1", "after-2"]);
-        assert_eq!(wait_for_lines(&rotated, 2), ["before-1", "before-2"]);
-        assert_eq!(file_sink.dropped_lines(), 0);
-    }
-
-    #[test]
-    fn a_full_queue_drops_and_counts() {
-        let (full_sink, receiver) = AccessLogSink::unstarted(AccessLogDestination::Stdout, 4);
-        for number in 0..10 {
-            full_sink.send(format!("line {number}\n").into_bytes());
-        }
-        assert_eq!(full_sink.dropped_lines(), 6);
-        // A writer that is gone drops too.
-        drop(receiver);
-        full_sink.send(b"late\n".to_vec());
-        assert_eq!(full_sink.dropped_lines(), 7);
-    }
-
-    #[test]
-    fn a_file_that_cannot_be_opened_drops_and_counts() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory
-            .path()
-            .join("missing-directory")
-            .join("access.log");
-        let failing_sink = AccessLogSink::with_capacity(AccessLogDestination::File(path), 64)
-            .expect("writer thread");
-        for _ in 0..3 {
-            failing_sink.send(b"lost\n".to_vec());
-        }
-        wait_until("three dropped lines", || failing_sink.dropped_lines() == 3);
-        assert_eq!(failing_sink.written_lines(), 0);
     }
 }
