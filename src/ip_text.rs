@@ -12,32 +12,33 @@ pub const MAX_IP_TEXT: usize = 45;
 pub fn push_ip(out: &mut Vec<u8>, address: IpAddr) {
     match address {
         IpAddr::V4(address) => {
+            // Built on the stack and appended once: one capacity check and one copy, rather
+            // than one of each per digit and dot.
+            let mut text = [0u8; 15];
+            let mut length = 0;
             for (index, octet) in address.octets().into_iter().enumerate() {
                 if index > 0 {
-                    out.push(b'.');
+                    text[length] = b'.';
+                    length += 1;
                 }
-                push_octet(out, octet);
+                if octet >= 100 {
+                    text[length] = b'0' + octet / 100;
+                    length += 1;
+                }
+                if octet >= 10 {
+                    text[length] = b'0' + octet / 10 % 10;
+                    length += 1;
+                }
+                text[length] = b'0' + octet % 10;
+                length += 1;
             }
+            out.extend_from_slice(&text[..length]);
         }
         // Rare enough on this path that the standard formatting (with its `::` compression
         // rules) is the right tool; writing to a Vec cannot fail.
         IpAddr::V6(address) => {
             let _ = write!(out, "{address}");
         }
-    }
-}
-
-fn push_octet(out: &mut Vec<u8>, octet: u8) {
-    if octet >= 100 {
-        out.extend_from_slice(&[
-            b'0' + octet / 100,
-            b'0' + octet / 10 % 10,
-            b'0' + octet % 10,
-        ]);
-    } else if octet >= 10 {
-        out.extend_from_slice(&[b'0' + octet / 10, b'0' + octet % 10]);
-    } else {
-        out.push(b'0' + octet);
     }
 }
 

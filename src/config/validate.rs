@@ -122,6 +122,8 @@ pub struct ResolvedEndpoint {
     /// `address` as the Host header sent upstream on routes that do not keep the client's,
     /// built once: a clone shares its bytes.
     pub host_header: http::HeaderValue,
+    /// `address` as the access log writes it.
+    pub address_json: crate::observe::access_log::JsonText,
 }
 
 /// The Host header for an endpoint written as `address`; the socket address's text when the
@@ -973,6 +975,7 @@ fn resolve_listed_endpoints(
                 );
             }
             Ok((socket, host)) => endpoints.push(ResolvedEndpoint {
+                address_json: crate::observe::access_log::JsonText::new(endpoint.address()),
                 address: endpoint.address().to_string(),
                 socket,
                 weight: endpoint.weight().max(1),
@@ -1111,6 +1114,7 @@ fn resolve_service(
     addresses
         .into_iter()
         .map(|socket| ResolvedEndpoint {
+            address_json: crate::observe::access_log::JsonText::new(&socket.to_string()),
             address: socket.to_string(),
             socket,
             weight: 1,

@@ -25,7 +25,7 @@ use super::errors;
 use super::headers;
 use super::plugins;
 use crate::config::validate::ChainEntry;
-use crate::observe::access_log::AccessLogRecord;
+use crate::observe::access_log::{AccessLogRecord, JsonText};
 use crate::plugin::pipeline::{Flow, RequestPlugins};
 use crate::plugin::registry::PluginSet;
 use crate::plugin::runtime::PluginRuntime;
@@ -473,6 +473,39 @@ pub async fn response_headers(
     Ok(false)
 }
 
+/// The first `User-Agent` value, and HTTP/2's `:authority` or the first `Host` value. Clients
+/// send both among their first headers: a scan of the first few costs less than two hash
+/// lookups (each hashes its name and probes), which are the fallback for a header not there.
+fn user_agent_and_host(request: &RequestHeader) -> (Option<&[u8]>, Option<&[u8]>) {
+    const SCANNED_HEADERS: usize = 8;
+    let mut user_agent = None;
+    let mut host = request
+        .uri
+        .authority()
+        .map(|authority| authority.as_str().as_bytes());
+    let mut scanned = 0;
+    for (name, value) in request.headers.iter() {
+        if user_agent.is_none() && name == http::header::USER_AGENT {
+            user_agent = Some(value.as_bytes());
+        } else if host.is_none() && name == http::header::HOST {
+            host = Some(value.as_bytes());
+        }
+        scanned += 1;
+        if (user_agent.is_some() && host.is_some()) || scanned == SCANNED_HEADERS {
+            break;
+        }
+    }
+    if scanned == SCANNED_HEADERS {
+        let header = |name| request.headers.get(name).map(http::HeaderValue::as_bytes);
+        user_agent = user_agent.or_else(|| header(http::header::USER_AGENT));
+        host = host.or_else(|| header(http::header::HOST));
+    }
+    (user_agent, host)
+}
+
+/// The route the access log names for a request no route matched.
+static UNROUTED: std::sync::LazyLock<JsonText> = std::sync::LazyLock::new(|| JsonText::new("none"));
+
 /// Writes the access-log lines of the route's chain; a request no route matched is written
 /// to the global access logs.
 pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::time::Duration) {
@@ -492,7 +525,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
     let endpoint = target.and_then(|target| {
         ctx.endpoint_index
             .and_then(|index| target.pool.endpoints().get(index))
-            .map(|endpoint| endpoint.address.as_str())
+            .map(|endpoint| &endpoint.address_json)
     });
     let client_ip = ctx.client_ip.or_else(|| {
         session
@@ -504,11 +537,13 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         .uri
         .path_and_query()
         .map_or("/", |path| path.as_str());
+    let (user_agent, host) = user_agent_and_host(request);
     let record = AccessLogRecord {
         // When the request started, as access logs usually stamp it.
-        time: crate::observe::access_log::wall_time_at(ctx.started),
+        unix_millis: crate::observe::access_log::unix_millis_at(ctx.started),
         request_id: ctx.request_id.as_bytes(),
-        route: route.map_or("none", |route| &route.id),
+        request_id_generated: ctx.request_id_generated,
+        route: route.map_or(&UNROUTED, |route| &route.id_json),
         method: &request.method,
         path,
         status,
@@ -522,17 +557,8 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
             .map(|elapsed| elapsed.as_micros() as u64),
         client_ip,
         // The line checks the bytes as it writes them.
-        user_agent: request
-            .headers
-            .get(http::header::USER_AGENT)
-            .map(http::HeaderValue::as_bytes),
-        host: match request.uri.authority() {
-            Some(authority) => Some(authority.as_str().as_bytes()),
-            None => request
-                .headers
-                .get(http::header::HOST)
-                .map(http::HeaderValue::as_bytes),
-        },
+        user_agent,
+        host,
         protocol: if session.is_http2() {
             http::Version::HTTP_2
         } else {
@@ -544,5 +570,50 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
         if let Policy::AccessLog(access_log) = &step.policy {
             access_log.write(&record);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::test_request;
+
+    #[test]
+    fn user_agent_and_host_are_found_wherever_they_are() {
+        let found = |headers: &[(&str, &str)]| {
+            let request = test_request("GET", "/", headers);
+            let (user_agent, host) = user_agent_and_host(&request);
+            (
+                user_agent.map(|value| String::from_utf8_lossy(value).into_owned()),
+                host.map(|value| String::from_utf8_lossy(value).into_owned()),
+            )
+        };
+        let some = |text: &str| Some(text.to_string());
+        assert_eq!(
+            found(&[
+                ("host", "a.example"),
+                ("user-agent", "curl/8"),
+                ("host", "b.example")
+            ]),
+            (some("curl/8"), some("a.example"))
+        );
+        assert_eq!(found(&[("accept", "*/*")]), (None, None));
+        // Past the scanned headers: found by lookup.
+        let many: Vec<(String, String)> = (0..20)
+            .map(|index| (format!("x-filler-{index}"), "v".to_string()))
+            .chain([
+                ("user-agent".to_string(), "late".to_string()),
+                ("host".to_string(), "late.example".to_string()),
+            ])
+            .collect();
+        let many: Vec<(&str, &str)> = many
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(found(&many), (some("late"), some("late.example")));
+        // HTTP/2's :authority is the host, whatever Host says.
+        let mut request = test_request("GET", "/x", &[("host", "h1.example")]);
+        request.set_uri(http::Uri::from_static("https://h2.example/x"));
+        assert_eq!(user_agent_and_host(&request).1, Some(&b"h2.example"[..]));
     }
 }

@@ -30,6 +30,8 @@ pub struct RequestContext {
     /// Kept as a header value: it is sent upstream and back to the client, and a
     /// `HeaderValue` clone shares its bytes instead of copying them.
     pub request_id: http::HeaderValue,
+    /// Whether the gateway made `request_id` (see [`super::headers::request_id`]).
+    pub request_id_generated: bool,
     /// Endpoints already tried, as a bit set of endpoint indexes.
     pub tried_endpoints: u64,
     pub attempts: u32,
@@ -89,6 +91,7 @@ impl RequestContext {
             upstream_uri: None,
             upgraded: false,
             request_id: http::HeaderValue::from_static(""),
+            request_id_generated: false,
             tried_endpoints: 0,
             attempts: 0,
             endpoint_index: None,

@@ -16,17 +16,21 @@ pub const TRACEPARENT: &str = "traceparent";
 /// Longest client-supplied request id we pass on; longer ones are replaced.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
-/// Takes the client's X-Request-ID when it is sane, otherwise makes a new one.
-pub fn request_id(session: &Session) -> HeaderValue {
+/// Takes the client's X-Request-ID when it is sane, otherwise makes a new one; and whether
+/// it was made here (then it is hex digits, which the access log writes without a check).
+pub fn request_id(session: &Session) -> (HeaderValue, bool) {
     if let Some(value) = session.req_header().headers.get(X_REQUEST_ID)
         && value.to_str().is_ok()
         && !value.is_empty()
         && value.len() <= MAX_REQUEST_ID_LENGTH
     {
-        return value.clone();
+        return (value.clone(), false);
     }
     let id = generate_request_id();
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+    match HeaderValue::from_bytes(&id) {
+        Ok(value) => (value, true),
+        Err(_) => (HeaderValue::from_static("invalid-request-id"), false),
+    }
 }
 
 /// A 32-hex-digit id: a random prefix per worker thread plus that thread's counter. Unique

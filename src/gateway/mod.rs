@@ -139,7 +139,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<RequestContext>,
     ) -> Result<bool> {
         let snapshot = ctx.snapshot.take().unwrap_or_else(|| self.state.current());
-        ctx.request_id = headers::request_id(session);
+        (ctx.request_id, ctx.request_id_generated) = headers::request_id(session);
         if let Some(plan) = &snapshot.tracing {
             ctx.trace = RequestTrace::start(plan, &session.req_header().headers);
         }

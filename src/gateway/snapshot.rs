@@ -38,6 +38,8 @@ pub struct RouteTarget {
 /// What a matched request needs about its route.
 pub struct RouteRuntime {
     pub id: Arc<str>,
+    /// `id` as the access log writes it.
+    pub id_json: crate::observe::access_log::JsonText,
     /// The route's own upstream (the stable version when it has a canary).
     pub upstream: Arc<UpstreamPool>,
     /// Where its requests can go: `targets[0]` is `upstream`, then the canary targets.
@@ -190,6 +192,7 @@ impl Snapshot {
                     .then(|| Arc::new(crate::cache::metrics::RouteCacheCounters::new(&id)));
                 RouteRuntime {
                     metrics: RouteMetrics::for_route(&id),
+                    id_json: crate::observe::access_log::JsonText::new(&id),
                     id,
                     upstream,
                     targets,

@@ -608,10 +608,9 @@ async fn access_log_lines_are_json_and_reopen_on_sigusr1() {
 /// before the process exits are written by the exit hook, not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_of_the_last_requests_before_exit_are_written() {
-    let mut setup = start_policy_gateway(
-        "  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n",
-    )
-    .await;
+    let mut setup =
+        start_policy_gateway("  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n")
+            .await;
     let client = client();
     const REQUESTS: usize = 200;
     for number in 0..REQUESTS {

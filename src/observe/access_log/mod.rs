@@ -14,11 +14,14 @@ pub use sink::{AccessLogDestination, AccessLogSink, reopen_all, sink};
 /// copies nothing until the line itself is written.
 #[derive(Debug, Clone)]
 pub struct AccessLogRecord<'a> {
-    /// When the request started.
-    pub time: SystemTime,
+    /// When the request started, in milliseconds since the Unix epoch (see [`unix_millis_at`]).
+    pub unix_millis: u64,
     /// The `X-Request-ID` value (bytes as in the header; not UTF-8 is written as `null`).
     pub request_id: &'a [u8],
-    pub route: &'a str,
+    /// Whether the gateway made `request_id` (hex digits: written without a check).
+    pub request_id_generated: bool,
+    /// The route id, or `"none"` for a request no route matched.
+    pub route: &'a JsonText,
     /// A parsed method, so that it needs no escaping.
     pub method: &'a http::Method,
     /// Path and query as received.
@@ -27,7 +30,7 @@ pub struct AccessLogRecord<'a> {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     /// The endpoint address of the last attempt.
-    pub upstream: Option<&'a str>,
+    pub upstream: Option<&'a JsonText>,
     pub attempts: u32,
     pub duration_micros: u64,
     pub upstream_duration_micros: Option<u64>,
@@ -63,16 +66,22 @@ impl AccessLogRecord<'_> {
             + self.route.len()
             + self.method.as_str().len()
             + path.len()
-            + self.upstream.map_or(0, str::len)
+            + self.upstream.map_or(0, JsonText::len)
             + user_agent.map_or(0, <[u8]>::len)
             + host.map_or(0, <[u8]>::len);
         line.reserve(FIXED_LINE_BYTES + strings);
         line.extend_from_slice(b"{\"time\":\"");
-        push_rfc3339_millis(line, self.time);
+        push_rfc3339_millis(line, self.unix_millis);
         line.extend_from_slice(b"\",\"request_id\":");
-        push_json_text(line, self.request_id);
+        if self.request_id_generated {
+            line.push(b'"');
+            line.extend_from_slice(self.request_id);
+            line.push(b'"');
+        } else {
+            push_json_text(line, self.request_id);
+        }
         line.extend_from_slice(b",\"route\":");
-        push_json_text(line, self.route.as_bytes());
+        line.extend_from_slice(self.route.as_bytes());
         line.extend_from_slice(b",\"method\":\"");
         // A parsed method is an HTTP token: nothing in it needs escaping.
         line.extend_from_slice(self.method.as_str().as_bytes());
@@ -81,13 +90,16 @@ impl AccessLogRecord<'_> {
         line.extend_from_slice(b",\"status\":");
         push_status(line, self.status);
         line.extend_from_slice(b",\"bytes_in\":");
-        push_padded_decimal(line, self.bytes_received, 1);
+        push_decimal(line, self.bytes_received);
         line.extend_from_slice(b",\"bytes_out\":");
-        push_padded_decimal(line, self.bytes_sent, 1);
+        push_decimal(line, self.bytes_sent);
         line.extend_from_slice(b",\"upstream\":");
-        push_optional_json_text(line, self.upstream.map(str::as_bytes));
+        match self.upstream {
+            Some(upstream) => line.extend_from_slice(upstream.as_bytes()),
+            None => line.extend_from_slice(b"null"),
+        }
         line.extend_from_slice(b",\"attempts\":");
-        push_padded_decimal(line, u64::from(self.attempts), 1);
+        push_decimal(line, u64::from(self.attempts));
         line.extend_from_slice(b",\"duration_ms\":");
         push_milliseconds(line, self.duration_micros);
         line.extend_from_slice(b",\"upstream_ms\":");
@@ -132,36 +144,78 @@ impl AccessLogRecord<'_> {
 }
 
 /// The wall-clock time of `instant` (a moment within the last few seconds, such as when a
-/// request started), from a pair of clock readings each thread takes at most once a second:
-/// a line then needs no wall-clock read of its own. A clock step (NTP, an operator) shows
-/// within a second.
-pub fn wall_time_at(instant: Instant) -> SystemTime {
+/// request started) in milliseconds since the Unix epoch, from a pair of clock readings each
+/// thread takes at most once a second: a line then needs no wall-clock read of its own. A
+/// clock step (NTP, an operator) shows within a second.
+pub fn unix_millis_at(instant: Instant) -> u64 {
     const ANCHOR_LIFETIME: Duration = Duration::from_secs(1);
     thread_local! {
-        static ANCHOR: std::cell::Cell<Option<(Instant, SystemTime)>> =
+        /// When the anchor was taken, and the wall clock then in nanoseconds since the epoch
+        /// (a u64 lasts until 2554; u128 arithmetic would cost a library call per line).
+        static ANCHOR: std::cell::Cell<Option<(Instant, u64)>> =
             const { std::cell::Cell::new(None) };
     }
-    let from_anchor = |(anchor_instant, anchor_wall): (Instant, SystemTime)| {
-        if instant >= anchor_instant {
-            let after = instant - anchor_instant;
-            (after < ANCHOR_LIFETIME).then(|| anchor_wall.checked_add(after))?
-        } else {
-            let before = anchor_instant - instant;
-            (before < ANCHOR_LIFETIME).then(|| anchor_wall.checked_sub(before))?
-        }
+    let from_anchor = |(anchor_instant, anchor_nanos): (Instant, u64)| {
+        // One subtraction of two instants: `checked_duration_since` is `None` before the
+        // anchor, which is then the other way round.
+        let nanos = match instant.checked_duration_since(anchor_instant) {
+            Some(after) if after < ANCHOR_LIFETIME => {
+                anchor_nanos.saturating_add(after.as_nanos() as u64)
+            }
+            Some(_) => return None,
+            None => {
+                let before = anchor_instant.duration_since(instant);
+                if before >= ANCHOR_LIFETIME {
+                    return None;
+                }
+                anchor_nanos.saturating_sub(before.as_nanos() as u64)
+            }
+        };
+        Some(nanos / 1_000_000)
     };
-    if let Some(wall) = ANCHOR.get().and_then(from_anchor) {
-        return wall;
+    if let Some(millis) = ANCHOR.get().and_then(from_anchor) {
+        return millis;
     }
-    let anchor = (Instant::now(), SystemTime::now());
-    ANCHOR.set(Some(anchor));
-    from_anchor(anchor).unwrap_or_else(|| {
-        // Older than the anchor's lifetime: read the clock for this one.
-        anchor
-            .1
-            .checked_sub(anchor.0.saturating_duration_since(instant))
-            .unwrap_or(UNIX_EPOCH)
+    let now = Instant::now();
+    // A clock set before 1970 is a broken host; the epoch keeps the line parseable.
+    let wall_nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        });
+    ANCHOR.set(Some((now, wall_nanos)));
+    from_anchor((now, wall_nanos)).unwrap_or_else(|| {
+        // Older than the anchor's lifetime: measured from the new anchor.
+        let before =
+            u64::try_from(now.saturating_duration_since(instant).as_nanos()).unwrap_or(u64::MAX);
+        wall_nanos.saturating_sub(before) / 1_000_000
     })
+}
+
+/// A short text from the config (a route id, an endpoint address) as a quoted JSON string,
+/// escaped once when the snapshot is built rather than checked on every line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JsonText(Box<[u8]>);
+
+impl JsonText {
+    pub fn new(text: &str) -> JsonText {
+        let mut quoted = Vec::with_capacity(text.len() + 2);
+        push_json_text(&mut quoted, text.as_bytes());
+        JsonText(quoted.into_boxed_slice())
+    }
+
+    /// The quoted string, quotes included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Longest path, and longest user agent or host, written to a line.
@@ -347,6 +401,17 @@ fn push_milliseconds(out: &mut Vec<u8>, micros: u64) {
     push_padded_decimal(out, micros % 1000, 3);
 }
 
+/// `value` in decimal. Inlined for one digit (attempts, an empty body's zero bytes), which then
+/// costs no call.
+#[inline]
+fn push_decimal(out: &mut Vec<u8>, value: u64) {
+    if value < 10 {
+        out.push(b'0' + value as u8);
+    } else {
+        push_padded_decimal(out, value, 1);
+    }
+}
+
 /// `value` in decimal, left-padded with zeros to at least `width` digits (at most 20).
 fn push_padded_decimal(out: &mut Vec<u8>, value: u64, width: usize) {
     // Most numbers on a line are below 1000 (status, attempts, milliseconds and their
@@ -391,11 +456,9 @@ fn push_padded_decimal(out: &mut Vec<u8>, value: u64, width: usize) {
     out.extend_from_slice(&digits[start..]);
 }
 
-/// `time` as RFC 3339 in UTC with milliseconds, e.g. `2025-12-01T15:04:05.123Z`.
-fn push_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
-    // A clock set before 1970 is a broken host; the epoch keeps the line parseable.
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let seconds = since_epoch.as_secs();
+/// `unix_millis` as RFC 3339 in UTC with milliseconds, e.g. `2025-12-01T15:04:05.123Z`.
+fn push_rfc3339_millis(out: &mut Vec<u8>, unix_millis: u64) {
+    let seconds = unix_millis / 1000;
     // Every request in one second shares its date and time of day: each thread keeps the
     // last second it formatted.
     thread_local! {
@@ -420,7 +483,7 @@ fn push_rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
         out.extend_from_slice(&text);
     }
     out.push(b'.');
-    push_padded_decimal(out, u64::from(since_epoch.subsec_millis()), 3);
+    push_padded_decimal(out, unix_millis % 1000, 3);
     out.push(b'Z');
 }
 
@@ -471,23 +534,28 @@ mod tests {
 
     use super::*;
 
-    fn format_time(time: SystemTime) -> String {
+    fn format_time(unix_millis: u64) -> String {
         let mut out = Vec::new();
-        push_rfc3339_millis(&mut out, time);
+        push_rfc3339_millis(&mut out, unix_millis);
         String::from_utf8(out).expect("the timestamp is ASCII")
     }
 
     fn sample_record() -> AccessLogRecord<'static> {
+        static ROUTE: std::sync::LazyLock<JsonText> =
+            std::sync::LazyLock::new(|| JsonText::new("users"));
+        static UPSTREAM: std::sync::LazyLock<JsonText> =
+            std::sync::LazyLock::new(|| JsonText::new("10.0.0.7:8080"));
         AccessLogRecord {
-            time: UNIX_EPOCH + Duration::from_millis(1_764_601_445_123),
+            unix_millis: 1_764_601_445_123,
             request_id: b"req-1",
-            route: "users",
+            request_id_generated: false,
+            route: &ROUTE,
             method: &http::Method::GET,
             path: "/a\"b\\c\nd\u{1}e/ü/日本?q=\"x\"&tab=\t&del=\u{7f}",
             status: 502,
             bytes_received: 17,
             bytes_sent: 1234,
-            upstream: Some("10.0.0.7:8080"),
+            upstream: Some(&UPSTREAM),
             attempts: 2,
             duration_micros: 12_345,
             upstream_duration_micros: Some(7),
@@ -513,7 +581,7 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_slice(&line).expect("the line is JSON");
         assert_eq!(parsed["time"], "2025-12-01T15:04:05.123Z");
         assert_eq!(parsed["request_id"], "req-1");
-        assert_eq!(parsed["route"], record.route);
+        assert_eq!(parsed["route"], "users");
         assert_eq!(parsed["method"], record.method.as_str());
         assert_eq!(parsed["path"], record.path);
         assert_eq!(parsed["status"], 502);
@@ -534,6 +602,22 @@ mod tests {
     }
 
     #[test]
+    fn config_texts_are_escaped_once_and_a_generated_request_id_is_written_as_it_is() {
+        let route = JsonText::new("a \"quoted\" \\ route");
+        let record = AccessLogRecord {
+            route: &route,
+            request_id: b"0123456789abcdef0123456789abcdef",
+            request_id_generated: true,
+            ..sample_record()
+        };
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&record.to_json_line()).expect("the line is JSON");
+        assert_eq!(parsed["route"], "a \"quoted\" \\ route");
+        assert_eq!(parsed["request_id"], "0123456789abcdef0123456789abcdef");
+        assert_eq!(JsonText::new("10.0.0.7:80").as_bytes(), b"\"10.0.0.7:80\"");
+    }
+
+    #[test]
     fn wall_time_follows_the_clock_within_its_precision() {
         let started = Instant::now();
         let wall = SystemTime::now();
@@ -548,13 +632,14 @@ mod tests {
             } else {
                 wall - (started - instant)
             };
-            let got = wall_time_at(instant);
-            let gap = got
-                .duration_since(expected)
-                .unwrap_or_else(|error| error.duration());
+            let expected = expected
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis() as u64;
+            let got = unix_millis_at(instant);
             assert!(
-                gap < Duration::from_millis(50),
-                "{instant:?}: off by {gap:?}"
+                got.abs_diff(expected) < 50,
+                "{instant:?}: {got} ms, expected {expected} ms"
             );
         }
     }
@@ -741,9 +826,7 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_milliseconds() {
-        let at = |seconds: u64, millis: u64| {
-            UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_millis(millis)
-        };
+        let at = |seconds: u64, millis: u64| seconds * 1000 + millis;
         assert_eq!(format_time(at(0, 0)), "1970-01-01T00:00:00.000Z");
         assert_eq!(
             format_time(at(1_764_601_445, 123)),
@@ -776,11 +859,6 @@ mod tests {
         assert_eq!(
             format_time(at(253_402_300_799, 5)),
             "9999-12-31T23:59:59.005Z"
-        );
-        // Before the epoch: clamped rather than wrapped.
-        assert_eq!(
-            format_time(UNIX_EPOCH - Duration::from_secs(1)),
-            "1970-01-01T00:00:00.000Z"
         );
     }
 }
