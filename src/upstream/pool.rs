@@ -574,6 +574,13 @@ impl UpstreamPool {
 
     /// Whether the active health check currently counts this endpoint as healthy.
     pub fn is_healthy(&self, endpoint_index: usize) -> bool {
+        // Without active checks nothing changes Pingora's verdict (every backend starts
+        // healthy and Loom never disables one there: draining is its own flag), so the
+        // lookup, which hashes the backend twice (about 330 instructions, on every
+        // selection), is skipped.
+        if self.plan.health.is_none() {
+            return endpoint_index < self.backend_list.len();
+        }
         self.backend_list
             .get(endpoint_index)
             .is_some_and(|backend| self.selector.backends().ready(backend))
