@@ -826,39 +826,23 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_milliseconds() {
-        let at = |seconds: u64, millis: u64| seconds * 1000 + millis;
-        assert_eq!(format_time(at(0, 0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_time(at(1_764_601_445, 123)),
-            "2025-12-01T15:04:05.123Z"
-        );
-        // The same second again comes from the thread's cache, with its own milliseconds.
-        assert_eq!(
-            format_time(at(1_764_601_445, 7)),
-            "2025-12-01T15:04:05.007Z"
-        );
-        // Past year 9999 the text is longer than the cache holds, and the cache stays right.
-        assert_eq!(
-            format_time(at(253_402_300_800, 0)),
-            "10000-01-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_time(at(1_764_601_445, 1)),
-            "2025-12-01T15:04:05.001Z"
-        );
-        // Leap days of a year divisible by 4, and of one divisible by 400.
-        assert_eq!(
-            format_time(at(1_709_164_800, 0)),
-            "2024-02-29T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_time(at(951_868_800 - 1, 999)),
-            "2000-02-29T23:59:59.999Z"
-        );
-        assert_eq!(format_time(at(951_868_800, 0)), "2000-03-01T00:00:00.000Z");
-        assert_eq!(
-            format_time(at(253_402_300_799, 5)),
-            "9999-12-31T23:59:59.005Z"
-        );
+        // In this order: the thread's cache of the last second is part of what is tested.
+        let cases: [(u64, u64, &str); 9] = [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (1_764_601_445, 123, "2025-12-01T15:04:05.123Z"),
+            // The same second again comes from the cache, with its own milliseconds.
+            (1_764_601_445, 7, "2025-12-01T15:04:05.007Z"),
+            // Past year 9999 the text is longer than the cache holds, and the cache stays right.
+            (253_402_300_800, 0, "10000-01-01T00:00:00.000Z"),
+            (1_764_601_445, 1, "2025-12-01T15:04:05.001Z"),
+            // Leap days of a year divisible by 4, and of one divisible by 400.
+            (1_709_164_800, 0, "2024-02-29T00:00:00.000Z"),
+            (951_868_800 - 1, 999, "2000-02-29T23:59:59.999Z"),
+            (951_868_800, 0, "2000-03-01T00:00:00.000Z"),
+            (253_402_300_799, 5, "9999-12-31T23:59:59.005Z"),
+        ];
+        for (seconds, millis, expected) in cases {
+            assert_eq!(format_time(seconds * 1000 + millis), expected);
+        }
     }
 }
