@@ -166,6 +166,10 @@ pub fn remaining_budget(store: &mut impl AsStoreMut, instance: &Instance) -> Opt
 pub struct Budget {
     remaining_points: Global,
     points_exhausted: Global,
+    /// Whether `points_exhausted` may be set: only after a call that ran out, since
+    /// [`Budget::remaining`] reads it after every call. While it is clear, [`Budget::set`]
+    /// leaves it alone (one global write less per callback).
+    exhausted_may_be_set: bool,
 }
 
 impl Budget {
@@ -183,29 +187,33 @@ impl Budget {
                 .get_global(POINTS_EXHAUSTED_EXPORT)
                 .ok()?
                 .clone(),
+            // Unknown until the first read: cleared by the first `set`.
+            exhausted_may_be_set: true,
         })
     }
 
     /// Gives the next callback `points` (also clears the exhausted flag), like [`set_budget`].
-    pub fn set(&self, store: &mut impl AsStoreMut, points: u64) {
+    pub fn set(&mut self, store: &mut impl AsStoreMut, points: u64) {
         // Setting can only fail for a store other than the instance's (a caller bug). The
         // budget then stays spent, which errs towards trapping, never towards running unmetered.
         // The global is an i64 holding the u64 bit for bit, as in the middleware.
         let remaining = self.remaining_points.set(store, Value::I64(points as i64));
-        let exhausted = self.points_exhausted.set(store, Value::I32(0));
-        debug_assert!(
-            remaining.is_ok() && exhausted.is_ok(),
-            "budget set on a foreign store"
-        );
+        debug_assert!(remaining.is_ok(), "budget set on a foreign store");
+        if self.exhausted_may_be_set {
+            let exhausted = self.points_exhausted.set(store, Value::I32(0));
+            debug_assert!(exhausted.is_ok(), "budget set on a foreign store");
+            self.exhausted_may_be_set = exhausted.is_err();
+        }
     }
 
     /// Points left after a call; `None` when the budget was exhausted, like [`remaining_budget`].
-    pub fn remaining(&self, store: &mut impl AsStoreMut) -> Option<u64> {
-        match (
-            self.points_exhausted.get(store),
-            self.remaining_points.get(store),
-        ) {
-            (Value::I32(0), Value::I64(points)) => Some(points as u64),
+    pub fn remaining(&mut self, store: &mut impl AsStoreMut) -> Option<u64> {
+        if self.points_exhausted.get(store) != Value::I32(0) {
+            self.exhausted_may_be_set = true;
+            return None;
+        }
+        match self.remaining_points.get(store) {
+            Value::I64(points) => Some(points as u64),
             _ => None,
         }
     }
@@ -331,7 +339,7 @@ mod tests {
         assert!(left > 0 && left < 10_000, "{left}");
 
         // The cached handle sees and does the same as the free functions.
-        let budget = Budget::of(&instance).ok_or("not metered")?;
+        let mut budget = Budget::of(&instance).ok_or("not metered")?;
         assert_eq!(budget.remaining(&mut store), Some(left));
         set_budget(&mut store, &instance, 10_000);
         assert!(spin.call(&mut store).is_err());
@@ -536,7 +544,7 @@ mod tests {
             }
             let budget_only = started.elapsed();
 
-            let budget = Budget::of(&instance).ok_or("not metered")?;
+            let mut budget = Budget::of(&instance).ok_or("not metered")?;
             let started = Instant::now();
             for call in 0..CALLS {
                 budget.set(&mut store, SETTINGS.max_fuel);

@@ -288,7 +288,7 @@ impl Instance {
         frame: Option<&mut Frame<'_>>,
         body: impl FnOnce(&mut Store, &Callbacks) -> Result<R, RuntimeError>,
     ) -> Result<(R, u64), Failure> {
-        match &self.budget {
+        match &mut self.budget {
             Some(budget) => budget.set(&mut self.store, self.max_fuel),
             None => engine::set_budget(&mut self.store, &self.instance, self.max_fuel),
         }
@@ -304,7 +304,7 @@ impl Instance {
                 body(&mut self.store, callbacks)
             }
         };
-        let remaining = match &self.budget {
+        let remaining = match &mut self.budget {
             Some(budget) => budget.remaining(&mut self.store),
             None => engine::remaining_budget(&mut self.store, &self.instance),
         };
