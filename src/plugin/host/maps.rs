@@ -263,8 +263,9 @@ pub fn replace_all(frame: &mut Frame<'_>, map: MapType, new_pairs: &[(&[u8], &[u
 /// Pingora's request and response headers alike (they keep a header-case map, so they are
 /// changed through their own methods, not through the `HeaderMap` directly).
 trait HeaderTarget {
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> bool;
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> bool;
+    /// `name` as the plugin wrote it; false when it is not a valid header name.
+    fn append(&mut self, name: bytes::Bytes, value: HeaderValue) -> bool;
+    fn insert(&mut self, name: bytes::Bytes, value: HeaderValue) -> bool;
     fn remove(&mut self, name: &str);
     /// Values in the map.
     fn count(&self) -> usize;
@@ -283,10 +284,10 @@ fn within_limits(count: usize, length: usize) -> bool {
 }
 
 impl HeaderTarget for pingora::http::RequestHeader {
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+    fn append(&mut self, name: bytes::Bytes, value: HeaderValue) -> bool {
         self.append_header(name, value).is_ok()
     }
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+    fn insert(&mut self, name: bytes::Bytes, value: HeaderValue) -> bool {
         self.insert_header(name, value).is_ok()
     }
     fn remove(&mut self, name: &str) {
@@ -298,10 +299,10 @@ impl HeaderTarget for pingora::http::RequestHeader {
 }
 
 impl HeaderTarget for pingora::http::ResponseHeader {
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+    fn append(&mut self, name: bytes::Bytes, value: HeaderValue) -> bool {
         self.append_header(name, value).is_ok()
     }
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+    fn insert(&mut self, name: bytes::Bytes, value: HeaderValue) -> bool {
         self.insert_header(name, value).is_ok()
     }
     fn remove(&mut self, name: &str) {
@@ -320,12 +321,14 @@ fn write_header(target: &mut impl HeaderTarget, key: &str, value: &[u8], how: Wr
     if !within_limits(target.count(), value.len()) {
         return status::INTERNAL_FAILURE;
     }
-    let (Ok(name), Ok(value)) = (
-        HeaderName::from_bytes(key.as_bytes()),
-        HeaderValue::from_bytes(value),
-    ) else {
+    let Ok(value) = HeaderValue::from_bytes(value) else {
         return status::BAD_ARGUMENT;
     };
+    // The name goes to Pingora as the plugin spelled it: Pingora parses it (refusing an
+    // invalid one) and keeps that spelling for an HTTP/1 peer. Parsed here as well, or handed
+    // over as a `HeaderName` (which Pingora turns back into Title-Case text and parses
+    // again), it cost two more passes over the name per write.
+    let name = bytes::Bytes::copy_from_slice(key.as_bytes());
     let written = if how == Write::Add {
         target.append(name, value)
     } else {
@@ -467,5 +470,36 @@ mod tests {
             write_header(&mut response, "x-huge", b"ok", Write::Replace),
             status::OK
         );
+    }
+
+    #[test]
+    fn plugin_header_names_are_checked_and_kept_as_spelled() {
+        let mut response = pingora::http::ResponseHeader::build(200, None).unwrap();
+        for bad in ["bad name", "", "x:y", "caf\u{e9}"] {
+            assert_eq!(
+                write_header(&mut response, bad, b"v", Write::Replace),
+                status::BAD_ARGUMENT,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            write_header(&mut response, "x-bad-value", b"a\r\nb", Write::Add),
+            status::BAD_ARGUMENT
+        );
+        assert!(response.headers.is_empty());
+        assert_eq!(
+            write_header(&mut response, "X-Plugin-Mark", b"1", Write::Add),
+            status::OK
+        );
+        assert_eq!(
+            write_header(&mut response, "x-plugin-mark", b"2", Write::Replace),
+            status::OK
+        );
+        let values: Vec<_> = response.headers.get_all("x-plugin-mark").iter().collect();
+        assert_eq!(values, [&HeaderValue::from_static("2")]);
+        let mut wire = Vec::new();
+        response.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("x-plugin-mark: 2\r\n"), "{wire}");
     }
 }
