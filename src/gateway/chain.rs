@@ -540,7 +540,7 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
     let (user_agent, host) = user_agent_and_host(request);
     let record = AccessLogRecord {
         // When the request started, as access logs usually stamp it.
-        unix_millis: crate::observe::access_log::unix_millis_at(ctx.started),
+        unix_millis: crate::observe::wall_clock::unix_millis_at(ctx.started),
         request_id: ctx.request_id.as_bytes(),
         request_id_generated: ctx.request_id_generated,
         route: route.map_or(&UNROUTED, |route| &route.id_json),

@@ -3,7 +3,6 @@
 //! hook returns.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pingora::prelude::*;
@@ -189,10 +188,8 @@ pub(super) fn facts(session: &Session, ctx: &RequestContext) -> RequestFacts {
         request_id: Bytes::copy_from_slice(ctx.request_id.as_bytes()),
         route: ctx.route().map(|route| Arc::clone(&route.id)),
         route_metadata: ctx.route().map(|route| Arc::clone(&route.metadata)),
-        started_unix_nanos: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos() as u64)
-            .saturating_sub(ctx.started.elapsed().as_nanos() as u64),
+        // No clock read of its own (see `wall_clock`).
+        started_unix_nanos: crate::observe::wall_clock::unix_nanos_at(ctx.started),
         scheme: if session
             .digest()
             .is_some_and(|digest| digest.ssl_digest.is_some())

@@ -7,3 +7,4 @@ pub mod metrics_push;
 pub mod route_metrics;
 pub mod series;
 pub mod tracing;
+pub mod wall_clock;

@@ -6,15 +6,13 @@
 
 mod sink;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
 pub use sink::{AccessLogDestination, AccessLogSink, reopen_all, sink};
 
 /// One request's access log entry, borrowed from the request context so that building it
 /// copies nothing until the line itself is written.
 #[derive(Debug, Clone)]
 pub struct AccessLogRecord<'a> {
-    /// When the request started, in milliseconds since the Unix epoch (see [`unix_millis_at`]).
+    /// When the request started, in milliseconds since the Unix epoch (see [`crate::observe::wall_clock`]).
     pub unix_millis: u64,
     /// The `X-Request-ID` value (bytes as in the header; not UTF-8 is written as `null`).
     pub request_id: &'a [u8],
@@ -141,55 +139,6 @@ impl AccessLogRecord<'_> {
         self.write_json_line(&mut line);
         line
     }
-}
-
-/// The wall-clock time of `instant` (a moment within the last few seconds, such as when a
-/// request started) in milliseconds since the Unix epoch, from a pair of clock readings each
-/// thread takes at most once a second: a line then needs no wall-clock read of its own. A
-/// clock step (NTP, an operator) shows within a second.
-pub fn unix_millis_at(instant: Instant) -> u64 {
-    const ANCHOR_LIFETIME: Duration = Duration::from_secs(1);
-    thread_local! {
-        /// When the anchor was taken, and the wall clock then in nanoseconds since the epoch
-        /// (a u64 lasts until 2554; u128 arithmetic would cost a library call per line).
-        static ANCHOR: std::cell::Cell<Option<(Instant, u64)>> =
-            const { std::cell::Cell::new(None) };
-    }
-    let from_anchor = |(anchor_instant, anchor_nanos): (Instant, u64)| {
-        // One subtraction of two instants: `checked_duration_since` is `None` before the
-        // anchor, which is then the other way round.
-        let nanos = match instant.checked_duration_since(anchor_instant) {
-            Some(after) if after < ANCHOR_LIFETIME => {
-                anchor_nanos.saturating_add(after.as_nanos() as u64)
-            }
-            Some(_) => return None,
-            None => {
-                let before = anchor_instant.duration_since(instant);
-                if before >= ANCHOR_LIFETIME {
-                    return None;
-                }
-                anchor_nanos.saturating_sub(before.as_nanos() as u64)
-            }
-        };
-        Some(nanos / 1_000_000)
-    };
-    if let Some(millis) = ANCHOR.get().and_then(from_anchor) {
-        return millis;
-    }
-    let now = Instant::now();
-    // A clock set before 1970 is a broken host; the epoch keeps the line parseable.
-    let wall_nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-        });
-    ANCHOR.set(Some((now, wall_nanos)));
-    from_anchor((now, wall_nanos)).unwrap_or_else(|| {
-        // Older than the anchor's lifetime: measured from the new anchor.
-        let before =
-            u64::try_from(now.saturating_duration_since(instant).as_nanos()).unwrap_or(u64::MAX);
-        wall_nanos.saturating_sub(before) / 1_000_000
-    })
 }
 
 /// A short text from the config (a route id, an endpoint address) as a quoted JSON string,
@@ -617,34 +566,6 @@ mod tests {
         assert_eq!(JsonText::new("10.0.0.7:80").as_bytes(), b"\"10.0.0.7:80\"");
     }
 
-    #[test]
-    fn wall_time_follows_the_clock_within_its_precision() {
-        let started = Instant::now();
-        let wall = SystemTime::now();
-        for instant in [
-            started,
-            started + Duration::from_millis(250),
-            started - Duration::from_millis(400),
-            started - Duration::from_secs(5),
-        ] {
-            let expected = if instant >= started {
-                wall + (instant - started)
-            } else {
-                wall - (started - instant)
-            };
-            let expected = expected
-                .duration_since(UNIX_EPOCH)
-                .expect("after 1970")
-                .as_millis() as u64;
-            let got = unix_millis_at(instant);
-            assert!(
-                got.abs_diff(expected) < 50,
-                "{instant:?}: {got} ms, expected {expected} ms"
-            );
-        }
-    }
-
-    /// Every byte value at every position of every length up to 70, against the table.
     #[test]
     fn plain_text_detection_matches_the_table_at_every_length() {
         let by_table = |bytes: &[u8]| {
