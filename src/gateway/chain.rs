@@ -53,6 +53,10 @@ pub struct RouteChain {
     pub response_header_room: usize,
     /// Some step reads the client's address: the chain resolves it first.
     pub uses_client_ip: bool,
+    /// Whether the request-headers phase has anything to do: a Proxy-Wasm plugin, a step
+    /// with a request step, or the client's address to resolve. Routes whose chain only
+    /// acts on the answer (security headers, the access log) skip that walk.
+    has_request_steps: bool,
 }
 
 impl RouteChain {
@@ -98,8 +102,11 @@ impl RouteChain {
                 .sum::<usize>();
         let uses_client_ip =
             !wasm.is_empty() || policies().any(|step| step.policy.uses_client_ip());
+        let has_request_steps =
+            uses_client_ip || policies().any(|step| step.policy.acts_on_request());
         RouteChain {
             uses_client_ip,
+            has_request_steps,
             steps: steps.into_boxed_slice(),
             wasm: wasm.into(),
             body_limits,
@@ -146,7 +153,10 @@ impl RouteChain {
 
 /// The request-headers phase. Returns `Ok(true)` when the request was answered here.
 pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
-    if ctx.route().is_none_or(|route| route.chain.is_empty()) {
+    if ctx
+        .route()
+        .is_none_or(|route| !route.chain.has_request_steps)
+    {
         return Ok(false);
     }
     // Held for the walk: the steps borrow from it while `ctx` is changed.
@@ -527,12 +537,10 @@ pub fn log(session: &Session, ctx: &RequestContext, status: u16, elapsed: std::t
             .and_then(|index| target.pool.endpoints().get(index))
             .map(|endpoint| &endpoint.address_json)
     });
-    let client_ip = ctx.client_ip.or_else(|| {
-        session
-            .client_addr()
-            .and_then(|address| address.as_inet())
-            .map(|address| address.ip())
-    });
+    // Resolved here when no request step needed it (trusted proxies included).
+    let client_ip = ctx
+        .client_ip
+        .or_else(|| crate::policy::client_ip::of_session(session, &snapshot.trusted_proxies));
     let path = request
         .uri
         .path_and_query()

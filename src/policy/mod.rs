@@ -177,14 +177,16 @@ impl Policy {
         }
     }
 
-    /// Whether the step reads the client's address (so the chain resolves it, trusted
-    /// proxies included, before the steps run). Conservative: only the steps known not to
-    /// read it say no.
+    /// Whether the step reads the client's address in the request phase (so the chain
+    /// resolves it, trusted proxies included, before the steps run). Conservative: only the
+    /// steps known not to read it there say no. The access log reads it after the answer and
+    /// resolves it then, when nothing resolved it earlier.
     pub fn uses_client_ip(&self) -> bool {
         !matches!(
             self,
             Policy::Cors(_)
                 | Policy::SecurityHeaders(_)
+                | Policy::AccessLog(_)
                 | Policy::Compression(_)
                 | Policy::RequestSizeLimit(_)
                 | Policy::KeyAuth(_)

@@ -604,6 +604,24 @@ async fn access_log_lines_are_json_and_reopen_on_sigusr1() {
     );
 }
 
+/// A route whose chain resolves no client address in the request phase still logs the one
+/// its trusted proxy reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_names_the_client_behind_a_trusted_proxy() {
+    let setup = start_policy_gateway("  trusted_proxies: [\"127.0.0.0/8\"]\n").await;
+    let response = client()
+        .get(setup.gateway.url("/logged/behind-proxy"))
+        .header("x-forwarded-for", "198.51.100.23")
+        .header("x-request-id", "log-proxied")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let line = wait_for_line(&setup.log_path, "log-proxied").await;
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["client_ip"], "198.51.100.23");
+}
+
 /// The writer sweeps its buffers every few milliseconds; lines of requests answered just
 /// before the process exits are written by the exit hook, not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
