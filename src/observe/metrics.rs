@@ -187,7 +187,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             registry,
             counter(
                 "loom_access_log_dropped_total",
-                "Access log lines dropped: the writer's queue was full or its file could not be written.",
+                "Access log lines dropped: the writer's buffers were full or its file could not be written.",
             ),
         ),
         access_log_lines_total: register(

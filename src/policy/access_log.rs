@@ -1,7 +1,8 @@
 //! `access_log`: one JSON line per request, to a file or stdout (top-level `access_log:` for
-//! every route, or a `type: access_log` entry for some). The line is built in `logging` and
-//! handed to a writer thread over a bounded channel (`crate::observe::access_log`): a full
-//! channel drops and counts the line, it never makes a request wait.
+//! every route, or a `type: access_log` entry for some). The line is written in `logging`
+//! straight into a bounded buffer of the worker thread, which a writer thread empties
+//! (`crate::observe::access_log`): a full buffer drops and counts the line, it never makes a
+//! request wait.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
