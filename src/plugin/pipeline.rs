@@ -204,12 +204,12 @@ impl RequestPlugins {
     }
 
     /// Whether [`Self::settle_pause`] would find nothing to do: the usual callback, which
-    /// neither paused nor answered, closed or dispatched a call. Checked before building that
-    /// future, which costs more than the checks (about 190 instructions a callback).
-    fn has_nothing_to_settle(&self, index: usize, paused: bool) -> bool {
+    /// neither paused (a Pause leaves the context's `paused` mark set) nor answered, closed or
+    /// dispatched a call. Checked before building that future, which costs more than the
+    /// checks (about 190 instructions a callback).
+    fn has_nothing_to_settle(&self, index: usize) -> bool {
         let context = &self.contexts[index];
-        !paused
-            && !context.paused
+        !context.paused
             && context.stream.local_response.is_none()
             && !context.stream.close
             && context.stream.pending_calls.is_empty()
@@ -469,7 +469,7 @@ impl RequestPlugins {
                 return self.fail(index, failure);
             }
         };
-        if self.has_nothing_to_settle(index, hold) {
+        if self.has_nothing_to_settle(index) {
             return None;
         }
         self.settle_pause(index, hold, request, None, upstreams)
@@ -552,7 +552,7 @@ impl RequestPlugins {
                 }
             };
             let held = action == Action::Pause && end_of_stream;
-            if !self.has_nothing_to_settle(index, held)
+            if !self.has_nothing_to_settle(index)
                 && let Some(flow) = self
                     .settle_pause(index, held, request, None, upstreams)
                     .await
@@ -609,7 +609,7 @@ impl RequestPlugins {
                 return self.fail(index, failure);
             }
         };
-        if self.has_nothing_to_settle(index, paused) {
+        if self.has_nothing_to_settle(index) {
             return None;
         }
         self.settle_pause(index, paused, request, Some(response), upstreams)

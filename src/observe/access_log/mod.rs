@@ -134,6 +134,7 @@ impl AccessLogRecord<'_> {
     }
 
     /// The record as a line of its own (see [`AccessLogRecord::write_json_line`]).
+    #[cfg(test)]
     pub fn to_json_line(&self) -> Vec<u8> {
         let mut line = Vec::new();
         self.write_json_line(&mut line);

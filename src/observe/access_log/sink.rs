@@ -258,12 +258,9 @@ impl AccessLogSink {
     }
 
     /// Appends `line` as it is (see [`AccessLogSink::append_with`]).
+    #[cfg(test)]
     pub fn append(&self, line: &[u8]) {
         self.append_with(|buffer| buffer.extend_from_slice(line));
-    }
-
-    pub fn destination(&self) -> &AccessLogDestination {
-        &self.shared.destination
     }
 
     /// Lines this sink has dropped: slots full, no writer, or the file not writable.
