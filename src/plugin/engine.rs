@@ -207,8 +207,10 @@ impl Budget {
     }
 
     /// Points left after a call; `None` when the budget was exhausted, like [`remaining_budget`].
-    pub fn remaining(&mut self, store: &mut impl AsStoreMut) -> Option<u64> {
-        if self.points_exhausted.get(store) != Value::I32(0) {
+    /// `call_failed`: whether the call returned an error. Running out of points always traps,
+    /// so after a call that returned normally the exhausted flag is not read.
+    pub fn remaining(&mut self, store: &mut impl AsStoreMut, call_failed: bool) -> Option<u64> {
+        if call_failed && self.points_exhausted.get(store) != Value::I32(0) {
             self.exhausted_may_be_set = true;
             return None;
         }
@@ -340,14 +342,18 @@ mod tests {
 
         // The cached handle sees and does the same as the free functions.
         let mut budget = Budget::of(&instance).ok_or("not metered")?;
-        assert_eq!(budget.remaining(&mut store), Some(left));
+        assert_eq!(budget.remaining(&mut store, false), Some(left));
         set_budget(&mut store, &instance, 10_000);
         assert!(spin.call(&mut store).is_err());
-        assert_eq!(budget.remaining(&mut store), None);
+        assert_eq!(budget.remaining(&mut store, true), None);
         budget.set(&mut store, 10_000);
         assert_eq!(remaining_budget(&mut store, &instance), Some(10_000));
         assert_eq!(add.call(&mut store, 2, 3)?, 5);
-        assert_eq!(budget.remaining(&mut store), Some(left));
+        assert_eq!(budget.remaining(&mut store, false), Some(left));
+        // A call that failed without running out (a crash) still reports what it used.
+        budget.set(&mut store, 10_000);
+        assert!(crash.call(&mut store).is_err());
+        assert!(budget.remaining(&mut store, true).is_some());
 
         set_budget(&mut store, &instance, 10_000);
         let crashed = crash.call(&mut store).err().ok_or("crash returned")?;
@@ -555,7 +561,7 @@ mod tests {
             let started = Instant::now();
             for _ in 0..CALLS {
                 budget.set(&mut store, SETTINGS.max_fuel);
-                std::hint::black_box(budget.remaining(&mut store));
+                std::hint::black_box(budget.remaining(&mut store, false));
             }
             let cached_budget_only = started.elapsed();
 

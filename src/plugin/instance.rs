@@ -305,7 +305,7 @@ impl Instance {
             }
         };
         let remaining = match &mut self.budget {
-            Some(budget) => budget.remaining(&mut self.store),
+            Some(budget) => budget.remaining(&mut self.store, result.is_err()),
             None => engine::remaining_budget(&mut self.store, &self.instance),
         };
         let used = self.max_fuel - remaining.unwrap_or(0);

@@ -38,6 +38,7 @@ struct PluginContext {
     skipped: bool,
     /// Skipped, but its instance was kept (a callback over `timeout`): `on_delete` still runs.
     teardown_pending: bool,
+    /// Body held back by this plugin's Pause on an earlier chunk, in each direction.
     request_body: BytesMut,
     response_body: BytesMut,
     /// Registered as paused (see `crate::plugin::paused`) until its wait ends; a request
@@ -51,7 +52,7 @@ struct Loans<'a> {
     request: Option<Lent<'a, RequestHeader>>,
     response: Option<Lent<'a, ResponseHeader>>,
     trailers: Option<&'a mut http::HeaderMap>,
-    body: Option<(bool, &'a mut BytesMut)>,
+    body: Option<(bool, &'a mut Bytes)>,
     callout: Option<&'a CalloutAnswer>,
 }
 
@@ -515,14 +516,13 @@ impl RequestPlugins {
                     ),
                 ));
             }
-            buffered.extend_from_slice(&chunk);
-            let size = buffered.len() as i32;
+            let mut lent = body_so_far(buffered, chunk);
+            let size = lent.len() as i32;
             let end = i32::from(end_of_stream);
-            let mut buffer = std::mem::take(&mut self.contexts[index].request_body);
             self.contexts[index].stream.resume_request = false;
             let loans = Loans {
                 request: Some(Lent::Writable(&mut *request)),
-                body: Some((false, &mut buffer)),
+                body: Some((false, &mut lent)),
                 ..Loans::default()
             };
             // Only a Pause on the last chunk holds the request; earlier ones buffer.
@@ -536,7 +536,6 @@ impl RequestPlugins {
                     None => Ok(0),
                 },
             );
-            self.contexts[index].request_body = buffer;
             let action = match result {
                 Ok(raw) => Action::from_raw(raw),
                 Err(failure) => {
@@ -544,7 +543,7 @@ impl RequestPlugins {
                         self.forget_pause(index);
                     }
                     // Fail-open: what was buffered for it moves on unchanged.
-                    chunk = self.contexts[index].request_body.split().freeze();
+                    chunk = lent;
                     match self.fail(index, failure) {
                         Some(flow) => return flow,
                         None => continue,
@@ -561,10 +560,11 @@ impl RequestPlugins {
             }
             if action == Action::Pause && !end_of_stream {
                 // Held back: later plugins and the upstream see it when this one continues.
+                self.contexts[index].request_body = BytesMut::from(lent);
                 *body = None;
                 return Flow::Continue;
             }
-            chunk = self.contexts[index].request_body.split().freeze();
+            chunk = lent;
         }
         // An empty last chunk stays None: Pingora would hand `Some("")` to an upstream body
         // that is already complete and warn once per request.
@@ -650,13 +650,12 @@ impl RequestPlugins {
                     ),
                 ));
             }
-            let mut buffer = std::mem::take(&mut self.contexts[index].response_body);
-            buffer.extend_from_slice(&chunk);
-            let size = buffer.len() as i32;
+            let mut lent = body_so_far(&mut self.contexts[index].response_body, chunk);
+            let size = lent.len() as i32;
             let end = i32::from(end_of_stream);
             let loans = Loans {
                 request: Some(Lent::ReadOnly(request)),
-                body: Some((true, &mut buffer)),
+                body: Some((true, &mut lent)),
                 ..Loans::default()
             };
             let result = self.call(
@@ -668,7 +667,6 @@ impl RequestPlugins {
                     None => Ok(0),
                 },
             );
-            self.contexts[index].response_body = buffer;
             let dropped_calls = std::mem::take(&mut self.contexts[index].stream.pending_calls);
             if !dropped_calls.is_empty() {
                 log::warn!(
@@ -680,7 +678,7 @@ impl RequestPlugins {
             let action = match result {
                 Ok(raw) => Action::from_raw(raw),
                 Err(failure) => {
-                    chunk = self.contexts[index].response_body.split().freeze();
+                    chunk = lent;
                     match self.fail(index, failure) {
                         Some(flow) => return flow,
                         None => continue,
@@ -691,10 +689,11 @@ impl RequestPlugins {
                 return flow;
             }
             if action == Action::Pause && !end_of_stream {
+                self.contexts[index].response_body = BytesMut::from(lent);
                 *body = None;
                 return Flow::Continue;
             }
-            chunk = self.contexts[index].response_body.split().freeze();
+            chunk = lent;
         }
         // An empty chunk stays None, as the request side does: nothing to write.
         if !chunk.is_empty() {
@@ -771,6 +770,17 @@ impl RequestPlugins {
             });
         }
     }
+}
+
+/// The body a plugin sees for this chunk: the chunk itself when the plugin holds nothing back
+/// (no copy: a plugin that only reads or ignores bodies costs nothing per chunk), else what it
+/// held back with the chunk appended.
+fn body_so_far(buffered: &mut BytesMut, chunk: Bytes) -> Bytes {
+    if buffered.is_empty() {
+        return chunk;
+    }
+    buffered.extend_from_slice(&chunk);
+    buffered.split().freeze()
 }
 
 impl Drop for RequestPlugins {

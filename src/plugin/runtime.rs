@@ -117,8 +117,9 @@ impl Phase {
         }
     }
 
+    /// Its place in [`PHASES`], which lists the variants in declaration order.
     fn index(self) -> usize {
-        PHASES.iter().position(|phase| *phase == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -194,6 +195,27 @@ fn lock_shard(mutex: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
             shard
         }
     }
+}
+
+/// [`lock_shard`] without waiting: `None` while another thread holds the shard.
+fn try_lock_shard(mutex: &Mutex<Shard>) -> Option<MutexGuard<'_, Shard>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+        Err(std::sync::TryLockError::Poisoned(_)) => Some(lock_shard(mutex)),
+    }
+}
+
+/// This thread's number among the threads that open plugin contexts, given out on first use.
+/// A worker thread creates its contexts in the same instance of each plugin every time, so
+/// that instance's memory stays in its core's caches, and, with as many instances as workers
+/// (the default), two workers never wait for each other's callbacks.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
 }
 
 impl PluginRuntime {
@@ -305,8 +327,7 @@ impl PluginRuntime {
                 ),
             });
         }
-        let shard_index = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        let mut shard = lock_shard(&self.shards[shard_index]);
+        let (shard_index, mut shard) = self.take_shard();
         self.ensure_instance(shard_index, &mut shard)?;
         let generation = shard.generation;
         let Some(instance) = shard.instance.as_mut() else {
@@ -327,6 +348,26 @@ impl PluginRuntime {
         });
         self.settle(shard_index, &mut shard, Phase::Start, started, result)?;
         Ok(handle)
+    }
+
+    /// The shard a new context goes to: this thread's own (see [`thread_slot`]) when it is
+    /// free, else the next free one, else this thread's own once it is.
+    fn take_shard(&self) -> (usize, MutexGuard<'_, Shard>) {
+        let count = self.shards.len();
+        let own = thread_slot() % count;
+        if let Some(shard) = try_lock_shard(&self.shards[own]) {
+            return (own, shard);
+        }
+        let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..count {
+            let index = (start + offset) % count;
+            if index != own
+                && let Some(shard) = try_lock_shard(&self.shards[index])
+            {
+                return (index, shard);
+            }
+        }
+        (own, lock_shard(&self.shards[own]))
     }
 
     /// Runs one callback (or a few, e.g. done/log/delete) of the request's context.
@@ -665,6 +706,15 @@ mod tests {
         module: &str,
         timeout: Option<Duration>,
     ) -> Result<PluginRuntime, Box<dyn std::error::Error>> {
+        start_instances(name, module, timeout, 1)
+    }
+
+    fn start_instances(
+        name: &str,
+        module: &str,
+        timeout: Option<Duration>,
+        instances: usize,
+    ) -> Result<PluginRuntime, Box<dyn std::error::Error>> {
         let settings = EngineSettings {
             max_fuel: 1_000_000,
             memory_limit_pages: 16,
@@ -682,7 +732,7 @@ mod tests {
             max_fuel: settings.max_fuel,
             memory_limit_pages: settings.memory_limit_pages,
             timeout,
-            instances: 1,
+            instances,
             max_buffered_body: 1 << 20,
             pause_timeout: Duration::from_secs(30),
             quarantine_after: 2,
@@ -833,6 +883,52 @@ mod tests {
         assert!(runtime.open_context().is_ok());
         let runtime = start("timeout-absent", None)?;
         assert!(runtime.open_context().is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn each_phase_indexes_its_place_in_the_phase_list() {
+        for (place, phase) in PHASES.iter().enumerate() {
+            assert_eq!(phase.index(), place, "{}", phase.label());
+        }
+    }
+
+    #[test]
+    fn a_thread_opens_its_contexts_in_its_own_instance_while_it_is_free() -> TestResult {
+        let runtime = Arc::new(start_instances("affine", MINIMAL_PLUGIN, None, 3)?);
+        let shards_of_thread = || -> Result<Vec<usize>, String> {
+            (0..6)
+                .map(|_| runtime.open_context().map(|handle| handle.shard))
+                .collect::<Result<_, _>>()
+                .map_err(|failure| failure.message)
+        };
+        let mut threads = Vec::new();
+        for _ in 0..2 {
+            let runtime = Arc::clone(&runtime);
+            threads.push(std::thread::spawn(move || {
+                let own = thread_slot() % runtime.instance_count();
+                (0..6)
+                    .map(|_| runtime.open_context().map(|handle| (own, handle.shard)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|failure| failure.message)
+            }));
+        }
+        for thread in threads {
+            let placements = thread.join().map_err(|_| "thread panicked")??;
+            // Round-robin placement would spread six contexts over the three instances.
+            assert!(
+                placements.iter().all(|(own, shard)| own == shard),
+                "{placements:?}"
+            );
+        }
+        // While its own instance is busy (here: locked by this very thread), a thread's new
+        // context goes to another instance instead of waiting.
+        let own = thread_slot() % runtime.instance_count();
+        assert!(shards_of_thread()?.iter().all(|shard| *shard == own));
+        let held = lock_shard(&runtime.shards[own]);
+        let elsewhere = shards_of_thread()?;
+        drop(held);
+        assert!(elsewhere.iter().all(|shard| *shard != own), "{elsewhere:?}");
         Ok(())
     }
 }

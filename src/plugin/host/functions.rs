@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use wasmer::{Function, FunctionEnv, FunctionEnvMut, Store};
 
 use super::maps::{self, Write};
-use super::memory::{read, read_string, return_bytes, write_u32, write_u64};
+use super::memory::{
+    GuestMemoryError, read, read_string, return_bytes, with_two_ranges, write_u32, write_u64,
+};
 use super::{Callout, CalloutAnswer, HostState, LocalResponse, PendingCall, properties};
 use crate::plugin::abi::{self, BufferType, MapType, MetricKind, status};
 use crate::plugin::grpc_call::{self, PendingGrpcCall};
@@ -148,7 +150,7 @@ fn proxy_set_tick_period_milliseconds(mut env: Env, period: i32) -> i32 {
 
 // --- buffers ------------------------------------------------------------------------------
 
-/// The bytes of a buffer, copied out (bodies are copied only in the range asked for).
+/// The bytes of a buffer in the range asked for (shared, not copied).
 fn buffer_slice(
     state: &mut HostState,
     kind: BufferType,
@@ -176,9 +178,7 @@ fn buffer_slice(
             if body.response != (kind == BufferType::ResponseBody) {
                 return Err(status::NOT_FOUND);
             }
-            let start = start.min(body.bytes.len());
-            let end = start.saturating_add(max).min(body.bytes.len());
-            return Ok(Bytes::copy_from_slice(&body.bytes[start..end]));
+            body.bytes.clone()
         }
     };
     let start = start.min(whole.len());
@@ -277,7 +277,7 @@ fn proxy_set_buffer_bytes(
     spliced.extend_from_slice(&body.bytes[..start]);
     spliced.extend_from_slice(&replacement);
     spliced.extend_from_slice(&body.bytes[end..]);
-    *body.bytes = spliced;
+    *body.bytes = spliced.freeze();
     status::OK
 }
 
@@ -409,34 +409,39 @@ fn write_map_value(
     let Some(map) = MapType::from_raw(map_type) else {
         return status::NOT_FOUND;
     };
-    let Some(key) = read_string(&env, key, key_len) else {
-        return status::BAD_ARGUMENT;
-    };
-    let value = if how == Write::Remove {
-        Vec::new()
+    // A removal's value is not read (the SDKs pass none).
+    let value_range = if how == Write::Remove {
+        (0, 0)
     } else {
-        match read(&env, value, value_len) {
-            Ok(value) => value,
-            Err(error) => return error.status(),
-        }
+        (value, value_len)
     };
-    let state = env.data_mut();
-    if targets_other_request(state, map)
-        && let Some(other) = state.other_context()
-    {
-        // Another paused request's headers: applied, in order, when it runs again.
-        let edit = StreamEvent::EditHeader {
-            map,
-            name: key,
-            value,
-            how,
-        };
-        return deliver_to_other(state, other, edit);
-    }
-    match state.frame() {
-        Some(frame) => maps::write(frame, map, &key, &value, how),
-        None => status::NOT_FOUND,
-    }
+    let written = with_two_ranges(
+        &mut env,
+        (key, key_len),
+        value_range,
+        |state, key, value| {
+            let Ok(key) = std::str::from_utf8(key) else {
+                return status::BAD_ARGUMENT;
+            };
+            if targets_other_request(state, map)
+                && let Some(other) = state.other_context()
+            {
+                // Another paused request's headers: applied, in order, when it runs again.
+                let edit = StreamEvent::EditHeader {
+                    map,
+                    name: key.to_owned(),
+                    value: value.to_vec(),
+                    how,
+                };
+                return deliver_to_other(state, other, edit);
+            }
+            match state.frame() {
+                Some(frame) => maps::write(frame, map, key, value, how),
+                None => status::NOT_FOUND,
+            }
+        },
+    );
+    written.unwrap_or_else(GuestMemoryError::status)
 }
 
 fn proxy_add_header_map_value(

@@ -147,7 +147,14 @@ pub enum Write {
 }
 
 pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: Write) -> i32 {
-    let key = key.to_ascii_lowercase();
+    // Names are lowercased (as Envoy's maps hold them); most already are, and cost no copy.
+    let lowered;
+    let key = if key.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        lowered = key.to_ascii_lowercase();
+        lowered.as_str()
+    } else {
+        key
+    };
     match map {
         MapType::RequestHeaders => {
             let Some(request) = frame.request.as_mut() else {
@@ -157,9 +164,9 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
                 return status::BAD_ARGUMENT;
             };
             let code = if key.starts_with(':') {
-                write_request_pseudo(request, &key, value, how)
+                write_request_pseudo(request, key, value, how)
             } else {
-                write_header(request, &key, value, how)
+                write_header(request, key, value, how)
             };
             if code == status::OK {
                 frame.stream.request_headers_written = true;
@@ -189,7 +196,7 @@ pub fn write(frame: &mut Frame<'_>, map: MapType, key: &str, value: &[u8], how: 
             if key.starts_with(':') {
                 return status::OK;
             }
-            write_header(response, &key, value, how)
+            write_header(response, key, value, how)
         }
         MapType::ResponseTrailers => {
             let Some(trailers) = frame.response_trailers.as_deref_mut() else {

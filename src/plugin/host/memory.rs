@@ -43,12 +43,43 @@ pub fn read(
     if end > view.data_size() {
         return Err(GuestMemoryError::OutOfBounds);
     }
-    let mut buffer = vec![0u8; len];
+    let mut buffer = Vec::with_capacity(len);
     if len > 0 {
-        view.read(u64::from(pointer as u32), &mut buffer)
+        // Not zeroed first: every byte is overwritten by the read or the Vec is dropped.
+        view.read_uninit(u64::from(pointer as u32), buffer.spare_capacity_mut())
             .map_err(|_| GuestMemoryError::OutOfBounds)?;
+        // SAFETY: `read_uninit` initialised all `len` bytes of the spare capacity.
+        unsafe { buffer.set_len(len) };
     }
     Ok(buffer)
+}
+
+/// Lends two byte ranges of the guest's memory (`(pointer, len)` each) to `with`, together with
+/// the host state, without copying them out: for host functions that only parse what the
+/// guest passed (a header's name and value) and would otherwise allocate twice to do it.
+pub fn with_two_ranges<R>(
+    env: &mut FunctionEnvMut<HostState>,
+    first: (i32, i32),
+    second: (i32, i32),
+    with: impl FnOnce(&mut HostState, &[u8], &[u8]) -> R,
+) -> Result<R, GuestMemoryError> {
+    let (state, store) = env.data_and_store_mut();
+    let memory = state.memory.clone().ok_or(GuestMemoryError::OutOfBounds)?;
+    let view = memory.view(&store);
+    // SAFETY: the slice is only used during this host call, while the guest is suspended in
+    // it: nothing can grow the memory (which could move it) or write to it meanwhile, since
+    // `with` gets the host state but no store to call back into the guest with, and plugin
+    // memories are never shared between instances.
+    let memory_bytes = unsafe { view.data_unchecked() };
+    let range = |(pointer, len): (i32, i32)| {
+        let start = pointer as u32 as usize;
+        let end = start.checked_add(len as u32 as usize)?;
+        memory_bytes.get(start..end)
+    };
+    let (Some(first), Some(second)) = (range(first), range(second)) else {
+        return Err(GuestMemoryError::OutOfBounds);
+    };
+    Ok(with(state, first, second))
 }
 
 /// Reads a UTF-8 string (names, keys); `None` for bad memory or bad UTF-8.

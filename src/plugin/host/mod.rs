@@ -15,7 +15,7 @@ mod wasi;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmer::{Function, FunctionEnv, Imports, Memory, Module, Store, TypedFunction};
 
@@ -218,10 +218,11 @@ pub struct StreamState {
     pub properties: Vec<(Vec<u8>, Bytes)>,
 }
 
-/// A body buffer lent to a body callback.
+/// A body buffer lent to a body callback. Often the chunk Pingora read, uncopied; a write
+/// replaces it.
 pub struct BodyLoan<'a> {
     pub response: bool,
-    pub bytes: &'a mut BytesMut,
+    pub bytes: &'a mut Bytes,
 }
 
 /// Everything a callback may touch besides the instance itself.
