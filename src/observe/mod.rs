@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod metrics;
 pub mod metrics_push;
+pub mod monotonic;
 pub mod route_metrics;
 pub mod series;
 pub mod tracing;

@@ -21,6 +21,7 @@ use super::host::{Callout, Frame};
 use super::instance::{AbiVersion, Callbacks, Failure, FailureKind, Instance, ROOT_CONTEXT_ID};
 use super::metrics::{PluginMetricSet, RUNTIME_METRICS};
 use crate::config::plugins::PluginPlan;
+use crate::observe::monotonic;
 
 /// What every instance of one plugin shares.
 pub struct PluginShared {
@@ -339,7 +340,7 @@ impl PluginRuntime {
             generation,
             context_id,
         };
-        let started = Instant::now();
+        let started = monotonic::nanos();
         let result = instance.call_metered(None, |store, callbacks| {
             match &callbacks.on_context_create {
                 Some(function) => function.call(store, context_id as i32, ROOT_CONTEXT_ID as i32),
@@ -414,7 +415,7 @@ impl PluginRuntime {
             return Err(self.lost());
         };
         let context_id = handle.context_id as i32;
-        let started = Instant::now();
+        let started = monotonic::nanos();
         let result = instance.call_metered(Some(frame), |store, callbacks| {
             body(store, callbacks, context_id)
         });
@@ -437,7 +438,7 @@ impl PluginRuntime {
         let Some(instance) = shard.instance.as_mut() else {
             return Err(self.lost());
         };
-        let started = Instant::now();
+        let started = monotonic::nanos();
         let result = instance.call_metered(frame, body);
         self.settle(shard_index, &mut shard, phase, started, result)
     }
@@ -457,11 +458,11 @@ impl PluginRuntime {
         shard_index: usize,
         shard: &mut Shard,
         phase: Phase,
-        started: Instant,
+        started_nanos: u64,
         result: Result<(R, u64), Failure>,
     ) -> Result<R, Failure> {
-        let elapsed = started.elapsed();
-        self.phase_durations[phase.index()].observe(elapsed.as_secs_f64());
+        let elapsed_nanos = monotonic::nanos_since(started_nanos);
+        self.phase_durations[phase.index()].observe(elapsed_nanos as f64 * 1e-9);
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         // `timeout` is judged once the callback has returned. wasmer 7.4 can stop running
         // guest code only through its experimental, signal-based host interrupt, which Loom
@@ -472,13 +473,15 @@ impl PluginRuntime {
         // Creating a context is not timed: a context created but refused could never be
         // deleted, and its creation is the host's work more than the plugin's.
         let result = match (result, self.plan.timeout) {
-            (Ok((_, fuel)), Some(limit)) if elapsed > limit && phase != Phase::Start => {
+            (Ok((_, fuel)), Some(limit))
+                if Duration::from_nanos(elapsed_nanos) > limit && phase != Phase::Start =>
+            {
                 self.stats.fuel_used.fetch_add(fuel, Ordering::Relaxed);
                 Err(Failure {
                     kind: FailureKind::Timeout,
                     message: format!(
                         "took {} ms in one callback, over its timeout of {} ms",
-                        elapsed.as_millis(),
+                        elapsed_nanos / 1_000_000,
                         limit.as_millis()
                     ),
                 })
@@ -664,7 +667,7 @@ impl PluginRuntime {
         if !instance.root_answer_wanted(token) {
             return None;
         }
-        let started = Instant::now();
+        let started = monotonic::nanos();
         let result = instance.call_metered(Some(frame), body);
         Some(self.settle(origin.shard, &mut shard, phase, started, result))
     }
