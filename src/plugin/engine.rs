@@ -1,7 +1,7 @@
 //! Turns plugin wasm into runnable wasmer modules under Loom's limits.
 //!
 //! Every module is compiled by Cranelift (singlepass and LLVM are BUSL-licensed) with the
-//! `Metering` middleware, so each callback runs on a budget of operators and a runaway loop
+//! [`Fuel`] middleware, so each callback runs on a budget of operators and a runaway loop
 //! traps instead of pinning a worker thread, and on an engine whose tunables cap linear memory.
 //! Compiled artifacts are kept in an optional on-disk cache ([`super::cache`]).
 
@@ -15,19 +15,19 @@ use wasmer::sys::{
 };
 use wasmer::wasmparser::{Operator, Parser, Payload};
 use wasmer::{AsStoreMut, Engine, ExternType, Global, Instance, Module, Value};
-use wasmer_middlewares::Metering;
-use wasmer_middlewares::metering::{self, MeteringPoints};
 
 use super::cache::{ModuleCache, sha256_hex};
+use super::fuel::{self, Fuel};
 use super::tunables::LimitingTunables;
 
 /// Describes the Cranelift configuration [`compile`] uses, for the cache key. Change it together
 /// with [`build_engine`]: a cached artifact is only valid for the settings that produced it.
 pub(super) const COMPILER_SETTINGS: &str = "cranelift;opt=speed;nan_canonicalization=off";
 
-/// Version of [`operator_cost`], for the cache key: the costs are compiled into the code, so
-/// bump this whenever the function changes.
-pub(super) const COST_FUNCTION_VERSION: u32 = 1;
+/// Version of [`operator_cost`] and of the [`Fuel`] middleware, for the cache key: both are
+/// compiled into the code, so bump this whenever either changes. (2: [`Fuel`] replaced
+/// wasmer's `Metering`.)
+pub(super) const COST_FUNCTION_VERSION: u32 = 2;
 
 /// Limits applied to every module compiled with them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,8 @@ pub struct EngineSettings {
 /// A module ready to instantiate, with the engine it must be instantiated under.
 pub struct CompiledModule {
     /// The engine that compiled or loaded `module`, carrying the memory limit. One engine per
-    /// module because the `Metering` middleware records per-module state and panics when a
-    /// second module is compiled with it: never compile anything else with this engine.
+    /// module because the [`Fuel`] middleware records per-module state and refuses a second
+    /// module: never compile anything else with this engine.
     pub engine: Engine,
     /// The metered module; instantiate it in a `Store` built from `engine`.
     pub module: Module,
@@ -135,24 +135,46 @@ pub fn compile(
 /// each; [`Budget`] avoids that.
 ///
 /// # Panics
-/// If `instance` was not compiled by [`compile`] (it lacks the metering globals).
+/// If `instance` was not compiled by [`compile`] (it lacks the fuel globals).
 pub fn set_budget(store: &mut impl AsStoreMut, instance: &Instance, points: u64) {
-    metering::set_remaining_points(store, instance, points);
+    let (remaining, exhausted) = fuel_globals(instance).expect("a module compiled with fuel");
+    let set = remaining
+        .set(store, Value::I64(fuel::clamp(points)))
+        .and_then(|()| exhausted.set(store, Value::I32(0)));
+    debug_assert!(set.is_ok(), "budget set on a foreign store");
 }
 
 /// Points left after a call; None when the budget was exhausted.
 ///
-/// This is the only reliable way to tell a metering trap from any other: metering traps through
+/// This is the only reliable way to tell a fuel trap from any other: the check traps through
 /// an ordinary `unreachable`, so the `RuntimeError` carries the same
 /// `TrapCode::UnreachableCodeReached` as a guest panic. After a failed call, `None` here means
 /// the budget ran out.
 ///
 /// # Panics
-/// If `instance` was not compiled by [`compile`] (it lacks the metering globals).
+/// If `instance` was not compiled by [`compile`] (it lacks the fuel globals).
 pub fn remaining_budget(store: &mut impl AsStoreMut, instance: &Instance) -> Option<u64> {
-    match metering::get_remaining_points(store, instance) {
-        MeteringPoints::Remaining(points) => Some(points),
-        MeteringPoints::Exhausted => None,
+    let (remaining, exhausted) = fuel_globals(instance).expect("a module compiled with fuel");
+    if exhausted.get(store) != Value::I32(0) {
+        return None;
+    }
+    points_left(remaining.get(store))
+}
+
+/// The remaining-fuel and exhausted globals of a module compiled by [`compile`].
+fn fuel_globals(instance: &Instance) -> Option<(&Global, &Global)> {
+    Some((
+        instance.exports.get_global(fuel::REMAINING_EXPORT).ok()?,
+        instance.exports.get_global(fuel::EXHAUSTED_EXPORT).ok()?,
+    ))
+}
+
+/// What a remaining-fuel global's value means in points: an overrun since the last check
+/// (the global may go below zero between checks) leaves none.
+fn points_left(value: Value) -> Option<u64> {
+    match value {
+        Value::I64(points) => Some(u64::try_from(points).unwrap_or(0)),
+        _ => None,
     }
 }
 
@@ -173,20 +195,13 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The globals the `Metering` middleware added to `instance`; `None` if it has none (it was
+    /// The globals the [`Fuel`] middleware added to `instance`; `None` if it has none (it was
     /// not compiled by [`compile`]).
     pub fn of(instance: &Instance) -> Option<Budget> {
+        let (remaining_points, points_exhausted) = fuel_globals(instance)?;
         Some(Budget {
-            remaining_points: instance
-                .exports
-                .get_global(REMAINING_POINTS_EXPORT)
-                .ok()?
-                .clone(),
-            points_exhausted: instance
-                .exports
-                .get_global(POINTS_EXHAUSTED_EXPORT)
-                .ok()?
-                .clone(),
+            remaining_points: remaining_points.clone(),
+            points_exhausted: points_exhausted.clone(),
             // Unknown until the first read: cleared by the first `set`.
             exhausted_may_be_set: true,
         })
@@ -196,8 +211,9 @@ impl Budget {
     pub fn set(&mut self, store: &mut impl AsStoreMut, points: u64) {
         // Setting can only fail for a store other than the instance's (a caller bug). The
         // budget then stays spent, which errs towards trapping, never towards running unmetered.
-        // The global is an i64 holding the u64 bit for bit, as in the middleware.
-        let remaining = self.remaining_points.set(store, Value::I64(points as i64));
+        let remaining = self
+            .remaining_points
+            .set(store, Value::I64(fuel::clamp(points)));
         debug_assert!(remaining.is_ok(), "budget set on a foreign store");
         if self.exhausted_may_be_set {
             let exhausted = self.points_exhausted.set(store, Value::I32(0));
@@ -214,17 +230,9 @@ impl Budget {
             self.exhausted_may_be_set = true;
             return None;
         }
-        match self.remaining_points.get(store) {
-            Value::I64(points) => Some(points as u64),
-            _ => None,
-        }
+        points_left(self.remaining_points.get(store))
     }
 }
-
-/// Names under which the `Metering` middleware exports its globals
-/// (`wasmer-middlewares-7.4.2/src/metering.rs`).
-const REMAINING_POINTS_EXPORT: &str = "wasmer_metering_remaining_points";
-const POINTS_EXHAUSTED_EXPORT: &str = "wasmer_metering_points_exhausted";
 
 /// Metering cost of one operator. A plain `fn` rather than a closure so it is the same on every
 /// build and [`COST_FUNCTION_VERSION`] can describe it. A flat cost keeps the budget readable as
@@ -242,7 +250,7 @@ fn build_engine(settings: &EngineSettings) -> Engine {
     compiler.canonicalize_nans(false);
     // The initial limit only covers the start function and anything run before the first
     // `set_budget`; callbacks get theirs from `set_budget`.
-    compiler.push_middleware(Arc::new(Metering::new(settings.max_fuel, operator_cost)));
+    compiler.push_middleware(Arc::new(Fuel::new(settings.max_fuel, operator_cost)));
     let mut engine: Engine = EngineBuilder::new(compiler).into();
     engine.set_tunables(LimitingTunables::new(settings.memory_limit_pages));
     engine
@@ -332,7 +340,7 @@ mod tests {
         set_budget(&mut store, &instance, 10_000);
         let exhausted = spin.call(&mut store).err().ok_or("spin returned")?;
         assert_eq!(remaining_budget(&mut store, &instance), None);
-        // Metering traps through `unreachable`: the trap code alone cannot tell it from a crash.
+        // Fuel traps through `unreachable`: the trap code alone cannot tell it from a crash.
         assert_eq!(exhausted.to_trap(), Some(TrapCode::UnreachableCodeReached));
 
         set_budget(&mut store, &instance, 10_000);
@@ -374,6 +382,54 @@ mod tests {
           (func (export "grow") (param i32) (result i32)
             (memory.grow (local.get 0))))
     "#;
+
+    /// Work without a loop: an exponential recursion (fib(40) makes about 330 million calls)
+    /// and a straight-line function of 32 operators.
+    const NO_LOOPS: &str = r#"
+        (module
+          (func $fib (export "fib") (param i32) (result i32)
+            (if (result i32) (i32.lt_u (local.get 0) (i32.const 2))
+              (then (local.get 0))
+              (else (i32.add
+                (call $fib (i32.sub (local.get 0) (i32.const 1)))
+                (call $fib (i32.sub (local.get 0) (i32.const 2)))))))
+          (func (export "straight") (result i32)
+            (i32.const 1)
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))))
+    "#;
+
+    #[test]
+    fn recursion_without_loops_runs_out_and_straight_code_is_counted() -> TestResult {
+        let compiled = compile(NO_LOOPS.as_bytes(), &SETTINGS, None)?;
+        let (mut store, instance) = instantiate(&compiled)?;
+        let fib: TypedFunction<i32, i32> = instance.exports.get_typed_function(&store, "fib")?;
+        let straight: TypedFunction<(), i32> =
+            instance.exports.get_typed_function(&store, "straight")?;
+
+        // Each call is checked on entry: the budget stops a call tree that no loop drives.
+        set_budget(&mut store, &instance, 100_000);
+        let started = Instant::now();
+        assert!(fib.call(&mut store, 40).is_err());
+        assert_eq!(remaining_budget(&mut store, &instance), None);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        set_budget(&mut store, &instance, 100_000);
+        assert_eq!(fib.call(&mut store, 10)?, 55);
+
+        // 31 operators and the function's end: every one is counted.
+        set_budget(&mut store, &instance, 1_000);
+        assert_eq!(straight.call(&mut store)?, 16);
+        assert_eq!(remaining_budget(&mut store, &instance), Some(1_000 - 32));
+        // Straight-line code runs to its end once the entry check passed: an overrun leaves
+        // no points, it is not a trap (the next check would trap).
+        set_budget(&mut store, &instance, 5);
+        assert_eq!(straight.call(&mut store)?, 16);
+        assert_eq!(remaining_budget(&mut store, &instance), Some(0));
+        Ok(())
+    }
 
     #[test]
     fn memory_growth_stops_at_the_limit() -> TestResult {

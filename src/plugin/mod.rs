@@ -6,7 +6,7 @@
 //! - [`instance`]: one instance, its callbacks, fuel per callback.
 //! - [`host`]: the host functions and the data a callback is lent.
 //! - [`pipeline`]: one request through a route's plugin chain.
-//! - [`engine`], [`tunables`], [`cache`]: compilation with metering and a memory cap, and
+//! - [`engine`], [`fuel`], [`tunables`], [`cache`]: compilation with fuel metering and a memory cap, and
 //!   the on-disk module cache.
 //! - [`shared`], [`metrics`], [`ticker`]: shared data and queues, plugin metrics, and the
 //!   background task for ticks and queues.
@@ -19,6 +19,7 @@ pub mod cache;
 pub mod callout;
 pub mod callout_client;
 pub mod engine;
+pub mod fuel;
 pub mod grpc_call;
 pub mod host;
 pub mod http_call;
