@@ -560,17 +560,25 @@ impl RequestPlugins {
             }
             if action == Action::Pause && !end_of_stream {
                 // Held back: later plugins and the upstream see it when this one continues.
+                // Nothing goes upstream now, but as an empty chunk: Pingora takes `None` for
+                // the end of the body and would end the upstream request without the rest.
                 self.contexts[index].request_body = BytesMut::from(lent);
-                *body = None;
+                *body = Some(Bytes::new());
                 return Flow::Continue;
             }
             chunk = lent;
         }
-        // An empty last chunk stays None: Pingora would hand `Some("")` to an upstream body
-        // that is already complete and warn once per request.
-        if !chunk.is_empty() {
-            *body = Some(chunk);
-        }
+        // Pingora ends the upstream body at `None`, so only the last chunk may leave none: an
+        // empty last chunk stays None (Pingora would hand `Some("")` to an upstream body that
+        // is already complete and warn once per request); an empty one before it is
+        // `Some("")`, which Pingora skips.
+        *body = if !chunk.is_empty() {
+            Some(chunk)
+        } else if end_of_stream {
+            None
+        } else {
+            Some(Bytes::new())
+        };
         Flow::Continue
     }
 

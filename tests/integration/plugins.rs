@@ -629,6 +629,67 @@ async fn concurrent_requests_through_one_plugin_see_only_their_own_data() {
     }
 }
 
+/// A plugin that holds a request body back piece by piece until the last one (Pause before
+/// the end, as the Go SDK's body examples do) still has the whole body reach the upstream,
+/// whether it came in one read, several, or as chunks sent apart. (Before the fix, every
+/// piece held back ended the upstream body: the upstream got nothing, or waited for the
+/// rest and the request failed after a minute.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_held_back_piece_by_piece_reaches_the_upstream_whole() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: isolation
+    path: loom_test_isolation.wasm"#,
+        r#"  - id: isolation
+    path: /isolation
+    upstream: echo
+    plugins: [isolation]"#,
+    ))
+    .await;
+    let client = client();
+    let pattern = |size: usize| -> Vec<u8> { (0..size).map(|i| b'a' + (i % 26) as u8).collect() };
+    let check = |response: reqwest::Response, size: usize| async move {
+        assert_eq!(response.status(), 200, "{size} bytes");
+        let seen_by_plugin = response.headers()["x-plugin-body"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            pattern(size).starts_with(seen_by_plugin.as_bytes()),
+            "{size} bytes: the plugin saw {seen_by_plugin:?}"
+        );
+        let echoed: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            echoed["body_size"], size,
+            "{size} bytes reached the upstream"
+        );
+    };
+    for size in [100, 5_000, 300_000] {
+        let response = client
+            .post(gateway.url("/isolation"))
+            .body(pattern(size))
+            .send()
+            .await
+            .unwrap();
+        check(response, size).await;
+    }
+    // Chunked, in pieces the client sends one after the other.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = pattern(40_000)
+        .chunks(4_000)
+        .map(|piece| Ok(piece.to_vec()))
+        .collect();
+    let response = client
+        .post(gateway.url("/isolation"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .unwrap();
+    check(response, 40_000).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugins_are_refused_with_their_location() {
     let directory = tempfile::tempdir().unwrap();
