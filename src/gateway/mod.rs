@@ -477,6 +477,23 @@ impl ProxyHttp for Gateway {
         error
     }
 
+    /// Pingora logs every error that ends a request at ERROR ("Fail to proxy"). An answer Loom
+    /// chose after the request phase (a plugin's local response, or a refusal of what the
+    /// client sent, such as a body over a plugin's buffer) is no fault of the gateway's: it is
+    /// in the access log and the metrics, and would otherwise be an ERROR line per request.
+    fn suppress_error_log(
+        &self,
+        _session: &Session,
+        ctx: &Box<RequestContext>,
+        _error: &Error,
+    ) -> bool {
+        ctx.local_response.is_some()
+            || ctx
+                .failure
+                .as_ref()
+                .is_some_and(|failure| failure.status < 500)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

@@ -690,6 +690,37 @@ async fn a_request_body_held_back_piece_by_piece_reaches_the_upstream_whole() {
     check(response, 40_000).await;
 }
 
+/// An answer chosen in a body phase is not logged as a gateway error per request: here a
+/// body over the plugin's buffer (413). Pingora logs every error that ends a request at ERROR
+/// ("Fail to proxy") unless the proxy says otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_the_body_phase_is_not_logged_as_an_error() {
+    let backend = echo("backend").await;
+    let gateway = GatewayProcess::start(&plugin_config(
+        backend.addresses()[0].port(),
+        r#"  - name: isolation
+    path: loom_test_isolation.wasm
+    max_buffered_body: 1KiB"#,
+        r#"  - id: isolation
+    path: /isolation
+    upstream: echo
+    plugins: [isolation]"#,
+    ))
+    .await;
+    let client = client();
+    for _ in 0..5 {
+        let response = client
+            .post(gateway.url("/isolation"))
+            .body(vec![b'x'; 200_000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413);
+    }
+    let log = gateway.log();
+    assert!(!log.contains("Fail to proxy"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugins_are_refused_with_their_location() {
     let directory = tempfile::tempdir().unwrap();
