@@ -185,6 +185,17 @@ pub async fn request_headers(session: &mut Session, ctx: &mut RequestContext) ->
             }
             ChainStep::Wasm(index) => {
                 if ctx.plugins.is_none() {
+                    // Pingora keeps a second map with each request header name's original
+                    // case, which its `insert_header` updates (and grows) on every plugin
+                    // write and which the upstream copy of the request clones. Loom drops it
+                    // before the request goes upstream anyway (`prepare_upstream_request`:
+                    // names go out in canonical case), so it goes before the plugins write,
+                    // with room made for their writes and Loom's own headers.
+                    let request = session.req_header_mut();
+                    if request.has_case() {
+                        let room = 2 * chain.wasm.len() + headers::UPSTREAM_REQUEST_HEADERS;
+                        headers::edit_request_headers(request, room, |_| {});
+                    }
                     let facts = plugins::facts(session, ctx);
                     ctx.plugins = Some(Box::new(RequestPlugins::new(
                         Arc::clone(&chain.wasm),

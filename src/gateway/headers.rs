@@ -94,6 +94,9 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Headers [`prepare_upstream_request`] may add to a request: room made for them in one go.
+pub const UPSTREAM_REQUEST_HEADERS: usize = 6;
+
 /// Runs `edit` on the request's header map itself, with room for `additional` more headers.
 ///
 /// Pingora keeps each header name's original case in a second map, and every
@@ -180,7 +183,7 @@ pub fn prepare_upstream_request(
     // Pingora sets the version to the upstream's before this filter: 1.1 on an HTTP/1
     // connection. An HTTP/2 upstream keeps what HTTP/2 allows (`TE: trailers` for gRPC).
     let upstream_is_http1 = upstream_request.version == http::Version::HTTP_11;
-    edit_request_headers(upstream_request, 6, |headers| {
+    edit_request_headers(upstream_request, UPSTREAM_REQUEST_HEADERS, |headers| {
         if upstream_is_http1 {
             strip_hop_by_hop(headers);
         }
