@@ -588,19 +588,25 @@ async fn trapping_plugin_fails_closed_or_open_and_is_replaced() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_through_one_plugin_see_only_their_own_data() {
-    let backend = echo("backend").await;
-    let gateway = GatewayProcess::start(&plugin_config(
-        backend.addresses()[0].port(),
-        r#"  - name: isolation
-    path: loom_test_isolation.wasm"#,
+/// A gateway with the `isolation` test plugin (it holds a request body back until its last
+/// piece and reports what it saw in response headers) on `/isolation`; `settings` are more
+/// lines of the plugin's entry.
+async fn isolation_route(echo_port: u16, settings: &str) -> GatewayProcess {
+    GatewayProcess::start(&plugin_config(
+        echo_port,
+        &format!("  - name: isolation\n    path: loom_test_isolation.wasm{settings}"),
         r#"  - id: isolation
     path: /isolation
     upstream: echo
     plugins: [isolation]"#,
     ))
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_one_plugin_see_only_their_own_data() {
+    let backend = echo("backend").await;
+    let gateway = isolation_route(backend.addresses()[0].port(), "").await;
     let client = client();
     let mut tasks = Vec::new();
     for index in 0..200 {
@@ -637,16 +643,7 @@ async fn concurrent_requests_through_one_plugin_see_only_their_own_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_held_back_piece_by_piece_reaches_the_upstream_whole() {
     let backend = echo("backend").await;
-    let gateway = GatewayProcess::start(&plugin_config(
-        backend.addresses()[0].port(),
-        r#"  - name: isolation
-    path: loom_test_isolation.wasm"#,
-        r#"  - id: isolation
-    path: /isolation
-    upstream: echo
-    plugins: [isolation]"#,
-    ))
-    .await;
+    let gateway = isolation_route(backend.addresses()[0].port(), "").await;
     let client = client();
     let pattern = |size: usize| -> Vec<u8> { (0..size).map(|i| b'a' + (i % 26) as u8).collect() };
     let check = |response: reqwest::Response, size: usize| async move {
@@ -696,16 +693,10 @@ async fn a_request_body_held_back_piece_by_piece_reaches_the_upstream_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_in_the_body_phase_is_not_logged_as_an_error() {
     let backend = echo("backend").await;
-    let gateway = GatewayProcess::start(&plugin_config(
+    let gateway = isolation_route(
         backend.addresses()[0].port(),
-        r#"  - name: isolation
-    path: loom_test_isolation.wasm
-    max_buffered_body: 1KiB"#,
-        r#"  - id: isolation
-    path: /isolation
-    upstream: echo
-    plugins: [isolation]"#,
-    ))
+        "\n    max_buffered_body: 1KiB",
+    )
     .await;
     let client = client();
     for _ in 0..5 {
