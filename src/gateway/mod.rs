@@ -481,6 +481,9 @@ impl ProxyHttp for Gateway {
     /// chose after the request phase (a plugin's local response, or a refusal of what the
     /// client sent, such as a body over a plugin's buffer) is no fault of the gateway's: it is
     /// in the access log and the metrics, and would otherwise be an ERROR line per request.
+    /// The same goes for every failure Loom answers below 500, which also covers a client that
+    /// went away (status 0) and a malformed request (400); upstream failures (5xx) are still
+    /// logged.
     fn suppress_error_log(
         &self,
         _session: &Session,

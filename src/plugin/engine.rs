@@ -230,7 +230,14 @@ impl Budget {
             self.exhausted_may_be_set = true;
             return None;
         }
-        points_left(self.remaining_points.get(store))
+        let remaining = self.remaining_points.get(store);
+        if matches!(remaining, Value::I64(points) if points < 0) {
+            // Spent: a check may have trapped inside a nested call into the guest (its
+            // allocator, from a host function) whose failure the callback survived, leaving
+            // the flag set. The next `set` must clear it.
+            self.exhausted_may_be_set = true;
+        }
+        points_left(remaining)
     }
 }
 
@@ -383,8 +390,9 @@ mod tests {
             (memory.grow (local.get 0))))
     "#;
 
-    /// Work without a loop: an exponential recursion (fib(40) makes about 330 million calls)
-    /// and a straight-line function of 32 operators.
+    /// Work without a loop: an exponential recursion (fib(40) makes about 330 million calls),
+    /// a deep recursion doing its work on the way back, and a straight-line function of 32
+    /// operators.
     const NO_LOOPS: &str = r#"
         (module
           (func $fib (export "fib") (param i32) (result i32)
@@ -393,6 +401,13 @@ mod tests {
               (else (i32.add
                 (call $fib (i32.sub (local.get 0) (i32.const 1)))
                 (call $fib (i32.sub (local.get 0) (i32.const 2)))))))
+          (func $deep (export "deep") (param i32) (result i32)
+            (if (local.get 0)
+              (then (drop (call $deep (i32.sub (local.get 0) (i32.const 1))))))
+            (i32.const 1)
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))
+            (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1)))
           (func (export "straight") (result i32)
             (i32.const 1)
             (i32.add (i32.const 1)) (i32.add (i32.const 1)) (i32.add (i32.const 1))
@@ -418,6 +433,16 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         set_budget(&mut store, &instance, 100_000);
         assert_eq!(fib.call(&mut store, 10)?, 55);
+
+        // Going down 100 calls fits in 1,000 points; coming back up, each frame's own code
+        // does not: the check after each call stops it (without it, every frame would finish
+        // unchecked and the call return normally).
+        let deep: TypedFunction<i32, i32> = instance.exports.get_typed_function(&store, "deep")?;
+        set_budget(&mut store, &instance, 1_000);
+        assert!(deep.call(&mut store, 100).is_err());
+        assert_eq!(remaining_budget(&mut store, &instance), None);
+        set_budget(&mut store, &instance, 100_000);
+        assert_eq!(deep.call(&mut store, 100)?, 10);
 
         // 31 operators and the function's end: every one is counted.
         set_budget(&mut store, &instance, 1_000);

@@ -3,13 +3,14 @@
 //!
 //! It counts what wasmer's `Metering` middleware counts (the cost of every operator, charged
 //! at the end of each straight-line run of code), but checks the budget only where execution
-//! can come back round: at the top of every loop body and on entry to every function. Every
-//! run that does not end at one of those points is a decrement alone, about half the code
+//! can come back round or pile up: at the top of every loop body, on entry to every function
+//! and after every call returns. Every other run is a decrement alone, about half the code
 //! `Metering` puts there (it compares before each decrement). No execution can go on without
-//! passing a check: wasm jumps backwards only to a loop's top, and unbounded work without
-//! loops needs ever more calls. A callback may therefore overrun its budget by the straight-
-//! line code between two checks before it traps; the budget reads "at most about this many
-//! operators", as before.
+//! passing a check: wasm jumps backwards only to a loop's top, unbounded work without loops
+//! needs ever more calls, and the check after a call stops every frame of a deep call stack
+//! from finishing its own code once the budget is spent. A callback may therefore overrun its
+//! budget by the straight-line code of one function (up to its next check) before it traps;
+//! the budget reads "at most about this many operators", as before.
 //!
 //! The remaining fuel is a signed 64-bit global, so an overrun shows as a negative number;
 //! a second global records that a check trapped, which tells a fuel trap from the guest's
@@ -191,10 +192,17 @@ impl<'a> FunctionMiddleware<'a> for FunctionFuel {
         if ends_straight_line_code(&operator) {
             self.charge(state);
         }
-        let loop_top = matches!(operator, Operator::Loop { .. });
+        // Every iteration comes back to a loop's top; a call's return may be the way back
+        // into a frame that has not yet been checked since the budget ran out.
+        let check_after = matches!(
+            operator,
+            Operator::Loop { .. }
+                | Operator::Call { .. }
+                | Operator::CallIndirect { .. }
+                | Operator::CallRef { .. }
+        );
         state.push_operator(operator);
-        if loop_top {
-            // Every iteration comes back here.
+        if check_after {
             self.check(state);
         }
         Ok(())

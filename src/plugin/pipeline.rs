@@ -502,6 +502,9 @@ impl RequestPlugins {
         let mut chunk = body.take().unwrap_or_default();
         for index in 0..self.chain.len() {
             if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+                // A plugin skipped after it held body back (it failed while answering a call
+                // it made then): what it held goes on with this chunk, not lost.
+                chunk = body_so_far(&mut self.contexts[index].request_body, chunk);
                 continue;
             }
             let limit = self.chain[index].plan.max_buffered_body;
@@ -645,6 +648,9 @@ impl RequestPlugins {
         let mut chunk = body.take().unwrap_or_default();
         for index in (0..self.chain.len()).rev() {
             if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+                // A plugin skipped after it held body back (it failed while answering a call
+                // it made then): what it held goes on with this chunk, not lost.
+                chunk = body_so_far(&mut self.contexts[index].response_body, chunk);
                 continue;
             }
             let limit = self.chain[index].plan.max_buffered_body;

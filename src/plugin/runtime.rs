@@ -87,6 +87,9 @@ pub enum Phase {
     QueueReady,
 }
 
+// `Phase::index` is the variant's number: the list must hold every variant, in order.
+const _: () = assert!(PHASES.len() == Phase::QueueReady as usize + 1);
+
 const PHASES: [Phase; 11] = [
     Phase::Start,
     Phase::RequestHeaders,
@@ -209,8 +212,10 @@ fn try_lock_shard(mutex: &Mutex<Shard>) -> Option<MutexGuard<'_, Shard>> {
 
 /// This thread's number among the threads that open plugin contexts, given out on first use.
 /// A worker thread creates its contexts in the same instance of each plugin every time, so
-/// that instance's memory stays in its core's caches, and, with as many instances as workers
-/// (the default), two workers never wait for each other's callbacks.
+/// that instance's memory stays with that thread, and, with as many instances as workers (the
+/// default), workers seldom wait for each other's callbacks. (Numbers are given across every
+/// thread that opens contexts, and a request's later callbacks run on whichever thread polls
+/// it, so waits are rarer, not ruled out.)
 fn thread_slot() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -905,18 +910,17 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .map_err(|failure| failure.message)
         };
-        let mut threads = Vec::new();
+        // One thread after the other: two threads whose numbers fall on the same instance
+        // would otherwise take turns with it, which is the fallback, tested below.
         for _ in 0..2 {
             let runtime = Arc::clone(&runtime);
-            threads.push(std::thread::spawn(move || {
+            let thread = std::thread::spawn(move || {
                 let own = thread_slot() % runtime.instance_count();
                 (0..6)
                     .map(|_| runtime.open_context().map(|handle| (own, handle.shard)))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|failure| failure.message)
-            }));
-        }
-        for thread in threads {
+            });
             let placements = thread.join().map_err(|_| "thread panicked")??;
             // Round-robin placement would spread six contexts over the three instances.
             assert!(
