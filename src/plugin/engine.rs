@@ -75,6 +75,11 @@ pub enum EngineError {
         /// [`EngineSettings::memory_limit_pages`].
         limit_pages: u32,
     },
+    /// A shared linear memory: with it, `memory.atomic.wait` could park a worker thread with
+    /// nothing to wake it, which no fuel check can stop. Proxy-Wasm plugins are
+    /// single-threaded and never need one.
+    #[error("plugin declares a shared linear memory, which Loom does not run")]
+    SharedMemory,
 }
 
 /// Compiles `wasm` (binary or WAT text) with Cranelift + metering + the memory limit, or loads it
@@ -273,6 +278,9 @@ fn check_defined_memories(binary: &[u8], limit_pages: u32) -> Result<(), EngineE
                     let Ok(memory) = memory else {
                         return Ok(());
                     };
+                    if memory.shared {
+                        return Err(EngineError::SharedMemory);
+                    }
                     ensure_within_limit(memory.initial, limit_pages)?;
                 }
                 // Only one memory section is allowed.
@@ -290,6 +298,9 @@ fn check_defined_memories(binary: &[u8], limit_pages: u32) -> Result<(), EngineE
 fn check_imported_memories(module: &Module, limit_pages: u32) -> Result<(), EngineError> {
     for import in module.imports() {
         if let ExternType::Memory(memory) = import.ty() {
+            if memory.shared {
+                return Err(EngineError::SharedMemory);
+            }
             ensure_within_limit(u64::from(memory.minimum.0), limit_pages)?;
         }
     }
@@ -454,6 +465,28 @@ mod tests {
         assert_eq!(straight.call(&mut store)?, 16);
         assert_eq!(remaining_budget(&mut store, &instance), Some(0));
         Ok(())
+    }
+
+    #[test]
+    fn a_shared_memory_is_refused_before_it_could_park_a_thread() {
+        // `memory.atomic.wait32` with no timeout on a shared memory would block forever.
+        let waits = r#"
+            (module
+              (memory (export "memory") 1 1 shared)
+              (func (export "wait") (result i32)
+                (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1))))
+        "#;
+        let refused = compile(waits.as_bytes(), &SETTINGS, None).err();
+        assert!(
+            matches!(refused, Some(EngineError::SharedMemory)),
+            "{refused:?}"
+        );
+        let imports = r#"(module (import "env" "memory" (memory 1 1 shared)))"#;
+        let refused = compile(imports.as_bytes(), &SETTINGS, None).err();
+        assert!(
+            matches!(refused, Some(EngineError::SharedMemory)),
+            "{refused:?}"
+        );
     }
 
     #[test]
