@@ -46,8 +46,11 @@ pub fn read(
     let mut buffer = Vec::with_capacity(len);
     if len > 0 {
         // Not zeroed first: every byte is overwritten by the read or the Vec is dropped.
-        view.read_uninit(u64::from(pointer as u32), buffer.spare_capacity_mut())
-            .map_err(|_| GuestMemoryError::OutOfBounds)?;
+        view.read_uninit(
+            u64::from(pointer as u32),
+            &mut buffer.spare_capacity_mut()[..len],
+        )
+        .map_err(|_| GuestMemoryError::OutOfBounds)?;
         // SAFETY: `read_uninit` initialised all `len` bytes of the spare capacity.
         unsafe { buffer.set_len(len) };
     }
