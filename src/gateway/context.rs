@@ -55,6 +55,8 @@ pub struct RequestContext {
     pub status_retry: bool,
     /// The route's plugins for this request; only on routes that have plugins.
     pub plugins: Option<Box<RequestPlugins>>,
+    /// Response body chunks the plugins' body filter has seen (see `trailers`).
+    pub response_body_tasks: u32,
     /// A plugin's answer that must be written by `fail_to_proxy` (the upstream was
     /// already connected when the plugin answered).
     pub local_response: Option<LocalResponse>,
@@ -106,6 +108,7 @@ impl RequestContext {
             budget_retry: None,
             status_retry: false,
             plugins: None,
+            response_body_tasks: 0,
             local_response: None,
             client_ip: None,
             request_body_bytes: 0,

@@ -31,6 +31,7 @@ pub mod plugins;
 pub mod routing;
 pub mod snapshot;
 pub mod traffic;
+pub mod trailers;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -409,7 +410,11 @@ impl ProxyHttp for Gateway {
         upstream_trailers: &mut http::HeaderMap,
         ctx: &mut Box<RequestContext>,
     ) -> Result<Option<Bytes>> {
-        plugins::response_trailers(session, upstream_trailers, ctx).map(|()| None)
+        let released = plugins::response_trailers(session, upstream_trailers, ctx)?;
+        if !released.is_empty() {
+            trailers::write_before_trailers(session, ctx.response_body_tasks, released).await?;
+        }
+        Ok(None)
     }
 
     fn upstream_response_body_filter(

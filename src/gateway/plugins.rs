@@ -49,20 +49,24 @@ pub fn response_body(
     let Some(plugins) = ctx.plugins.as_mut() else {
         return Ok(());
     };
+    // Counted for `trailers::write_before_trailers`.
+    ctx.response_body_tasks = ctx.response_body_tasks.wrapping_add(1);
     let flow = plugins.response_body(body, end_of_stream, session.req_header());
     into_result(flow, ctx)
 }
 
+/// `on_response_trailers`; returns the body the plugins held back and now let go, which must
+/// reach the client before the trailers.
 pub fn response_trailers(
     session: &Session,
     trailers: &mut http::HeaderMap,
     ctx: &mut RequestContext,
-) -> Result<()> {
+) -> Result<Bytes> {
     let Some(plugins) = ctx.plugins.as_mut() else {
-        return Ok(());
+        return Ok(Bytes::new());
     };
-    let flow = plugins.response_trailers(trailers, session.req_header());
-    into_result(flow, ctx)
+    let (flow, released) = plugins.response_trailers(trailers, session.req_header());
+    into_result(flow, ctx).map(|()| released)
 }
 
 /// `on_done`, `on_log`, `on_delete`.

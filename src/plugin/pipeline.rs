@@ -31,6 +31,16 @@ pub enum Flow {
     Close,
 }
 
+/// What one plugin's body callback did with a chunk.
+enum BodyStep {
+    /// The chunk (with anything the plugin held before it) goes on to the next plugin.
+    Passed(Bytes),
+    /// The plugin holds it back.
+    Held,
+    /// The response ends here: a local answer, a failure or a closed stream.
+    End(Flow),
+}
+
 struct PluginContext {
     handle: Option<ContextHandle>,
     stream: StreamState,
@@ -647,67 +657,11 @@ impl RequestPlugins {
         }
         let mut chunk = body.take().unwrap_or_default();
         for index in (0..self.chain.len()).rev() {
-            if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
-                // A plugin skipped after it held body back (it failed while answering a call
-                // it made then): what it held goes on with this chunk, not lost.
-                chunk = body_so_far(&mut self.contexts[index].response_body, chunk);
-                continue;
+            match self.response_body_step(index, chunk, end_of_stream, request) {
+                BodyStep::Passed(passed) => chunk = passed,
+                BodyStep::Held => return Flow::Continue,
+                BodyStep::End(flow) => return flow,
             }
-            let limit = self.chain[index].plan.max_buffered_body;
-            if self.contexts[index].response_body.len() + chunk.len() > limit {
-                return Flow::Fail(GatewayError::new(
-                    502,
-                    "response_body_too_large",
-                    format!(
-                        "plugin \"{}\" buffers at most {limit} bytes of response body",
-                        self.chain[index].name()
-                    ),
-                ));
-            }
-            let mut lent = body_so_far(&mut self.contexts[index].response_body, chunk);
-            let size = lent.len() as i32;
-            let end = i32::from(end_of_stream);
-            let loans = Loans {
-                request: Some(Lent::ReadOnly(request)),
-                body: Some((true, &mut lent)),
-                ..Loans::default()
-            };
-            let result = self.call(
-                index,
-                Phase::ResponseBody,
-                loans,
-                |store, callbacks, context| match &callbacks.on_response_body {
-                    Some(function) => function.call(store, context, size, end),
-                    None => Ok(0),
-                },
-            );
-            let dropped_calls = std::mem::take(&mut self.contexts[index].stream.pending_calls);
-            if !dropped_calls.is_empty() {
-                log::warn!(
-                    "plugin {} dispatched {} http_call(s) from on_response_body; Loom cannot wait there, they are dropped",
-                    self.chain[index].name(),
-                    dropped_calls.len()
-                );
-            }
-            let action = match result {
-                Ok(raw) => Action::from_raw(raw),
-                Err(failure) => {
-                    chunk = lent;
-                    match self.fail(index, failure) {
-                        Some(flow) => return flow,
-                        None => continue,
-                    }
-                }
-            };
-            if let Some(flow) = self.requested_end(index) {
-                return flow;
-            }
-            if action == Action::Pause && !end_of_stream {
-                self.contexts[index].response_body = BytesMut::from(lent);
-                *body = None;
-                return Flow::Continue;
-            }
-            chunk = lent;
         }
         // An empty chunk stays None, as the request side does: nothing to write.
         if !chunk.is_empty() {
@@ -716,20 +670,104 @@ impl RequestPlugins {
         Flow::Continue
     }
 
-    /// `on_response_trailers` through the chain, in reverse.
+    /// One plugin's `on_response_body` for `chunk`, after whatever it held back before.
+    fn response_body_step(
+        &mut self,
+        index: usize,
+        chunk: Bytes,
+        end_of_stream: bool,
+        request: &RequestHeader,
+    ) -> BodyStep {
+        if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+            // A plugin skipped after it held body back (it failed while answering a call it
+            // made then): what it held goes on with this chunk, not lost.
+            return BodyStep::Passed(body_so_far(&mut self.contexts[index].response_body, chunk));
+        }
+        let limit = self.chain[index].plan.max_buffered_body;
+        if self.contexts[index].response_body.len() + chunk.len() > limit {
+            return BodyStep::End(Flow::Fail(GatewayError::new(
+                502,
+                "response_body_too_large",
+                format!(
+                    "plugin \"{}\" buffers at most {limit} bytes of response body",
+                    self.chain[index].name()
+                ),
+            )));
+        }
+        let mut lent = body_so_far(&mut self.contexts[index].response_body, chunk);
+        let size = lent.len() as i32;
+        let end = i32::from(end_of_stream);
+        let loans = Loans {
+            request: Some(Lent::ReadOnly(request)),
+            body: Some((true, &mut lent)),
+            ..Loans::default()
+        };
+        let result = self.call(
+            index,
+            Phase::ResponseBody,
+            loans,
+            |store, callbacks, context| match &callbacks.on_response_body {
+                Some(function) => function.call(store, context, size, end),
+                None => Ok(0),
+            },
+        );
+        let dropped_calls = std::mem::take(&mut self.contexts[index].stream.pending_calls);
+        if !dropped_calls.is_empty() {
+            log::warn!(
+                "plugin {} dispatched {} http_call(s) from on_response_body; Loom cannot wait there, they are dropped",
+                self.chain[index].name(),
+                dropped_calls.len()
+            );
+        }
+        let action = match result {
+            Ok(raw) => Action::from_raw(raw),
+            Err(failure) => {
+                return match self.fail(index, failure) {
+                    Some(flow) => BodyStep::End(flow),
+                    None => BodyStep::Passed(lent),
+                };
+            }
+        };
+        if let Some(flow) = self.requested_end(index) {
+            return BodyStep::End(flow);
+        }
+        if action == Action::Pause && !end_of_stream {
+            self.contexts[index].response_body = BytesMut::from(lent);
+            return BodyStep::Held;
+        }
+        BodyStep::Passed(lent)
+    }
+
+    /// `on_response_trailers` through the chain, in reverse, as Envoy runs them: the answer
+    /// ended with trailers, so no plugin saw its body end. Each plugin can still read and
+    /// replace the body it holds back (its response body buffer) in this callback; then that
+    /// body goes on through the plugins after it, and what comes out of the last one is
+    /// returned: it must reach the client before the trailers.
     pub fn response_trailers(
         &mut self,
         trailers: &mut http::HeaderMap,
         request: &RequestHeader,
-    ) -> Flow {
+    ) -> (Flow, Bytes) {
+        // Body let go by the plugins handled so far, on its way to the client.
+        let mut released = Bytes::new();
         for index in (0..self.chain.len()).rev() {
+            if !released.is_empty() {
+                match self.response_body_step(index, released, false, request) {
+                    BodyStep::Passed(passed) => released = passed,
+                    BodyStep::Held => released = Bytes::new(),
+                    BodyStep::End(flow) => return (flow, Bytes::new()),
+                }
+            }
+            let mut held = std::mem::take(&mut self.contexts[index].response_body).freeze();
             if self.contexts[index].skipped || self.contexts[index].handle.is_none() {
+                released = body_so_far(&mut BytesMut::from(held), released);
                 continue;
             }
             let count = trailers.len() as i32;
             let loans = Loans {
                 request: Some(Lent::ReadOnly(request)),
                 trailers: Some(&mut *trailers),
+                body: Some((true, &mut held)),
                 ..Loans::default()
             };
             let result = self.call(
@@ -741,13 +779,19 @@ impl RequestPlugins {
                     None => Ok(0),
                 },
             );
+            // Whatever the callback answered, the answer is ending: what this plugin held
+            // goes on (Envoy cannot hold trailers back for good either).
+            released = body_so_far(&mut BytesMut::from(held), released);
             if let Err(failure) = result
                 && let Some(flow) = self.fail(index, failure)
             {
-                return flow;
+                return (flow, Bytes::new());
+            }
+            if let Some(flow) = self.requested_end(index) {
+                return (flow, Bytes::new());
             }
         }
-        Flow::Continue
+        (Flow::Continue, released)
     }
 
     /// `on_done`, `on_log` and `on_delete` for every context, whatever happened to the

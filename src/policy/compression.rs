@@ -17,6 +17,7 @@ use pingora::proxy::Session;
 use serde::Deserialize;
 
 use crate::config::units::SizeValue;
+use crate::gateway::trailers::BodyBeforeTrailers;
 
 const DEFAULT_CONTENT_TYPES: &[&str] = &[
     "text/*",
@@ -242,12 +243,15 @@ impl Compression {
 /// byte-aligned, so one byte, `0x03` (ISLAST = 1, ISLASTEMPTY = 1), ends it properly. `armed`
 /// is set by the compression policy only when the upstream's answer had no
 /// `Content-Encoding` of its own, so an upstream's finished brotli stream is never touched.
-/// One module does both, so a request costs what Pingora's default module costs.
+/// One module does both, so a request costs what Pingora's default module costs. For the same
+/// reason it also carries the gateway's [`BodyBeforeTrailers`]: it is the one module that
+/// sees every body task as Pingora writes it.
 pub struct LoomCompression {
     engine: ResponseCompressionCtx,
     armed: bool,
     brotli: bool,
     finished: bool,
+    pub body_before_trailers: BodyBeforeTrailers,
 }
 
 impl std::ops::Deref for LoomCompression {
@@ -280,6 +284,7 @@ impl HttpModuleBuilder for LoomCompressionBuilder {
             armed: false,
             brotli: false,
             finished: false,
+            body_before_trailers: BodyBeforeTrailers::default(),
         })
     }
 }
@@ -338,6 +343,8 @@ impl HttpModule for LoomCompression {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> pingora::Result<()> {
+        // First, so that held body it adds is compressed with the rest.
+        self.body_before_trailers.on_body_task(body);
         if !self.engine.is_enabled() {
             return Ok(());
         }

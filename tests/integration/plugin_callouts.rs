@@ -225,6 +225,69 @@ async fn grpc_callouts_reach_a_real_grpc_server_and_report_answers_refusals_and_
     assert!(!gateway.log().contains("panicked"), "{}", gateway.log());
 }
 
+/// A plugin that holds a gRPC answer's body back (`loom_body_rewrite` pauses every chunk)
+/// still lets it through: a gRPC answer ends with trailers, not with a last body chunk, so the
+/// held body goes out before them, as Envoy sends it, and the plugin can rewrite it in its
+/// trailers callback. Before this was handled, the client got OK with no message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_answer_held_back_by_a_plugin_reaches_the_client_before_its_trailers() {
+    let grpc = GrpcServer::start();
+    let gateway = GatewayProcess::start(&format!(
+        r#"listeners:
+  - name: http
+    address: "127.0.0.1:@HTTP@"
+  - name: grpc
+    address: "127.0.0.1:@PORT0@"
+    protocol: http2
+plugin_dir: "@PLUGINS@"
+plugin_cache_dir: "@PLUGIN_CACHE@"
+plugins:
+  # Same length, so the gRPC message's length prefix stays right.
+  - name: rewrite
+    path: loom_body_rewrite.wasm
+    config:
+      content_types: ["application/grpc"]
+      replacements: [{{from: "echo:", to: "ECHO:"}}]
+routes:
+  - id: grpc
+    path: /loom.test.Probe/*
+    upstream: grpc
+    plugins: [rewrite]
+upstreams:
+  - name: grpc
+    protocol: http2
+    endpoints: ["127.0.0.1:{}"]
+"#,
+        grpc.port
+    ))
+    .await;
+    let port = gateway.extra_ports[0];
+    for _ in 0..20 {
+        let answer = grpc_client_call(port, "Echo", &[]);
+        assert!(
+            answer.starts_with("OK ECHO:from-client|"),
+            "{answer}\n{}",
+            gateway.log()
+        );
+    }
+    // Server streaming, the trailers 0.2 s after the last message: they come alone, after
+    // everything the plugin held was filtered and written (the unary answers above bring
+    // their body and trailers together).
+    for _ in 0..3 {
+        let answer = grpc_client_call(port, "Parts", &[]);
+        assert_eq!(
+            answer,
+            "OK ECHO:1:from-client + ECHO:2:from-client",
+            "{}",
+            gateway.log()
+        );
+    }
+    // A refusal is trailers only: nothing held, the status goes through.
+    let refused = grpc_client_call(port, "Echo", &["x-token=bad"]);
+    assert_eq!(refused, "PERMISSION_DENIED bad token");
+    assert!(!gateway.log().contains("panicked"), "{}", gateway.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_requests_wait_until_another_context_resumes_or_answers_them() {
     let backend = echo("backend").await;

@@ -125,16 +125,32 @@ impl HttpContext for BodyRewriteHttp {
         if !end_of_stream {
             return Action::Pause;
         }
-        let Some(config) = &self.config else {
-            return Action::Continue;
-        };
-        let Some(body) = self.get_http_response_body(0, body_size) else {
-            return Action::Continue;
-        };
-        if let Some(rewritten) = rewrite(&body, &config.replacements) {
-            self.set_http_response_body(0, body_size, &rewritten);
+        self.rewrite_body(body_size);
+        Action::Continue
+    }
+
+    /// An answer with trailers (gRPC) ends there, not with a last body chunk: the body held
+    /// so far is the whole body, still readable and replaceable here, as in Envoy.
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.rewriting {
+            self.rewrite_body(usize::MAX);
         }
         Action::Continue
+    }
+}
+
+impl BodyRewriteHttp {
+    /// Rewrites the buffered response body, `size` bytes of it at most.
+    fn rewrite_body(&self, size: usize) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let Some(body) = self.get_http_response_body(0, size) else {
+            return;
+        };
+        if let Some(rewritten) = rewrite(&body, &config.replacements) {
+            self.set_http_response_body(0, body.len(), &rewritten);
+        }
     }
 }
 
