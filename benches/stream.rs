@@ -18,6 +18,12 @@
 //! (for example the reference `loomd`, raw QUIC, `chunk_full_behavior: block`) with the same
 //! client and workloads, alternating rounds between it and Loom (`STREAM_BENCH_ROUNDS`,
 //! default 5), and prints the medians side by side.
+//!
+//! `cargo bench --bench stream -- --serve-raw HOST:PORT` only serves the raw quinn peer of the
+//! small-message runs on HOST:PORT (ALPN `loom/1`; each 100-byte read answered with 2 bytes)
+//! until it is killed, so that another client (for example one built on quic-go, as Loom-go
+//! is) can measure what the transport allows that client: a stop-and-wait consumer can never
+//! go faster through any quinn server than it does against this one.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -50,6 +56,17 @@ fn main() {
                 .and_then(|text| text.parse().ok())
                 .expect("--peer takes HOST:PORT, e.g. 127.0.0.1:4243")
         });
+    if let Some(index) = arguments
+        .iter()
+        .position(|argument| argument == "--serve-raw")
+    {
+        let address: SocketAddr = arguments
+            .get(index + 1)
+            .and_then(|text| text.parse().ok())
+            .expect("--serve-raw takes HOST:PORT, e.g. 127.0.0.1:4244");
+        serve_raw(address);
+        return;
+    }
     let settings = if full {
         Settings {
             small_duration: Duration::from_secs(
@@ -352,10 +369,27 @@ async fn loom_large_in(
     (pairs * messages * size) as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// `--serve-raw`: the raw quinn peer alone, on one runtime thread as `loom stream` runs.
+fn serve_raw(address: SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let bound = start_raw_sink_on(address).await;
+        println!("raw quinn peer on {bound}");
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn start_raw_sink() -> SocketAddr {
+    start_raw_sink_on("127.0.0.1:0".parse().expect("address")).await
+}
+
 /// The raw quinn peer: every stream is read to its end; for each 100-byte read it answers
 /// 2 bytes, like an ACK.
-async fn start_raw_sink() -> SocketAddr {
-    let (endpoint, address) = raw_server_endpoint();
+async fn start_raw_sink_on(address: SocketAddr) -> SocketAddr {
+    let (endpoint, address) = raw_server_endpoint(address);
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(async move {
@@ -386,8 +420,8 @@ async fn start_raw_sink() -> SocketAddr {
     address
 }
 
-/// A plain quinn server endpoint on 127.0.0.1:0 with Loom's TLS and window settings.
-fn raw_server_endpoint() -> (quinn::Endpoint, SocketAddr) {
+/// A plain quinn server endpoint on `address` with Loom's TLS and window settings.
+fn raw_server_endpoint(address: SocketAddr) -> (quinn::Endpoint, SocketAddr) {
     let tls = tls::server_config(&loom::config::stream::TlsPlan {
         cert_file: None,
         key_file: None,
@@ -399,8 +433,7 @@ fn raw_server_endpoint() -> (quinn::Endpoint, SocketAddr) {
         quinn::crypto::rustls::QuicServerConfig::try_from(Arc::clone(&tls.config)).expect("quic");
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(wide_windows()));
-    let endpoint =
-        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address")).expect("bind");
+    let endpoint = quinn::Endpoint::server(config, address).expect("bind");
     let address = endpoint.local_addr().expect("bound");
     (endpoint, address)
 }
@@ -506,7 +539,7 @@ type RelayWaiters = Arc<
 /// A raw quinn relay: a consumer stream sends `C` and a pair number, a producer stream `P`
 /// and the same number; the producer's bytes are then copied to the consumer as they come.
 async fn start_raw_relay() -> SocketAddr {
-    let (endpoint, address) = raw_server_endpoint();
+    let (endpoint, address) = raw_server_endpoint("127.0.0.1:0".parse().expect("address"));
     let waiting: RelayWaiters = Arc::default();
     let consumers: Arc<std::sync::Mutex<std::collections::HashMap<u8, quinn::SendStream>>> =
         Arc::default();
