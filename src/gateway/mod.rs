@@ -50,6 +50,7 @@ use pingora_error::{ErrorType, RetryType};
 use crate::config::validate::HashKeySource;
 use crate::observe::route_metrics::RouteMetrics;
 use crate::observe::tracing::request::{RequestTrace, ServerSummary};
+use crate::plugin::pipeline::Trailers;
 use crate::upstream::UpstreamPool;
 use crate::upstream::endpoint::Outcome;
 use crate::upstream::retry::RetryCondition;
@@ -410,11 +411,20 @@ impl ProxyHttp for Gateway {
         upstream_trailers: &mut http::HeaderMap,
         ctx: &mut Box<RequestContext>,
     ) -> Result<Option<Bytes>> {
-        let released = plugins::response_trailers(session, upstream_trailers, ctx)?;
-        if !released.is_empty() {
-            trailers::write_before_trailers(session, ctx.response_body_tasks, released).await?;
+        // Pingora only logs an error from this hook and sends the trailers anyway, so a
+        // failure is handed to the downstream module, which fails the trailers' write.
+        match plugins::response_trailers(session, upstream_trailers, ctx) {
+            Ok(Trailers::Keep(released)) if released.is_empty() => Ok(None),
+            Ok(Trailers::Keep(released)) => {
+                trailers::write_before_trailers(session, ctx.response_body_tasks, released).await?;
+                Ok(None)
+            }
+            Ok(Trailers::Replace(body)) => Ok(Some(body)),
+            Err(error) => {
+                trailers::fail_trailers(session, error);
+                Ok(None)
+            }
         }
-        Ok(None)
     }
 
     fn upstream_response_body_filter(

@@ -12,7 +12,7 @@ use super::context::RequestContext;
 use super::errors::{self, GatewayError};
 use super::headers;
 use crate::plugin::host::{LocalResponse, RequestFacts};
-use crate::plugin::pipeline::Flow;
+use crate::plugin::pipeline::{Flow, Trailers};
 
 /// `on_request_body` for one chunk.
 pub async fn request_body(
@@ -55,18 +55,17 @@ pub fn response_body(
     into_result(flow, ctx)
 }
 
-/// `on_response_trailers`; returns the body the plugins held back and now let go, which must
-/// reach the client before the trailers.
+/// `on_response_trailers`: how the answer ends (see [`Trailers`]).
 pub fn response_trailers(
     session: &Session,
     trailers: &mut http::HeaderMap,
     ctx: &mut RequestContext,
-) -> Result<Bytes> {
+) -> Result<Trailers> {
     let Some(plugins) = ctx.plugins.as_mut() else {
-        return Ok(Bytes::new());
+        return Ok(Trailers::Keep(Bytes::new()));
     };
-    let (flow, released) = plugins.response_trailers(trailers, session.req_header());
-    into_result(flow, ctx).map(|()| released)
+    let (flow, outcome) = plugins.response_trailers(trailers, session.req_header());
+    into_result(flow, ctx).map(|()| outcome)
 }
 
 /// `on_done`, `on_log`, `on_delete`.

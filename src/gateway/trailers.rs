@@ -12,6 +12,11 @@
 //! - Otherwise the last body task filtered is still waiting in the batch, before the
 //!   trailers: the body is handed to the downstream module (which sees every task as it is
 //!   written) to be appended to that task.
+//!
+//! Pingora only logs an error returned by the trailer hook and sends the trailers anyway, so
+//! a plugin failure there (or a local answer, which can no longer be written) is handed to
+//! the module as well: it fails the trailers' write, and the stream is reset rather than
+//! ended as a success without the body.
 
 use bytes::{Bytes, BytesMut};
 use pingora::prelude::*;
@@ -24,6 +29,7 @@ use crate::policy::compression::LoomCompression;
 pub struct BodyBeforeTrailers {
     written: u32,
     pending: Option<(u32, Bytes)>,
+    failure: Option<Box<Error>>,
 }
 
 impl BodyBeforeTrailers {
@@ -47,6 +53,14 @@ impl BodyBeforeTrailers {
             });
         }
     }
+
+    /// For the trailers, as Pingora is about to write them.
+    pub fn on_trailers(&mut self) -> Result<()> {
+        match self.failure.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Gets `released` to the client ahead of the trailers now being filtered. `filtered` is
@@ -57,10 +71,18 @@ pub async fn write_before_trailers(
     released: Bytes,
 ) -> Result<()> {
     if let Some(module) = session.downstream_modules_ctx.get_mut::<LoomCompression>()
-        && module.body_before_trailers.written != filtered
+        && module.body_before_trailers.written < filtered
     {
         module.body_before_trailers.pending = Some((filtered, released));
         return Ok(());
     }
     session.write_response_body(Some(released), false).await
+}
+
+/// Makes the write of the trailers now being filtered fail with `error`.
+pub fn fail_trailers(session: &mut Session, error: Box<Error>) {
+    match session.downstream_modules_ctx.get_mut::<LoomCompression>() {
+        Some(module) => module.body_before_trailers.failure = Some(error),
+        None => log::warn!("a plugin failed on the answer's trailers: {error}"),
+    }
 }

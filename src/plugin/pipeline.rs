@@ -31,6 +31,15 @@ pub enum Flow {
     Close,
 }
 
+/// How an answer that ends with trailers ends, after the plugins' trailers callbacks.
+pub enum Trailers {
+    /// The trailers go out, after this body (what the plugins held back, maybe empty).
+    Keep(Bytes),
+    /// A plugin's local answer replaced the upstream's: this body ends the response instead
+    /// of the trailers.
+    Replace(Bytes),
+}
+
 /// What one plugin's body callback did with a chunk.
 enum BodyStep {
     /// The chunk (with anything the plugin held before it) goes on to the next plugin.
@@ -747,7 +756,12 @@ impl RequestPlugins {
         &mut self,
         trailers: &mut http::HeaderMap,
         request: &RequestHeader,
-    ) -> (Flow, Bytes) {
+    ) -> (Flow, Trailers) {
+        if let Some(replacement) = &self.replacement_body {
+            // A plugin's local answer replaced the upstream's: its body ends the response,
+            // and the upstream's trailers belong to the answer that was replaced.
+            return (Flow::Continue, Trailers::Replace(replacement.clone()));
+        }
         // Body let go by the plugins handled so far, on its way to the client.
         let mut released = Bytes::new();
         for index in (0..self.chain.len()).rev() {
@@ -755,7 +769,7 @@ impl RequestPlugins {
                 match self.response_body_step(index, released, false, request) {
                     BodyStep::Passed(passed) => released = passed,
                     BodyStep::Held => released = Bytes::new(),
-                    BodyStep::End(flow) => return (flow, Bytes::new()),
+                    BodyStep::End(flow) => return (flow, Trailers::Keep(Bytes::new())),
                 }
             }
             let mut held = std::mem::take(&mut self.contexts[index].response_body).freeze();
@@ -785,13 +799,13 @@ impl RequestPlugins {
             if let Err(failure) = result
                 && let Some(flow) = self.fail(index, failure)
             {
-                return (flow, Bytes::new());
+                return (flow, Trailers::Keep(Bytes::new()));
             }
             if let Some(flow) = self.requested_end(index) {
-                return (flow, Bytes::new());
+                return (flow, Trailers::Keep(Bytes::new()));
             }
         }
-        (Flow::Continue, released)
+        (Flow::Continue, Trailers::Keep(released))
     }
 
     /// `on_done`, `on_log` and `on_delete` for every context, whatever happened to the

@@ -360,6 +360,14 @@ impl HttpModule for LoomCompression {
         Ok(())
     }
 
+    fn response_trailer_filter(
+        &mut self,
+        _trailers: &mut Option<Box<http::HeaderMap>>,
+    ) -> pingora::Result<Option<Bytes>> {
+        self.body_before_trailers.on_trailers()?;
+        Ok(None)
+    }
+
     fn response_done_filter(&mut self) -> pingora::Result<Option<Bytes>> {
         if !self.engine.is_enabled() {
             return Ok(None);

@@ -248,11 +248,32 @@ plugins:
     config:
       content_types: ["application/grpc"]
       replacements: [{{from: "echo:", to: "ECHO:"}}]
+  # Too small a buffer for what `rewrite` lets go of when the trailers come.
+  - name: small
+    path: loom_body_rewrite.wasm
+    max_buffered_body: 16B
+    config:
+      content_types: ["application/grpc"]
+      replacements: [{{from: "echo:", to: "ECHO:"}}]
+  - name: probe
+    path: loom_test_abi_probe.wasm
 routes:
   - id: grpc
     path: /loom.test.Probe/*
     upstream: grpc
     plugins: [rewrite]
+  - id: grpc-small
+    path: /loom.test.Probe/*
+    headers: {{x-route: small}}
+    priority: 5
+    upstream: grpc
+    plugins: [small, rewrite]
+  - id: grpc-replaced
+    path: /loom.test.Probe/*
+    headers: {{x-route: replaced}}
+    priority: 5
+    upstream: grpc
+    plugins: [probe]
 upstreams:
   - name: grpc
     protocol: http2
@@ -285,6 +306,47 @@ upstreams:
     // A refusal is trailers only: nothing held, the status goes through.
     let refused = grpc_client_call(port, "Echo", &["x-token=bad"]);
     assert_eq!(refused, "PERMISSION_DENIED bad token");
+
+    // What `rewrite` lets go of is over `small`'s buffer: an error reaches the client, never
+    // an OK without the message (Pingora itself ignores a failure in its trailer hook).
+    for method in ["Echo", "Parts"] {
+        let failed = grpc_client_call(port, method, &["x-route=small"]);
+        assert!(
+            !failed.starts_with("OK"),
+            "{method}: {failed}\n{}",
+            gateway.log()
+        );
+    }
+    assert!(
+        gateway
+            .log()
+            .contains("plugin \"small\" buffers at most 16 bytes")
+    );
+
+    // A plugin's local answer from the response headers replaces the whole answer: its body
+    // ends the response, the upstream's trailers are dropped with the upstream's body.
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for method in ["Echo", "Parts"] {
+        let response = h2c
+            .post(format!("http://127.0.0.1:{port}/loom.test.Probe/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-route", "replaced")
+            .header("x-probe", "replace-response")
+            .body(&b"\x00\x00\x00\x00\x02hi"[..])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.text().await.unwrap(),
+            "replaced by the plugin",
+            "{method}"
+        );
+    }
     assert!(!gateway.log().contains("panicked"), "{}", gateway.log());
 }
 

@@ -88,6 +88,8 @@ enum Probe {
     SetProperty,
     Queue,
     LogLevel,
+    /// Answers in its place from `on_http_response_headers`, whatever the upstream sent.
+    ReplaceResponse,
 }
 
 impl Probe {
@@ -99,6 +101,7 @@ impl Probe {
             "set-property" => Probe::SetProperty,
             "queue" => Probe::Queue,
             "log-level" => Probe::LogLevel,
+            "replace-response" => Probe::ReplaceResponse,
             _ => return None,
         })
     }
@@ -208,7 +211,7 @@ impl HttpContext for ProbeHttp {
                 }
                 None => warn!("abi_probe: no queue (on_vm_start was not called)"),
             },
-            Some(Probe::LogLevel) => {}
+            Some(Probe::LogLevel) | Some(Probe::ReplaceResponse) => {}
         }
         Action::Continue
     }
@@ -236,6 +239,14 @@ impl HttpContext for ProbeHttp {
             Some(Probe::Queue) => {
                 let dequeued = counter::read(DEQUEUED_KEY);
                 self.add_http_response_header("x-dequeued", &dequeued.to_string());
+            }
+            Some(Probe::ReplaceResponse) => {
+                self.send_http_response(
+                    200,
+                    vec![("content-type", "text/plain")],
+                    Some(b"replaced by the plugin"),
+                );
+                return Action::Pause;
             }
             Some(Probe::LogLevel) => {
                 let level = match hostcalls::get_log_level() {
